@@ -1,0 +1,57 @@
+# tinyexp-dagster: every target creates .venv and installs what it needs when missing,
+# so `make run` and `make test` each work as the first command on a fresh machine.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export TINYEXP_STORAGE_ROOT ?= $(CURDIR)/.tinyexp
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: help install run dev test test-e2e bench lint format clean stop-services
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,postgres,e2e]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its dev extras
+
+run: install ## run the full training pipeline offline on embedded defaults (Ray, Redis, SQLite)
+	@mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/dagster job execute -m tinyexp_dagster.definitions -j training_pipeline
+	@$(PY) -m tinyexp_dagster.cli summary
+
+dev: install ## start the Dagster UI and daemon on http://127.0.0.1:3000
+	@mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+test: install ## run the test suite (embedded Redis unless TINYEXP_TEST_REDIS_URL is set)
+	$(PY) -m pytest -q -m "not e2e"
+
+test-e2e: install ## end-to-end tests: browser UI, CLI subprocesses, daemon, Postgres deployment
+	$(PY) -m tinyexp_dagster.e2e_setup
+	$(PY) -m pytest -q -m e2e
+
+bench: install ## benchmarks (ratios measured in one run); results go to docs/benchmarks.md
+	$(PY) -m bench
+
+lint: install ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## ruff autofix and format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+stop-services: install ## stop the embedded Redis started under the storage root
+	$(PY) -m tinyexp_dagster.cli redis stop
+
+clean: ## remove run outputs (not .venv)
+	rm -rf .tinyexp .dagster_home output test-artifacts

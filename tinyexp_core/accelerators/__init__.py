@@ -1,0 +1,83 @@
+"""Accelerators behind one protocol, picked once by `AcceleratorCfg.build_accelerator()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..exceptions import ConfigValueError, UnknownAcceleratorTypeError
+from .base import Accelerator, TorchDistributedAccelerator
+from .cpu import CPUAccelerator
+from .ddp import DDPAccelerator
+
+ACCELERATORS = ("auto", "cpu", "ddp", "hf")
+
+__all__ = [
+    "ACCELERATORS",
+    "Accelerator",
+    "AcceleratorCfg",
+    "CPUAccelerator",
+    "DDPAccelerator",
+    "HFAccelerator",
+    "TorchDistributedAccelerator",
+    "build_accelerator",
+]
+
+
+def __getattr__(name: str):
+    # accelerate is optional: import HFAccelerator only when asked for.
+    if name == "HFAccelerator":
+        from .hf import HFAccelerator
+
+        return HFAccelerator
+    raise AttributeError(name)
+
+
+def build_accelerator(
+    kind: str = "auto", *, timeout_s: float | None = None, mixed_precision: bool = False
+) -> Accelerator:
+    """`auto`: DDP (nccl) with CUDA, CPU (gloo) without; `cpu`, `ddp`, `hf` as named."""
+    if kind == "auto":
+        import torch
+
+        kind = "ddp" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return CPUAccelerator(timeout_s=timeout_s, mixed_precision=mixed_precision)
+    if kind == "ddp":
+        return DDPAccelerator(timeout_s=timeout_s, mixed_precision=mixed_precision)
+    if kind == "hf":
+        from .hf import HFAccelerator
+
+        return HFAccelerator(mixed_precision=mixed_precision)
+    raise UnknownAcceleratorTypeError(kind, ACCELERATORS)
+
+
+@dataclass
+class AcceleratorCfg:
+    """Which accelerator trains the model, and how collectives behave."""
+
+    accelerator: Literal["auto", "cpu", "ddp", "hf"] = "auto"
+    collective_timeout_s: float = 300.0  # a rank silent this long fails the run
+    mixed_precision: bool = False  # bf16 autocast on CUDA; ignored (with a warning) on CPU
+
+    def validate(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise UnknownAcceleratorTypeError(self.accelerator, ACCELERATORS)
+        if self.collective_timeout_s <= 0:
+            raise ConfigValueError(
+                "collective_timeout_s", self.collective_timeout_s, "a number of seconds > 0"
+            )
+
+    def build_accelerator(self) -> Accelerator:
+        import os
+
+        import torch
+
+        if self.mixed_precision and not torch.cuda.is_available():
+            from loguru import logger
+
+            logger.warning("accelerator_cfg.mixed_precision=true has no effect without CUDA")
+        timeout = float(os.environ.get("TINYEXP_COLLECTIVE_TIMEOUT_S", self.collective_timeout_s))
+        return build_accelerator(
+            self.accelerator, timeout_s=timeout, mixed_precision=self.mixed_precision
+        )

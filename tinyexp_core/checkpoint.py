@@ -1,0 +1,468 @@
+"""Checkpoints: one plain dict, written atomically with a sha256 sidecar, loaded verified.
+
+A checkpoint is a dict (see `build_checkpoint`) saved with `torch.save` and loadable with
+`torch.load(weights_only=True)`. Each file `<name>.pt` has a sidecar `<name>.pt.sha256`
+written after the data, so a file only verifies once it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from loguru import logger
+
+from tinyexp_core.exceptions import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    ConfigValueError,
+    InvalidCheckpointTypeError,
+    UnsupportedCheckpointFormatError,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointCfg",
+    "CheckpointManager",
+    "build_checkpoint",
+    "load_checkpoint",
+    "restore",
+    "save_checkpoint",
+    "sha256_file",
+    "unwrap_model",
+    "verify_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "tinyexp.checkpoint/1"
+SIDECAR_SUFFIX = ".sha256"
+
+_CHUNK_BYTES = 1 << 20
+_EPOCH_FILE_RE = re.compile(r"epoch_(\d+)\.pt")
+_REQUIRED_KEYS = ("format", "model")
+
+
+# ---------------------------------------------------------------- building and restoring
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Return the module inside DDP / DataParallel / torch.compile wrappers."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            # torch.compile's wrapper prefixes every key with "_orig_mod."
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _json_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, (Sequence, AbstractSet)):
+        return list(obj)
+    return str(obj)
+
+
+def _plain_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    # A JSON round trip leaves only dict/list/str/int/float/bool/None, which both
+    # weights_only loading and Dagster metadata accept (OmegaConf nodes, Paths, tuples).
+    return json.loads(json.dumps(dict(config or {}), default=_json_default))
+
+
+def _rng_state() -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": list(cuda)}
+
+
+def build_checkpoint(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    epoch: int,
+    step: int,
+    config: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    exp_class: str = "",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return the checkpoint dict; `epoch` is the last completed epoch (0-based)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "step": int(step),
+        "rng": _rng_state(),
+        "config": _plain_config(config),
+        "metrics": {str(k): float(v) for k, v in (metrics or {}).items()},
+        "exp_class": str(exp_class),
+        "saved_at": datetime.now(timezone.utc).isoformat(),
+        # TorchVersion is a str subclass that weights_only loading rejects.
+        "torch_version": str(torch.__version__),
+        "extra": dict(extra or {}),
+    }
+
+
+def _first_shape_mismatch(expected: Mapping[str, Any], loaded: Mapping[str, Any]) -> str | None:
+    missing = [k for k in expected if k not in loaded]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        shape = tuple(getattr(expected[missing[0]], "shape", ()))
+        return f"missing tensor {missing[0]!r}, model shape {shape}{more}"
+    unexpected = [k for k in loaded if k not in expected]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        shape = tuple(getattr(loaded[unexpected[0]], "shape", ()))
+        return f"unexpected tensor {unexpected[0]!r}, checkpoint shape {shape}{more}"
+    for key, want in expected.items():
+        got = loaded[key]
+        if isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor):
+            if want.shape != got.shape:
+                return (
+                    f"tensor {key!r}: checkpoint shape {tuple(got.shape)}, "
+                    f"model shape {tuple(want.shape)}"
+                )
+    return None
+
+
+def _load_component(obj: Any, state: Mapping[str, Any], key: str, label: str) -> None:
+    saved = state.get(key)
+    if saved is None:
+        raise CheckpointMismatchError(label, f"it holds no {key} state but a {key} was given")
+    try:
+        obj.load_state_dict(saved)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointMismatchError(label, f"{key} state does not fit: {exc}") from exc
+
+
+def _restore_rng(state: Mapping[str, Any], label: str) -> None:
+    rng = state.get("rng")
+    if not isinstance(rng, Mapping) or rng.get("torch") is None:
+        raise UnsupportedCheckpointFormatError(label, "restore_rng=True but it holds no rng state")
+    # set_rng_state wants a CPU ByteTensor; map_location may have moved it.
+    torch.set_rng_state(rng["torch"].cpu())
+    cuda_states = list(rng.get("cuda") or [])
+    num_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(cuda_states) != num_devices and cuda_states:
+        logger.warning(
+            "checkpoint {} holds CUDA RNG state for {} devices, this process sees {}; "
+            "restoring the first {}",
+            label,
+            len(cuda_states),
+            num_devices,
+            min(len(cuda_states), num_devices),
+        )
+    for index in range(min(len(cuda_states), num_devices)):
+        torch.cuda.set_rng_state(cuda_states[index].cpu(), index)
+
+
+def restore(
+    state: Mapping[str, Any],
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    path: str = "",
+    restore_rng: bool = False,
+) -> None:
+    """Load a checkpoint dict into model (strict), optimizer, scheduler and optionally RNG."""
+    label = str(path) or "<checkpoint dict>"
+    if "model" not in state:
+        raise UnsupportedCheckpointFormatError(label, "missing key 'model'")
+    target = unwrap_model(model)
+    # Checked up front: load_state_dict's own error lists every key and hides the first cause.
+    mismatch = _first_shape_mismatch(target.state_dict(), state["model"])
+    if mismatch is not None:
+        raise CheckpointMismatchError(label, mismatch)
+    target.load_state_dict(state["model"], strict=True)
+    if optimizer is not None:
+        _load_component(optimizer, state, "optimizer", label)
+    if scheduler is not None:
+        _load_component(scheduler, state, "scheduler", label)
+    if restore_rng:
+        _restore_rng(state, label)
+
+
+# ---------------------------------------------------------------- atomic files
+
+
+def sha256_file(path: str | Path) -> str:
+    """Return the hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename durable. Best effort: some platforms and filesystems cannot open or
+    # fsync a directory, and the file data itself is already fsynced.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> tuple[str, int]:
+    """Write via a temp file + fsync + os.replace; return (sha256, size) of the bytes."""
+    # Not ending in .pt, so a half-written temp file is never taken for a checkpoint.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        sha, size = sha256_file(tmp), tmp.stat().st_size
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return sha, size
+
+
+def _write_sidecar(path: Path, sha: str, size: int) -> None:
+    meta = {"sha256": sha, "size": size, "saved_at": datetime.now(timezone.utc).isoformat()}
+    payload = json.dumps(meta, indent=1).encode()
+    _atomic_write(_sidecar_path(path), lambda f: f.write(payload))
+
+
+def _check_state(state: Any, label: str) -> dict[str, Any]:
+    if not isinstance(state, dict):
+        raise InvalidCheckpointTypeError(label, type(state).__name__)
+    missing = [k for k in _REQUIRED_KEYS if k not in state]
+    if missing:
+        raise UnsupportedCheckpointFormatError(label, f"missing keys {missing}")
+    return state
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> str:
+    """Atomically write a checkpoint and then its sha256 sidecar; return the sha256."""
+    path = Path(path)
+    _check_state(state, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Data first, sidecar second: a crash in between leaves a stale or missing sidecar,
+    # which fails verification instead of vouching for the new bytes.
+    sha, size = _atomic_write(path, lambda f: torch.save(state, f))
+    _write_sidecar(path, sha, size)
+    return sha
+
+
+def _copy_checkpoint(src: Path, dst: Path, expected_sha: str) -> None:
+    def copy(f: IO[bytes]) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, f, _CHUNK_BYTES)
+
+    sha, size = _atomic_write(dst, copy)
+    if sha != expected_sha:
+        # dst now has no matching sidecar, so it fails verification until rewritten.
+        raise CheckpointCorruptError(
+            str(dst), f"copy of {src} has sha256 {sha}, expected {expected_sha}"
+        )
+    _write_sidecar(dst, sha, size)
+
+
+def _read_sidecar(path: Path) -> tuple[str, int]:
+    sidecar = _sidecar_path(path)
+    if not sidecar.is_file():
+        raise CheckpointCorruptError(str(path), f"sha256 sidecar {sidecar.name} is missing")
+    try:
+        meta = json.loads(sidecar.read_text())
+        return str(meta["sha256"]), int(meta["size"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointCorruptError(
+            str(path), f"sha256 sidecar {sidecar.name} is unreadable: {exc!r}"
+        ) from exc
+
+
+def verify_checkpoint(path: str | Path) -> str:
+    """Check a checkpoint against its sidecar (size, then sha256); return the sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(str(path))
+    expected_sha, expected_size = _read_sidecar(path)
+    size = path.stat().st_size
+    if size != expected_size:
+        raise CheckpointCorruptError(
+            str(path), f"size: expected {expected_size} bytes, got {size} bytes"
+        )
+    sha = sha256_file(path)
+    if sha != expected_sha:
+        raise CheckpointCorruptError(str(path), f"sha256: expected {expected_sha}, got {sha}")
+    return sha
+
+
+def load_checkpoint(
+    path: str | Path, *, map_location: Any = "cpu", verify: bool = True
+) -> dict[str, Any]:
+    """Verify (optionally) and load a checkpoint with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(str(path))
+    if verify:
+        verify_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as exc:
+        # torch reports a damaged archive as RuntimeError and a disallowed global as
+        # UnpicklingError; either way the file cannot be used as a checkpoint.
+        raise CheckpointCorruptError(
+            str(path), f"torch.load failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return _check_state(state, str(path))
+
+
+# ---------------------------------------------------------------- retention
+
+
+def _validate_retention(keep_last_n: int, last_ckpt_name: str, best_ckpt_name: str) -> None:
+    if isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 1:
+        raise ConfigValueError("keep_last_n", keep_last_n, "an integer >= 1")
+    allowed = "a file name without '/' that differs from the other and is not epoch_<N>.pt"
+    for key, name in (("last_ckpt_name", last_ckpt_name), ("best_ckpt_name", best_ckpt_name)):
+        # An epoch-like name would be pruned by retention; a path would escape the directory.
+        if not name or "/" in name or os.sep in name or _EPOCH_FILE_RE.fullmatch(name):
+            raise ConfigValueError(key, name, allowed)
+    if last_ckpt_name == best_ckpt_name:
+        raise ConfigValueError("best_ckpt_name", best_ckpt_name, allowed)
+
+
+class CheckpointManager:
+    """Writes epoch_<NNNN>.pt, last.pt and best.pt in one directory and keeps the newest N."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep_last_n: int = 2,
+        last_ckpt_name: str = "last.pt",
+        best_ckpt_name: str = "best.pt",
+    ) -> None:
+        _validate_retention(keep_last_n, last_ckpt_name, best_ckpt_name)
+        self.directory = Path(directory)
+        self.keep_last_n = keep_last_n
+        self._last = self.directory / last_ckpt_name
+        self._best = self.directory / best_ckpt_name
+
+    @property
+    def last_path(self) -> str:
+        """Path of the checkpoint of the most recent epoch."""
+        return str(self._last)
+
+    @property
+    def best_path(self) -> str:
+        """Path of the checkpoint with the best validation metric."""
+        return str(self._best)
+
+    def _epoch_files(self) -> list[Path]:
+        """Epoch files, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for path in self.directory.iterdir():
+            match = _EPOCH_FILE_RE.fullmatch(path.name)
+            if match and path.is_file():
+                found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found)]
+
+    def save(self, state: dict[str, Any], *, is_best: bool) -> dict[str, str]:
+        """Write the epoch file, last.pt and (if is_best) best.pt, then prune old epochs."""
+        epoch = state.get("epoch") if isinstance(state, dict) else None
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise UnsupportedCheckpointFormatError(
+                str(self.directory), f"state['epoch'] must be an int >= 0, got {epoch!r}"
+            )
+        epoch_path = self.directory / f"epoch_{epoch:04d}.pt"
+        # last.pt first: latest_valid() tries it first, so it must never lag the epoch files.
+        sha = save_checkpoint(state, self._last)
+        _copy_checkpoint(self._last, epoch_path, sha)
+        written = {"epoch": str(epoch_path), "last": str(self._last)}
+        if is_best:
+            _copy_checkpoint(self._last, self._best, sha)
+            written["best"] = str(self._best)
+        self._prune()
+        return written
+
+    def _prune(self) -> None:
+        for path in self._epoch_files()[: -self.keep_last_n]:
+            # Data before sidecar: an orphan sidecar is harmless, an orphan file warns.
+            path.unlink(missing_ok=True)
+            _sidecar_path(path).unlink(missing_ok=True)
+
+    def latest_valid(self, *, map_location: Any = "cpu") -> tuple[str, dict[str, Any]] | None:
+        """Return (path, state) of last.pt or else the newest valid epoch file; None if none."""
+        candidates = [self._last, *reversed(self._epoch_files())]
+        if not any(path.is_file() for path in candidates):
+            return None
+        failures = []
+        for index, path in enumerate(candidates):
+            try:
+                return str(path), load_checkpoint(path, map_location=map_location)
+            except CheckpointError as exc:
+                reason = getattr(exc, "reason", str(exc))
+                failures.append(f"{path.name} ({reason})")
+                fallback = candidates[index + 1] if index + 1 < len(candidates) else None
+                logger.warning(
+                    "checkpoint {} is unusable ({}); falling back to {}",
+                    path,
+                    reason,
+                    fallback if fallback is not None else "nothing (no candidates left)",
+                )
+        raise CheckpointCorruptError(
+            str(self.directory), "no valid checkpoint among: " + "; ".join(failures)
+        )
+
+    def best_valid(self, *, map_location: Any = "cpu") -> tuple[str, dict[str, Any]] | None:
+        """Return (path, state) of best.pt, None if absent; raises if it is corrupt."""
+        if not self._best.is_file():
+            return None
+        return str(self._best), load_checkpoint(self._best, map_location=map_location)
+
+
+@dataclass
+class CheckpointCfg:
+    """How a run keeps checkpoints; build_manager() makes its CheckpointManager."""
+
+    keep_last_n: int = 2  # epoch files kept, newest first (last/best are extra)
+    last_ckpt_name: str = "last.pt"
+    best_ckpt_name: str = "best.pt"
+
+    def __post_init__(self) -> None:
+        _validate_retention(self.keep_last_n, self.last_ckpt_name, self.best_ckpt_name)
+
+    def build_manager(self, run_dir: str | Path) -> CheckpointManager:
+        """Return a CheckpointManager for `<run_dir>/checkpoints`."""
+        return CheckpointManager(
+            Path(run_dir) / "checkpoints",
+            keep_last_n=self.keep_last_n,
+            last_ckpt_name=self.last_ckpt_name,
+            best_ckpt_name=self.best_ckpt_name,
+        )

@@ -1,0 +1,94 @@
+"""Command line entry: `python -m <experiment module> key=value ...`.
+
+`mode=help` prints the effective config and the overridden keys. A bad override exits
+with status 2 and a one-line error before anything runs; a failed run exits with 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import build_exp, format_help
+from .exceptions import ConfigError, TinyExpError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _importable_class(exp_cls: type) -> type:
+    """Swap a class defined in `__main__` for the same class imported by module name.
+
+    `python -m pkg.mod` runs the module as `__main__`; Ray workers and checkpoints should
+    see `pkg.mod.Exp`, which they can import, not `__main__.Exp`.
+    """
+    if exp_cls.__module__ != "__main__":
+        return exp_cls
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None or not spec.name:
+        return exp_cls
+    try:
+        module = importlib.import_module(spec.name)
+    except ImportError:
+        return exp_cls
+    return getattr(module, exp_cls.__qualname__, exp_cls)
+
+
+def launch(exp: Any) -> Any:
+    """Run the experiment with its configured launcher; returns rank 0's result."""
+    if exp.launcher == "ray":
+        from .launchers.ray import launch_on_ray
+
+        return launch_on_ray(exp, log_callback=lambda line: print(line, file=sys.stderr))[0]
+    from .launchers import run_in_process
+
+    return run_in_process(exp)
+
+
+def main(argv: Sequence[str] | None = None, exp_cls: type | str | None = None) -> int:
+    """Parse overrides, then print help or run; returns the process exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if exp_cls is None:
+        if not args or "=" in args[0]:
+            print(
+                "usage: python -m tinyexp_core.cli package.module:Exp [key=value ...]",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        exp_cls, args = args[0], args[1:]
+    if isinstance(exp_cls, type):
+        exp_cls = _importable_class(exp_cls)
+    try:
+        exp = build_exp(exp_cls, args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if exp.mode == "help":
+        sys.stdout.write(format_help(exp, getattr(exp, "_changed", {})))
+        return EXIT_OK
+    try:
+        result = launch(exp)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except TinyExpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(result, dict):
+        print(json.dumps(_summary(result), default=str))
+    return EXIT_OK
+
+
+def _summary(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+
+
+def store_and_run_exp(exp_cls: type) -> None:
+    """TinyExp 0.0.1 entry point for user scripts: run `exp_cls` with `sys.argv` overrides."""
+    sys.exit(main(sys.argv[1:], exp_cls))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

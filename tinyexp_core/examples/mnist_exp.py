@@ -1,0 +1,469 @@
+"""MNIST-style CNN: the default experiment of the pipeline.
+
+Run it: `python -m tinyexp_core.examples.mnist_exp [key=value ...]`, for example
+`launcher=ray num_workers=2 train_cfg.num_epochs=3`, or `mode=help` to see every key.
+The default data is scikit-learn's bundled handwritten digits, upsampled to 28x28, so it
+runs offline; `data_cfg.source=mnist data_cfg.root=DIR` reads MNIST IDX files instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinyexp_core import checkpoint as ckpt
+from tinyexp_core.accelerators import AcceleratorCfg
+from tinyexp_core.exceptions import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    ConfigValueError,
+)
+from tinyexp_core.experiment import ENV_ASSET, TinyExp
+from tinyexp_core.launchers.runtime import get_log_forwarder
+from tinyexp_core.metrics import classification_report, confusion_matrix
+
+
+class Net(nn.Module):
+    """The classic PyTorch MNIST CNN (two convs, two dropouts, two linear layers)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(2 * dropout)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(self.dropout1(x), 1)
+        x = self.dropout2(F.relu(self.fc1(x)))
+        return self.fc2(x)  # logits
+
+
+@dataclass(repr=False)
+class Exp(TinyExp):
+    """Image classification with DDP: data, model, optimizer, schedule and the loop."""
+
+    exp_name: str = "mnist_exp"
+    num_workers: int = 2  # used with launcher=ray
+
+    @dataclass
+    class DataCfg:
+        """Where the data comes from and how it is batched."""
+
+        source: Literal["digits", "mnist", "synthetic", "image_folder"] = "digits"
+        root: str = ""  # IDX directory for mnist, class folders for image_folder
+        prepared_path: str = ""  # a prepared dataset dir; empty: prepare under data_root
+        data_root: str = "./data"  # where prepared datasets are written
+        val_fraction: float = 0.1
+        test_fraction: float = 0.2
+        num_samples: int = 0  # synthetic only; 0 = the source's default
+        image_size: int = 28
+        batch_size: int = 32  # per rank
+        mean: float = 0.1307
+        std: float = 0.3081
+
+        def validate(self) -> None:
+            if self.batch_size < 1:
+                raise ConfigValueError("batch_size", self.batch_size, "an integer >= 1")
+            for name in ("val_fraction", "test_fraction"):
+                value = getattr(self, name)
+                if not 0.0 <= value < 1.0:
+                    raise ConfigValueError(name, value, "a fraction in [0, 1)")
+            if self.std <= 0:
+                raise ConfigValueError("std", self.std, "a number > 0")
+
+        def build_prepared_dataset(self, out_root: str, seed: int = 0):
+            """Load the source and write the prepared train/val/test tensors (idempotent)."""
+            from tinyexp_core.data import load_source, prepare_dataset
+
+            raw = load_source(
+                self.source,
+                root=self.root,
+                seed=seed,
+                num_samples=self.num_samples,
+                image_size=self.image_size,
+            )
+            return prepare_dataset(
+                raw,
+                out_root,
+                val_fraction=self.val_fraction,
+                test_fraction=self.test_fraction,
+                seed=seed,
+            )
+
+        def build_loader(self, split: str, accelerator: Any, seed: int = 0):
+            """A tensor-indexed batch loader over this rank's shard of a prepared split."""
+            from tinyexp_core.data import TensorBatchLoader, load_split
+
+            x, y = load_split(self.prepared_path, split)
+            return TensorBatchLoader(
+                x,
+                y,
+                self.batch_size,
+                rank=accelerator.rank,
+                world_size=accelerator.world_size,
+                shuffle=split == "train",
+                seed=seed,
+                mean=self.mean,
+                std=self.std,
+            )
+
+    @dataclass
+    class ModuleCfg:
+        """The network."""
+
+        num_classes: int = 10
+        dropout: float = 0.25
+
+        def validate(self) -> None:
+            if not 0.0 <= self.dropout < 0.5:
+                raise ConfigValueError("dropout", self.dropout, "a probability in [0, 0.5)")
+
+        def build_module(self, in_channels: int = 1) -> nn.Module:
+            return Net(self.num_classes, in_channels, self.dropout)
+
+    @dataclass
+    class OptimizerCfg:
+        """Optimizer; `lr` is the learning rate for the whole (global) batch."""
+
+        name: Literal["adam", "adamw", "sgd", "adadelta"] = "adam"
+        lr: float = 1e-3
+        weight_decay: float = 0.0
+        momentum: float = 0.9  # sgd only
+
+        def validate(self) -> None:
+            if not (self.lr > 0 and math.isfinite(self.lr)):
+                raise ConfigValueError("lr", self.lr, "a finite number > 0")
+            if self.weight_decay < 0:
+                raise ConfigValueError("weight_decay", self.weight_decay, "a number >= 0")
+
+        def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
+            if self.name == "adam":
+                return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+            if self.name == "adamw":
+                return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            if self.name == "sgd":
+                return torch.optim.SGD(
+                    params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+                )
+            return torch.optim.Adadelta(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    @dataclass
+    class LrSchedulerCfg:
+        """Step decay of the learning rate once per epoch."""
+
+        step_size: int = 1  # epochs
+        gamma: float = 0.7
+
+        def validate(self) -> None:
+            if self.step_size < 1:
+                raise ConfigValueError("step_size", self.step_size, "an integer >= 1")
+            if not 0 < self.gamma <= 1:
+                raise ConfigValueError("gamma", self.gamma, "a factor in (0, 1]")
+
+        def build_lr_scheduler(self, optimizer: torch.optim.Optimizer):
+            return torch.optim.lr_scheduler.StepLR(optimizer, self.step_size, self.gamma)
+
+    @dataclass
+    class TrainCfg:
+        """How long to train and how often to report."""
+
+        num_epochs: int = 5
+        log_every_n_steps: int = 10
+
+        def validate(self) -> None:
+            if self.num_epochs < 1:
+                raise ConfigValueError("num_epochs", self.num_epochs, "an integer >= 1")
+            if self.log_every_n_steps < 1:
+                raise ConfigValueError("log_every_n_steps", self.log_every_n_steps, ">= 1")
+
+    accelerator_cfg: AcceleratorCfg = field(default_factory=AcceleratorCfg)
+    data_cfg: DataCfg = field(default_factory=DataCfg)
+    module_cfg: ModuleCfg = field(default_factory=ModuleCfg)
+    optimizer_cfg: OptimizerCfg = field(default_factory=OptimizerCfg)
+    lr_scheduler_cfg: LrSchedulerCfg = field(default_factory=LrSchedulerCfg)
+    train_cfg: TrainCfg = field(default_factory=TrainCfg)
+
+    # ------------------------------------------------------------------ data
+    def prepare_data(self, storage_root: str):
+        """Prepare the configured source under `<storage_root>/datasets`; returns the manifest."""
+        return self.data_cfg.build_prepared_dataset(
+            os.path.join(storage_root, "datasets"), seed=self.seed
+        )
+
+    def _ensure_prepared(self, accelerator: Any) -> None:
+        """Rank 0 prepares the data when no prepared path is given; the others wait."""
+        if self.data_cfg.prepared_path:
+            return
+        if accelerator.is_main_process:
+            manifest = self.data_cfg.build_prepared_dataset(self.data_cfg.data_root, self.seed)
+            self.data_cfg.prepared_path = manifest.path
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            manifest = self.data_cfg.build_prepared_dataset(self.data_cfg.data_root, self.seed)
+            self.data_cfg.prepared_path = manifest.path
+
+    def _in_channels(self) -> int:
+        from tinyexp_core.data import read_manifest
+
+        return int(read_manifest(self.data_cfg.prepared_path).shape[0])
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> dict[str, Any]:
+        """Train with the configured accelerator; returns the run summary (rank 0's view)."""
+        accelerator = self.accelerator_cfg.build_accelerator()
+        try:
+            return self._train(accelerator)
+        finally:
+            accelerator.destroy()
+
+    def _train(self, acc: Any) -> dict[str, Any]:
+        run_dir = self.ensure_run_dir()
+        logger = self.logger_cfg.build_logger(
+            run_dir, distributed_rank=acc.rank, extra_sink=get_log_forwarder()
+        )
+        if acc.is_main_process:
+            self.dump_config(run_dir)
+            logger.info(f"run {self.run_id} in {run_dir}, world size {acc.world_size}")
+            logger.info(f"overrides: {self.overrided_cfg or 'none'}")
+            logger.info("effective config:\n" + self.config_yaml())
+        self._ensure_prepared(acc)
+        reporter = self.progress_cfg.build_reporter(
+            self.run_id, is_main_process=acc.is_main_process
+        )
+        train_loader = self.data_cfg.build_loader("train", acc, self.seed)
+        val_loader_data = self._eval_shard("val", acc)
+
+        torch.manual_seed(self.seed)
+        model = self.module_cfg.build_module(self._in_channels())
+        optimizer = self.optimizer_cfg.build_optimizer(model.parameters())
+        scheduler = self.lr_scheduler_cfg.build_lr_scheduler(optimizer)
+        state = self._resume_state(run_dir, logger)
+        start_epoch, step, history, resumed_from = 0, 0, [], ""
+        if state is not None:
+            path, payload = state
+            ckpt.restore(payload, model=model, optimizer=optimizer, scheduler=scheduler, path=path)
+            start_epoch, step = payload["epoch"] + 1, payload["step"]
+            history = list((payload.get("extra") or {}).get("history", []))
+            resumed_from = path
+            logger.info(f"resumed from {path} at epoch {start_epoch}, step {step}")
+        model = acc.prepare_model(model)
+        manager = self.checkpoint_cfg.build_manager(run_dir)
+        num_epochs = self.train_cfg.num_epochs
+        reporter.start(
+            asset=os.environ.get(ENV_ASSET, ""),
+            num_epochs=num_epochs,
+            num_steps=len(train_loader) * num_epochs,
+            world_size=acc.world_size,
+            attempt=int(os.environ.get("TINYEXP_ATTEMPT", "1")),
+        )
+        started = time.perf_counter()
+        try:
+            for epoch in range(start_epoch, num_epochs):
+                row = self._train_one_epoch(
+                    acc, model, optimizer, train_loader, epoch, step, reporter, logger
+                )
+                step = row["step"]
+                scheduler.step()
+                row.update(self._validate(acc, model, val_loader_data))
+                history.append(row)
+                self._save_epoch(acc, manager, model, optimizer, scheduler, row, history, reporter)
+                reporter.epoch_end(
+                    epoch=epoch,
+                    loss=row["train_loss"],
+                    metrics={
+                        "val_accuracy": row["val_accuracy"],
+                        "val_loss": row["val_loss"],
+                        "best_metric": max(h["val_accuracy"] for h in history),
+                    },
+                )
+                logger.info(
+                    f"epoch {epoch + 1}/{num_epochs} train_loss {row['train_loss']:.4f} "
+                    f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} "
+                    f"{row['samples_per_s']:.0f} samples/s"
+                )
+        except BaseException as err:
+            interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+            reporter.finish(
+                "cancelled" if interrupted else "failed", error=f"{type(err).__name__}: {err}"
+            )
+            reporter.close()
+            raise
+        reporter.finish("succeeded")
+        reporter.close()
+        return self._summary(run_dir, manager, history, resumed_from, acc, started)
+
+    def _train_one_epoch(
+        self, acc, model, optimizer, loader, epoch, step, reporter, logger
+    ) -> dict:
+        # Reseed per epoch and rank: dropout is then a function of (seed, epoch, rank),
+        # so a run resumed at an epoch boundary matches an uninterrupted one exactly.
+        torch.manual_seed(self.seed + 1000 * epoch + acc.rank)
+        loader.set_epoch(epoch)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        seen = 0
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(loader):
+            x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
+            with acc.autocast():
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            optimizer.step()
+            step += 1
+            loss_sum += loss.detach().double().cpu() * len(y)
+            seen += len(y)
+            if (i + 1) % self.train_cfg.log_every_n_steps == 0:
+                lr = optimizer.param_groups[0]["lr"]
+                rate = seen * acc.world_size / max(time.perf_counter() - t0, 1e-9)
+                reporter.step(epoch=epoch, step=step, loss=loss.item(), lr=lr, samples_per_s=rate)
+                logger.debug(f"epoch {epoch} step {step} loss {loss.item():.4f}")
+        elapsed = time.perf_counter() - t0
+        totals = acc.reduce_sum(torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64))
+        return {
+            "epoch": epoch,
+            "step": step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": float(totals[0] / totals[1]),
+            "samples_per_s": float(totals[1]) / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+        }
+
+    def _eval_shard(self, split: str, acc: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's disjoint slice of a split (no padding, so counts are exact)."""
+        from tinyexp_core.data import load_split
+
+        x, y = load_split(self.data_cfg.prepared_path, split)
+        return x[acc.rank :: acc.world_size], y[acc.rank :: acc.world_size]
+
+    def _predict(self, model: nn.Module, x: torch.Tensor, device: torch.device):
+        """Logits for uint8 images, in batches, normalized like the training data."""
+        cfg = self.data_cfg
+        outs = []
+        with torch.no_grad():
+            for start in range(0, len(x), 512):
+                batch = x[start : start + 512].to(device).float().div_(255)
+                outs.append(model(batch.sub_(cfg.mean).div_(cfg.std)).float().cpu())
+        return torch.cat(outs) if outs else torch.empty(0, self.module_cfg.num_classes)
+
+    def _validate(self, acc: Any, model: nn.Module, data) -> dict[str, float]:
+        x, y = data
+        model.eval()
+        logits = self._predict(model, x, acc.device)
+        loss = F.cross_entropy(logits, y, reduction="sum") if len(y) else torch.zeros(())
+        correct = (logits.argmax(1) == y).sum() if len(y) else torch.zeros(())
+        totals = acc.reduce_sum(
+            torch.tensor([float(loss), float(correct), float(len(y))], dtype=torch.float64)
+        )
+        count = max(float(totals[2]), 1.0)
+        return {"val_loss": float(totals[0]) / count, "val_accuracy": float(totals[1]) / count}
+
+    def _save_epoch(
+        self, acc, manager, model, optimizer, scheduler, row, history, reporter
+    ) -> None:
+        is_best = row["val_accuracy"] >= max(h["val_accuracy"] for h in history)
+        if acc.is_main_process:
+            state = ckpt.build_checkpoint(
+                model=acc.unwrap_model(model),
+                optimizer=optimizer,
+                scheduler=scheduler,
+                epoch=row["epoch"],
+                step=row["step"],
+                config=self.config_dict(),
+                metrics={k: float(v) for k, v in row.items()},
+                exp_class=self.exp_class,
+                extra={"history": history},
+            )
+            paths = manager.save(state, is_best=is_best)
+            best = max(h["val_accuracy"] for h in history)
+            reporter.checkpoint(path=paths["last"], epoch=row["epoch"], best_metric=best)
+        acc.wait_for_everyone()
+
+    def _resume_state(self, run_dir: str, logger: Any) -> tuple[str, dict] | None:
+        """The checkpoint to resume from: `resume_from` (file or directory) or `auto`."""
+        if not self.resume_from:
+            return None
+        if self.resume_from == "auto":
+            return self.checkpoint_cfg.build_manager(run_dir).latest_valid()
+        path = Path(self.resume_from)
+        if path.is_dir():
+            directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+            found = ckpt.CheckpointManager(directory).latest_valid()
+            if found is None:
+                raise CheckpointNotFoundError(str(directory))
+            return found
+        try:
+            return str(path), ckpt.load_checkpoint(path)
+        except CheckpointCorruptError as err:
+            found = ckpt.CheckpointManager(path.parent).latest_valid()
+            if found is None:
+                raise
+            logger.warning(f"{err}; falling back to {found[0]}")
+            return found
+
+    def _summary(self, run_dir, manager, history, resumed_from, acc, started) -> dict[str, Any]:
+        best = max(history, key=lambda h: h["val_accuracy"]) if history else {}
+        trained_now = [h for h in history if h.get("samples_per_s")]
+        return {
+            "run_id": self.run_id,
+            "run_dir": run_dir,
+            "epochs": len(history),
+            "final_train_loss": history[-1]["train_loss"] if history else float("nan"),
+            "best_val_accuracy": best.get("val_accuracy", float("nan")),
+            "best_epoch": best.get("epoch", -1),
+            "samples_per_s": (
+                sum(h["samples_per_s"] for h in trained_now) / len(trained_now)
+                if trained_now
+                else 0.0
+            ),
+            "wall_time_s": time.perf_counter() - started,
+            "world_size": acc.world_size,
+            "resumed_from": resumed_from,
+            "last_checkpoint": str(manager.last_path),
+            "best_checkpoint": str(manager.best_path),
+            "history": history,
+            "config": self.config_dict(),
+        }
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self, checkpoint_path: str, split: str = "test") -> dict[str, Any]:
+        """Load a checkpoint FILE (verified) and report metrics on a prepared split."""
+        from tinyexp_core.data import load_split
+
+        if not checkpoint_path:
+            raise ConfigValueError("resume_from", checkpoint_path, "a checkpoint path to evaluate")
+        if not self.data_cfg.prepared_path:
+            manifest = self.data_cfg.build_prepared_dataset(self.data_cfg.data_root, self.seed)
+            self.data_cfg.prepared_path = manifest.path
+        state = ckpt.load_checkpoint(checkpoint_path)
+        model = self.module_cfg.build_module(self._in_channels())
+        ckpt.restore(state, model=model, path=str(checkpoint_path))
+        model.eval()
+        x, y = load_split(self.data_cfg.prepared_path, split)
+        logits = self._predict(model, x, torch.device("cpu"))
+        report = classification_report(
+            confusion_matrix(logits.argmax(1), y, self.module_cfg.num_classes)
+        )
+        report["loss"] = float(F.cross_entropy(logits, y)) if len(y) else float("nan")
+        report["split"] = split
+        report["checkpoint"] = str(checkpoint_path)
+        return report
+
+
+if __name__ == "__main__":
+    from tinyexp_core.cli import store_and_run_exp
+
+    store_and_run_exp(Exp)

@@ -1,0 +1,238 @@
+"""Typed errors of tinyexp_core.
+
+Every error carries the offending value and, where there is a fixed set, the allowed
+ones, so a message can say what was wrong, the value, and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TinyExpError(Exception):
+    """Base class of every error raised on purpose by tinyexp."""
+
+
+class ConfigError(TinyExpError, ValueError):
+    """Base class of configuration errors: raised before any compute starts."""
+
+
+class UnknownConfigurationKeyError(ConfigError, AttributeError):
+    """An override names a key that the experiment does not have."""
+
+    def __init__(self, key: str, suggestion: str | None = None) -> None:
+        self.key = key
+        self.suggestion = suggestion
+        hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+        super().__init__(f"unknown config key {key!r}{hint}")
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An override value cannot be converted to the field's declared type."""
+
+    def __init__(self, key: str, value: object, expected: str) -> None:
+        self.key = key
+        self.value = value
+        self.expected = expected
+        super().__init__(f"config key {key!r}: expected {expected}, got {value!r}")
+
+
+class ConfigValueError(ConfigError):
+    """A value has the right type but is outside what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str | Sequence[object]) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        if not isinstance(allowed, str):
+            allowed = "one of " + ", ".join(repr(a) for a in allowed)
+        super().__init__(f"config key {key!r}: got {value!r}, allowed: {allowed}")
+
+
+class OverrideSyntaxError(ConfigError):
+    """An override is not of the form key=value."""
+
+    def __init__(self, override: str) -> None:
+        self.override = override
+        super().__init__(f"override {override!r} is not of the form key=value")
+
+
+class ExperimentImportError(ConfigError, ImportError):
+    """An experiment import path does not name an importable TinyExp subclass."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot load experiment {path!r}: {reason}")
+
+
+class UnknownAcceleratorTypeError(ConfigValueError):
+    def __init__(
+        self, accelerator: str, allowed: Sequence[str] = ("auto", "cpu", "ddp", "hf")
+    ) -> None:
+        super().__init__("accelerator", accelerator, tuple(allowed))
+        self.accelerator = accelerator
+
+
+class UnknownExperimentModeError(ConfigValueError):
+    def __init__(self, mode: str, allowed: Sequence[str] = ("train", "val", "help")) -> None:
+        super().__init__("mode", mode, tuple(allowed))
+        self.mode = mode
+
+
+class UnknownLauncherError(ConfigValueError):
+    def __init__(self, launcher: str, allowed: Sequence[str] = ("mp", "ray")) -> None:
+        super().__init__("launcher", launcher, tuple(allowed))
+        self.launcher = launcher
+
+
+class InvalidWorkerCountError(ConfigValueError):
+    def __init__(self, num_workers: int) -> None:
+        super().__init__("num_workers", num_workers, "an integer >= 1")
+        self.num_workers = num_workers
+
+
+class InsufficientResourcesError(TinyExpError, RuntimeError):
+    """A resource request can never be satisfied by the cluster."""
+
+    def __init__(self, resource: str, needed: float, available: float, detail: str = "") -> None:
+        self.resource = resource
+        self.needed = needed
+        self.available = available
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"the job needs {needed:g} {resource} but the Ray cluster has "
+            f"{available:g} in total{extra}"
+        )
+
+
+# Kept for TinyExp 0.0.1 compatibility.
+InsufficientCPUError = InsufficientResourcesError
+
+
+class ResourceWaitTimeoutError(TinyExpError, TimeoutError):
+    """Resources exist but were not granted within the configured timeout."""
+
+    def __init__(self, what: str, timeout_s: float) -> None:
+        self.what = what
+        self.timeout_s = timeout_s
+        super().__init__(f"{what} not granted within {timeout_s:g} s (cluster busy?)")
+
+
+class RayConnectionError(TinyExpError, ConnectionError):
+    """The configured Ray address cannot be reached."""
+
+    def __init__(self, address: str, cause: str) -> None:
+        self.address = address
+        self.cause = cause
+        super().__init__(f"cannot connect to Ray at {address!r}: {cause}")
+
+
+class WorkerFailedError(TinyExpError, RuntimeError):
+    """A DDP worker died or raised; names the rank and the cause."""
+
+    def __init__(self, rank: int, cause: str) -> None:
+        self.rank = rank
+        self.cause = cause
+        super().__init__(f"worker rank {rank} failed: {cause}")
+
+
+class CudaNotAvailableError(TinyExpError, RuntimeError):
+    def __init__(self, what: str = "this accelerator") -> None:
+        super().__init__(f"CUDA is required by {what} but is not available")
+
+
+class CheckpointError(TinyExpError):
+    """Base class of checkpoint errors."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"checkpoint not found: {path}")
+
+
+class CheckpointCorruptError(CheckpointError, ValueError):
+    """The file on disk does not match the sha256 recorded when it was written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"checkpoint {path} is corrupt: {reason}")
+
+
+class InvalidCheckpointTypeError(CheckpointError, TypeError):
+    def __init__(self, path: str, checkpoint_type: str) -> None:
+        self.path = path
+        self.checkpoint_type = checkpoint_type
+        super().__init__(f"checkpoint at {path} must be a dict, got {checkpoint_type}")
+
+
+class UnsupportedCheckpointFormatError(CheckpointError, ValueError):
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        extra = f": {detail}" if detail else ""
+        super().__init__(f"checkpoint at {path} is not a tinyexp checkpoint{extra}")
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """A checkpoint's tensors do not fit the model (different architecture or shape)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"checkpoint {path} does not fit the model: {detail}")
+
+
+class DatasetError(TinyExpError):
+    """Base class of dataset errors."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    def __init__(self, path: str, hint: str) -> None:
+        self.path = path
+        self.hint = hint
+        super().__init__(f"dataset file missing: {path}. {hint}")
+
+
+class DatasetCorruptError(DatasetError, ValueError):
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"dataset {path} is invalid: {reason}")
+
+
+class RedisError(TinyExpError):
+    """Base class of Redis helper errors."""
+
+
+class RedisStartError(RedisError, RuntimeError):
+    """A redis-server that we own could not be started."""
+
+    def __init__(self, port: int | str, reason: str) -> None:
+        self.port = port
+        self.reason = reason
+        super().__init__(f"redis-server on {port} did not start: {reason}")
+
+
+class InvalidRedisUrlError(ConfigError):
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"invalid Redis URL {url!r}: {reason}")
+
+
+class ModelMismatchError(TinyExpError, ValueError):
+    """Two models that must share one structure do not (e.g. an EMA copy and its model)."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"models do not match: {detail}")
+
+
+class InvalidRunStatusError(ConfigValueError):
+    """A run status outside the progress contract (tinyexp_core.progress.STATUSES)."""
+
+    def __init__(self, status: str, allowed: Sequence[str]) -> None:
+        super().__init__("status", status, tuple(allowed))
+        self.status = status

@@ -1,0 +1,206 @@
+"""The TinyExp base dataclass: one experiment class is the entry point.
+
+A feature is a nested `@dataclass XXXCfg` field with fields that describe it and
+`build_*` methods that act only when called. Subclasses add their own configs and
+implement `train()` (and, for models, `evaluate()` and `prepare_data()`); `run()`
+dispatches on `mode`. The same instance runs from the terminal, inside a Ray worker
+and inside a Dagster asset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .checkpoint import CheckpointCfg
+from .exceptions import (
+    ConfigValueError,
+    UnknownConfigurationKeyError,
+    UnknownExperimentModeError,
+)
+from .logging import LoggerCfg, WandbCfg
+
+MODES = ("train", "val", "help")
+LAUNCHERS = ("mp", "ray")
+
+# Environment variables through which an orchestrator hands a run its identity and
+# its progress store; a URL may hold a password, so it never travels in the config.
+ENV_RUN_ID = "TINYEXP_RUN_ID"
+ENV_PROGRESS_URL = "TINYEXP_PROGRESS_URL"
+ENV_ASSET = "TINYEXP_ASSET"
+
+
+def _default_exp_name() -> str:
+    """The main module's file name (`mnist_exp` for `python -m ...mnist_exp`), else `exp`."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if isinstance(main_file, str) and main_file:
+        return Path(main_file).stem
+    return "exp"
+
+
+@dataclass
+class ProgressCfg:
+    """Run-level progress reporting to Redis (rank 0 only, best effort)."""
+
+    enabled: bool = True
+    url: str = ""  # empty: take $TINYEXP_PROGRESS_URL; empty too: no progress store
+    throttle_s: float = 2.0  # seconds between per-step writes
+
+    def validate(self) -> None:
+        if self.throttle_s < 0:
+            raise ConfigValueError("throttle_s", self.throttle_s, "a number of seconds >= 0")
+
+    def build_reporter(self, run_id: str, *, is_main_process: bool = True):
+        """A Redis reporter on the main process when a URL is known, else a no-op one."""
+        from .progress import NullProgressReporter, build_progress_reporter
+
+        url = self.url or os.environ.get(ENV_PROGRESS_URL, "")
+        if not (self.enabled and is_main_process and url):
+            return NullProgressReporter(run_id)
+        return build_progress_reporter(url, run_id, throttle_s=self.throttle_s)
+
+
+@dataclass(repr=False)
+class TinyExp:
+    """Base experiment: launcher, resources, output location and the shared configs."""
+
+    exp_name: str = field(default_factory=_default_exp_name)
+    # import path `package.module:Class`; filled in by build_exp / store_and_run_exp
+    exp_class: str = ""
+    mode: Literal["train", "val", "help"] = "train"
+    launcher: Literal["mp", "ray"] = "mp"
+    num_workers: int = 1  # DDP world size with launcher=ray
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0
+    ray_address: str = ""  # empty: $RAY_ADDRESS if set, else a local Ray on 127.0.0.1
+    output_root: str = "./output"  # run directories are <output_root>/<run_id>
+    run_id: str = ""  # empty: $TINYEXP_RUN_ID, else generated at run start
+    seed: int = 0
+    resume_from: str = ""  # a checkpoint path, `auto` (this run dir's last valid), or empty
+
+    logger_cfg: LoggerCfg = field(default_factory=LoggerCfg)
+    wandb_cfg: WandbCfg = field(default_factory=WandbCfg)
+    checkpoint_cfg: CheckpointCfg = field(default_factory=CheckpointCfg)
+    progress_cfg: ProgressCfg = field(default_factory=ProgressCfg)
+
+    # keys overridden at build time (TinyExp 0.0.1 name)
+    overrided_cfg: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(exp_name={self.exp_name!r}, rank={os.getenv('RANK', '0')})"
+
+    def validate(self) -> None:
+        """Cross-field checks, run after every override is applied."""
+        if self.mode not in MODES:
+            raise UnknownExperimentModeError(self.mode, MODES)
+        if self.num_workers < 1:
+            raise ConfigValueError("num_workers", self.num_workers, "an integer >= 1")
+        if self.num_cpus_per_worker <= 0:
+            raise ConfigValueError("num_cpus_per_worker", self.num_cpus_per_worker, "a number > 0")
+        if self.num_gpus_per_worker < 0:
+            raise ConfigValueError("num_gpus_per_worker", self.num_gpus_per_worker, "a number >= 0")
+
+    # ------------------------------------------------------------------ identity
+    def ensure_run_id(self) -> str:
+        """The run id: configured, handed down by the orchestrator, or generated once."""
+        if not self.run_id:
+            from .progress import new_run_id
+
+            self.run_id = os.environ.get(ENV_RUN_ID) or new_run_id()
+        return self.run_id
+
+    def get_run_dir(self) -> str:
+        return os.path.join(self.output_root, self.ensure_run_id())
+
+    def ensure_run_dir(self) -> str:
+        run_dir = self.get_run_dir()
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    def config_dict(self) -> dict[str, Any]:
+        from .config import to_dict
+
+        return to_dict(self)
+
+    def config_yaml(self) -> str:
+        from .config import to_yaml
+
+        return to_yaml(self)
+
+    def dump_config(self, run_dir: str | None = None) -> str:
+        """Write the effective config to `<run_dir>/config.yaml` and return the path."""
+        path = Path(run_dir or self.ensure_run_dir()) / "config.yaml"
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(self.config_yaml())
+        os.replace(tmp, path)
+        return str(path)
+
+    # ------------------------------------------------------------------ run contract
+    def run(self) -> Any:
+        """Dispatch on `mode`: `train` -> train(), `val` -> evaluate(resume_from)."""
+        if self.mode == "train":
+            return self.train()
+        if self.mode == "val":
+            return self.evaluate(self.resume_from)
+        raise UnknownExperimentModeError(self.mode, ("train", "val"))
+
+    def train(self) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement train()")
+
+    def evaluate(self, checkpoint_path: str, split: str = "test") -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
+
+    def prepare_data(self, storage_root: str) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement prepare_data()")
+
+    # ------------------------------------------------------------------ 0.0.1 compat
+    def set_cfg(self, cfg: Any, cfg_object: Any = None) -> Any:
+        """Apply a nested mapping (dict or DictConfig) of overrides, as TinyExp 0.0.1 did.
+
+        Unknown keys raise UnknownConfigurationKeyError; values are type-checked like
+        command-line overrides.
+        """
+        from omegaconf import DictConfig, OmegaConf
+
+        from .config import apply_overrides
+
+        if isinstance(cfg, DictConfig):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        target = self if cfg_object is None else cfg_object
+        overrides = [f"{key}={_dump_value(value)}" for key, value in _flatten(cfg)]
+        for key, _ in _flatten(cfg):
+            if not _has_path(target, key):
+                raise UnknownConfigurationKeyError(key)
+        changed = apply_overrides(target, overrides)
+        self.overrided_cfg.update({k: v[1] for k, v in changed.items()})
+        return target
+
+
+def _flatten(mapping: dict, prefix: str = ""):
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _dump_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _has_path(obj: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(obj) or part not in {
+            f.name for f in dataclasses.fields(obj)
+        }:
+            return False
+        obj = getattr(obj, part)
+    return True

