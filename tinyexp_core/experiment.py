@@ -32,6 +32,9 @@ LAUNCHERS = ("mp", "ray")
 ENV_RUN_ID = "TINYEXP_RUN_ID"
 ENV_PROGRESS_URL = "TINYEXP_PROGRESS_URL"
 ENV_ASSET = "TINYEXP_ASSET"
+# Progress key of the run; an orchestrator sets it to its own run id (Dagster's), which
+# differs from `run_id` when retries share one run directory.
+ENV_PROGRESS_RUN_ID = "TINYEXP_PROGRESS_RUN_ID"
 
 
 def _default_exp_name() -> str:
@@ -59,6 +62,7 @@ class ProgressCfg:
         from .progress import NullProgressReporter, build_progress_reporter
 
         url = self.url or os.environ.get(ENV_PROGRESS_URL, "")
+        run_id = os.environ.get(ENV_PROGRESS_RUN_ID) or run_id
         if not (self.enabled and is_main_process and url):
             return NullProgressReporter(run_id)
         return build_progress_reporter(url, run_id, throttle_s=self.throttle_s)

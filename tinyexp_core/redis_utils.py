@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import psutil
 import redis
@@ -105,10 +105,11 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if at and ":" in user_info:
         netloc = f"{user_info.split(':', 1)[0]}:***@{host}"
-    query = _redact_query(parts.query)
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    # Edit the text in place: urlunsplit would rewrite "unix:///path" as "unix:/path".
+    redacted = url.replace(f"//{parts.netloc}", f"//{netloc}", 1)
+    if parts.query:
+        redacted = redacted.replace(f"?{parts.query}", f"?{_redact_query(parts.query)}", 1)
+    return redacted
 
 
 def _redact_query(query: str) -> str:

@@ -1,0 +1,105 @@
+"""Tiny experiments for the distributed tests, importable by Ray workers by module name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tinyexp_core.examples.mnist_exp import Exp as MnistExp
+from tinyexp_core.experiment import TinyExp
+
+RANK_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+BARRIER_DELAY_S = 1.0  # how long rank 1 holds back before the barrier
+
+
+def state_fingerprint(module: Any) -> str:
+    """sha256 over every parameter and buffer (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(repr=False)
+class CollectivesExp(TinyExp):
+    """Runs each collective once on known per-rank inputs and returns what every rank saw."""
+
+    exp_name: str = "collectives"
+    accelerator: Literal["cpu", "ddp"] = "cpu"
+
+    def build_accelerator(self):
+        from tinyexp_core.accelerators import CPUAccelerator, DDPAccelerator
+
+        cls = CPUAccelerator if self.accelerator == "cpu" else DDPAccelerator
+        return cls(timeout_s=60)
+
+    def train(self) -> dict[str, Any]:
+        import torch
+        import torch.distributed as dist
+
+        env = {key: os.environ.get(key) for key in RANK_ENV_KEYS}
+        acc = self.build_accelerator()
+        rank = acc.rank
+        local = torch.tensor([rank + 1.0, 10.0 * (rank + 1)])
+        summed = acc.reduce_sum(local)
+        result = {
+            "env": env,
+            "pid": os.getpid(),
+            "class": type(acc).__name__,
+            "backend": dist.get_backend(),
+            "rank": rank,
+            "world_size": acc.world_size,
+            "is_main_process": acc.is_main_process,
+            "reduce_sum": summed.tolist(),
+            "input_untouched": local.tolist() == [rank + 1.0, 10.0 * (rank + 1)],
+            "reduce_mean": acc.reduce_mean(torch.tensor([2.0 * rank, 4.0])).tolist(),
+            "reduce_mean_int": acc.reduce_mean(torch.tensor([rank], dtype=torch.int64)).tolist(),
+            "gather": acc.gather(torch.tensor([10 * rank, 10 * rank + 1])).tolist(),
+            "gather_scalar": acc.gather(torch.tensor(float(rank))).tolist(),
+        }
+        # Rank 1 arrives late: rank 0's barrier must wait for it.
+        if rank == 1:
+            time.sleep(BARRIER_DELAY_S)
+        started = time.perf_counter()
+        acc.wait_for_everyone()
+        result["barrier_wait_s"] = time.perf_counter() - started
+        acc.destroy()
+        result["initialized_after_destroy"] = dist.is_initialized()
+        acc.destroy()  # idempotent: a second call is a no-op, not an error
+        result["destroyed_twice"] = True
+        return result
+
+
+@dataclass(repr=False)
+class FingerprintedMnistExp(MnistExp):
+    """The MNIST example, also returning each rank's final model fingerprint."""
+
+    def _save_epoch(self, acc, manager, model, optimizer, scheduler, row, history, reporter):
+        super()._save_epoch(acc, manager, model, optimizer, scheduler, row, history, reporter)
+        self._fingerprint = state_fingerprint(acc.unwrap_model(model))
+
+    def train(self) -> dict[str, Any]:
+        summary = super().train()
+        summary["rank"] = int(os.environ.get("RANK", "0"))
+        summary["model_sha256"] = self._fingerprint
+        return summary
+
+
+@dataclass(repr=False)
+class FailingExp(TinyExp):
+    """Rank 1 raises at once; rank 0 would sleep long, so the launcher must not wait for it."""
+
+    exp_name: str = "failing"
+    rank0_sleep_s: float = 120.0
+
+    def train(self) -> dict[str, Any]:
+        rank = int(os.environ.get("RANK", "0"))
+        if rank == 1:
+            raise ValueError("boom on purpose in rank 1")
+        time.sleep(self.rank0_sleep_s)
+        return {"rank": rank}

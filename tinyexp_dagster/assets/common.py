@@ -1,0 +1,66 @@
+"""Helpers shared by the assets: building the experiment, hashing config, metadata tables."""
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import dagster as dg
+
+DEFAULT_EXPERIMENT = "tinyexp_core.examples.mnist_exp:Exp"
+GROUP = "training"
+
+
+def build_experiment(experiment: str, overrides: Sequence[str], forced: Sequence[str] = ()) -> Any:
+    """The experiment with the user's overrides, then the orchestrator's; a bad override
+    fails the step (without retries) before any Ray or Redis resource is touched."""
+    from tinyexp_core.config import build_exp
+    from tinyexp_core.exceptions import ConfigError
+
+    try:
+        return build_exp(experiment, [*overrides, *forced])
+    except ConfigError as err:
+        raise config_failure(err) from None
+
+
+def config_failure(err: Exception) -> dg.Failure:
+    """A step failure that says what was wrong and is not retried (retrying cannot help)."""
+    return dg.Failure(
+        description=f"invalid configuration: {err}",
+        metadata={"error": str(err), "error_type": type(err).__name__},
+        allow_retries=False,
+    )
+
+
+def config_hash(experiment: str, overrides: Sequence[str], data_version: str) -> str:
+    """A short, stable digest of what determines a trained model."""
+    payload = json.dumps(
+        {"experiment": experiment, "overrides": list(overrides), "data": data_version},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def table(rows: list[dict[str, Any]]) -> dg.MetadataValue:
+    """Rows of scalars as Dagster table metadata (typed columns, rendered in the UI)."""
+    if not rows:
+        return dg.MetadataValue.table(records=[], schema=dg.TableSchema(columns=[]))
+    columns = [dg.TableColumn(name, _column_type(rows[0][name])) for name in rows[0]]
+    records = [dg.TableRecord({k: _cell(v) for k, v in row.items()}) for row in rows]
+    return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=columns))
+
+
+def _column_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return "string"
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)

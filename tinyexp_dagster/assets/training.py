@@ -1,0 +1,171 @@
+"""`trained_model`: DDP training of the experiment on Ray, resumable across retries."""
+
+from typing import Any
+
+import dagster as dg
+
+from ..resources import RayDDPResource, RedisProgressResource, StorageResource
+from .common import (
+    DEFAULT_EXPERIMENT,
+    GROUP,
+    build_experiment,
+    config_failure,
+    config_hash,
+    table,
+)
+
+RESUME_CHOICES = ("auto", "never")
+
+
+class TrainConfig(dg.Config):
+    """Orchestration of one training run. Hyperparameters live in the experiment and are
+    changed with `overrides` (`optimizer_cfg.lr=0.01`, as on the command line)."""
+
+    experiment: str = DEFAULT_EXPERIMENT
+    overrides: list[str] = []
+    num_workers: int | None = None  # None: the Ray resource's
+    num_cpus_per_worker: float | None = None
+    num_gpus_per_worker: float | None = None
+    # auto: a retry or re-execution continues from the run's last valid checkpoint
+    resume: str = "auto"
+
+
+def _progress_env(
+    context: dg.AssetExecutionContext, redis: RedisProgressResource, root: str
+) -> dict[str, str]:
+    """The progress store for the ranks; without one, training goes on unreported."""
+    from tinyexp_core.exceptions import TinyExpError
+
+    try:
+        url = redis.resolve_url(root)
+    except TinyExpError as err:
+        context.log.warning(f"progress reporting off: {err}")
+        return {}
+    context.log.info(f"progress in Redis at {redis.redacted(url)}")
+    return {"TINYEXP_PROGRESS_URL": url}
+
+
+def _mark(url: str | None, run_id: str, status: str, error: str) -> None:
+    """Record a final status the ranks could not write themselves (killed or cancelled)."""
+    if not url:
+        return
+    import contextlib
+
+    from tinyexp_core.progress import mark_status
+    from tinyexp_core.redis_utils import make_client
+
+    with contextlib.suppress(Exception):
+        mark_status(make_client(url), run_id, status, error)
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version="1",
+    kinds={"pytorch", "ray"},
+    retry_policy=dg.RetryPolicy(max_retries=1, delay=2),
+)
+def trained_model(
+    context: dg.AssetExecutionContext,
+    config: TrainConfig,
+    prepared_dataset: dict[str, Any],
+    ray: RayDDPResource,
+    redis: RedisProgressResource,
+    storage: StorageResource,
+) -> dg.Output[dict[str, Any]]:
+    """DDP training on Ray workers; checkpoints under runs/<run_id>/checkpoints."""
+    from tinyexp_core.exceptions import ConfigError, WorkerFailedError
+
+    if config.resume not in RESUME_CHOICES:
+        raise config_failure(ValueError(f"resume={config.resume!r}, allowed: {RESUME_CHOICES}"))
+    root = str(storage.resolved_root())
+    # Retries and re-executions share the root run's directory, so they can resume.
+    run_dir_id = context.run.root_run_id or context.run_id
+    forced = [
+        "mode=train",
+        f"output_root={storage.runs_dir()}",
+        f"run_id={run_dir_id}",
+        f"data_cfg.prepared_path={prepared_dataset['path']}",
+        f"resume_from={'auto' if config.resume == 'auto' else ''}",
+        *ray.accelerator_override(),
+    ]
+    exp = build_experiment(config.experiment, config.overrides, forced)
+    try:
+        spec = ray.spec(
+            num_workers=config.num_workers,
+            num_cpus_per_worker=config.num_cpus_per_worker,
+            num_gpus_per_worker=config.num_gpus_per_worker,
+        )
+    except ConfigError as err:
+        raise config_failure(err) from None
+    spec.env.update(
+        {
+            "TINYEXP_PROGRESS_RUN_ID": context.run_id,
+            "TINYEXP_ASSET": "trained_model",
+            "TINYEXP_ATTEMPT": str(context.retry_number + 1),
+            **_progress_env(context, redis, root),
+        }
+    )
+    context.log.info(
+        f"training {config.experiment} on {spec.num_workers} Ray workers, "
+        f"overrides {config.overrides or 'none'}, run dir {exp.get_run_dir()}"
+    )
+    progress_url = spec.env.get("TINYEXP_PROGRESS_URL")
+    try:
+        summary = ray.run(exp, spec, log=context.log.info)[0]
+    except WorkerFailedError as err:
+        _mark(progress_url, context.run_id, "failed", str(err))
+        raise
+    except Exception:
+        raise
+    except BaseException as err:  # Dagster termination, KeyboardInterrupt
+        _mark(progress_url, context.run_id, "cancelled", type(err).__name__)
+        raise
+    return _output(config, prepared_dataset, summary, spec.num_workers)
+
+
+def _output(
+    config: TrainConfig, dataset: dict[str, Any], summary: dict[str, Any], workers: int
+) -> dg.Output[dict[str, Any]]:
+    digest = config_hash(config.experiment, config.overrides, dataset["data_version"])
+    history = summary["history"]
+    value = {
+        "experiment": config.experiment,
+        "overrides": list(config.overrides),
+        "config_hash": digest,
+        "dataset_path": dataset["path"],
+        "data_version": dataset["data_version"],
+        "run_id": summary["run_id"],
+        "run_dir": summary["run_dir"],
+        "best_checkpoint": summary["best_checkpoint"],
+        "last_checkpoint": summary["last_checkpoint"],
+        "best_val_accuracy": summary["best_val_accuracy"],
+        "exp_name": summary["config"].get("exp_name", "model"),
+    }
+    per_epoch = [
+        {
+            "epoch": int(h["epoch"]) + 1,
+            "train_loss": round(h["train_loss"], 5),
+            "val_loss": round(h["val_loss"], 5),
+            "val_accuracy": round(h["val_accuracy"], 5),
+            "lr": h["lr"],
+            "samples_per_s": round(h["samples_per_s"], 1),
+        }
+        for h in history
+    ]
+    metadata = {
+        "epochs": summary["epochs"],
+        "final_train_loss": summary["final_train_loss"],
+        "best_val_accuracy": summary["best_val_accuracy"],
+        "samples_per_s": summary["samples_per_s"],
+        "wall_time_s": summary["wall_time_s"],
+        "workers": workers,
+        "world_size": summary["world_size"],
+        "resumed_from": summary["resumed_from"] or "none",
+        "per_epoch": table(per_epoch),
+        "overrides": dg.MetadataValue.json(list(config.overrides)),
+        "effective_config": dg.MetadataValue.json(summary["config"]),
+        "config_hash": digest,
+        "run_dir": dg.MetadataValue.path(summary["run_dir"]),
+        "best_checkpoint": dg.MetadataValue.path(summary["best_checkpoint"]),
+    }
+    return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(digest))
