@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 .PHONY: help install run dev test test-e2e bench lint format clean stop-services
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,7 @@ run: install ## run the full training pipeline offline on embedded defaults (Ray
 	$(VENV)/bin/dagster job execute -m tinyexp_dagster.definitions -j training_pipeline
 	@$(PY) -m tinyexp_dagster.cli summary
 
-dev: install ## start the Dagster UI and daemon on http://127.0.0.1:3000
-	@mkdir -p $(DAGSTER_HOME)
+dev: install $(DAGSTER_HOME)/dagster.yaml ## start the Dagster UI and daemon on http://127.0.0.1:3000
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: install ## run the test suite (embedded Redis unless TINYEXP_TEST_REDIS_URL is set)

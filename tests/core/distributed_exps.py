@@ -15,10 +15,12 @@ RANK_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 BARRIER_DELAY_S = 1.0  # how long rank 1 holds back before the barrier
 
 
-def state_fingerprint(module: Any) -> str:
-    """sha256 over every parameter and buffer (names, dtypes, shapes and bytes)."""
+def state_fingerprint(state: Any) -> str:
+    """sha256 of a module's (or a state dict's) tensors: names, dtypes, shapes and bytes."""
+    if hasattr(state, "state_dict"):
+        state = state.state_dict()
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.numpy().tobytes())

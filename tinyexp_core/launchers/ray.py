@@ -121,7 +121,10 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
     else:
         saved = os.environ.pop(ENV_RAY_ADDRESS, None)
         try:
+            # address="local": always a fresh local instance, never a `ray start` head
+            # that happens to run on this machine.
             ray.init(
+                address="local",
                 _node_ip_address=LOCAL_HOST,
                 include_dashboard=False,
                 log_to_driver=False,
@@ -293,6 +296,10 @@ class RayLauncher:
         node_ids = ray.get([a.node_id.remote() for a in actors])
         self.actor_pids = ray.get([a.pid.remote() for a in actors])
         master_addr, master_port = ray.get(actors[0].master_endpoint.remote())
+        if len(set(node_ids)) == 1:
+            # One host (always so for the local Ray, whose node Ray registers under its
+            # routable IP even when asked for 127.0.0.1): rendezvous over loopback.
+            master_addr = LOCAL_HOST
         refs = []
         for rank, actor in enumerate(actors):
             same_node = [r for r, n in enumerate(node_ids) if n == node_ids[rank]]

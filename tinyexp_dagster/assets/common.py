@@ -23,10 +23,10 @@ def build_experiment(experiment: str, overrides: Sequence[str], forced: Sequence
         raise config_failure(err) from None
 
 
-def config_failure(err: Exception) -> dg.Failure:
+def config_failure(err: Exception, what: str = "invalid configuration") -> dg.Failure:
     """A step failure that says what was wrong and is not retried (retrying cannot help)."""
     return dg.Failure(
-        description=f"invalid configuration: {err}",
+        description=f"{what}: {err}",
         metadata={"error": str(err), "error_type": type(err).__name__},
         allow_retries=False,
     )

@@ -5,7 +5,7 @@ from typing import Any
 import dagster as dg
 
 from ..resources import StorageResource
-from .common import DEFAULT_EXPERIMENT, GROUP, build_experiment, table
+from .common import DEFAULT_EXPERIMENT, GROUP, build_experiment, config_failure, table
 
 
 class DatasetConfig(dg.Config):
@@ -20,8 +20,13 @@ def prepared_dataset(
     context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource
 ) -> dg.Output[dict[str, Any]]:
     """Train/val/test tensors with a sha256 manifest, versioned by content."""
+    from tinyexp_core.exceptions import DatasetError
+
     exp = build_experiment(config.experiment, config.overrides)
-    manifest = exp.prepare_data(str(storage.resolved_root()))
+    try:
+        manifest = exp.prepare_data(str(storage.resolved_root()))
+    except DatasetError as err:
+        raise config_failure(err, "invalid dataset") from None
     context.log.info(f"prepared {manifest.source} v{manifest.data_version} at {manifest.path}")
     histogram = [
         {"class": c, **{split: manifest.class_histogram[split][c] for split in manifest.counts}}

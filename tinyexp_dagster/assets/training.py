@@ -33,11 +33,16 @@ class TrainConfig(dg.Config):
 def _progress_env(
     context: dg.AssetExecutionContext, redis: RedisProgressResource, root: str
 ) -> dict[str, str]:
-    """The progress store for the ranks; without one, training goes on unreported."""
-    from tinyexp_core.exceptions import TinyExpError
+    """The progress store for the ranks. A malformed URL or a rejected password is a
+    configuration error and fails the step now; an unreachable server only turns
+    progress off, since progress never decides whether a model trains."""
+    from tinyexp_core.exceptions import ConfigError, TinyExpError
 
     try:
         url = redis.resolve_url(root)
+        redis.check_auth(url)
+    except ConfigError as err:
+        raise config_failure(err) from None
     except TinyExpError as err:
         context.log.warning(f"progress reporting off: {err}")
         return {}

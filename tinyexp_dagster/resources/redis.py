@@ -23,6 +23,32 @@ class RedisProgressResource(dg.ConfigurableResource):
 
         return resolve_redis_url(self.url or None, storage_root)
 
+    def check_auth(self, url: str) -> None:
+        """Raise a ConfigError when the server rejects the credentials; an unreachable
+        server is not an error here (progress is best effort)."""
+        import redis as redis_py
+
+        from tinyexp_core.exceptions import InvalidRedisUrlError
+        from tinyexp_core.redis_utils import make_client
+
+        client = make_client(url, socket_timeout_s=self.socket_timeout_s)
+        try:
+            client.ping()
+        except redis_py.AuthenticationError as err:
+            raise InvalidRedisUrlError(
+                self.redacted(url), f"authentication failed: {err}"
+            ) from None
+        except redis_py.ResponseError as err:
+            if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
+                raise InvalidRedisUrlError(
+                    self.redacted(url), f"authentication failed: {err}"
+                ) from None
+            return  # any other server reply: the server is there, progress may work
+        except (redis_py.ConnectionError, redis_py.TimeoutError, OSError):
+            return
+        finally:
+            client.close()
+
     def redacted(self, url: str) -> str:
         from tinyexp_core.redis_utils import redact_url
 
