@@ -29,6 +29,7 @@ from tinyexp_core.exceptions import (
 from tinyexp_core.experiment import ENV_ASSET, TinyExp
 from tinyexp_core.launchers.runtime import get_log_forwarder
 from tinyexp_core.metrics import classification_report, confusion_matrix
+from tinyexp_core.timing import mark
 
 
 class Net(nn.Module):
@@ -239,12 +240,14 @@ class Exp(TinyExp):
             logger.info(f"run {self.run_id} in {run_dir}, world size {acc.world_size}")
             logger.info(f"overrides: {self.overrided_cfg or 'none'}")
             logger.info("effective config:\n" + self.config_yaml())
+        mark(f"process_group_ready_rank{acc.rank}")
         self._ensure_prepared(acc)
         reporter = self.progress_cfg.build_reporter(
             self.run_id, is_main_process=acc.is_main_process
         )
         train_loader = self.data_cfg.build_loader("train", acc, self.seed)
         val_loader_data = self._eval_shard("val", acc)
+        mark(f"dataset_loaded_rank{acc.rank}")
 
         torch.manual_seed(self.seed)
         model = self.module_cfg.build_module(self._in_channels())
@@ -265,7 +268,7 @@ class Exp(TinyExp):
         reporter.start(
             asset=os.environ.get(ENV_ASSET, ""),
             num_epochs=num_epochs,
-            num_steps=len(train_loader) * num_epochs,
+            num_steps=len(train_loader),  # per epoch, as the progress contract says
             world_size=acc.world_size,
             attempt=int(os.environ.get("TINYEXP_ATTEMPT", "1")),
         )
@@ -311,6 +314,7 @@ class Exp(TinyExp):
         # Reseed per epoch and rank: dropout is then a function of (seed, epoch, rank),
         # so a run resumed at an epoch boundary matches an uninterrupted one exactly.
         torch.manual_seed(self.seed + 1000 * epoch + acc.rank)
+        first_step = step + 1
         loader.set_epoch(epoch)
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64)
@@ -324,12 +328,14 @@ class Exp(TinyExp):
             acc.backward(loss)
             optimizer.step()
             step += 1
+            if step == first_step:
+                mark(f"first_step_rank{acc.rank}")
             loss_sum += loss.detach().double().cpu() * len(y)
             seen += len(y)
             if (i + 1) % self.train_cfg.log_every_n_steps == 0:
                 lr = optimizer.param_groups[0]["lr"]
                 rate = seen * acc.world_size / max(time.perf_counter() - t0, 1e-9)
-                reporter.step(epoch=epoch, step=step, loss=loss.item(), lr=lr, samples_per_s=rate)
+                reporter.step(epoch=epoch, step=i, loss=loss.item(), lr=lr, samples_per_s=rate)
                 logger.debug(f"epoch {epoch} step {step} loss {loss.item():.4f}")
         elapsed = time.perf_counter() - t0
         totals = acc.reduce_sum(torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64))

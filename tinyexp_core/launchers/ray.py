@@ -25,6 +25,7 @@ from ..exceptions import (
     ResourceWaitTimeoutError,
     WorkerFailedError,
 )
+from ..timing import mark
 from .runtime import set_log_forwarder
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
@@ -134,6 +135,7 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
         finally:
             if saved is not None:
                 os.environ[ENV_RAY_ADDRESS] = saved
+    mark("ray_ready")
     try:
         yield True
     finally:
@@ -255,6 +257,7 @@ class RayLauncher:
         try:
             try:
                 ray.get(pg.ready(), timeout=spec.placement_timeout_s)
+                mark("placement_group_ready")
             except ray.exceptions.GetTimeoutError:
                 raise ResourceWaitTimeoutError(
                     f"placement group of {spec.num_workers} x {bundle}", spec.placement_timeout_s
@@ -296,6 +299,7 @@ class RayLauncher:
         node_ids = ray.get([a.node_id.remote() for a in actors])
         self.actor_pids = ray.get([a.pid.remote() for a in actors])
         master_addr, master_port = ray.get(actors[0].master_endpoint.remote())
+        mark("actors_ready")
         if len(set(node_ids)) == 1:
             # One host (always so for the local Ray, whose node Ray registers under its
             # routable IP even when asked for 127.0.0.1): rendezvous over loopback.

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each prints a table of ratios measured in one run."""
