@@ -12,6 +12,18 @@ from collections.abc import Sequence
 class TinyExpError(Exception):
     """Base class of every error raised on purpose by tinyexp."""
 
+    def __reduce__(self):
+        # Subclasses take their own arguments, not the message held in `args`, so the
+        # default reduction cannot rebuild them. Rebuilt from message and fields instead,
+        # an error raised in a Ray worker reaches the driver with its type and fields.
+        return (_rebuild_error, (type(self), self.args), self.__dict__)
+
+
+def _rebuild_error(cls: type[BaseException], args: tuple) -> BaseException:
+    err = cls.__new__(cls, *args)
+    err.args = args
+    return err
+
 
 class ConfigError(TinyExpError, ValueError):
     """Base class of configuration errors: raised before any compute starts."""

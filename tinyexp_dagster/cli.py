@@ -2,15 +2,30 @@
 
 tinyexp-dagster summary          latest accuracy, checkpoint and how to open the UI
 tinyexp-dagster redis url|stop   the embedded Redis under the storage root
+tinyexp-dagster progress [RUN_ID] live training progress from Redis (`--once`: one snapshot)
+
+The progress view reads `TINYEXP_REDIS_URL`, else the embedded Redis of `--storage-root`.
+Exit status of `progress`: 0 done (the run succeeded, or no run is active any more),
+1 the run failed, was cancelled or is unknown, 3 no progress store or Redis unreachable.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 from .resources.storage import default_storage_root
+
+EXIT_RUN_FAILED = 1
+EXIT_NO_STORE = 3
+ENV_REDIS_URL = "TINYEXP_REDIS_URL"
+_BAR_WIDTH = 24
+_STALE_HEARTBEAT_S = 10.0  # show the heartbeat's age from this age on
 
 
 def cmd_summary(_: argparse.Namespace) -> int:
@@ -46,6 +61,160 @@ def cmd_redis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_url(storage_root: str) -> tuple[str | None, str]:
+    """(URL, "") of the progress store, or (None, why there is none)."""
+    from tinyexp_core.redis_utils import EmbeddedRedis, redact_url
+
+    url = os.environ.get(ENV_REDIS_URL)
+    if url:
+        return url, ""
+    server = EmbeddedRedis(storage_root)
+    url = server.url()
+    if url:
+        return url, ""
+    try:
+        stale = server.url_file.read_text().strip()
+    except OSError:
+        stale = ""
+    if stale:
+        why = f"the embedded server of {storage_root} does not answer"
+        return None, f"Redis unreachable at {redact_url(stale)}: {why}"
+    return None, (
+        f"no progress store: {ENV_REDIS_URL} is unset and no embedded Redis runs under "
+        f"{storage_root} (the first training run starts it)"
+    )
+
+
+def cmd_progress(args: argparse.Namespace) -> int:
+    """Show live progress of one run (or of every active run) until it ends."""
+    import redis
+
+    from tinyexp_core.exceptions import InvalidRedisUrlError
+    from tinyexp_core.redis_utils import make_client, redact_url, validate_redis_url
+
+    url, why = _progress_url(args.storage_root)
+    if url is None:
+        print(why, file=sys.stderr)
+        return EXIT_NO_STORE
+    shown = redact_url(url)
+    try:
+        client = make_client(validate_redis_url(url), socket_timeout_s=1.0, connect_timeout_s=1.0)
+    except InvalidRedisUrlError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    view = ProgressView(sys.stdout)
+    try:
+        return _watch(client, args.run_id, view, once=args.once, interval_s=args.interval)
+    except redis.AuthenticationError as err:
+        print(f"error: Redis at {shown} rejected the credentials: {err}", file=sys.stderr)
+        return 2
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
+        print(f"Redis unreachable at {shown}: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_NO_STORE
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+
+
+def _watch(
+    client: Any, run_id: str | None, view: ProgressView, *, once: bool, interval_s: float
+) -> int:
+    """Redraw every `interval_s` until the run (or every active run) has ended."""
+    from tinyexp_core.progress import FINAL_STATUSES, active_run_ids, read_run
+
+    shown: list[str] = []  # runs on screen, in order of appearance
+    while True:
+        wanted = [run_id] if run_id else active_run_ids(client)
+        shown += [rid for rid in wanted if rid not in shown]
+        runs = {rid: read_run(client, rid) for rid in shown}
+        if run_id and not runs[run_id]:
+            view.draw([f"no progress for run {run_id} (not started yet, or expired)"])
+            return EXIT_RUN_FAILED
+        now = time.time()
+        view.draw([render_run(rid, runs[rid], now) for rid in shown] or ["no active runs"])
+        if run_id and runs[run_id].get("status") in FINAL_STATUSES:
+            return 0 if runs[run_id]["status"] == "succeeded" else EXIT_RUN_FAILED
+        if once or (not run_id and not wanted):
+            return 0
+        time.sleep(interval_s)
+
+
+def render_run(run_id: str, run: Mapping[str, str], now: float) -> str:
+    """One line: status, bar, epoch, step, loss, ETA (and a stale heartbeat's age)."""
+    status = run.get("status", "?")
+    num_epochs, num_steps = _num(run, "num_epochs"), _num(run, "num_steps")
+    epoch, step = _num(run, "epoch"), _num(run, "step")
+    fraction = 1.0 if status == "succeeded" else _fraction(epoch, step, num_epochs, num_steps)
+    filled = round(fraction * _BAR_WIDTH)
+    parts = [run_id, f"{status:<9}", f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}]"]
+    parts.append(f"{100 * fraction:3.0f}%")
+    if epoch is not None:
+        parts.append(f"epoch {int(epoch) + 1}/{_text(num_epochs)}")
+    if step is not None:
+        parts.append(f"step {int(step) + 1}/{_text(num_steps)}")
+    if _num(run, "loss") is not None:
+        parts.append(f"loss {_num(run, 'loss'):.4f}")
+    eta = _num(run, "eta_s")
+    if eta is not None and status in ("running", "stalled"):
+        parts.append(f"ETA {_duration(eta)}")
+    beat = _num(run, "heartbeat")
+    if beat is not None and status not in ("succeeded", "failed", "cancelled"):
+        if now - beat >= _STALE_HEARTBEAT_S:
+            parts.append(f"(last heartbeat {_duration(now - beat)} ago)")
+    if run.get("error"):
+        parts.append(f"error: {run['error'].strip().splitlines()[-1][:120]}")
+    return "  ".join(parts)
+
+
+def _num(run: Mapping[str, str], name: str) -> float | None:
+    try:
+        return float(run[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _text(value: float | None) -> str:
+    return "?" if value is None else str(int(value))
+
+
+def _fraction(
+    epoch: float | None, step: float | None, num_epochs: float | None, num_steps: float | None
+) -> float:
+    """Done steps over all steps (`epoch`, `step`: 0-based; `num_steps`: per epoch)."""
+    if epoch is None or not num_epochs:
+        return 0.0
+    if step is None or not num_steps:
+        return min(1.0, epoch / num_epochs)
+    return min(1.0, max(0.0, (epoch * num_steps + step + 1) / (num_epochs * num_steps)))
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressView:
+    """Draws frames of lines: redrawn in place on a terminal, printed on change otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self._lines: list[str] = []
+
+    def draw(self, lines: list[str]) -> None:
+        if self.tty:
+            width = shutil.get_terminal_size().columns
+            lines = [line[: width - 1] for line in lines]  # a wrapped line breaks the redraw
+            if self._lines:
+                self.out.write(f"\x1b[{len(self._lines)}F\x1b[J")
+        elif lines == self._lines:
+            return
+        self.out.write("".join(f"{line}\n" for line in lines))
+        self.out.flush()
+        self._lines = lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyexp-dagster", description=__doc__.splitlines()[0])
     parser.add_argument("--storage-root", default=default_storage_root())
@@ -55,7 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     redis = sub.add_parser("redis", help="the embedded Redis server")
     redis.add_argument("action", choices=("url", "stop"))
     redis.set_defaults(func=cmd_redis)
+    progress = sub.add_parser("progress", help="live training progress from Redis")
+    progress.add_argument("run_id", nargs="?", help="a run id (default: every active run)")
+    progress.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    progress.add_argument("--interval", type=_positive_float, default=1.0, help="refresh, s")
+    progress.set_defaults(func=cmd_progress)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

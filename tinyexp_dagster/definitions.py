@@ -14,6 +14,8 @@ import dagster as dg
 from .assets import ASSET_CHECKS, ASSETS
 from .jobs import JOBS
 from .resources import RayDDPResource, RedisProgressResource, StorageResource
+from .schedules import SCHEDULES
+from .sensors import SENSORS
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
@@ -34,6 +36,8 @@ defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=ASSET_CHECKS,
     jobs=JOBS,
+    sensors=SENSORS,
+    schedules=SCHEDULES,
     resources=build_resources(),
     executor=dg.in_process_executor,
 )

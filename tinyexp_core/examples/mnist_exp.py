@@ -280,6 +280,7 @@ class Exp(TinyExp):
                 )
                 step = row["step"]
                 scheduler.step()
+                reporter.heartbeat()  # validation can be long; it is not a stall
                 row.update(self._validate(acc, model, val_loader_data))
                 history.append(row)
                 self._save_epoch(acc, manager, model, optimizer, scheduler, row, history, reporter)

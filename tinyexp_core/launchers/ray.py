@@ -30,6 +30,7 @@ from .runtime import set_log_forwarder
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
 LOCAL_HOST = "127.0.0.1"
+_ENV_RAY_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local node is 127.0.0.1
 
 
 @dataclass
@@ -102,6 +103,32 @@ def _check_reachable(address: str, timeout_s: float) -> None:
 
 
 @contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make the local Ray that ray.init starts register as 127.0.0.1 and listen on loopback.
+
+    On Linux Ray replaces a requested 127.0.0.1 by the host's routable IP and then binds its
+    servers (GCS, raylet, agents, workers) to every interface; with the node IP 127.0.0.1
+    they bind to loopback only. Ray reads the switch from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    when it is imported (so the constant is set too); the processes ray.init starts
+    inherit the variable, and the workers the raylet starts later inherit it from it.
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(_ENV_RAY_CLUSTERS)
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_ENV_RAY_CLUSTERS] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        if saved_env is None:
+            os.environ.pop(_ENV_RAY_CLUSTERS, None)
+        else:
+            os.environ[_ENV_RAY_CLUSTERS] = saved_env
+
+
+@contextlib.contextmanager
 def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterator[bool]:
     """Reuse a connected Ray, connect to `address`, or start a local one; yields `owned`.
 
@@ -124,14 +151,15 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
         try:
             # address="local": always a fresh local instance, never a `ray start` head
             # that happens to run on this machine.
-            ray.init(
-                address="local",
-                _node_ip_address=LOCAL_HOST,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level="WARNING",
-                object_store_memory=256 * 1024 * 1024,
-            )
+            with _loopback_only():
+                ray.init(
+                    address="local",
+                    _node_ip_address=LOCAL_HOST,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level="WARNING",
+                    object_store_memory=256 * 1024 * 1024,
+                )
         finally:
             if saved is not None:
                 os.environ[ENV_RAY_ADDRESS] = saved
@@ -239,8 +267,14 @@ class RayLauncher:
         with ray_session(
             self.spec.resolved_address(), connect_timeout_s=self.spec.connect_timeout_s
         ):
-            _check_cluster_fits(self.spec)
-            return self._run_in_session(exp)
+            try:
+                _check_cluster_fits(self.spec)
+                return self._run_in_session(exp)
+            except SystemError as err:
+                interrupt = _interrupt_inside(err)
+                if interrupt is None:
+                    raise
+                raise interrupt from None
 
     def _run_in_session(self, exp: Any) -> list[Any]:
         import ray
@@ -345,6 +379,9 @@ class RayLauncher:
                 except ray.exceptions.RayTaskError as err:
                     cause = err.cause if err.cause is not None else err
                     raise WorkerFailedError(rank, f"{type(cause).__name__}: {cause}") from cause
+                except ray.exceptions.RayError as err:
+                    # e.g. an error the driver cannot unpickle; its text still ends with it.
+                    raise WorkerFailedError(rank, _last_line(err)) from err
         return [results[r] for r in range(len(refs))]
 
     def _forward(self, lines: list[str]) -> None:
@@ -352,6 +389,25 @@ class RayLauncher:
             return
         for line in lines:
             self.log_callback(line)
+
+
+def _interrupt_inside(err: SystemError) -> BaseException | None:
+    """The interrupt a signal handler raised while Ray's C code was waiting, if any.
+
+    A handler that raises inside a C call (Ray's wait/get poll for signals) surfaces as
+    SystemError("... returned a result with an exception set") caused by the original
+    exception. KeyboardInterrupt and Dagster's termination are BaseExceptions and must
+    reach the caller as themselves, or they pass for ordinary, retryable errors.
+    """
+    cause = err.__cause__
+    if cause is not None and not isinstance(cause, Exception):
+        return cause
+    return None
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1].strip() if text else type(err).__name__
 
 
 def _first_line(err: BaseException) -> str:

@@ -15,6 +15,8 @@ from .common import (
 )
 
 RESUME_CHOICES = ("auto", "never")
+# Tag of a run that continues another run's directory (set by stalled_training_sensor).
+RESUME_RUN_DIR_TAG = "tinyexp/resume_run_dir"
 
 
 class TrainConfig(dg.Config):
@@ -78,13 +80,20 @@ def trained_model(
     storage: StorageResource,
 ) -> dg.Output[dict[str, Any]]:
     """DDP training on Ray workers; checkpoints under runs/<run_id>/checkpoints."""
-    from tinyexp_core.exceptions import ConfigError, WorkerFailedError
+    from tinyexp_core.exceptions import (
+        ConfigError,
+        InsufficientResourcesError,
+        WorkerFailedError,
+    )
 
     if config.resume not in RESUME_CHOICES:
         raise config_failure(ValueError(f"resume={config.resume!r}, allowed: {RESUME_CHOICES}"))
     root = str(storage.resolved_root())
-    # Retries and re-executions share the root run's directory, so they can resume.
-    run_dir_id = context.run.root_run_id or context.run_id
+    # Retries and re-executions share the root run's directory, so they can resume; so does
+    # the resume run that the stalled-training sensor requests (tagged with that directory).
+    run_dir_id = (
+        context.run.root_run_id or context.run.tags.get(RESUME_RUN_DIR_TAG) or context.run_id
+    )
     forced = [
         "mode=train",
         f"output_root={storage.runs_dir()}",
@@ -100,7 +109,7 @@ def trained_model(
             num_cpus_per_worker=config.num_cpus_per_worker,
             num_gpus_per_worker=config.num_gpus_per_worker,
         )
-    except ConfigError as err:
+    except (ConfigError, InsufficientResourcesError) as err:  # retrying cannot help either
         raise config_failure(err) from None
     spec.env.update(
         {
@@ -117,6 +126,8 @@ def trained_model(
     progress_url = spec.env.get("TINYEXP_PROGRESS_URL")
     try:
         summary = ray.run(exp, spec, log=context.log.info)[0]
+    except InsufficientResourcesError as err:  # checked against the cluster, before any rank
+        raise config_failure(err) from None
     except WorkerFailedError as err:
         _mark(progress_url, context.run_id, "failed", str(err))
         raise
@@ -124,8 +135,24 @@ def trained_model(
         raise
     except BaseException as err:  # Dagster termination, KeyboardInterrupt
         _mark(progress_url, context.run_id, "cancelled", type(err).__name__)
+        if _termination_requested(context):
+            # The in-process executor retries an interrupted step under its RetryPolicy,
+            # which would start training again in a run the user terminated.
+            raise dg.Failure(
+                "training stopped: the run was terminated (Ray workers removed)",
+                allow_retries=False,
+            ) from err
         raise
     return _output(config, prepared_dataset, summary, spec.num_workers)
+
+
+def _termination_requested(context: dg.AssetExecutionContext) -> bool:
+    """Whether someone asked Dagster to terminate this run (UI, GraphQL, the instance)."""
+    run = context.instance.get_run_by_id(context.run.run_id)
+    return run is not None and run.status in (
+        dg.DagsterRunStatus.CANCELING,
+        dg.DagsterRunStatus.CANCELED,
+    )
 
 
 def _output(

@@ -1,0 +1,566 @@
+"""Sensors against a real Redis (the `redis_url` fixture) and a real Dagster instance.
+
+Every tick goes through `build_sensor_context` with an explicit cursor, the way the daemon
+calls a sensor: exactly-once requests, cursor advance, skip reasons and Redis outages.
+The Redis server may be shared, so assertions only look at this test's run ids.
+"""
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import redis
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.launcher import RunLauncher
+from dagster._serdes import ConfigurableClass
+
+from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.progress import (
+    ACTIVE_RUNS_KEY,
+    EVENTS_STREAM,
+    RedisProgressReporter,
+    active_run_ids,
+    read_events,
+    read_run,
+    run_key,
+)
+from tinyexp_core.redis_utils import free_port, make_client
+from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
+from tinyexp_dagster.definitions import defs
+from tinyexp_dagster.resources import RedisProgressResource, StorageResource
+from tinyexp_dagster.sensors import (
+    STALLED_RUN_TAG,
+    accuracy_regression_sensor,
+    min_accuracy,
+    retrain_on_new_data_sensor,
+    stall_action,
+    stall_after_s,
+    stalled_training_sensor,
+    training_progress_sensor,
+)
+
+STALE_S = 1000.0  # heartbeat age of a stalled run in these tests (threshold: 60 s)
+
+
+class TerminatingRunLauncher(RunLauncher, ConfigurableClass):
+    """A run launcher whose `terminate` works (like the default one under `dagster dev`):
+    it reports the run canceled and records the call. Launching is not needed here."""
+
+    terminated: list[str] = []
+
+    def __init__(self, inst_data: Any = None) -> None:
+        self._inst_data = inst_data
+
+    @property
+    def inst_data(self) -> Any:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict:
+        return {}
+
+    @classmethod
+    def from_config_value(cls, inst_data: Any, config_value: Any) -> "TerminatingRunLauncher":
+        return cls(inst_data=inst_data)
+
+    def launch_run(self, context: Any) -> None:
+        raise NotImplementedError("these tests never launch runs")
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        self._instance.report_run_canceled(run)
+        TerminatingRunLauncher.terminated.append(run_id)
+        return True
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    conn = make_client(redis_url)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def track(client: redis.Redis) -> Iterator[Callable[[str], str]]:
+    """Registers run ids whose hashes, set membership and events go afterwards."""
+    made: list[str] = []
+
+    def add(run_id: str) -> str:
+        made.append(run_id)
+        return run_id
+
+    yield add
+    for rid in made:
+        client.delete(run_key(rid))
+        client.srem(ACTIVE_RUNS_KEY, rid)
+    stale = [eid for eid, f in read_events(client, count=100_000) if f.get("run_id") in made]
+    if stale:
+        client.xdel(EVENTS_STREAM, *stale)
+
+
+@pytest.fixture
+def new_run_id(track: Callable[[str], str]) -> Callable[[], str]:
+    """Makes unique run ids (cleaned up like `track`'s)."""
+    return lambda: track(str(uuid.uuid4()))
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    """A real Dagster instance (in memory: run and event storage as the daemon sees them)."""
+    return dg.DagsterInstance.ephemeral()
+
+
+@pytest.fixture
+def resources(redis_url: str, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "redis": RedisProgressResource(url=redis_url),
+        "storage": StorageResource(root=str(tmp_path / "storage")),
+    }
+
+
+@pytest.fixture
+def down_resources(tmp_path: Path) -> dict[str, Any]:
+    """Resources whose Redis URL is a free port: nothing listens there."""
+    return {
+        "redis": RedisProgressResource(url=f"redis://127.0.0.1:{free_port()}/0"),
+        "storage": StorageResource(root=str(tmp_path / "storage")),
+    }
+
+
+@pytest.fixture(scope="module")
+def pipeline_job() -> dg.JobDefinition:
+    return defs.resolve_job_def("training_pipeline")
+
+
+def tick(
+    sensor: dg.SensorDefinition,
+    instance: dg.DagsterInstance,
+    cursor: str | None = None,
+    resources: dict[str, Any] | None = None,
+) -> Any:
+    """One evaluation as the daemon does it; returns run requests, skip message, cursor."""
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    return sensor.evaluate_tick(context)
+
+
+def stream_end(client: redis.Redis) -> str:
+    last = client.xrevrange(EVENTS_STREAM, count=1)
+    return last[0][0] if last else "0-0"
+
+
+def ours(data: Any, run_id: str) -> list[dg.AssetObservation]:
+    return [o for o in data.asset_events if o.metadata["run_id"].value == run_id]
+
+
+def start_run(
+    redis_url: str, run_id: str, *, heartbeat: float, asset: str = "trained_model"
+) -> RedisProgressReporter:
+    """A run in Redis: registered, at epoch 0 step 5 with an ETA, last heartbeat at
+    `heartbeat` (the reporter's clock stays there)."""
+    now = [heartbeat - 1.0]
+    rep = RedisProgressReporter(redis_url, run_id, throttle_s=0.0, clock=lambda: now[0])
+    rep.start(asset=asset, num_epochs=3, num_steps=10)
+    rep.step(epoch=0, step=3, loss=1.5, lr=0.1, samples_per_s=100.0)
+    now[0] = heartbeat
+    rep.step(epoch=0, step=5, loss=1.25, lr=0.1, samples_per_s=100.0)
+    return rep
+
+
+def dagster_run(
+    instance: dg.DagsterInstance,
+    job: dg.JobDefinition,
+    status: dg.DagsterRunStatus = dg.DagsterRunStatus.STARTED,
+    **kwargs: Any,
+) -> dg.DagsterRun:
+    config = {"ops": {"trained_model": {"config": {"overrides": ["train_cfg.num_epochs=3"]}}}}
+    return instance.create_run_for_job(job, run_config=config, status=status, **kwargs)
+
+
+# ---------------------------------------------------------------- training_progress_sensor
+
+
+def test_progress_first_tick_follows_from_the_stream_end(
+    redis_url, client, instance, resources, new_run_id
+):
+    rid = new_run_id()
+    rep = start_run(redis_url, rid, heartbeat=time.time())
+    rep.epoch_end(epoch=0, loss=1.0, metrics={"val_accuracy": 0.5})
+    data = tick(training_progress_sensor, instance, None, resources)
+    assert not data.asset_events
+    assert "earlier events are not replayed" in data.skip_message
+    assert data.cursor == stream_end(client)
+
+
+def test_progress_events_become_observations_once(
+    redis_url, client, instance, resources, new_run_id
+):
+    rid, other = new_run_id(), new_run_id()
+    cursor = stream_end(client)
+    rep = start_run(redis_url, rid, heartbeat=time.time())
+    rep.epoch_end(epoch=0, loss=1.25, metrics={"val_accuracy": 0.5, "best_metric": 0.5})
+    rep.checkpoint(path="/runs/x/last.pt", epoch=0, best_metric=0.5)
+    standalone = start_run(redis_url, other, heartbeat=time.time(), asset="")
+    standalone.epoch_end(epoch=0, loss=1.0, metrics={})
+
+    first = tick(training_progress_sensor, instance, cursor, resources)
+    [obs] = ours(first, rid)
+    assert not ours(first, other), "a run of no trained_model asset is not observed"
+    assert obs.asset_key == dg.AssetKey("trained_model")
+    meta = {k: v.value for k, v in obs.metadata.items()}
+    assert meta["epoch"] == 1 and meta["num_epochs"] == 3 and meta["event"] == "epoch_end"
+    assert meta["train_loss"] == 1.25 and meta["val_accuracy"] == 0.5
+    assert meta["best_val_accuracy"] == 0.5 and meta["last_checkpoint"] == "/runs/x/last.pt"
+    assert meta["eta_s"] >= 0, "a running run's observation carries its ETA"
+    assert first.cursor == stream_end(client)
+
+    rep.epoch_end(epoch=1, loss=0.75, metrics={"val_accuracy": 0.75})
+    rep.finish("succeeded")
+    second = tick(training_progress_sensor, instance, first.cursor, resources)
+    epoch_2, final = ours(second, rid)  # epoch 1 is not observed again
+    assert epoch_2.metadata["epoch"].value == 2
+    assert final.metadata["status"].value == "succeeded"
+    assert "epoch" not in final.metadata and "eta_s" not in final.metadata
+
+    again = tick(training_progress_sensor, instance, second.cursor, resources)
+    assert not again.asset_events
+    assert again.skip_message == f"no new progress events after stream id {second.cursor}"
+    assert again.cursor == second.cursor
+
+
+def test_progress_without_a_store_or_with_redis_down(instance, down_resources, tmp_path):
+    no_store = {"redis": RedisProgressResource(), "storage": StorageResource(root=str(tmp_path))}
+    data = tick(training_progress_sensor, instance, "0-0", no_store)
+    assert data.skip_message.startswith("no progress store yet")
+
+    down = tick(training_progress_sensor, instance, "0-0", down_resources)
+    url = down_resources["redis"].url
+    assert down.skip_message.startswith(f"Redis unreachable at {url}: ConnectionError")
+    assert down.cursor == "0-0" and not down.asset_events, "the cursor stays where it was"
+
+
+def test_a_dead_embedded_server_is_reported_unreachable(instance, tmp_path):
+    """The embedded server's address file is there but nothing answers: unreachable, not
+    'no store'."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    (tmp_path / "redis").mkdir()
+    (tmp_path / "redis" / "redis.url").write_text(url + "\n")
+    embedded = {"redis": RedisProgressResource(), "storage": StorageResource(root=str(tmp_path))}
+    for sensor in (training_progress_sensor, stalled_training_sensor):
+        data = tick(sensor, instance, None, embedded)
+        assert data.skip_message.startswith(f"Redis unreachable at {url}"), sensor.name
+
+
+def test_password_is_never_shown(instance, tmp_path):
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    res = {"redis": RedisProgressResource(url=url), "storage": StorageResource(root=str(tmp_path))}
+    data = tick(training_progress_sensor, instance, "0-0", res)
+    assert "Redis unreachable at redis://:***@127.0.0.1" in data.skip_message
+    assert "hunter2" not in data.skip_message
+
+
+# ---------------------------------------------------------------- stalled_training_sensor
+
+
+@pytest.fixture
+def stall_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.setenv("TINYEXP_STALL_AFTER_S", "60")
+    monkeypatch.delenv("TINYEXP_STALL_ACTION", raising=False)
+    return monkeypatch
+
+
+def test_stalled_run_is_marked_and_reported_once(
+    redis_url, client, track, instance, resources, pipeline_job, stall_env
+):
+    run = dagster_run(instance, pipeline_job)
+    track(run.run_id)
+    start_run(redis_url, run.run_id, heartbeat=time.time() - STALE_S)
+    heartbeat = read_run(client, run.run_id)["heartbeat"]
+    first = tick(stalled_training_sensor, instance, None, resources)
+    assert read_run(client, run.run_id)["status"] == "stalled"
+    assert f"run {run.run_id} stalled" in first.skip_message
+    assert not first.run_requests, "report mode requests nothing"
+    assert json.loads(first.cursor)["stalls"] == [f"stall:{run.run_id}:{heartbeat}"]
+
+    second = tick(stalled_training_sensor, instance, first.cursor, resources)
+    assert f"run {run.run_id}" not in second.skip_message, "one report per stall"
+    assert second.cursor == first.cursor and not second.run_requests
+
+
+def test_fresh_heartbeat_is_not_a_stall_and_a_stalled_run_recovers(
+    redis_url, client, track, instance, resources, pipeline_job, stall_env
+):
+    run = dagster_run(instance, pipeline_job)
+    track(run.run_id)
+    start_run(redis_url, run.run_id, heartbeat=time.time())
+    data = tick(stalled_training_sensor, instance, None, resources)
+    assert read_run(client, run.run_id)["status"] == "running"
+    assert "none of this instance stalled (threshold 60 s)" in data.skip_message
+    assert json.loads(data.cursor) == {"stalls": []}
+
+    client.hset(run_key(run.run_id), "status", "stalled")  # marked by an earlier tick
+    tick(stalled_training_sensor, instance, data.cursor, resources)
+    assert read_run(client, run.run_id)["status"] == "running"
+
+
+@pytest.mark.parametrize(
+    ("dagster_status", "final"),
+    [(dg.DagsterRunStatus.FAILURE, "failed"), (dg.DagsterRunStatus.SUCCESS, "succeeded")],
+)
+def test_runs_dagster_shows_as_ended_leave_the_active_set(
+    redis_url, client, track, instance, resources, pipeline_job, stall_env, dagster_status, final
+):
+    run = dagster_run(instance, pipeline_job, status=dagster_status)
+    track(run.run_id)
+    start_run(redis_url, run.run_id, heartbeat=time.time() - STALE_S)
+    data = tick(stalled_training_sensor, instance, None, resources)
+    progress = read_run(client, run.run_id)
+    assert progress["status"] == final, "its real final status, not stalled"
+    assert run.run_id not in active_run_ids(client)
+    assert client.ttl(run_key(run.run_id)) > 0
+    assert f"run {run.run_id} ended ({final})" in data.skip_message
+    assert bool(progress["error"]) == (final == "failed")
+
+
+def test_runs_unknown_to_the_instance_are_left_alone(
+    redis_url, client, instance, resources, new_run_id, stall_env
+):
+    rid = new_run_id()  # a standalone CLI run, or another deployment's
+    start_run(redis_url, rid, heartbeat=time.time() - STALE_S)
+    tick(stalled_training_sensor, instance, None, resources)
+    assert read_run(client, rid)["status"] == "running"
+    assert rid in active_run_ids(client)
+
+
+def test_redis_down_is_not_a_stall(
+    redis_url, client, track, instance, down_resources, pipeline_job, stall_env
+):
+    run = dagster_run(instance, pipeline_job)
+    track(run.run_id)
+    start_run(redis_url, run.run_id, heartbeat=time.time() - STALE_S)
+    data = tick(stalled_training_sensor, instance, None, down_resources)
+    assert data.skip_message.startswith("Redis unreachable at redis://127.0.0.1:")
+    assert "stalled" not in data.skip_message
+    assert not data.run_requests and data.cursor is None
+    assert read_run(client, run.run_id)["status"] == "running"
+
+
+def test_terminate_action_requests_one_resume_run(
+    redis_url, client, track, resources, pipeline_job, stall_env
+):
+    stall_env.setenv("TINYEXP_STALL_ACTION", "terminate")
+    launcher = {"module": __name__, "class": TerminatingRunLauncher.__name__}
+    with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
+        run = dagster_run(instance, pipeline_job)
+        track(run.run_id)
+        start_run(redis_url, run.run_id, heartbeat=time.time() - STALE_S)
+        heartbeat = read_run(client, run.run_id)["heartbeat"]
+        first = tick(stalled_training_sensor, instance, None, resources)
+        [request] = first.run_requests
+        assert TerminatingRunLauncher.terminated[-1] == run.run_id
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+        assert request.run_key == f"stall:{run.run_id}:{heartbeat}"
+        assert request.job_name in (None, "retrain_job")
+        assert request.tags[RESUME_RUN_DIR_TAG] == run.run_id
+        assert request.tags[STALLED_RUN_TAG] == run.run_id
+        train = request.run_config["ops"]["trained_model"]["config"]
+        assert train == {"overrides": ["train_cfg.num_epochs=3"], "resume": "auto"}
+        assert set(request.run_config["ops"]) <= {
+            "trained_model",
+            "model_checkpoint",
+            "model_evaluation",
+        }
+
+        again = tick(stalled_training_sensor, instance, first.cursor, resources)
+        assert not again.run_requests, "one request per stall"
+
+
+def test_no_resume_when_the_run_cannot_be_terminated(
+    redis_url, client, track, resources, pipeline_job, stall_env
+):
+    """DagsterInstance.ephemeral()'s run launcher cannot terminate: two trainers must not
+    share a run directory, so nothing is requested."""
+    stall_env.setenv("TINYEXP_STALL_ACTION", "terminate")
+    instance = dg.DagsterInstance.ephemeral()
+    run = dagster_run(instance, pipeline_job)
+    track(run.run_id)
+    start_run(redis_url, run.run_id, heartbeat=time.time() - STALE_S)
+    data = tick(stalled_training_sensor, instance, None, resources)
+    assert not data.run_requests
+    assert read_run(client, run.run_id)["status"] == "stalled"
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+
+
+def test_stall_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv("TINYEXP_STALL_AFTER_S", raising=False)
+    monkeypatch.delenv("TINYEXP_STALL_ACTION", raising=False)
+    monkeypatch.delenv("TINYEXP_MIN_ACCURACY", raising=False)
+    assert (stall_after_s(), stall_action(), min_accuracy()) == (600.0, "report", 0.9)
+    for name, bad in [
+        ("TINYEXP_STALL_AFTER_S", "soon"),
+        ("TINYEXP_STALL_AFTER_S", "-5"),
+        ("TINYEXP_STALL_ACTION", "kill"),
+        ("TINYEXP_MIN_ACCURACY", "1.5"),
+    ]:
+        with monkeypatch.context() as env:
+            env.setenv(name, bad)
+            with pytest.raises(ConfigValueError, match=name):
+                (stall_after_s(), stall_action(), min_accuracy())
+
+
+# ---------------------------------------------------------------- retrain_on_new_data_sensor
+
+
+def prepared(instance: dg.DagsterInstance, version: str) -> None:
+    """A prepared_dataset materialization as the asset records it (DataVersion + metadata)."""
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            "prepared_dataset",
+            metadata={"data_version": version},
+            tags={"dagster/data_version": version},
+        )
+    )
+
+
+def test_retrain_once_per_new_data_version(instance):
+    data = tick(retrain_on_new_data_sensor, instance)
+    assert data.skip_message == "no prepared_dataset materialization yet"
+
+    requests = []
+    prepared(instance, "v1")
+    first = tick(retrain_on_new_data_sensor, instance)
+    requests += first.run_requests
+    assert [r.run_key for r in first.run_requests] == ["data:v1"]
+    assert json.loads(first.cursor)["data_version"] == "v1"
+
+    second = tick(retrain_on_new_data_sensor, instance, first.cursor)
+    requests += second.run_requests
+    assert second.skip_message.startswith("no new prepared_dataset materialization since")
+    assert second.cursor == first.cursor
+
+    prepared(instance, "v1")  # the same data, prepared again
+    third = tick(retrain_on_new_data_sensor, instance, second.cursor)
+    requests += third.run_requests
+    assert third.skip_message == "prepared_dataset rematerialized with the same data version v1"
+    assert json.loads(third.cursor)["storage_id"] > json.loads(second.cursor)["storage_id"]
+
+    prepared(instance, "v2")
+    fourth = tick(retrain_on_new_data_sensor, instance, third.cursor)
+    requests += fourth.run_requests
+    assert [r.run_key for r in requests] == ["data:v1", "data:v2"]
+    assert fourth.run_requests[0].tags["tinyexp/data_version"] == "v2"
+
+
+def test_no_retrain_for_data_a_training_run_prepared(instance, pipeline_job):
+    """training_pipeline prepares and trains in one run: its new data version is trained on
+    already (or about to be), both mid-run and after trained_model is materialized."""
+    run = dagster_run(instance, pipeline_job)
+    materialization = dg.AssetMaterialization(
+        "prepared_dataset", metadata={"data_version": "v3"}, tags={"dagster/data_version": "v3"}
+    )
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+        job_name=run.job_name,
+        event_specific_data=StepMaterializationData(materialization),
+    )
+    instance.report_dagster_event(event, run_id=run.run_id, log_level=logging.INFO)
+    data = tick(retrain_on_new_data_sensor, instance)
+    assert not data.run_requests
+    assert data.skip_message == f"data version v3 came from run {run.run_id}, which trains on it"
+
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            "trained_model", tags={"dagster/input_data_version/prepared_dataset": "v4"}
+        )
+    )
+    prepared(instance, "v4")
+    data = tick(retrain_on_new_data_sensor, instance, data.cursor)
+    assert data.skip_message == "trained_model is already trained on data version v4"
+
+
+@pytest.mark.filterwarnings("ignore::dagster.BetaWarning")  # Output(data_version=...)
+def test_retrain_on_new_data_against_real_materializations(instance):
+    """Stub assets with the real keys and the real assets' data-version behaviour."""
+
+    @dg.asset(name="prepared_dataset")
+    def stub_prepared(context: dg.AssetExecutionContext) -> dg.Output[dict]:
+        version = context.run.tags["version"]
+        return dg.Output(
+            {}, metadata={"data_version": version}, data_version=dg.DataVersion(version)
+        )
+
+    dg.materialize([stub_prepared], instance=instance, tags={"version": "v5"})
+    first = tick(retrain_on_new_data_sensor, instance)
+    assert [r.run_key for r in first.run_requests] == ["data:v5"]
+    dg.materialize([stub_prepared], instance=instance, tags={"version": "v5"})
+    second = tick(retrain_on_new_data_sensor, instance, first.cursor)
+    assert not second.run_requests and "same data version v5" in second.skip_message
+
+
+# ---------------------------------------------------------------- accuracy_regression_sensor
+
+
+def evaluation(instance: dg.DagsterInstance, accuracy: float | None) -> int:
+    metadata = {"split": "test"} if accuracy is None else {"accuracy": accuracy, "split": "test"}
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("model_evaluation", metadata=metadata)
+    )
+    return (
+        instance.fetch_materializations(dg.AssetKey("model_evaluation"), limit=1)
+        .records[0]
+        .storage_id
+    )
+
+
+def test_accuracy_regression_requests_once_per_evaluation(instance, monkeypatch):
+    monkeypatch.delenv("TINYEXP_MIN_ACCURACY", raising=False)
+    assert tick(accuracy_regression_sensor, instance).skip_message == (
+        "no model_evaluation materialization yet"
+    )
+    good = evaluation(instance, 0.95)
+    data = tick(accuracy_regression_sensor, instance)
+    assert data.skip_message == "accuracy 0.9500 >= minimum 0.9000"
+    assert data.cursor == str(good)
+
+    bad = evaluation(instance, 0.5)
+    first = tick(accuracy_regression_sensor, instance, data.cursor)
+    assert [r.run_key for r in first.run_requests] == [f"acc:{bad}"]
+    assert first.cursor == str(bad)
+    second = tick(accuracy_regression_sensor, instance, first.cursor)
+    assert not second.run_requests
+    assert second.skip_message == f"no new model_evaluation since storage id {bad}"
+
+    monkeypatch.setenv("TINYEXP_MIN_ACCURACY", "0.99")
+    stricter = evaluation(instance, 0.95)
+    third = tick(accuracy_regression_sensor, instance, second.cursor)
+    assert [r.run_key for r in third.run_requests] == [f"acc:{stricter}"]
+
+    missing = evaluation(instance, None)
+    fourth = tick(accuracy_regression_sensor, instance, third.cursor)
+    assert fourth.skip_message == f"model_evaluation {missing} has no accuracy metadata"
+
+
+def test_no_retrain_loop_after_a_retrain_this_sensor_requested(instance):
+    @dg.asset(name="model_evaluation")
+    def stub_evaluation() -> dg.Output[dict]:
+        return dg.Output({}, metadata={"accuracy": 0.5})
+
+    result = dg.materialize(
+        [stub_evaluation],
+        instance=instance,
+        tags={"dagster/sensor_name": "accuracy_regression_sensor"},
+    )
+    data = tick(accuracy_regression_sensor, instance)
+    assert not data.run_requests
+    assert data.skip_message == (
+        f"accuracy 0.5000 < minimum 0.9000 after the retrain this sensor requested "
+        f"(run {result.run_id}); not retraining again"
+    )
