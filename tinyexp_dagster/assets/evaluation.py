@@ -53,7 +53,11 @@ def model_evaluation(
         model_checkpoint["overrides"],
         [f"data_cfg.prepared_path={model_checkpoint['dataset_path']}"],
     )
+    from tinyexp_core.timing import mark
+
+    mark("evaluate_start")
     report = exp.evaluate(model_checkpoint["path"], config.split)
+    mark("evaluate_end")
     context.log.info(
         f"{config.split} accuracy {report['accuracy']:.4f} of {model_checkpoint['path']}"
     )
