@@ -35,8 +35,8 @@ test: install ## run the test suite (embedded Redis unless TINYEXP_TEST_REDIS_UR
 	$(PY) -m pytest -q -m "not e2e"
 
 test-e2e: install ## end-to-end tests: browser UI, CLI subprocesses, daemon, Postgres deployment
-	$(PY) -m tinyexp_dagster.e2e_setup
-	$(PY) -m pytest -q -m e2e
+	bash scripts/install_chromium.sh
+	$(PY) -m pytest -q -m e2e tests/e2e
 
 bench: install ## benchmarks (ratios measured in one run); results go to docs/benchmarks.md
 	$(PY) -m bench
