@@ -39,6 +39,7 @@ test-e2e: install ## end-to-end tests: browser UI, CLI subprocesses, daemon, Pos
 	$(PY) -m pytest -q -m e2e tests/e2e
 
 bench: install ## benchmarks (ratios measured in one run); results go to docs/benchmarks.md
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m bench
 
 lint: install ## ruff lint and format check

@@ -94,3 +94,72 @@ def run(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float = 
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return proc.stdout
+
+
+def prepare_data(out_root: str | Path, source: str = "synthetic", num_samples: int = 0) -> str:
+    """Prepare (idempotently) a dataset the way `prepared_dataset` does; returns its path."""
+    from tinyexp_core.data import load_source, prepare_dataset
+
+    raw = load_source(source, num_samples=num_samples)
+    return prepare_dataset(raw, out_root).path
+
+
+def spawn_timed(
+    cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float = 600
+) -> tuple[float, float, str]:
+    """Run a command; returns (wall-clock start, wall-clock end, stdout). The start is taken
+    right before spawning: it is the "process start" of startup measurements."""
+    start = time.time()
+    out = run(cmd, env=env, timeout=timeout)
+    return start, time.time(), out
+
+
+def first_marks(path: str | Path) -> dict[str, float]:
+    """The first time each timing mark was written (tinyexp_core.timing's file format)."""
+    from tinyexp_core.timing import read_marks
+
+    marks: dict[str, float] = {}
+    if Path(path).exists():
+        for name, stamp, _ in read_marks(str(path)):
+            marks.setdefault(name, stamp)
+    return marks
+
+
+def verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
+    """`met` or `missed` for a ratio against its target."""
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "missed"
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, to judge how noisy the machine was."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def dagster_events(dagster_home: str | Path) -> dict[str, float]:
+    """Timestamps of the latest run's events in a Dagster home, first of each kind:
+    `RUN_START`, `STEP_START:<step>`, `STEP_SUCCESS:<step>`, ... (time.time() seconds)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    try:
+        (latest,) = instance.get_runs(limit=1)
+        events: dict[str, float] = {}
+        for entry in instance.all_logs(latest.run_id):
+            if entry.dagster_event is None:
+                continue
+            kind = entry.dagster_event.event_type_value
+            key = f"{kind}:{entry.step_key}" if entry.step_key else kind
+            events.setdefault(key, entry.timestamp)
+        return events
+    finally:
+        instance.dispose()
+
+
+def report_result(item: str, value: str, target: str, result: str) -> None:
+    """Print a headline result for `python -m bench`'s summary (one JSON line)."""
+    import json
+
+    line = {"item": item, "value": value, "target": target, "verdict": result}
+    print("BENCH_RESULT " + json.dumps(line), flush=True)

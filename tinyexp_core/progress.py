@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol, SupportsFloat, SupportsInt, runtime_checkable
 from urllib.parse import unquote, urlsplit
@@ -374,6 +374,31 @@ def build_progress_reporter(url: str | None, run_id: str, **kwargs: Any) -> Prog
 def read_run(client: redis.Redis, run_id: str) -> dict[str, str]:
     """The progress hash of `run_id` ({} if unknown or expired)."""
     return dict(client.hgetall(run_key(run_id)))
+
+
+def read_runs(
+    client: redis.Redis,
+    run_ids: Sequence[str],
+    *,
+    fields: Sequence[str] | None = None,
+    chunk: int = 500,
+) -> dict[str, dict[str, str]]:
+    """The progress hashes of many runs (only `fields` when given, which is cheaper to parse
+    than whole hashes), `chunk` runs per pipelined round trip; a missing hash reads as {}."""
+    runs: dict[str, dict[str, str]] = {}
+    for start in range(0, len(run_ids), chunk):
+        ids = run_ids[start : start + chunk]
+        pipe = client.pipeline(transaction=False)
+        for run_id in ids:
+            if fields is None:
+                pipe.hgetall(run_key(run_id))
+            else:
+                pipe.hmget(run_key(run_id), list(fields))
+        for run_id, reply in zip(ids, pipe.execute(), strict=True):
+            if fields is not None:
+                reply = {k: v for k, v in zip(fields, reply, strict=True) if v is not None}
+            runs[run_id] = dict(reply)
+    return runs
 
 
 def active_run_ids(client: redis.Redis) -> list[str]:

@@ -42,6 +42,7 @@ from tinyexp_core.progress import (
     mark_status,
     read_events,
     read_run,
+    read_runs,
     run_key,
 )
 from tinyexp_core.redis_utils import EmbeddedRedis, redact_url
@@ -68,6 +69,8 @@ SENSOR_NAME_TAG = "dagster/sensor_name"  # set by the daemon on runs a sensor re
 TRAINED_ON_TAG = f"dagster/input_data_version/{PREPARED_DATASET.to_user_string()}"
 
 MAX_EVENTS_PER_TICK = 500  # a backlog is worked off over several ticks, in order
+_RUNS_PER_QUERY = 500  # bounds the run-id list of one run-storage query
+_STALL_FIELDS = ("heartbeat", "status", "epoch", "step")  # what a stall check reads
 _OBSERVED_EVENTS = ("epoch_end", "finished", "failed")
 _EVENT_OWN_FIELDS = ("event", "run_id", "epoch", "loss", "status", "error", "path")
 # What the progress hash calls a run that Dagster shows as finished.
@@ -310,18 +313,19 @@ def _stall_tick(
     requests: list[dg.RunRequest] = []
     notes: list[str] = []
     active = active_run_ids(client)
+    started, ended = _dagster_runs(context.instance, active)
+    progress = read_runs(client, sorted(started), fields=_STALL_FIELDS)
     for run_id in active:
-        run = context.instance.get_run_by_id(run_id)
-        if run is None:
-            continue  # not a run of this instance: a standalone run, or another deployment's
-        if run.status in _DAGSTER_FINAL:
-            final = _DAGSTER_FINAL[run.status]
-            mark_status(client, run_id, final, _ended_error(run.status))
+        if run_id in ended:
+            final = _DAGSTER_FINAL[ended[run_id].status]
+            mark_status(client, run_id, final, _ended_error(ended[run_id].status))
             notes.append(f"run {run_id} ended ({final}) without reporting it; cleaned up")
             continue
-        if run.status != dg.DagsterRunStatus.STARTED:
-            continue  # queued, starting or canceling: Dagster is still deciding
-        stall = _stall_of(context, client, run_id, after_s)
+        if run_id not in started:
+            # Not a run of this instance (a standalone run, another deployment's), or
+            # queued, starting or canceling: Dagster is still deciding.
+            continue
+        stall = _stall_of(context, client, run_id, progress[run_id], after_s)
         if stall is None:
             continue
         key, age = stall
@@ -329,7 +333,8 @@ def _stall_tick(
         if key in handled:
             continue  # this stall was reported (and acted on) by an earlier tick
         notes.append(f"run {run_id} stalled ({age:.0f} s without heartbeat)")
-        if action == "terminate":
+        run = context.instance.get_run_by_id(run_id) if action == "terminate" else None
+        if run is not None:
             request = _terminate_and_resume(context, run, key)
             requests.extend([request] if request is not None else [])
     cursor = json.dumps({"stalls": sorted(stalls)})
@@ -340,12 +345,33 @@ def _stall_tick(
     return dg.SensorResult(skip_reason=reason, cursor=cursor)
 
 
+def _dagster_runs(
+    instance: dg.DagsterInstance, run_ids: list[str]
+) -> tuple[set[str], dict[str, dg.DagsterRun]]:
+    """Which of `run_ids` this instance shows as STARTED (ids only) and as finished (records,
+    for their status; there are few). A query per run costs several ms on SQLite, and so does
+    deserializing a full record per active run: a thousand active runs took seconds per tick."""
+    started: set[str] = set()
+    ended: dict[str, dg.DagsterRun] = {}
+    for start in range(0, len(run_ids), _RUNS_PER_QUERY):
+        chunk = run_ids[start : start + _RUNS_PER_QUERY]
+        running = dg.RunsFilter(run_ids=chunk, statuses=[dg.DagsterRunStatus.STARTED])
+        started.update(instance.get_run_ids(running))
+        finished = dg.RunsFilter(run_ids=chunk, statuses=list(_DAGSTER_FINAL))
+        ended.update((run.run_id, run) for run in instance.get_runs(finished))
+    return started, ended
+
+
 def _stall_of(
-    context: dg.SensorEvaluationContext, client: redis_py.Redis, run_id: str, after_s: float
+    context: dg.SensorEvaluationContext,
+    client: redis_py.Redis,
+    run_id: str,
+    progress: Mapping[str, str],
+    after_s: float,
 ) -> tuple[str, float] | None:
-    """(stall key, heartbeat age) if the run is stalled, marking it so; else None (a run
-    marked stalled earlier whose heartbeat is fresh again goes back to `running`)."""
-    progress = read_run(client, run_id)
+    """(stall key, heartbeat age) if the run, whose progress hash is `progress`, is
+    stalled, marking it so; else None (a run marked stalled earlier whose heartbeat is fresh
+    again goes back to `running`)."""
     heartbeat = progress.get("heartbeat", "")
     beat = _float(heartbeat)
     if beat is None:

@@ -26,6 +26,7 @@ from tinyexp_core.progress import (
     new_run_id,
     read_events,
     read_run,
+    read_runs,
     run_key,
 )
 from tinyexp_core.redis_utils import RedisClusterManager, free_port, make_client
@@ -288,6 +289,19 @@ def test_readers_and_mark_status(redis_url: str, client: redis.Redis, run_id: st
         read_events(client, "not-an-id")
     assert read_run(client, "no-such-run") == {}
     assert set(STATUSES) >= {"starting", "running", "stalled"}
+    reporter.close()
+
+
+def test_read_runs_matches_read_run(
+    redis_url: str, client: redis.Redis, run_id: str, clock
+) -> None:
+    reporter = _reporter(redis_url, run_id, clock)
+    reporter.start(num_epochs=2, num_steps=1)
+    reporter.epoch_end(epoch=0, loss=1.0, metrics={})
+    ids = [run_id, "no-such-run"]
+    assert read_runs(client, ids, chunk=1) == {run_id: read_run(client, run_id), "no-such-run": {}}
+    some = read_runs(client, ids, fields=("status", "epoch", "step"))
+    assert some == {run_id: {"status": "running", "epoch": "0"}, "no-such-run": {}}
     reporter.close()
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import ipaddress
 import os
+import socket
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -71,6 +73,42 @@ def collective_timeout_s(timeout_s: float | None) -> float:
     return float(os.environ.get(ENV_COLLECTIVE_TIMEOUT, DEFAULT_COLLECTIVE_TIMEOUT_S))
 
 
+def _loopback_store(rank: int, world_size: int, timeout: datetime.timedelta) -> Any:
+    """The rendezvous store of a job whose ranks all run on this host, else None (env://).
+
+    torch's own rendezvous server (rank 0) listens on every interface even when
+    MASTER_ADDR is 127.0.0.1; bound here to MASTER_ADDR, it listens on loopback only.
+    """
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    try:
+        loopback = addr == "localhost" or ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return None
+    host = "127.0.0.1" if addr == "localhost" else addr
+    listen_fd = None
+    if rank == 0:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen()
+        except OSError:
+            sock.close()
+            raise
+        listen_fd = sock.detach()  # the store owns (and closes) the socket from here
+    return dist.TCPStore(
+        host,
+        port,
+        world_size,
+        rank == 0,
+        timeout,
+        master_listen_fd=listen_fd,
+    )
+
+
 class TorchDistributedAccelerator:
     """torch.distributed data parallel on one backend (`gloo` or `nccl`)."""
 
@@ -95,11 +133,13 @@ class TorchDistributedAccelerator:
             return  # someone else (torchrun user code, a test) owns it
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
+        timeout = datetime.timedelta(seconds=self.timeout_s)
         dist.init_process_group(
             backend=self.backend,
+            store=_loopback_store(self.rank, self.world_size, timeout),
             rank=self.rank,
             world_size=self.world_size,
-            timeout=datetime.timedelta(seconds=self.timeout_s),
+            timeout=timeout,
         )
         self._owns_group = True
 

@@ -236,7 +236,6 @@ class Exp(TinyExp):
             run_dir, distributed_rank=acc.rank, extra_sink=get_log_forwarder()
         )
         if acc.is_main_process:
-            self.dump_config(run_dir)
             logger.info(f"run {self.run_id} in {run_dir}, world size {acc.world_size}")
             logger.info(f"overrides: {self.overrided_cfg or 'none'}")
             logger.info("effective config:\n" + self.config_yaml())
@@ -262,6 +261,10 @@ class Exp(TinyExp):
             history = list((payload.get("extra") or {}).get("history", []))
             resumed_from = path
             logger.info(f"resumed from {path} at epoch {start_epoch}, step {step}")
+        if acc.is_main_process:
+            # Written once a resumed checkpoint fits: a config the checkpoints in this run
+            # dir reject must not replace the description of those checkpoints.
+            self.dump_config(run_dir)
         model = acc.prepare_model(model)
         manager = self.checkpoint_cfg.build_manager(run_dir)
         num_epochs = self.train_cfg.num_epochs

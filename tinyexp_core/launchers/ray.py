@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ from .runtime import set_log_forwarder
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
 LOCAL_HOST = "127.0.0.1"
 _ENV_RAY_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local node is 127.0.0.1
+_PEER_DEATH_GRACE_S = 3.0  # after a rank fails, how long to look for a peer that died
+_KILL_WAIT_S = 10.0  # how long cleanup waits for killed ranks to be gone
 
 
 @dataclass
@@ -148,6 +151,11 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
             raise RayConnectionError(address, f"{type(err).__name__}: {err}") from None
     else:
         saved = os.environ.pop(ENV_RAY_ADDRESS, None)
+        saved_path = os.environ.get("PYTHONPATH")
+        # Ray's processes inherit this environment, the workers it prestarts included: with
+        # the driver's import path here, ranks can import the experiment in those workers,
+        # where a per-actor runtime_env would make Ray start fresh ones (seconds per launch).
+        os.environ["PYTHONPATH"] = _python_path()
         try:
             # address="local": always a fresh local instance, never a `ray start` head
             # that happens to run on this machine.
@@ -163,6 +171,10 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
         finally:
             if saved is not None:
                 os.environ[ENV_RAY_ADDRESS] = saved
+            if saved_path is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved_path
     mark("ray_ready")
     try:
         yield True
@@ -264,19 +276,19 @@ class RayLauncher:
 
     def run(self, exp: Any) -> list[Any]:
         self.spec.validate()
-        with ray_session(
-            self.spec.resolved_address(), connect_timeout_s=self.spec.connect_timeout_s
-        ):
+        address = self.spec.resolved_address()
+        with ray_session(address, connect_timeout_s=self.spec.connect_timeout_s) as owned:
             try:
                 _check_cluster_fits(self.spec)
-                return self._run_in_session(exp)
+                # A local Ray started here has the driver's import path (see ray_session).
+                return self._run_in_session(exp, pass_path=not (owned and not address))
             except SystemError as err:
                 interrupt = _interrupt_inside(err)
                 if interrupt is None:
                     raise
                 raise interrupt from None
 
-    def _run_in_session(self, exp: Any) -> list[Any]:
+    def _run_in_session(self, exp: Any, *, pass_path: bool = True) -> list[Any]:
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -287,6 +299,7 @@ class RayLauncher:
             bundle["GPU"] = spec.num_gpus_per_worker
         pg = placement_group([dict(bundle) for _ in range(spec.num_workers)], strategy="PACK")
         actors: list[Any] = []
+        refs: list[Any] = []
         sink = None
         try:
             try:
@@ -298,7 +311,8 @@ class RayLauncher:
                 ) from None
             sink = ray.remote(num_cpus=0)(_LogSink).remote()
             runtime_env = dict(spec.runtime_env)
-            runtime_env.setdefault("env_vars", {}).setdefault("PYTHONPATH", _python_path())
+            if pass_path:
+                runtime_env.setdefault("env_vars", {}).setdefault("PYTHONPATH", _python_path())
             worker_cls = ray.remote(_RankWorker)
             for rank in range(spec.num_workers):
                 actors.append(
@@ -318,6 +332,11 @@ class RayLauncher:
             for actor in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor, no_restart=True)
+            if refs:
+                # Until a killed rank is gone it may still write (its progress status);
+                # the caller's final word must come after, so wait for the deaths.
+                with contextlib.suppress(Exception):
+                    ray.wait(refs, num_returns=len(refs), timeout=_KILL_WAIT_S)
             if sink is not None:
                 with contextlib.suppress(Exception):
                     self._forward(ray.get(sink.drain.remote(), timeout=2))
@@ -377,12 +396,40 @@ class RayLauncher:
                         rank, f"worker process died ({_first_line(err)})"
                     ) from err
                 except ray.exceptions.RayTaskError as err:
+                    died = self._dead_peer(pending, rank_of)
+                    if died is not None:
+                        raise died from err
                     cause = err.cause if err.cause is not None else err
                     raise WorkerFailedError(rank, f"{type(cause).__name__}: {cause}") from cause
                 except ray.exceptions.RayError as err:
                     # e.g. an error the driver cannot unpickle; its text still ends with it.
                     raise WorkerFailedError(rank, _last_line(err)) from err
         return [results[r] for r in range(len(refs))]
+
+    def _dead_peer(self, pending: list[Any], rank_of: dict[Any, int]) -> Any:
+        """A rank that died, if one did, as the error to report instead of its peer's.
+
+        When a rank's process dies, its peers' collectives fail at once ("connection
+        closed by peer") and may reach the driver before Ray reports the death; the dead
+        rank is the cause worth naming, so give Ray a moment to report it.
+        """
+        import ray
+
+        deadline = time.monotonic() + _PEER_DEATH_GRACE_S
+        while pending and time.monotonic() < deadline:
+            done, pending = ray.wait(
+                pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic())
+            )
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError as err:
+                    return WorkerFailedError(
+                        rank_of[ref], f"worker process died ({_first_line(err)})"
+                    )
+                except Exception:  # another rank failing the same way: keep looking
+                    continue
+        return None
 
     def _forward(self, lines: list[str]) -> None:
         if self.log_callback is None:

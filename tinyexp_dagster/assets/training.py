@@ -81,10 +81,13 @@ def trained_model(
 ) -> dg.Output[dict[str, Any]]:
     """DDP training on Ray workers; checkpoints under runs/<run_id>/checkpoints."""
     from tinyexp_core.exceptions import (
+        CheckpointError,
         ConfigError,
+        DatasetError,
         InsufficientResourcesError,
         WorkerFailedError,
     )
+    from tinyexp_core.timing import mark
 
     if config.resume not in RESUME_CHOICES:
         raise config_failure(ValueError(f"resume={config.resume!r}, allowed: {RESUME_CHOICES}"))
@@ -124,12 +127,17 @@ def trained_model(
         f"overrides {config.overrides or 'none'}, run dir {exp.get_run_dir()}"
     )
     progress_url = spec.env.get("TINYEXP_PROGRESS_URL")
+    mark("launch_start")  # for the benchmarks (a no-op without a timing file)
     try:
         summary = ray.run(exp, spec, log=context.log.info)[0]
+        mark("launch_end")
     except InsufficientResourcesError as err:  # checked against the cluster, before any rank
         raise config_failure(err) from None
     except WorkerFailedError as err:
         _mark(progress_url, context.run_id, "failed", str(err))
+        if isinstance(err.__cause__, (ConfigError, CheckpointError, DatasetError)):
+            # A rank rejected the config, a checkpoint or the data: every attempt would.
+            raise config_failure(err, "rejected by the workers") from None
         raise
     except Exception:
         raise

@@ -1,0 +1,98 @@
+"""Experiments for the benchmarks; Ray workers import them by module name (`bench.ddp_exp`).
+
+- `BareLoopExp` (`bench.ddp_scaling`): a tiny TinyExp whose `train()` is the bare loop on the
+  experiment's accelerator; launched by `RayLauncher`, it runs exactly the loop torchrun
+  runs from `bench/bare_loop.py`: only the launcher and the process-group setup differ.
+- `TurnTakingMnistExp` (`bench.training_overhead`): the MNIST example, taking epoch turns
+  with bare loops running at the same time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinyexp_core.accelerators import AcceleratorCfg
+from tinyexp_core.examples.mnist_exp import Exp as MnistExp
+from tinyexp_core.experiment import TinyExp
+
+
+@dataclass(repr=False)
+class BareLoopExp(TinyExp):
+    """The bare loop of `bench.bare_loop` as an experiment; returns per-epoch samples/s."""
+
+    exp_name: str = "bare_loop"
+    prepared_path: str = ""  # a prepared dataset directory (its train split is used)
+    num_epochs: int = 3
+    batch_size: int = 32  # per rank
+    turn_file: str = ""  # non-empty: take epoch turns with other jobs (bench.bare_loop.Turns)
+    turn_me: str = "ray"  # this job's name in the turn file
+    turn_next: str = "torchrun"  # the job whose turn follows this one's
+    accelerator_cfg: AcceleratorCfg = field(default_factory=AcceleratorCfg)
+
+    def train(self) -> list[float]:
+        from bench.bare_loop import build_model, load_train, train_epochs
+        from tinyexp_core.timing import mark
+
+        acc = self.accelerator_cfg.build_accelerator()
+        mark(f"process_group_ready_rank{acc.rank}")
+        try:
+            x, y = load_train(self.prepared_path)
+            model, optimizer = build_model(x.shape[1])
+            model = acc.prepare_model(model)
+            return train_epochs(
+                model,
+                optimizer,
+                x,
+                y,
+                batch_size=self.batch_size,
+                num_epochs=self.num_epochs,
+                rank=acc.rank,
+                world_size=acc.world_size,
+                turns=self._turns(),
+            )
+        finally:
+            acc.destroy()
+
+    def _turns(self):
+        from bench.bare_loop import Turns
+
+        return Turns(self.turn_file, self.turn_me, self.turn_next) if self.turn_file else None
+
+
+@dataclass(repr=False)
+class TurnTakingMnistExp(MnistExp):
+    """The MNIST example, taking epoch turns with other jobs (`bench.bare_loop.Turns`).
+
+    Its epochs are the example's own `_train_one_epoch`, untouched; the turn is taken before
+    an epoch and handed over before the next one (so after validation and checkpointing)
+    and when training ends, so the other jobs never overlap any of this job's work.
+    """
+
+    turn_file: str = ""  # empty: no turns, the plain example
+    turn_me: str = "tinyexp"
+    turn_next: str = "bare"
+
+    def _train(self, acc: Any) -> dict[str, Any]:
+        try:
+            return super()._train(acc)
+        finally:
+            if self.turn_file and acc.is_main_process and getattr(self, "_holding", False):
+                self._turns().hand_over()
+
+    def _train_one_epoch(self, acc, model, optimizer, loader, epoch, step, reporter, logger):
+        if self.turn_file:
+            if acc.is_main_process:
+                if getattr(self, "_holding", False):
+                    self._turns().hand_over()
+                self._turns().wait()
+                self._holding = True
+            acc.wait_for_everyone()
+        return super()._train_one_epoch(
+            acc, model, optimizer, loader, epoch, step, reporter, logger
+        )
+
+    def _turns(self):
+        from bench.bare_loop import Turns
+
+        return Turns(self.turn_file, self.turn_me, self.turn_next)

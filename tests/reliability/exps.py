@@ -1,0 +1,183 @@
+"""Test-only experiments with fault injection, importable by Ray workers by module name.
+
+`ReliabilityExp` is the MNIST example plus:
+
+- a trace: rank 0 appends one JSON line per trained epoch to `<run_dir>/trace.jsonl`
+  (epoch, attempt, pid, rendezvous port), so a test can tell which epochs ran in which
+  attempt and that no completed epoch was trained twice;
+- injected faults, armed by a marker file that holds how many more attempts should fail
+  (each fault decrements it, so a retry or re-execution then succeeds):
+  `fault=raise` raises after saving epoch >= `fault_epoch`; `fault=crash_mid_write` and
+  `fault=crash_after_replace` SIGKILL rank 0 while it writes `last.pt` of `fault_epoch`
+  (half the bytes written, or the data renamed into place but no sidecar yet);
+  `fault=truncate_last` truncates `last.pt` on disk after saving and then raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tinyexp_core.examples.mnist_exp import Exp as MnistExp
+from tinyexp_core.experiment import TinyExp
+
+TRACE_FILE = "trace.jsonl"
+
+
+class InjectedFailure(RuntimeError):
+    """The failure a test asked for."""
+
+
+def take_fault(marker: str) -> bool:
+    """True (and one fewer left) if the marker file still asks for a failure."""
+    path = Path(marker)
+    try:
+        left = int(path.read_text().strip() or "0")
+    except (OSError, ValueError):
+        return False
+    if left <= 0:
+        return False
+    path.write_text(str(left - 1))
+    return True
+
+
+def read_trace(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / TRACE_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)  # SIGKILL is delivered at once; never returns
+
+
+@dataclass(repr=False)
+class ReliabilityExp(MnistExp):
+    """The MNIST example with an epoch trace and injectable faults (see the module doc)."""
+
+    exp_name: str = "reliability"
+    fault: Literal["", "raise", "crash_mid_write", "crash_after_replace", "truncate_last"] = ""
+    fault_epoch: int = 0
+    fault_marker: str = ""  # file holding how many more attempts fail
+
+    def _train_one_epoch(self, acc, model, optimizer, loader, epoch, step, reporter, logger):
+        started = time.time()
+        row = super()._train_one_epoch(acc, model, optimizer, loader, epoch, step, reporter, logger)
+        if acc.is_main_process:
+            record = {
+                "epoch": epoch,
+                "attempt": int(os.environ.get("TINYEXP_ATTEMPT", "1")),
+                "progress_run_id": os.environ.get("TINYEXP_PROGRESS_RUN_ID", ""),
+                "pid": os.getpid(),
+                "started": started,
+                "ended": time.time(),
+                "world_size": acc.world_size,
+                "master_addr": os.environ.get("MASTER_ADDR", ""),
+                "master_port": os.environ.get("MASTER_PORT", ""),
+            }
+            with open(Path(self.get_run_dir()) / TRACE_FILE, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        return row
+
+    def _save_epoch(self, acc, manager, model, optimizer, scheduler, row, history, reporter):
+        armed = (
+            acc.is_main_process
+            and self.fault
+            and row["epoch"] >= self.fault_epoch
+            and take_fault(self.fault_marker)
+        )
+        if armed and self.fault.startswith("crash"):
+            self._crash_while_saving(manager.last_path)
+        super()._save_epoch(acc, manager, model, optimizer, scheduler, row, history, reporter)
+        if not armed:
+            return
+        if self.fault == "truncate_last":
+            with open(manager.last_path, "r+b") as fh:
+                fh.truncate(os.path.getsize(manager.last_path) // 2)
+        raise InjectedFailure(f"injected failure after epoch {row['epoch']}")
+
+    def _crash_while_saving(self, last_path: str) -> None:
+        """SIGKILL this rank at the chosen point of the next write of last.pt."""
+        import torch
+
+        from tinyexp_core import checkpoint as ckpt
+
+        if self.fault == "crash_mid_write":
+            real_save = torch.save
+
+            def half_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+                import io
+
+                buffer = io.BytesIO()
+                real_save(obj, buffer, *args, **kwargs)
+                data = buffer.getvalue()
+                f.write(data[: len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+                _kill_self()
+
+            ckpt.torch.save = half_save  # type: ignore[attr-defined]
+            return
+        real_replace = os.replace
+
+        def replace_then_die(src: Any, dst: Any) -> None:
+            real_replace(src, dst)
+            if os.fspath(dst) == last_path:
+                _kill_self()
+
+        ckpt.os.replace = replace_then_die  # type: ignore[attr-defined]
+
+
+@dataclass(repr=False)
+class HungRankExp(TinyExp):
+    """Rank 1 never reaches the all_reduce; rank 0 must fail through the collective timeout."""
+
+    exp_name: str = "hung_rank"
+    hang_s: float = 600.0
+
+    def train(self) -> dict[str, Any]:
+        import torch
+
+        from tinyexp_core.accelerators import CPUAccelerator
+
+        acc = CPUAccelerator()  # timeout from TINYEXP_COLLECTIVE_TIMEOUT_S
+        try:
+            if acc.rank == 1:
+                time.sleep(self.hang_s)
+            started = time.perf_counter()
+            try:
+                acc.reduce_sum(torch.ones(1))
+            except Exception as err:
+                waited = time.perf_counter() - started
+                raise RuntimeError(
+                    f"all_reduce gave up after {waited:.1f} s (timeout {acc.timeout_s:g} s): "
+                    f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                ) from err
+            return {"rank": acc.rank}
+        finally:
+            acc.destroy()
+
+
+@dataclass(repr=False)
+class PeerDiesExp(TinyExp):
+    """Rank 0 fails first with a peer-closed error; rank 1's process dies a moment later,
+    as when a SIGKILLed rank's peer notices the closed connection before Ray does."""
+
+    exp_name: str = "peer_dies"
+    rank0_fails_after_s: float = 0.2
+    rank1_dies_after_s: float = 1.0
+
+    def train(self) -> dict[str, Any]:
+        if int(os.environ.get("RANK", "0")) == 0:
+            time.sleep(self.rank0_fails_after_s)
+            raise RuntimeError("Connection closed by peer (gloo)")
+        time.sleep(self.rank1_dies_after_s)
+        _kill_self()
+        return {}

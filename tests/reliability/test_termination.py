@@ -1,0 +1,154 @@
+"""Item 3: terminating a run from Dagster stops training, removes the actors and the
+placement group, and marks the run `cancelled` in Redis.
+
+The run goes the way of a run started and stopped in the UI: the project's own
+`tinyexp_dagster.definitions` is loaded by a gRPC code server (a subprocess), the run is
+launched with the GraphQL `launchPipelineExecution` mutation (DefaultRunLauncher: the code
+server starts a run worker process), and stopped with the GraphQL `terminateRun` mutation,
+which the UI's Terminate button sends: run coordinator -> DefaultRunLauncher.terminate ->
+the code server's CancelExecution -> an interrupt in the run worker, raised inside the
+`trained_model` step. The run worker connects to the session's Ray (RAY_ADDRESS), so the
+actors it starts are visible here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dagster as dg
+import pytest
+
+from tests.reliability.support import (
+    REPO_ROOT,
+    alive_launcher_actors,
+    events,
+    eventually,
+    new_placement_groups,
+    pid_alive,
+    placement_group_states,
+    redis_client,
+    train_config,
+    wait_for_status,
+)
+from tinyexp_core.progress import ACTIVE_RUNS_KEY, read_run
+
+LAUNCH = """
+mutation($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message stack }
+  }
+}
+"""
+
+TERMINATE = """
+mutation($runId: String!) {
+  terminateRun(runId: $runId) {
+    __typename
+    ... on TerminateRunSuccess { run { runId status } }
+    ... on TerminateRunFailure { message }
+    ... on PythonError { message stack }
+  }
+}
+"""
+
+
+@pytest.fixture
+def launching_instance(tmp_path):
+    """A SQLite instance that launches submitted runs at once (DefaultRunCoordinator), as
+    the daemon would after dequeuing them; cancel_run is DefaultRunLauncher.terminate in
+    both cases once a run has started."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    overrides = {
+        "run_coordinator": {
+            "module": "dagster._core.run_coordinator",
+            "class": "DefaultRunCoordinator",
+        }
+    }
+    with dg.instance_for_test(temp_dir=str(home), overrides=overrides) as inst:
+        yield inst
+
+
+@pytest.mark.timeout(300)
+def test_terminate_from_dagster_stops_training_and_cleans_up(
+    ray_cluster, redis_url, storage, launching_instance, monkeypatch
+):
+    instance = launching_instance
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster_graphql.test.utils import execute_dagster_graphql, infer_job_selector
+
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.get_runtime_context().gcs_address)
+    monkeypatch.setenv("TINYEXP_STORAGE_ROOT", str(storage))
+    monkeypatch.setenv("TINYEXP_REDIS_URL", redis_url)
+    monkeypatch.setenv("TINYEXP_NUM_WORKERS", "2")
+    monkeypatch.setenv("TINYEXP_CPUS_PER_WORKER", "1")
+    pgs_before = placement_group_states()
+    target = ModuleTarget(
+        module_name="tinyexp_dagster.definitions",
+        attribute=None,
+        working_directory=str(REPO_ROOT),
+        location_name="tinyexp",
+    )
+    with WorkspaceProcessContext(instance, target) as process:
+        context = process.create_request_context()
+        params = {
+            "selector": infer_job_selector(context, "training_pipeline"),
+            "runConfigData": train_config(["train_cfg.num_epochs=50"]),
+            "mode": "default",
+        }
+        launched = execute_dagster_graphql(context, LAUNCH, {"executionParams": params})
+        payload = launched.data["launchPipelineExecution"]
+        assert payload["__typename"] == "LaunchRunSuccess", payload
+        run_id = payload["run"]["runId"]
+
+        try:
+            wait_for_status(redis_url, run_id, ["running"], timeout_s=90)
+        except TimeoutError:
+            logs = [e.user_message for e in instance.all_logs(run_id)]
+            raise AssertionError(f"{instance.get_run_by_id(run_id).status}: {logs}") from None
+        ranks = [r for r in alive_launcher_actors() if r["ActorClassName"] == "_RankWorker"]
+        pids = [int(r["Pid"]) for r in ranks]
+        assert len(pids) == 2 and all(pid_alive(p) for p in pids), ranks
+
+        asked = time.time()
+        terminated = execute_dagster_graphql(
+            process.create_request_context(), TERMINATE, {"runId": run_id}
+        )
+        payload = terminated.data["terminateRun"]
+        assert payload["__typename"] == "TerminateRunSuccess", payload
+
+        assert eventually(lambda: not any(pid_alive(p) for p in pids), timeout_s=30)
+        assert eventually(lambda: not alive_launcher_actors(), timeout_s=30)
+        stopped = time.time() - asked
+        assert eventually(lambda: instance.get_run_by_id(run_id).is_finished, timeout_s=30)
+        finished = time.time() - asked
+
+    run = instance.get_run_by_id(run_id)
+    assert run.status == dg.DagsterRunStatus.CANCELED, run.status
+    assert stopped < 30 and finished < 30, (stopped, finished)
+    print(f"timing: terminate -> ranks gone {stopped:.1f} s, run CANCELED {finished:.1f} s")
+    new = new_placement_groups(pgs_before)
+    assert len(new) == 1 and set(new.values()) == {"REMOVED"}, new
+
+    client = redis_client(redis_url)
+    try:
+        progress = read_run(client, run_id)
+        assert progress["status"] == "cancelled", progress
+        assert not client.sismember(ACTIVE_RUNS_KEY, run_id)
+    finally:
+        client.close()
+
+    # The step failed once, on Dagster's interrupt, and was not retried (a retry would
+    # start training again in a terminated run); nothing after prepared_dataset ran.
+    failures = events(instance, run_id, dg.DagsterEventType.STEP_FAILURE)
+    assert [e.step_key for e in failures] == ["trained_model"]
+    error = failures[0].dagster_event.event_specific_data.error
+    assert "the run was terminated" in error.message, error
+    assert "DagsterExecutionInterruptedError" in str(error), error
+    assert not events(instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    materialized = events(instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    assert [e.dagster_event.asset_key.path for e in materialized] == [["prepared_dataset"]]
