@@ -15,7 +15,12 @@ from tinyexp_core.timing import mark
 
 from .assets import ASSET_CHECKS, ASSETS
 from .jobs import JOBS
-from .resources import RayDDPResource, RedisProgressResource, StorageResource
+from .resources import (
+    RayDDPResource,
+    RedisProgressResource,
+    RunScopedPickleIOManager,
+    StorageResource,
+)
 from .schedules import SCHEDULES
 from .sensors import SENSORS
 
@@ -23,6 +28,7 @@ from .sensors import SENSORS
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """One set of resources per deployment, read from the environment at load time."""
     redis_url = dg.EnvVar("TINYEXP_REDIS_URL") if os.environ.get("TINYEXP_REDIS_URL") else None
+    storage = StorageResource(root=os.environ.get("TINYEXP_STORAGE_ROOT", ""))
     return {
         "ray": RayDDPResource(
             address=os.environ.get("RAY_ADDRESS") or None,
@@ -30,7 +36,8 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             num_cpus_per_worker=float(os.environ.get("TINYEXP_CPUS_PER_WORKER", "1")),
         ),
         "redis": RedisProgressResource(url=redis_url),
-        "storage": StorageResource(root=os.environ.get("TINYEXP_STORAGE_ROOT", "")),
+        "storage": storage,
+        "io_manager": RunScopedPickleIOManager(storage=storage),
     }
 
 

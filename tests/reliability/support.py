@@ -18,7 +18,12 @@ import psutil
 
 from tinyexp_dagster.assets import ASSET_CHECKS, ASSETS
 from tinyexp_dagster.jobs import JOBS
-from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
+from tinyexp_dagster.resources import (
+    RayDDPResource,
+    RedisProgressResource,
+    RunScopedPickleIOManager,
+    StorageResource,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXP = "tests.reliability.exps:ReliabilityExp"
@@ -82,6 +87,9 @@ def training_pipeline_job() -> dg.JobDefinition:
             "ray": HookedRayResource(num_workers=2, num_cpus_per_worker=1.0),
             "redis": RedisProgressResource(url=dg.EnvVar(ENV_REDIS)),
             "storage": StorageResource(root=dg.EnvVar(ENV_STORAGE)),
+            "io_manager": RunScopedPickleIOManager(
+                storage=StorageResource(root=dg.EnvVar(ENV_STORAGE))
+            ),
         },
         executor=dg.in_process_executor,
     ).resolve_job_def("training_pipeline")

@@ -1,19 +1,12 @@
-"""Known defect (item 6): asset values pass from step to step through Dagster's default
-filesystem IO manager, which keeps ONE file per asset for every run. A step that should read
-the upstream value of its own run (or, re-executed, of its parent run) reads whichever run
-wrote last. Two runs ending at the same time can therefore promote each other's model (seen
-in test_concurrent_runs.py); here the same root cause is shown deterministically.
-
-Fix (outside this test's files): an IO manager that also keeps each value under the run
-that produced it and loads `context.upstream_output.run_id`'s copy when there is one,
-falling back to the latest value for assets not produced in the run (retrain_job's
-prepared_dataset, evaluate_job's model_checkpoint). Remove the xfail when it lands.
+"""Item 6: a step reads the upstream value of its own run (or, re-executed, of its parent
+run), never whichever run wrote last. Dagster's default filesystem IO manager keeps one file
+per asset for every run, so two runs ending together could promote each other's model;
+`RunScopedPickleIOManager` keeps each value under the run that produced it.
 """
 
 from __future__ import annotations
 
 import dagster as dg
-import pytest
 
 from tests.reliability.support import (
     ENV_REDIS,
@@ -30,10 +23,6 @@ def _config(lr: str) -> dict:
     return config
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: the default IO manager shares one file per asset across runs",
-)
 def test_a_reexecuted_step_reads_its_own_runs_upstream_value(
     ray_cluster, redis_url, storage, instance, monkeypatch
 ):
