@@ -95,7 +95,7 @@ def trained_model(
     # Retries and re-executions share the root run's directory, so they can resume; so does
     # the resume run that the stalled-training sensor requests (tagged with that directory).
     run_dir_id = (
-        context.run.root_run_id or context.run.tags.get(RESUME_RUN_DIR_TAG) or context.run_id
+        context.run.root_run_id or context.run.tags.get(RESUME_RUN_DIR_TAG) or context.run.run_id
     )
     forced = [
         "mode=train",
@@ -116,7 +116,7 @@ def trained_model(
         raise config_failure(err) from None
     spec.env.update(
         {
-            "TINYEXP_PROGRESS_RUN_ID": context.run_id,
+            "TINYEXP_PROGRESS_RUN_ID": context.run.run_id,
             "TINYEXP_ASSET": "trained_model",
             "TINYEXP_ATTEMPT": str(context.retry_number + 1),
             **_progress_env(context, redis, root),
@@ -134,7 +134,7 @@ def trained_model(
     except InsufficientResourcesError as err:  # checked against the cluster, before any rank
         raise config_failure(err) from None
     except WorkerFailedError as err:
-        _mark(progress_url, context.run_id, "failed", str(err))
+        _mark(progress_url, context.run.run_id, "failed", str(err))
         if isinstance(err.__cause__, (ConfigError, CheckpointError, DatasetError)):
             # A rank rejected the config, a checkpoint or the data: every attempt would.
             raise config_failure(err, "rejected by the workers") from None
@@ -142,7 +142,7 @@ def trained_model(
     except Exception:
         raise
     except BaseException as err:  # Dagster termination, KeyboardInterrupt
-        _mark(progress_url, context.run_id, "cancelled", type(err).__name__)
+        _mark(progress_url, context.run.run_id, "cancelled", type(err).__name__)
         if _termination_requested(context):
             # The in-process executor retries an interrupted step under its RetryPolicy,
             # which would start training again in a run the user terminated.
