@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -9,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -163,3 +164,27 @@ def report_result(item: str, value: str, target: str, result: str) -> None:
 
     line = {"item": item, "value": value, "target": target, "verdict": result}
     print("BENCH_RESULT " + json.dumps(line), flush=True)
+
+
+# glibc's malloc hands large blocks (a conv layer's activations: megabytes) back to the OS and
+# faults them in again, step after step: 30k-190k page faults per epoch of the MNIST example,
+# 10-25% of a CPU step, and how many depends on the process's heap history, so two processes
+# running the same loop differ by that much. Both sides of a comparison get these settings
+# (no faults after the first epoch), so that ratios measure the code, not the heap.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+@contextlib.contextmanager
+def steady_malloc() -> Iterator[None]:
+    """Set STEADY_MALLOC in this process's environment, for the processes it starts (Ray's
+    workers included: a local Ray started here passes its environment on)."""
+    saved = {key: os.environ.get(key) for key in STEADY_MALLOC}
+    os.environ.update(STEADY_MALLOC)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

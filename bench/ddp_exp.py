@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,9 +89,14 @@ class TurnTakingMnistExp(MnistExp):
                 self._turns().wait()
                 self._holding = True
             acc.wait_for_everyone()
-        return super()._train_one_epoch(
-            acc, model, optimizer, loader, epoch, step, reporter, logger
-        )
+        start_cpu = time.thread_time()
+        row = super()._train_one_epoch(acc, model, optimizer, loader, epoch, step, reporter, logger)
+        if self.turn_file and acc.is_main_process:
+            # The samples per CPU-second of the loop's thread, for bench.training_overhead.
+            samples = row["samples_per_s"] * row["epoch_time_s"]
+            with open(f"{self.turn_file}.{self.turn_me}.cpu", "a") as f:
+                f.write(f"{samples / (time.thread_time() - start_cpu)}\n")
+        return row
 
     def _turns(self):
         from bench.bare_loop import Turns
