@@ -188,3 +188,12 @@ def steady_malloc() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def noisy_verdict(value: float, target: float, control: float) -> str:
+    """`met`/`missed`, qualified when the distance to the target is smaller than the
+    distance of the A/A control from 1 (the run's own noise floor)."""
+    result = verdict(value, target)
+    if abs(value - target) < abs(control - 1.0):
+        return f"{result}, within this run's noise (A/A {control:.3f})"
+    return result

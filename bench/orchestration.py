@@ -105,88 +105,9 @@ def training_phases(r: dict[str, float]) -> list[tuple[str, float, float]]:
     return rows
 
 
-def launch_ab(tmp: Path, pairs: int) -> dict[str, list[dict[str, float]]]:
-    """RayLauncher launches (2 ranks, a bare loop without epochs) the way the launcher
-    started a local Ray before (no import path in Ray's environment; the ranks got it through
-    a per-actor runtime_env, so Ray started fresh worker processes for them) and now."""
-    import os
-
-    import ray
-
-    from bench.common import prepare_data
-    from bench.ddp_exp import BareLoopExp
-    from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
-
-    prepared = prepare_data(tmp / "datasets", "synthetic", 256)
-    sides: dict[str, list[dict[str, float]]] = {"before": [], "now": []}
-    for index in range(pairs):
-        for side in ("before", "now") if index % 2 == 0 else ("now", "before"):
-            timing = tmp / f"launch-{side}-{index}.txt"
-            os.environ["TINYEXP_TIMING_FILE"] = str(timing)
-            exp = BareLoopExp(prepared_path=prepared, num_epochs=0)
-            exp.accelerator_cfg.accelerator = "cpu"
-            start = time.time()
-            try:
-                if side == "before":
-                    # A Ray started here, with ray_session's options: the launcher then reuses
-                    # it and passes PYTHONPATH per actor, as it did for its own local Ray.
-                    ray.init(
-                        address="local",
-                        _node_ip_address="127.0.0.1",
-                        include_dashboard=False,
-                        log_to_driver=False,
-                        logging_level="WARNING",
-                        object_store_memory=256 * 1024 * 1024,
-                    )
-                    ray_ready = time.time()
-                    try:
-                        RayLauncher(RayLaunchSpec(num_workers=2)).run(exp)
-                    finally:
-                        ray.shutdown()
-                else:
-                    RayLauncher(RayLaunchSpec(num_workers=2)).run(exp)
-            finally:
-                del os.environ["TINYEXP_TIMING_FILE"]
-            marks = first_marks(timing)
-            ready = ray_ready if side == "before" else marks["ray_ready"]
-            sides[side].append(
-                {
-                    "ray": ready - start,
-                    "actors": marks["actors_ready"] - marks["placement_group_ready"],
-                    "ranks": marks["process_group_ready_rank0"] - marks["actors_ready"],
-                    "launch": time.time() - start,
-                }
-            )
-    return sides
-
-
-def ab_rows(sides: dict[str, list[dict[str, float]]]) -> list[list[str]]:
-    rows = []
-    for key, label in (
-        ("ray", "Ray start"),
-        ("actors", "worker actors start"),
-        ("ranks", "rank setup (imports, process group)"),
-        ("launch", "whole launch, Ray start to Ray stop"),
-    ):
-        before = [r[key] for r in sides["before"]]
-        after = [r[key] for r in sides["now"]]
-        ratios = [a / b for a, b in zip(after, before, strict=True)]
-        rows.append(
-            [
-                label,
-                f"{statistics.median(before):.2f}",
-                f"{statistics.median(after):.2f}",
-                f"{statistics.median(b - a for a, b in zip(after, before, strict=True)):.2f}",
-                f"{statistics.median(ratios):.3f}",
-            ]
-        )
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=2, help="pipeline runs")
-    parser.add_argument("--launch-pairs", type=int, default=3, help="runtime_env A/B pairs")
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     args = parser.parse_args(argv)
 
@@ -200,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(args.reps):
                 runs.append(pipeline_run(tmp, rep))
                 print(f"rep {rep}: wall {runs[-1]['exit']:.1f} s", flush=True)
-            launches = launch_ab(tmp, args.launch_pairs)
         finally:
             for rep in range(args.reps):
                 EmbeddedRedis(tmp / f"root-{rep}").stop()
@@ -227,19 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         "(`wall_time_s` of `trained_model`) and `exp.evaluate()` in `model_evaluation`. "
         f"Overhead = (wall - useful) / wall: **{100 * overhead:.1f}%** "
         f"(useful {useful:.1f} s of {wall:.1f} s).\n\n"
-        "The one change made here (see the top of this page): for a local Ray it starts, the "
-        "launcher used to pass the driver's PYTHONPATH to the ranks through a per-actor "
-        "`runtime_env`, which makes Ray start fresh worker processes for them instead of "
-        "using the ones it prestarts; now Ray gets the path in its environment when it "
-        f"starts. Before vs now, {args.launch_pairs} alternating pairs of `RayLauncher` "
-        "launches of 2 ranks running a bare loop without epochs (before: a Ray started with "
-        "the launcher's `ray.init` options, then reused by the launcher, which takes the old "
-        "path for a Ray it did not start):\n\n"
-        + markdown_table(
-            ["seconds (median)", "before", "now", "saved", "ratio now / before"],
-            ab_rows(launches),
-        )
-        + "\n\n"
         f"Load average before / after: {load_before} / {load_average()}. "
         f"Benchmark wall time: {time.perf_counter() - started:.0f} s."
     )
