@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         "its embedded Redis, as a first `make run` does). Useful time: the training loop "
         "(`wall_time_s` of `trained_model`) and `exp.evaluate()` in `model_evaluation`. "
         f"Overhead = (wall - useful) / wall: **{100 * overhead:.1f}%** "
-        f"(useful {useful:.1f} s of {wall:.1f} s).\n\n"
+        f"(useful {useful:.1f} s of {wall:.1f} s). What was tried to cut it, and why the "
+        "rest stays, is in the notes at the end of this page.\n\n"
         f"Load average before / after: {load_before} / {load_average()}. "
         f"Benchmark wall time: {time.perf_counter() - started:.0f} s."
     )

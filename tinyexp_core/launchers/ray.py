@@ -151,11 +151,6 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
             raise RayConnectionError(address, f"{type(err).__name__}: {err}") from None
     else:
         saved = os.environ.pop(ENV_RAY_ADDRESS, None)
-        saved_path = os.environ.get("PYTHONPATH")
-        # Ray's processes inherit this environment, the workers it prestarts included: with
-        # the driver's import path here, ranks can import the experiment in those workers,
-        # where a per-actor runtime_env would make Ray start fresh ones (seconds per launch).
-        os.environ["PYTHONPATH"] = _python_path()
         try:
             # address="local": always a fresh local instance, never a `ray start` head
             # that happens to run on this machine.
@@ -171,10 +166,6 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
         finally:
             if saved is not None:
                 os.environ[ENV_RAY_ADDRESS] = saved
-            if saved_path is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = saved_path
     mark("ray_ready")
     try:
         yield True
@@ -276,19 +267,19 @@ class RayLauncher:
 
     def run(self, exp: Any) -> list[Any]:
         self.spec.validate()
-        address = self.spec.resolved_address()
-        with ray_session(address, connect_timeout_s=self.spec.connect_timeout_s) as owned:
+        with ray_session(
+            self.spec.resolved_address(), connect_timeout_s=self.spec.connect_timeout_s
+        ):
             try:
                 _check_cluster_fits(self.spec)
-                # A local Ray started here has the driver's import path (see ray_session).
-                return self._run_in_session(exp, pass_path=not (owned and not address))
+                return self._run_in_session(exp)
             except SystemError as err:
                 interrupt = _interrupt_inside(err)
                 if interrupt is None:
                     raise
                 raise interrupt from None
 
-    def _run_in_session(self, exp: Any, *, pass_path: bool = True) -> list[Any]:
+    def _run_in_session(self, exp: Any) -> list[Any]:
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -311,8 +302,7 @@ class RayLauncher:
                 ) from None
             sink = ray.remote(num_cpus=0)(_LogSink).remote()
             runtime_env = dict(spec.runtime_env)
-            if pass_path:
-                runtime_env.setdefault("env_vars", {}).setdefault("PYTHONPATH", _python_path())
+            runtime_env.setdefault("env_vars", {}).setdefault("PYTHONPATH", _python_path())
             worker_cls = ray.remote(_RankWorker)
             for rank in range(spec.num_workers):
                 actors.append(
