@@ -113,7 +113,7 @@ class LoggerCfg:
     level: str = "INFO"  # rank 0 level; other ranks log WARNING and above
     filename: str = "log.txt"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         _check_level(self.level)
 
     def build_logger(
@@ -141,11 +141,6 @@ class WandbCfg:
     enable_wandb: bool = False
     project: str = "tinyexp"
     mode: Literal["offline", "online", "disabled"] = "offline"
-
-    def __post_init__(self) -> None:
-        # OmegaConf stores Literal fields as plain str, so the choice is checked here.
-        if self.mode not in WANDB_MODES:
-            raise ConfigValueError("mode", self.mode, WANDB_MODES)
 
     def build_wandb(self, accelerator: Any = None, **init_kwargs: Any) -> Any:
         """Start and return a wandb run on rank 0 when enabled, else None."""

@@ -7,6 +7,8 @@ from typing import Any
 
 import dagster as dg
 
+from tinyexp_core.redaction import redact_text
+
 DEFAULT_EXPERIMENT = "tinyexp_core.examples.mnist_exp:Exp"
 GROUP = "training"
 
@@ -24,10 +26,12 @@ def build_experiment(experiment: str, overrides: Sequence[str], forced: Sequence
 
 
 def config_failure(err: Exception, what: str = "invalid configuration") -> dg.Failure:
-    """A step failure that says what was wrong and is not retried (retrying cannot help)."""
+    """A step failure that says what was wrong and is not retried (retrying cannot help);
+    a value it quotes has its URL credentials hidden."""
+    message = redact_text(str(err))
     return dg.Failure(
-        description=f"{what}: {err}",
-        metadata={"error": str(err), "error_type": type(err).__name__},
+        description=f"{what}: {message}",
+        metadata={"error": message, "error_type": type(err).__name__},
         allow_retries=False,
     )
 
