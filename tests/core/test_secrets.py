@@ -75,6 +75,20 @@ def test_an_error_quoting_a_url_hides_its_password() -> None:
     assert SECRET not in str(info.value) and SECRET not in repr(info.value.value)
 
 
+def test_log_lines_hide_url_credentials(tmp_path: Path) -> None:
+    from loguru import logger
+
+    from tinyexp_core.logging import tiny_logger_setup
+
+    forwarded: list[str] = []
+    tiny_logger_setup(str(tmp_path), extra_sink=forwarded.append)
+    # as a 0.0.1 experiment does: its raw config, real URLs included
+    logger.info(f"config: {{'url': 'redis://:{SECRET}@h:6379/0'}}")
+    text = (tmp_path / "log.txt").read_text()
+    assert "redis://:***@h:6379/0" in text and SECRET not in text
+    assert len(forwarded) == 1 and SECRET not in forwarded[0]
+
+
 def _unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
