@@ -77,8 +77,8 @@ class OverrideSyntaxError(ConfigError):
     """An override is not of the form key=value."""
 
     def __init__(self, override: str) -> None:
-        self.override = override
-        super().__init__(f"override {override!r} is not of the form key=value")
+        self.override = redact_value(override)
+        super().__init__(f"override {self.override!r} is not of the form key=value")
 
 
 class ExperimentImportError(ConfigError, ImportError):

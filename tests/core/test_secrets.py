@@ -15,7 +15,7 @@ from tinyexp_core.cli import main
 from tinyexp_core.config import build_exp, format_help
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.examples.resnet_exp import Exp as ResNetExp
-from tinyexp_core.exceptions import ConfigTypeError
+from tinyexp_core.exceptions import ConfigTypeError, ConfigValueError, OverrideSyntaxError
 from tinyexp_core.redaction import has_credential, redact_overrides, redact_text, redact_value
 
 SECRET = "Pa55w0rdXyz"
@@ -69,10 +69,19 @@ def test_the_experiment_keeps_the_real_value_and_shows_the_redacted_one() -> Non
         assert SECRET not in text and "redis://:***@127.0.0.1:6399/0" in text
 
 
-def test_an_error_quoting_a_url_hides_its_password() -> None:
-    with pytest.raises(ConfigTypeError) as info:
-        build_exp(MnistExp, [f"num_workers=redis://:{SECRET}@h/0"])
-    assert SECRET not in str(info.value) and SECRET not in repr(info.value.value)
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        (f"num_workers=redis://:{SECRET}@h/0", ConfigTypeError),
+        (f"progress_cfg.url=http://:{SECRET}@h/0", ConfigValueError),
+        (f"progress_cfg url=redis://:{SECRET}@h/0", OverrideSyntaxError),
+    ],
+)
+def test_an_error_quoting_a_url_hides_its_password(override: str, error: type) -> None:
+    with pytest.raises(error) as info:
+        build_exp(MnistExp, [override])
+    assert SECRET not in str(info.value) and SECRET not in repr(vars(info.value))
+    assert ":***@h/0" in str(info.value)
 
 
 def test_log_lines_hide_url_credentials(tmp_path: Path) -> None:

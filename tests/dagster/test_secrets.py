@@ -16,6 +16,7 @@ from dagster._serdes import serialize_value
 
 from tests.dagster.support import materializations
 from tinyexp_dagster.assets import ASSETS
+from tinyexp_dagster.assets.common import config_hash
 from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 
 SECRET = "Pa55w0rdXyz"
@@ -36,6 +37,13 @@ def _leaks(root: Path) -> list[str]:
         if path.suffix == ".pt" and SECRET in repr(torch.load(path, weights_only=True)):
             found.append(f"{path} (loaded)")
     return found
+
+
+def test_config_hash_ignores_url_credentials() -> None:
+    def digest(password: str) -> str:
+        return config_hash("pkg.mod:Exp", [f"progress_cfg.url=redis://:{password}@h/0"], "v1")
+
+    assert digest("one") == digest("two") != config_hash("pkg.mod:Exp", ["seed=1"], "v1")
 
 
 def test_materialization_with_passwords_in_overrides_shows_them_nowhere(

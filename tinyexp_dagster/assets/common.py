@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from tinyexp_core.redaction import redact_text
+from tinyexp_core.redaction import redact_overrides, redact_text
 
 DEFAULT_EXPERIMENT = "tinyexp_core.examples.mnist_exp:Exp"
 GROUP = "training"
@@ -37,9 +37,10 @@ def config_failure(err: Exception, what: str = "invalid configuration") -> dg.Fa
 
 
 def config_hash(experiment: str, overrides: Sequence[str], data_version: str) -> str:
-    """A short, stable digest of what determines a trained model."""
+    """A short, stable digest of what determines a trained model. A credential in a URL
+    does not (and a digest of it would let anyone test guesses), so it is hidden first."""
     payload = json.dumps(
-        {"experiment": experiment, "overrides": list(overrides), "data": data_version},
+        {"experiment": experiment, "overrides": redact_overrides(overrides), "data": data_version},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
