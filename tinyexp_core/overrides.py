@@ -208,7 +208,8 @@ def validate(obj: Any, prefix: str = "") -> None:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """The experiment's configuration as a plain nested dict (internal fields left out)."""
+    """The configuration as a plain nested dict (internal fields left out), with the values
+    the experiment runs with; `TinyExp.config_dict()` is the record, credentials hidden."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         if f.name in INTERNAL_FIELDS or f.name.startswith("_"):
