@@ -455,7 +455,8 @@ class CheckpointCfg:
     last_ckpt_name: str = "last.pt"
     best_ckpt_name: str = "best.pt"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Checked after overrides (and again by the manager it builds)."""
         _validate_retention(self.keep_last_n, self.last_ckpt_name, self.best_ckpt_name)
 
     def build_manager(self, run_dir: str | Path) -> CheckpointManager:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import build_exp, format_help
 from .exceptions import ConfigError, TinyExpError
+from .redaction import redact_text, redact_value
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None, exp_cls: type | str | None = None) -
     try:
         exp = build_exp(exp_cls, args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(err)
         return EXIT_USAGE
     if exp.mode == "help":
         sys.stdout.write(format_help(exp, getattr(exp, "_changed", {})))
@@ -71,14 +72,20 @@ def main(argv: Sequence[str] | None = None, exp_cls: type | str | None = None) -
     try:
         result = launch(exp)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(err)
         return EXIT_USAGE
     except TinyExpError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(err)
         return EXIT_FAILED
     if isinstance(result, dict):
-        print(json.dumps(_summary(result), default=str))
+        print(json.dumps(redact_value(_summary(result)), default=str))
     return EXIT_OK
+
+
+def _error(err: Exception) -> None:
+    """One line on stderr; an error may quote a value, so URL credentials are hidden."""
+    message = redact_text(str(err)).replace("\n", " ")
+    print(f"error: {message}", file=sys.stderr)
 
 
 def _summary(result: dict) -> dict:

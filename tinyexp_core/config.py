@@ -1,247 +1,57 @@
 """Turn `(experiment class, ["key=value", ...])` into a validated experiment instance.
 
-Values are parsed with OmegaConf's YAML grammar (so `lr=1e-3`, `flag=true` and
-`sizes=[1,2]` mean what they look like), then checked against the dataclass field types,
-including `Literal[...]` choices, before anything runs. One entry point, used by the CLI
-and by Dagster alike: `build_exp`.
+One entry point, used by the CLI and by Dagster alike: `build_exp`. The override
+machinery itself (parsing, type checks, the `validate()` hook) lives in `overrides`,
+which `experiment` uses too; this module adds the experiment factory and help printing.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import importlib
-import re
-import types
-import typing
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal, get_args, get_origin
+from collections.abc import Sequence
+from typing import Any
 
-from omegaconf import OmegaConf
-
-from .exceptions import (
-    ConfigError,
-    ConfigTypeError,
-    ConfigValueError,
-    ExperimentImportError,
-    OverrideSyntaxError,
-    UnknownConfigurationKeyError,
+from .exceptions import ExperimentImportError
+from .experiment import TinyExp
+from .overrides import (
+    INTERNAL_FIELDS,
+    apply_overrides,
+    coerce,
+    iter_config_keys,
+    parse_override,
+    to_dict,
+    to_yaml,
+    validate,
 )
+from .redaction import redact_value
 
-# Fields of the experiment that are bookkeeping, not configuration.
-INTERNAL_FIELDS = frozenset({"overrided_cfg"})
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_MISSING = object()
-
-
-def parse_override(override: str) -> tuple[str, Any, str]:
-    """Split `key=value` into the key, the YAML-typed value and the raw text."""
-    key, sep, raw = override.partition("=")
-    key = key.strip().lstrip("+")
-    if not sep or not _KEY_RE.match(key):
-        raise OverrideSyntaxError(override)
-    parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]
-    return key, parsed, raw
-
-
-def iter_config_keys(obj: Any, prefix: str = "") -> Iterator[str]:
-    """Every dotted leaf key of a config dataclass (nested configs expanded)."""
-    for f in dataclasses.fields(obj):
-        if f.name in INTERNAL_FIELDS or f.name.startswith("_"):
-            continue
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            yield from iter_config_keys(value, prefix=f"{key}.")
-        else:
-            yield key
-
-
-def _field_types(obj: Any) -> dict[str, Any]:
-    """Resolved annotations of a dataclass instance, tolerant of nested class names."""
-    cls = type(obj)
-    localns: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        localns.update(vars(klass))
-    try:
-        # no globalns: each base class's annotations resolve in its own module
-        return typing.get_type_hints(cls, localns=localns)
-    except Exception:  # unresolvable forward refs: fall back to the runtime values' types
-        return {f.name: type(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-
-
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def coerce(key: str, value: Any, tp: Any, raw: str | None = None) -> Any:
-    """Convert a parsed override value to the declared type, or raise a ConfigError."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        return _coerce_literal(key, value, get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return _coerce_union(key, value, get_args(tp), raw)
-    if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigTypeError(key, value, "a list like [a,b]")
-        args = get_args(tp)
-        item_tp = args[0] if args else Any
-        items = [coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple or tp is tuple else items
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigTypeError(key, value, "a mapping like {a: 1}")
-        return dict(value)
-    if tp is str:
-        return _coerce_str(key, value, raw)
-    return _coerce_scalar(key, value, tp)
-
-
-def _coerce_literal(key: str, value: Any, allowed: tuple) -> Any:
-    for choice in allowed:
-        if value == choice or (isinstance(choice, str) and str(value) == choice):
-            return choice
-    raise ConfigValueError(key, value, allowed)
-
-
-def _coerce_union(key: str, value: Any, members: tuple, raw: str | None) -> Any:
-    if value is None and type(None) in members:
-        return None
-    for member in members:
-        if member is type(None):
-            continue
-        try:
-            return coerce(key, value, member, raw)
-        except ConfigError:
-            continue
-    raise ConfigTypeError(key, value, " or ".join(_type_name(m) for m in members))
-
-
-def _coerce_str(key: str, value: Any, raw: str | None) -> str:
-    if value is None:
-        if raw is not None and raw.strip() == "":
-            return ""
-        raise ConfigTypeError(key, value, "str")
-    if isinstance(value, (list, dict)):
-        raise ConfigTypeError(key, value, "str")
-    # YAML may have read `name=123` as an int; for a str field the text is what was meant.
-    return raw if raw is not None else str(value)
-
-
-def _coerce_scalar(key: str, value: Any, tp: Any) -> Any:
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is Any or (
-        isinstance(tp, type) and tp not in (bool, int, float) and isinstance(value, tp)
-    ):
-        return value
-    if tp is bool and isinstance(value, bool):
-        return value
-    if tp is int and is_number and isinstance(value, int):
-        return value
-    if tp is float and is_number:
-        return float(value)
-    expected = "bool (true or false)" if tp is bool else _type_name(tp)
-    raise ConfigTypeError(key, value, expected)
-
-
-def _resolve(exp: Any, key: str) -> tuple[Any, str, Any]:
-    """Find the dataclass holding `key`, the field name and its declared type."""
-    parts = key.split(".")
-    obj = exp
-    for depth, part in enumerate(parts):
-        names = {f.name for f in dataclasses.fields(obj)} - INTERNAL_FIELDS
-        if part not in names:
-            raise UnknownConfigurationKeyError(key, _suggest(exp, key))
-        if depth == len(parts) - 1:
-            return obj, part, _field_types(obj).get(part, Any)
-        child = getattr(obj, part)
-        if not dataclasses.is_dataclass(child):
-            raise UnknownConfigurationKeyError(key, _suggest(exp, key))
-        obj = child
-    raise UnknownConfigurationKeyError(key)  # unreachable: parts is never empty
-
-
-def _suggest(exp: Any, key: str) -> str | None:
-    keys = list(iter_config_keys(exp))
-    leaf = key.rsplit(".", 1)[-1]
-    matches = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    if not matches:
-        by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
-        leaf_match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
-        matches = [by_leaf[leaf_match[0]]] if leaf_match else []
-    return matches[0] if matches else None
-
-
-def apply_overrides(exp: Any, overrides: Sequence[str]) -> dict[str, tuple[Any, Any]]:
-    """Apply `key=value` overrides in place; returns {key: (old, new)} for changed keys."""
-    changed: dict[str, tuple[Any, Any]] = {}
-    for override in overrides:
-        key, value, raw = parse_override(override)
-        holder, name, tp = _resolve(exp, key)
-        current = getattr(holder, name)
-        if dataclasses.is_dataclass(current) and not isinstance(current, type):
-            raise ConfigTypeError(key, value, "a nested config; set its fields as key.field=value")
-        new = coerce(key, value, tp, raw)
-        if new != current:
-            old = changed[key][0] if key in changed else current
-            setattr(holder, name, new)
-            changed[key] = (old, new)
-    validate(exp)
-    return changed
-
-
-def validate(obj: Any, prefix: str = "") -> None:
-    """Run every nested config's `validate()` hook, re-raising errors with the full key."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            validate(value, prefix=f"{prefix}{f.name}.")
-    check = getattr(obj, "validate", None)
-    if callable(check):
-        try:
-            check()
-        except ConfigValueError as err:
-            if prefix and not err.key.startswith(prefix):
-                raise ConfigValueError(f"{prefix}{err.key}", err.value, err.allowed) from None
-            raise
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """The experiment's configuration as a plain nested dict (internal fields left out)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        if f.name in INTERNAL_FIELDS or f.name.startswith("_"):
-            continue
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            out[f.name] = to_dict(value)
-        elif isinstance(value, tuple):
-            out[f.name] = list(value)
-        else:
-            out[f.name] = value
-    return out
-
-
-def to_yaml(obj: Any) -> str:
-    """The effective configuration as YAML (what `mode=help` prints and runs log)."""
-    return OmegaConf.to_yaml(OmegaConf.create(to_dict(obj)))
+__all__ = [
+    "INTERNAL_FIELDS",
+    "apply_overrides",
+    "build_exp",
+    "coerce",
+    "format_help",
+    "iter_config_keys",
+    "load_exp_class",
+    "parse_override",
+    "to_dict",
+    "to_yaml",
+    "validate",
+]
 
 
 def format_help(exp: Any, changed: dict[str, tuple[Any, Any]]) -> str:
-    """Effective config as YAML, then the overridden keys with old and new values."""
+    """Effective config as YAML, then the overridden keys with old and new values
+    (credentials inside URLs hidden)."""
     lines = [f"# {type(exp).__module__}.{type(exp).__qualname__}: effective config", to_yaml(exp)]
     lines.append("# overridden keys" if changed else "# overridden keys: none")
     for key, (old, new) in changed.items():
-        lines.append(f"{key}: {new!r}  (was {old!r})")
+        lines.append(f"{key}: {redact_value(new)!r}  (was {redact_value(old)!r})")
     return "\n".join(lines).rstrip() + "\n"
 
 
 def load_exp_class(path: str) -> type:
     """Import `package.module:Class` or `package.module.Class` and check it is a TinyExp."""
-    from .experiment import TinyExp
-
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
@@ -262,12 +72,14 @@ def load_exp_class(path: str) -> type:
 
 
 def build_exp(exp: type | str, overrides: Sequence[str] = ()) -> Any:
-    """Instantiate an experiment (class or import path) and apply validated overrides."""
+    """Instantiate an experiment (class or import path), apply the overrides, then run
+    every nested config's `validate()`; raises a ConfigError before anything runs."""
     cls = load_exp_class(exp) if isinstance(exp, str) else exp
     instance = cls()
     if not instance.exp_class:
         instance.exp_class = f"{cls.__module__}:{cls.__qualname__}"
     changed = apply_overrides(instance, list(overrides))
-    instance.overrided_cfg = {k: v[1] for k, v in changed.items()}
+    # A record of what was overridden (0.0.1 logs it): credentials hidden, like every record.
+    instance.overrided_cfg = redact_value({k: v[1] for k, v in changed.items()})
     instance._changed = changed
     return instance

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .redaction import redact_value
+
 
 class TinyExpError(Exception):
     """Base class of every error raised on purpose by tinyexp."""
@@ -44,9 +46,9 @@ class ConfigTypeError(ConfigError, TypeError):
 
     def __init__(self, key: str, value: object, expected: str) -> None:
         self.key = key
-        self.value = value
+        self.value = redact_value(value)  # errors are shown and logged: no credentials
         self.expected = expected
-        super().__init__(f"config key {key!r}: expected {expected}, got {value!r}")
+        super().__init__(f"config key {key!r}: expected {expected}, got {self.value!r}")
 
 
 class ConfigValueError(ConfigError):
@@ -54,19 +56,29 @@ class ConfigValueError(ConfigError):
 
     def __init__(self, key: str, value: object, allowed: str | Sequence[object]) -> None:
         self.key = key
-        self.value = value
+        self.value = redact_value(value)  # errors are shown and logged: no credentials
         self.allowed = allowed
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        allowed = self.allowed
         if not isinstance(allowed, str):
             allowed = "one of " + ", ".join(repr(a) for a in allowed)
-        super().__init__(f"config key {key!r}: got {value!r}, allowed: {allowed}")
+        return f"config key {self.key!r}: got {self.value!r}, allowed: {allowed}"
+
+    def rekey(self, key: str) -> None:
+        """Name the value by its full dotted key (`checkpoint_cfg.keep_last_n`), keeping
+        the error's class; used when a nested config's `validate()` raised it."""
+        self.key = key
+        self.args = (self._message(),)
 
 
 class OverrideSyntaxError(ConfigError):
     """An override is not of the form key=value."""
 
     def __init__(self, override: str) -> None:
-        self.override = override
-        super().__init__(f"override {override!r} is not of the form key=value")
+        self.override = redact_value(override)
+        super().__init__(f"override {self.override!r} is not of the form key=value")
 
 
 class ExperimentImportError(ConfigError, ImportError):

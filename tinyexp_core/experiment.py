@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .checkpoint import CheckpointCfg
 from .exceptions import (
@@ -23,9 +23,13 @@ from .exceptions import (
     UnknownExperimentModeError,
 )
 from .logging import LoggerCfg, WandbCfg
+from .overrides import apply_overrides, to_dict, to_yaml
+from .redaction import redact_value
 
-MODES = ("train", "val", "help")
-LAUNCHERS = ("mp", "ray")
+Mode = Literal["train", "val", "help"]
+Launcher = Literal["mp", "ray"]
+MODES = get_args(Mode)
+LAUNCHERS = get_args(Launcher)
 
 # Environment variables through which an orchestrator hands a run its identity and
 # its progress store; a URL may hold a password, so it never travels in the config.
@@ -45,6 +49,18 @@ def _default_exp_name() -> str:
     return "exp"
 
 
+def check_redis_url(key: str, url: str) -> None:
+    """Raise ConfigValueError naming `key` unless `url` is a well-formed Redis URL; the
+    value shown has its password hidden."""
+    from .exceptions import InvalidRedisUrlError
+    from .redis_utils import validate_redis_url
+
+    try:
+        validate_redis_url(url)
+    except InvalidRedisUrlError as err:
+        raise ConfigValueError(key, err.url, f"a Redis URL ({err.reason})") from None
+
+
 @dataclass
 class ProgressCfg:
     """Run-level progress reporting to Redis (rank 0 only, best effort)."""
@@ -56,6 +72,8 @@ class ProgressCfg:
     def validate(self) -> None:
         if self.throttle_s < 0:
             raise ConfigValueError("throttle_s", self.throttle_s, "a number of seconds >= 0")
+        if self.url:
+            check_redis_url("url", self.url)
 
     def build_reporter(self, run_id: str, *, is_main_process: bool = True):
         """A Redis reporter on the main process when a URL is known, else a no-op one."""
@@ -75,8 +93,8 @@ class TinyExp:
     exp_name: str = field(default_factory=_default_exp_name)
     # import path `package.module:Class`; filled in by build_exp / store_and_run_exp
     exp_class: str = ""
-    mode: Literal["train", "val", "help"] = "train"
-    launcher: Literal["mp", "ray"] = "mp"
+    mode: Mode = "train"
+    launcher: Launcher = "mp"
     num_workers: int = 1  # DDP world size with launcher=ray
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
@@ -98,9 +116,8 @@ class TinyExp:
         return f"{type(self).__name__}(exp_name={self.exp_name!r}, rank={os.getenv('RANK', '0')})"
 
     def validate(self) -> None:
-        """Cross-field checks, run after every override is applied."""
-        if self.mode not in MODES:
-            raise UnknownExperimentModeError(self.mode, MODES)
+        """Cross-field checks, run after every override is applied (`Literal` choices such
+        as `mode` and `launcher` are checked by the override parser)."""
         if self.num_workers < 1:
             raise ConfigValueError("num_workers", self.num_workers, "an integer >= 1")
         if self.num_cpus_per_worker <= 0:
@@ -126,13 +143,12 @@ class TinyExp:
         return run_dir
 
     def config_dict(self) -> dict[str, Any]:
-        from .config import to_dict
-
-        return to_dict(self)
+        """The effective config as a nested dict, the record of the run (checkpoints,
+        summaries, orchestrator metadata): credentials inside URLs are hidden."""
+        return redact_value(to_dict(self))
 
     def config_yaml(self) -> str:
-        from .config import to_yaml
-
+        """`config_dict()` as YAML: what runs log and `config.yaml` holds."""
         return to_yaml(self)
 
     def dump_config(self, run_dir: str | None = None) -> str:
@@ -170,8 +186,6 @@ class TinyExp:
         """
         from omegaconf import DictConfig, OmegaConf
 
-        from .config import apply_overrides
-
         if isinstance(cfg, DictConfig):
             cfg = OmegaConf.to_container(cfg, resolve=True)
         target = self if cfg_object is None else cfg_object
@@ -180,7 +194,7 @@ class TinyExp:
             if not _has_path(target, key):
                 raise UnknownConfigurationKeyError(key)
         changed = apply_overrides(target, overrides)
-        self.overrided_cfg.update({k: v[1] for k, v in changed.items()})
+        self.overrided_cfg.update(redact_value({k: v[1] for k, v in changed.items()}))
         return target
 
 

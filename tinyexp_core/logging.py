@@ -12,6 +12,7 @@ from typing import Any, Literal
 from loguru import logger
 
 from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.redaction import redact_text
 
 __all__ = ["LoggerCfg", "WandbCfg", "tiny_logger_setup"]
 
@@ -54,6 +55,13 @@ def _log_file(save_dir: str, filename: str, rank: int) -> Path:
     return Path(save_dir) / f"{stem}_rank{rank}{suffix}"
 
 
+def _redact_record(record: Any) -> bool:
+    """Hide URL credentials in every line: an experiment may log its raw config (0.0.1
+    examples log `OmegaConf.structured(self)`), which holds the real URLs."""
+    record["message"] = redact_text(record["message"])
+    return True
+
+
 def _remove_own_handlers() -> None:
     # loguru's default stderr handler (id 0) is removed too; it may already be gone.
     for handler_id in [0, *_handler_ids]:
@@ -85,22 +93,25 @@ def tiny_logger_setup(
     _remove_own_handlers()
     rank_level = _rank_level(level, distributed_rank)
     fmt = _log_format(distributed_rank)
-    _handler_ids.append(logger.add(sys.stderr, level=rank_level, format=fmt))
+    # diagnose=False: loguru would print the values of local variables (a URL with its
+    # password among them) in logged tracebacks.
+    common = {"format": fmt, "filter": _redact_record, "diagnose": False}
+    _handler_ids.append(logger.add(sys.stderr, level=rank_level, **common))
     if save_dir:
         path = _log_file(save_dir, filename, distributed_rank)
         path.parent.mkdir(parents=True, exist_ok=True)
         # One file per rank, so no cross-process queue (enqueue) is needed.
         file_mode = "w" if mode == "o" else mode
         handler = logger.add(
-            path, level=rank_level, format=fmt, mode=file_mode, encoding="utf-8", colorize=False
+            path, level=rank_level, mode=file_mode, encoding="utf-8", colorize=False, **common
         )
         _handler_ids.append(handler)
     if extra_sink is not None and distributed_rank == 0:
         handler = logger.add(
             lambda message: extra_sink(message.rstrip("\n")),
             level=rank_level,
-            format=fmt,
             colorize=False,
+            **common,
         )
         _handler_ids.append(handler)
     return logger
@@ -113,7 +124,7 @@ class LoggerCfg:
     level: str = "INFO"  # rank 0 level; other ranks log WARNING and above
     filename: str = "log.txt"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         _check_level(self.level)
 
     def build_logger(
@@ -141,11 +152,6 @@ class WandbCfg:
     enable_wandb: bool = False
     project: str = "tinyexp"
     mode: Literal["offline", "online", "disabled"] = "offline"
-
-    def __post_init__(self) -> None:
-        # OmegaConf stores Literal fields as plain str, so the choice is checked here.
-        if self.mode not in WANDB_MODES:
-            raise ConfigValueError("mode", self.mode, WANDB_MODES)
 
     def build_wandb(self, accelerator: Any = None, **init_kwargs: Any) -> Any:
         """Start and return a wandb run on rank 0 when enabled, else None."""

@@ -403,5 +403,7 @@ def test_checkpoint_cfg_builds_manager(tmp_path: Path) -> None:
     assert manager.directory == tmp_path / "checkpoints"
     assert manager.keep_last_n == 3
     assert manager.last_path.endswith("last.pt") and manager.best_path.endswith("best.pt")
-    with pytest.raises(ConfigValueError):
-        CheckpointCfg(keep_last_n=0)
+    with pytest.raises(ConfigValueError, match="keep_last_n"):
+        CheckpointCfg(keep_last_n=0).validate()
+    with pytest.raises(ConfigValueError, match="keep_last_n"):
+        CheckpointCfg(keep_last_n=0).build_manager(str(tmp_path))

@@ -90,7 +90,7 @@ def test_logger_cfg_level_and_filename(tmp_path: Path) -> None:
     text = _read(tmp_path / "train.log")
     assert "above level" in text and "below level" not in text
     with pytest.raises(ConfigValueError, match="level"):
-        LoggerCfg(level="LOUD")
+        LoggerCfg(level="LOUD").validate()
 
 
 def test_logger_cfg_logs_file_path(tmp_path: Path) -> None:
@@ -114,8 +114,10 @@ def test_wandb_non_zero_rank_returns_none() -> None:
 
 
 def test_wandb_bad_mode_rejected() -> None:
-    with pytest.raises(ConfigValueError, match="mode"):
-        WandbCfg(mode="cloud")  # type: ignore[arg-type]
+    from tinyexp_core import TinyExp, build_exp
+
+    with pytest.raises(ConfigValueError, match="wandb_cfg.mode"):
+        build_exp(TinyExp, ["wandb_cfg.mode=cloud"])
 
 
 # ---------------------------------------------------------------- ema

@@ -48,6 +48,19 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
             None,
             id="wrong-type",
         ),
+        # A nested config's validate() check, with a password in a URL that must not show.
+        pytest.param(
+            {"overrides": ["checkpoint_cfg.keep_last_n=0", "ray_address=ray://:hunter2@h:1"]},
+            ["'checkpoint_cfg.keep_last_n'", "got 0", "an integer >= 1"],
+            None,
+            id="validate-check",
+        ),
+        pytest.param(
+            {"overrides": ["progress_cfg.url=http://:hunter2@127.0.0.1:6399/0"]},
+            ["'progress_cfg.url'", "'http://:***@127.0.0.1:6399/0'", "a Redis URL"],
+            None,
+            id="bad-url-redacted",
+        ),
         pytest.param(
             {"num_workers": 64},
             ["64 CPU", "64 workers"],
@@ -95,6 +108,7 @@ def test_bad_config_fails_before_training(
     assert description.startswith("invalid configuration:"), (description, message)
     for fragment in expected:
         assert fragment in description, (fragment, description)
+    assert "hunter2" not in description + message
     # Nothing downstream ran, no rank reported progress, nothing was written or replaced.
     assert list(materializations(result)) == ["prepared_dataset"]
     assert read_run(make_client(pipeline.redis_url), result.run_id) == {}

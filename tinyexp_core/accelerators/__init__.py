@@ -61,8 +61,7 @@ class AcceleratorCfg:
     mixed_precision: bool = False  # bf16 autocast on CUDA; ignored (with a warning) on CPU
 
     def validate(self) -> None:
-        if self.accelerator not in ACCELERATORS:
-            raise UnknownAcceleratorTypeError(self.accelerator, ACCELERATORS)
+        # `accelerator` is a Literal: the override parser has checked the choice.
         if self.collective_timeout_s <= 0:
             raise ConfigValueError(
                 "collective_timeout_s", self.collective_timeout_s, "a number of seconds > 0"

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.exceptions import ConfigValueError
-from tinyexp_core.experiment import ENV_PROGRESS_URL
+from tinyexp_core.experiment import ENV_PROGRESS_URL, check_redis_url
 
 ENV_CACHE_URL = "TINYEXP_CACHE_URL"
 
@@ -43,6 +43,8 @@ class Exp(MnistExp):
             super().validate()
             if self.cache_ttl_s < 0:
                 raise ConfigValueError("cache_ttl_s", self.cache_ttl_s, "seconds >= 0")
+            if self.cache_url:
+                check_redis_url("cache_url", self.cache_url)
 
         def build_sample_cache(self):
             """A RedisSampleCache for this folder and image size, or None (with a warning)."""
@@ -116,11 +118,6 @@ class Exp(MnistExp):
 
         arch: Literal["resnet18", "resnet34"] = "resnet18"
         dropout: float = 0.0  # ResNet has no dropout; kept for the MNIST loop's config
-
-        def validate(self) -> None:
-            super().validate()
-            if self.arch not in ("resnet18", "resnet34"):
-                raise ConfigValueError("arch", self.arch, ("resnet18", "resnet34"))
 
         def build_module(self, in_channels: int = 3) -> nn.Module:
             import torchvision

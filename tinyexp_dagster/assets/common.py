@@ -7,6 +7,8 @@ from typing import Any
 
 import dagster as dg
 
+from tinyexp_core.redaction import redact_overrides, redact_text
+
 DEFAULT_EXPERIMENT = "tinyexp_core.examples.mnist_exp:Exp"
 GROUP = "training"
 
@@ -24,18 +26,21 @@ def build_experiment(experiment: str, overrides: Sequence[str], forced: Sequence
 
 
 def config_failure(err: Exception, what: str = "invalid configuration") -> dg.Failure:
-    """A step failure that says what was wrong and is not retried (retrying cannot help)."""
+    """A step failure that says what was wrong and is not retried (retrying cannot help);
+    a value it quotes has its URL credentials hidden."""
+    message = redact_text(str(err))
     return dg.Failure(
-        description=f"{what}: {err}",
-        metadata={"error": str(err), "error_type": type(err).__name__},
+        description=f"{what}: {message}",
+        metadata={"error": message, "error_type": type(err).__name__},
         allow_retries=False,
     )
 
 
 def config_hash(experiment: str, overrides: Sequence[str], data_version: str) -> str:
-    """A short, stable digest of what determines a trained model."""
+    """A short, stable digest of what determines a trained model. A credential in a URL
+    does not (and a digest of it would let anyone test guesses), so it is hidden first."""
     payload = json.dumps(
-        {"experiment": experiment, "overrides": list(overrides), "data": data_version},
+        {"experiment": experiment, "overrides": redact_overrides(overrides), "data": data_version},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -4,6 +4,8 @@ from typing import Any
 
 import dagster as dg
 
+from tinyexp_core.redaction import redact_overrides
+
 from ..resources import RayDDPResource, RedisProgressResource, StorageResource
 from .common import (
     DEFAULT_EXPERIMENT,
@@ -124,7 +126,7 @@ def trained_model(
     )
     context.log.info(
         f"training {config.experiment} on {spec.num_workers} Ray workers, "
-        f"overrides {config.overrides or 'none'}, run dir {exp.get_run_dir()}"
+        f"overrides {redact_overrides(config.overrides) or 'none'}, run dir {exp.get_run_dir()}"
     )
     progress_url = spec.env.get("TINYEXP_PROGRESS_URL")
     mark("launch_start")  # for the benchmarks (a no-op without a timing file)
@@ -170,7 +172,7 @@ def _output(
     history = summary["history"]
     value = {
         "experiment": config.experiment,
-        "overrides": list(config.overrides),
+        "overrides": redact_overrides(config.overrides),
         "config_hash": digest,
         "dataset_path": dataset["path"],
         "data_version": dataset["data_version"],
@@ -202,7 +204,7 @@ def _output(
         "world_size": summary["world_size"],
         "resumed_from": summary["resumed_from"] or "none",
         "per_epoch": table(per_epoch),
-        "overrides": dg.MetadataValue.json(list(config.overrides)),
+        "overrides": dg.MetadataValue.json(redact_overrides(config.overrides)),
         "effective_config": dg.MetadataValue.json(summary["config"]),
         "config_hash": digest,
         "run_dir": dg.MetadataValue.path(summary["run_dir"]),
