@@ -17,7 +17,6 @@ from tinyexp_core.data.prepared import (
     load_split,
     prepare_dataset,
     read_manifest,
-    sha256_file,
     stratified_split,
 )
 from tinyexp_core.data.samplers import HoldOnesampleDataLoader, InfiniteSampler
@@ -31,6 +30,7 @@ from tinyexp_core.data.sources import (
     write_idx_images,
     write_idx_labels,
 )
+from tinyexp_core.files import sha256_file
 
 __all__ = [
     "FORMAT",
