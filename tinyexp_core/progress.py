@@ -27,7 +27,7 @@ from loguru import logger
 from redis.client import Pipeline
 
 from tinyexp_core.exceptions import ConfigValueError, InvalidRunStatusError
-from tinyexp_core.redis_utils import make_client, redact_url, validate_redis_url
+from tinyexp_core.redis_client import make_client, redact_url, validate_redis_url
 
 RUN_KEY_PREFIX = "tinyexp:run:"
 EVENTS_STREAM = "tinyexp:events"

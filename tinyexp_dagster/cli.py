@@ -49,7 +49,7 @@ def cmd_summary(_: argparse.Namespace) -> int:
 
 def cmd_redis(args: argparse.Namespace) -> int:
     """Show or stop the embedded Redis that serves this storage root."""
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(args.storage_root)
     if args.action == "url":
@@ -63,7 +63,8 @@ def cmd_redis(args: argparse.Namespace) -> int:
 
 def _progress_url(storage_root: str) -> tuple[str | None, str]:
     """(URL, "") of the progress store, or (None, why there is none)."""
-    from tinyexp_core.redis_utils import EmbeddedRedis, redact_url
+    from tinyexp_core.redis_client import redact_url
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     url = os.environ.get(ENV_REDIS_URL)
     if url:
@@ -90,7 +91,12 @@ def cmd_progress(args: argparse.Namespace) -> int:
     import redis
 
     from tinyexp_core.exceptions import InvalidRedisUrlError
-    from tinyexp_core.redis_utils import make_client, redact_url, validate_redis_url
+    from tinyexp_core.redis_client import (
+        classify_redis_error,
+        make_client,
+        redact_url,
+        validate_redis_url,
+    )
 
     url, why = _progress_url(args.storage_root)
     if url is None:
@@ -105,12 +111,15 @@ def cmd_progress(args: argparse.Namespace) -> int:
     view = ProgressView(sys.stdout)
     try:
         return _watch(client, args.run_id, view, once=args.once, interval_s=args.interval)
-    except redis.AuthenticationError as err:
-        print(f"error: Redis at {shown} rejected the credentials: {err}", file=sys.stderr)
-        return 2
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
-        print(f"Redis unreachable at {shown}: {type(err).__name__}: {err}", file=sys.stderr)
-        return EXIT_NO_STORE
+    except (redis.RedisError, OSError) as err:
+        kind = classify_redis_error(err)
+        if kind == "auth":
+            print(f"error: Redis at {shown} rejected the credentials: {err}", file=sys.stderr)
+            return 2
+        if kind == "unreachable":
+            print(f"Redis unreachable at {shown}: {type(err).__name__}: {err}", file=sys.stderr)
+            return EXIT_NO_STORE
+        raise
     except KeyboardInterrupt:
         return 130
     finally:

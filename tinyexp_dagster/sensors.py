@@ -45,7 +45,8 @@ from tinyexp_core.progress import (
     read_runs,
     run_key,
 )
-from tinyexp_core.redis_utils import EmbeddedRedis, redact_url
+from tinyexp_core.redis_client import classify_redis_error, redact_url
+from tinyexp_core.redis_server import EmbeddedRedis
 
 from .assets.training import RESUME_RUN_DIR_TAG
 from .jobs import PIPELINE, retrain_job, training_pipeline
@@ -172,14 +173,13 @@ def _with_store(
     client, shown = store
     try:
         return tick(client)
-    except redis_py.AuthenticationError as err:
-        raise InvalidRedisUrlError(shown, f"authentication failed: {err}") from None
-    except redis_py.ResponseError as err:
-        if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
+    except (redis_py.RedisError, OSError) as err:
+        kind = classify_redis_error(err)
+        if kind == "auth":
             raise InvalidRedisUrlError(shown, f"authentication failed: {err}") from None
+        if kind == "unreachable":
+            return dg.SkipReason(f"Redis unreachable at {shown}: {type(err).__name__}: {err}")
         raise
-    except (redis_py.ConnectionError, redis_py.TimeoutError, OSError) as err:
-        return dg.SkipReason(f"Redis unreachable at {shown}: {type(err).__name__}: {err}")
     finally:
         client.close()
 

@@ -29,7 +29,8 @@ from tinyexp_core.progress import (
     read_runs,
     run_key,
 )
-from tinyexp_core.redis_utils import RedisClusterManager, free_port, make_client
+from tinyexp_core.redis_client import make_client
+from tinyexp_core.redis_server import RedisClusterManager, free_port
 
 
 class FakeClock:

@@ -30,7 +30,8 @@ from tinyexp_core.progress import (
     read_run,
     run_key,
 )
-from tinyexp_core.redis_utils import free_port, make_client
+from tinyexp_core.redis_client import make_client
+from tinyexp_core.redis_server import free_port
 from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
 from tinyexp_dagster.definitions import defs
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource

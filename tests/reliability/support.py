@@ -191,7 +191,7 @@ def eventually(predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
 
 
 def redis_client(url: str):
-    from tinyexp_core.redis_utils import make_client
+    from tinyexp_core.redis_client import make_client
 
     return make_client(url, socket_timeout_s=2.0, connect_timeout_s=2.0)
 
