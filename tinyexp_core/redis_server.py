@@ -79,6 +79,33 @@ def resolve_redis_url(url: str | None, storage_root: str | Path) -> str:
     return EmbeddedRedis(storage_root).ensure()
 
 
+def find_redis_url(
+    url: str | None, storage_root: str | Path, *, url_name: str
+) -> tuple[str | None, str]:
+    """For readers: (the configured URL, validated, or the embedded server's, "") or
+    (None, why there is no server to read). Never starts a server. `url_name` names where the
+    URL would come from (an environment variable), for the message."""
+    if url:
+        return validate_redis_url(url), ""
+    server = EmbeddedRedis(storage_root)
+    found = server.url()
+    if found:
+        return found, ""
+    try:
+        stale = server.url_file.read_text().strip()
+    except OSError:
+        stale = ""
+    if stale:
+        return None, (
+            f"Redis unreachable at {redact_url(stale)}: the embedded server of {storage_root} "
+            "does not answer"
+        )
+    return None, (
+        f"no progress store yet: {url_name} is unset and no embedded Redis runs under "
+        f"{storage_root} (the first training run starts it)"
+    )
+
+
 def _quote(value: str) -> str:
     """Quote a value for redis.conf (double quotes, backslash escapes)."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
