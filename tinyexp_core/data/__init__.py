@@ -19,11 +19,11 @@ from tinyexp_core.data.prepared import (
     read_manifest,
     stratified_split,
 )
+from tinyexp_core.data.raw import RawDataset
 from tinyexp_core.data.samplers import HoldOnesampleDataLoader, InfiniteSampler
 from tinyexp_core.data.sources import (
     MNIST_FILES,
     SOURCES,
-    RawDataset,
     find_mnist_file,
     load_source,
     resize_uint8,
