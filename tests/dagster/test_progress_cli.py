@@ -201,3 +201,16 @@ def test_client_errors_other_than_outages_propagate(use_redis, new_run_id):
     client.set(run_key(rid), "not a hash")
     with pytest.raises(redis.ResponseError):
         progress(rid, "--once")
+
+
+@pytest.mark.parametrize("password", ["", "wrong"])
+def test_rejected_credentials_exit_2_not_unreachable(monkeypatch, capsys, password):
+    """No password (a NOAUTH reply) or a wrong one (WRONGPASS): a configuration error."""
+    with RedisClusterManager(password="s3cret") as server:
+        auth = f":{password}@" if password else ""
+        url = f"redis://{auth}127.0.0.1:{server.ports[0]}/0"
+        monkeypatch.setenv("TINYEXP_REDIS_URL", url)
+        assert progress("--once") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Redis at {url.replace(':wrong@', ':***@')} rejected")
+    assert "wrong" not in err.replace("wrong number", "")

@@ -20,7 +20,7 @@ from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializa
 from dagster._core.launcher import RunLauncher
 from dagster._serdes import ConfigurableClass
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError
 from tinyexp_core.progress import (
     ACTIVE_RUNS_KEY,
     EVENTS_STREAM,
@@ -31,7 +31,7 @@ from tinyexp_core.progress import (
     run_key,
 )
 from tinyexp_core.redis_client import make_client
-from tinyexp_core.redis_server import free_port
+from tinyexp_core.redis_server import RedisClusterManager, free_port
 from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
 from tinyexp_dagster.definitions import defs
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource
@@ -268,6 +268,20 @@ def test_password_is_never_shown(instance, tmp_path):
     data = tick(training_progress_sensor, instance, "0-0", res)
     assert "Redis unreachable at redis://:***@127.0.0.1" in data.skip_message
     assert "hunter2" not in data.skip_message
+
+
+@pytest.mark.parametrize("password", ["", "wrong"])
+def test_rejected_credentials_fail_the_tick_instead_of_skipping(instance, tmp_path, password):
+    """NOAUTH (no password) and WRONGPASS are configuration errors, never an outage."""
+    with RedisClusterManager(password="s3cret", data_dir=str(tmp_path / "redis-auth")) as server:
+        auth = f":{password}@" if password else ""
+        url = f"redis://{auth}127.0.0.1:{server.ports[0]}/0"
+        storage = StorageResource(root=str(tmp_path))
+        res = {"redis": RedisProgressResource(url=url), "storage": storage}
+        for sensor in (training_progress_sensor, stalled_training_sensor):
+            with pytest.raises(InvalidRedisUrlError, match="authentication failed") as info:
+                tick(sensor, instance, "0-0" if sensor is training_progress_sensor else None, res)
+            assert "wrong" not in str(info.value).replace("wrong number", "")
 
 
 # ---------------------------------------------------------------- stalled_training_sensor
