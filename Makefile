@@ -42,9 +42,10 @@ bench: install ## benchmarks (ratios measured in one run); results go to docs/be
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m bench
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, and no import cycles in the two packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/check_import_cycles.py tinyexp_core tinyexp_dagster
 
 format: install ## ruff autofix and format
 	$(VENV)/bin/ruff check --fix .

@@ -58,7 +58,7 @@ def on_ray(prepared: str, epochs: int, batch_size: int, turn_file: str, then: st
 def start_torchrun(
     name: str, then: str, prepared: str, args: argparse.Namespace, turn_file: str, log: Path
 ) -> subprocess.Popen:
-    from tinyexp_core.redis_utils import free_port
+    from tinyexp_core.redis_server import free_port
 
     cmd = [python(), "-m", "torch.distributed.run", f"--nproc-per-node={WORKERS}"]
     cmd += ["--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", "bench.bare_loop"]

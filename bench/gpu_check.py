@@ -49,7 +49,7 @@ def on_ray(exp_path: str, overrides: list[str], workers: int, gpu: bool) -> list
 
 def bare(args: list[str], workers: int) -> list[float]:
     """Per-epoch samples/s of the bare loop (torchrun with nccl for 2 ranks)."""
-    from tinyexp_core.redis_utils import free_port
+    from tinyexp_core.redis_server import free_port
 
     cmd = [python(), "-m", "bench.bare_loop", *args]
     if workers > 1:

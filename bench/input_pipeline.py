@@ -112,7 +112,7 @@ def make_image_folder(root: Path, num_images: int, size: int, num_classes: int =
 
 def image_folder_sides(folder: Path, url: str, image_size: int) -> dict[str, Callable[[], int]]:
     from tinyexp_core.data import ImageFolderDataset, RedisSampleCache
-    from tinyexp_core.redis_utils import make_client
+    from tinyexp_core.redis_client import make_client
 
     client = make_client(url, decode_responses=False)
     cache = RedisSampleCache(client, "bench", ttl_s=3600)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     args = parser.parse_args(argv)
 
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), load_average()

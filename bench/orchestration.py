@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     args = parser.parse_args(argv)
 
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     started, load_before = time.perf_counter(), load_average()
     runs = []

@@ -194,7 +194,7 @@ def _interleave(
 
 
 def _redis_version(url: str) -> str:
-    from tinyexp_core.redis_utils import make_client
+    from tinyexp_core.redis_client import make_client
 
     client = make_client(url)
     try:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tinyexp_core.redis_utils import RedisClusterManager
+    from tinyexp_core.redis_server import RedisClusterManager
 
     server = None if args.redis_url else RedisClusterManager(num_shards=1)
     started = time.perf_counter()

@@ -62,7 +62,7 @@ def tick_seconds(sensor: Any, instance: Any, resources: dict, cursor: str | None
 def measure_size(url: str, storage: str, num_runs: int, ticks: int) -> dict[str, Any]:
     import dagster as dg
 
-    from tinyexp_core.redis_utils import make_client
+    from tinyexp_core.redis_client import make_client
     from tinyexp_dagster.resources import RedisProgressResource, StorageResource
     from tinyexp_dagster.sensors import stalled_training_sensor, training_progress_sensor
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     args = parser.parse_args(argv)
 
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
     from tinyexp_dagster.sensors import MAX_EVENTS_PER_TICK
 
     started, load_before = time.perf_counter(), load_average()

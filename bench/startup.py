@@ -75,7 +75,7 @@ def dagster_env(tmp: Path, timing_file: Path | None = None) -> dict[str, str]:
 
 def setup(tmp: Path) -> str:
     """Materialize prepared_dataset and start the embedded Redis; returns the dataset path."""
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     (tmp / "dagster_home").mkdir()
     cmd = [DAGSTER, "asset", "materialize", "-m", "tinyexp_dagster.definitions"]
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     args = parser.parse_args(argv)
 
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     started, load_before = time.perf_counter(), load_average()
     runs: dict[str, list[dict[str, float]]] = {"ours": [], "theirs": []}

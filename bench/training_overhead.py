@@ -50,7 +50,7 @@ def orchestrated(
     import dagster as dg
 
     from tinyexp_core.progress import read_run
-    from tinyexp_core.redis_utils import make_client
+    from tinyexp_core.redis_client import make_client
     from tinyexp_dagster.assets import prepared_dataset, trained_model
     from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--epochs must be >= 2: the first epoch is excluded")
 
     from tinyexp_core.data import read_manifest
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     started, load_before = time.perf_counter(), load_average()
     # rep, epoch, then wall and CPU samples/s of the orchestrated job, bare and 2nd bare loop

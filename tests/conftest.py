@@ -22,7 +22,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     if url:
         yield url
         return
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis"))
     url = server.ensure()

@@ -7,15 +7,13 @@ written after the data, so a file only verifies once it is complete.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import pickle
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,12 +32,14 @@ from tinyexp_core.exceptions import (
     InvalidCheckpointTypeError,
     UnsupportedCheckpointFormatError,
 )
+from tinyexp_core.files import CHUNK_BYTES, atomic_write, atomic_write_bytes, sha256_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointCfg",
     "CheckpointManager",
     "build_checkpoint",
+    "copy_checkpoint",
     "load_checkpoint",
     "restore",
     "save_checkpoint",
@@ -51,7 +51,6 @@ __all__ = [
 CHECKPOINT_FORMAT = "tinyexp.checkpoint/1"
 SIDECAR_SUFFIX = ".sha256"
 
-_CHUNK_BYTES = 1 << 20
 _EPOCH_FILE_RE = re.compile(r"epoch_(\d+)\.pt")
 _REQUIRED_KEYS = ("format", "model")
 
@@ -207,52 +206,14 @@ def restore(
 # ---------------------------------------------------------------- atomic files
 
 
-def sha256_file(path: str | Path) -> str:
-    """Return the hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable. Best effort: some platforms and filesystems cannot open or
-    # fsync a directory, and the file data itself is already fsynced.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> tuple[str, int]:
-    """Write via a temp file + fsync + os.replace; return (sha256, size) of the bytes."""
-    # Not ending in .pt, so a half-written temp file is never taken for a checkpoint.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        sha, size = sha256_file(tmp), tmp.stat().st_size
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return sha, size
 
 
 def _write_sidecar(path: Path, sha: str, size: int) -> None:
     meta = {"sha256": sha, "size": size, "saved_at": datetime.now(timezone.utc).isoformat()}
     payload = json.dumps(meta, indent=1).encode()
-    _atomic_write(_sidecar_path(path), lambda f: f.write(payload))
+    atomic_write_bytes(_sidecar_path(path), payload)
 
 
 def _check_state(state: Any, label: str) -> dict[str, Any]:
@@ -271,17 +232,20 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Data first, sidecar second: a crash in between leaves a stale or missing sidecar,
     # which fails verification instead of vouching for the new bytes.
-    sha, size = _atomic_write(path, lambda f: torch.save(state, f))
+    sha, size = atomic_write(path, lambda f: torch.save(state, f))
     _write_sidecar(path, sha, size)
     return sha
 
 
-def _copy_checkpoint(src: Path, dst: Path, expected_sha: str) -> None:
+def copy_checkpoint(src: str | Path, dst: str | Path, expected_sha: str) -> None:
+    """Copy a checkpoint atomically and write its sidecar once the copy matches `expected_sha`."""
+    src, dst = Path(src), Path(dst)
+
     def copy(f: IO[bytes]) -> None:
         with open(src, "rb") as source:
-            shutil.copyfileobj(source, f, _CHUNK_BYTES)
+            shutil.copyfileobj(source, f, CHUNK_BYTES)
 
-    sha, size = _atomic_write(dst, copy)
+    sha, size = atomic_write(dst, copy)
     if sha != expected_sha:
         # dst now has no matching sidecar, so it fails verification until rewritten.
         raise CheckpointCorruptError(
@@ -403,10 +367,10 @@ class CheckpointManager:
         epoch_path = self.directory / f"epoch_{epoch:04d}.pt"
         # last.pt first: latest_valid() tries it first, so it must never lag the epoch files.
         sha = save_checkpoint(state, self._last)
-        _copy_checkpoint(self._last, epoch_path, sha)
+        copy_checkpoint(self._last, epoch_path, sha)
         written = {"epoch": str(epoch_path), "last": str(self._last)}
         if is_best:
-            _copy_checkpoint(self._last, self._best, sha)
+            copy_checkpoint(self._last, self._best, sha)
             written["best"] = str(self._best)
         self._prune()
         return written

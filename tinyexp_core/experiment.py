@@ -22,6 +22,7 @@ from .exceptions import (
     UnknownConfigurationKeyError,
     UnknownExperimentModeError,
 )
+from .files import atomic_write_text
 from .logging import LoggerCfg, WandbCfg
 from .overrides import apply_overrides, to_dict, to_yaml
 from .redaction import redact_value
@@ -154,9 +155,7 @@ class TinyExp:
     def dump_config(self, run_dir: str | None = None) -> str:
         """Write the effective config to `<run_dir>/config.yaml` and return the path."""
         path = Path(run_dir or self.ensure_run_dir()) / "config.yaml"
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(self.config_yaml())
-        os.replace(tmp, path)
+        atomic_write_text(path, self.config_yaml())
         return str(path)
 
     # ------------------------------------------------------------------ run contract

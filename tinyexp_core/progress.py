@@ -18,6 +18,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, SupportsFloat, SupportsInt, runtime_checkable
 from urllib.parse import unquote, urlsplit
@@ -27,7 +28,7 @@ from loguru import logger
 from redis.client import Pipeline
 
 from tinyexp_core.exceptions import ConfigValueError, InvalidRunStatusError
-from tinyexp_core.redis_utils import make_client, redact_url, validate_redis_url
+from tinyexp_core.redis_client import make_client, redact_url, validate_redis_url
 
 RUN_KEY_PREFIX = "tinyexp:run:"
 EVENTS_STREAM = "tinyexp:events"
@@ -369,6 +370,89 @@ def build_progress_reporter(url: str | None, run_id: str, **kwargs: Any) -> Prog
     if not url:
         return NullProgressReporter(run_id)
     return RedisProgressReporter(url, run_id, **kwargs)
+
+
+def parse_number(text: str | None) -> float | None:
+    """A number field of the progress hash or of an event (None if absent or unparsable)."""
+    if text is None or text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _parse_int(text: str | None) -> int | None:
+    value = parse_number(text)
+    return None if value is None or not math.isfinite(value) else int(value)
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """One run's progress hash, parsed: the one reader of `tinyexp:run:<run_id>`.
+
+    Numbers are numbers; a field that is missing or does not parse is None (strings: "").
+    `fields` keeps the hash as stored, for compare-and-set writes that must match it exactly.
+    """
+
+    run_id: str
+    status: str = ""
+    asset: str = ""
+    epoch: int | None = None  # 0-based, the epoch that just completed (or runs)
+    num_epochs: int | None = None
+    step: int | None = None  # 0-based, within the epoch
+    num_steps: int | None = None  # steps per epoch
+    loss: float | None = None
+    lr: float | None = None
+    samples_per_s: float | None = None
+    eta_s: float | None = None
+    heartbeat: float | None = None  # unix time
+    last_checkpoint: str = ""
+    best_metric: float | None = None
+    attempt: int | None = None
+    world_size: int | None = None
+    error: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def exists(self) -> bool:
+        """False for a run with no hash (unknown, or expired after its TTL)."""
+        return bool(self.fields)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run reported a final status."""
+        return self.status in FINAL_STATUSES
+
+    @classmethod
+    def parse(cls, run_id: str, fields: Mapping[str, str]) -> RunProgress:
+        """Parse a hash as `read_run` returns it."""
+        get = fields.get
+        return cls(
+            run_id=run_id,
+            status=get("status", ""),
+            asset=get("asset", ""),
+            epoch=_parse_int(get("epoch")),
+            num_epochs=_parse_int(get("num_epochs")),
+            step=_parse_int(get("step")),
+            num_steps=_parse_int(get("num_steps")),
+            loss=parse_number(get("loss")),
+            lr=parse_number(get("lr")),
+            samples_per_s=parse_number(get("samples_per_s")),
+            eta_s=parse_number(get("eta_s")),
+            heartbeat=parse_number(get("heartbeat")),
+            last_checkpoint=get("last_checkpoint", ""),
+            best_metric=parse_number(get("best_metric")),
+            attempt=_parse_int(get("attempt")),
+            world_size=_parse_int(get("world_size")),
+            error=get("error", ""),
+            fields=dict(fields),
+        )
+
+
+def read_progress(client: redis.Redis, run_id: str) -> RunProgress:
+    """The parsed progress of `run_id` (`exists` is False if unknown or expired)."""
+    return RunProgress.parse(run_id, read_run(client, run_id))
 
 
 def read_run(client: redis.Redis, run_id: str) -> dict[str, str]:

@@ -16,10 +16,13 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .resources.storage import default_storage_root
+
+if TYPE_CHECKING:
+    from tinyexp_core.progress import RunProgress
 
 EXIT_RUN_FAILED = 1
 EXIT_NO_STORE = 3
@@ -49,7 +52,7 @@ def cmd_summary(_: argparse.Namespace) -> int:
 
 def cmd_redis(args: argparse.Namespace) -> int:
     """Show or stop the embedded Redis that serves this storage root."""
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(args.storage_root)
     if args.action == "url":
@@ -61,56 +64,37 @@ def cmd_redis(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_url(storage_root: str) -> tuple[str | None, str]:
-    """(URL, "") of the progress store, or (None, why there is none)."""
-    from tinyexp_core.redis_utils import EmbeddedRedis, redact_url
-
-    url = os.environ.get(ENV_REDIS_URL)
-    if url:
-        return url, ""
-    server = EmbeddedRedis(storage_root)
-    url = server.url()
-    if url:
-        return url, ""
-    try:
-        stale = server.url_file.read_text().strip()
-    except OSError:
-        stale = ""
-    if stale:
-        why = f"the embedded server of {storage_root} does not answer"
-        return None, f"Redis unreachable at {redact_url(stale)}: {why}"
-    return None, (
-        f"no progress store: {ENV_REDIS_URL} is unset and no embedded Redis runs under "
-        f"{storage_root} (the first training run starts it)"
-    )
-
-
 def cmd_progress(args: argparse.Namespace) -> int:
     """Show live progress of one run (or of every active run) until it ends."""
     import redis
 
     from tinyexp_core.exceptions import InvalidRedisUrlError
-    from tinyexp_core.redis_utils import make_client, redact_url, validate_redis_url
+    from tinyexp_core.redis_client import classify_redis_error, make_client, redact_url
+    from tinyexp_core.redis_server import find_redis_url
 
-    url, why = _progress_url(args.storage_root)
+    try:
+        configured = os.environ.get(ENV_REDIS_URL)
+        url, why = find_redis_url(configured, args.storage_root, url_name=ENV_REDIS_URL)
+    except InvalidRedisUrlError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if url is None:
         print(why, file=sys.stderr)
         return EXIT_NO_STORE
     shown = redact_url(url)
-    try:
-        client = make_client(validate_redis_url(url), socket_timeout_s=1.0, connect_timeout_s=1.0)
-    except InvalidRedisUrlError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    client = make_client(url, socket_timeout_s=1.0, connect_timeout_s=1.0)
     view = ProgressView(sys.stdout)
     try:
         return _watch(client, args.run_id, view, once=args.once, interval_s=args.interval)
-    except redis.AuthenticationError as err:
-        print(f"error: Redis at {shown} rejected the credentials: {err}", file=sys.stderr)
-        return 2
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
-        print(f"Redis unreachable at {shown}: {type(err).__name__}: {err}", file=sys.stderr)
-        return EXIT_NO_STORE
+    except (redis.RedisError, OSError) as err:
+        kind = classify_redis_error(err)
+        if kind == "auth":
+            print(f"error: Redis at {shown} rejected the credentials: {err}", file=sys.stderr)
+            return 2
+        if kind == "unreachable":
+            print(f"Redis unreachable at {shown}: {type(err).__name__}: {err}", file=sys.stderr)
+            return EXIT_NO_STORE
+        raise
     except KeyboardInterrupt:
         return 130
     finally:
@@ -121,72 +105,60 @@ def _watch(
     client: Any, run_id: str | None, view: ProgressView, *, once: bool, interval_s: float
 ) -> int:
     """Redraw every `interval_s` until the run (or every active run) has ended."""
-    from tinyexp_core.progress import FINAL_STATUSES, active_run_ids, read_run
+    from tinyexp_core.progress import active_run_ids, read_progress
 
     shown: list[str] = []  # runs on screen, in order of appearance
     while True:
         wanted = [run_id] if run_id else active_run_ids(client)
         shown += [rid for rid in wanted if rid not in shown]
-        runs = {rid: read_run(client, rid) for rid in shown}
-        if run_id and not runs[run_id]:
+        runs = {rid: read_progress(client, rid) for rid in shown}
+        if run_id and not runs[run_id].exists:
             view.draw([f"no progress for run {run_id} (not started yet, or expired)"])
             return EXIT_RUN_FAILED
         now = time.time()
-        view.draw([render_run(rid, runs[rid], now) for rid in shown] or ["no active runs"])
-        if run_id and runs[run_id].get("status") in FINAL_STATUSES:
-            return 0 if runs[run_id]["status"] == "succeeded" else EXIT_RUN_FAILED
+        view.draw([render_run(runs[rid], now) for rid in shown] or ["no active runs"])
+        if run_id and runs[run_id].finished:
+            return 0 if runs[run_id].status == "succeeded" else EXIT_RUN_FAILED
         if once or (not run_id and not wanted):
             return 0
         time.sleep(interval_s)
 
 
-def render_run(run_id: str, run: Mapping[str, str], now: float) -> str:
+def render_run(run: RunProgress, now: float) -> str:
     """One line: status, bar, epoch, step, loss, ETA (and a stale heartbeat's age)."""
-    status = run.get("status", "?")
-    num_epochs, num_steps = _num(run, "num_epochs"), _num(run, "num_steps")
-    epoch, step = _num(run, "epoch"), _num(run, "step")
-    fraction = 1.0 if status == "succeeded" else _fraction(epoch, step, num_epochs, num_steps)
+    status = run.status or "?"
+    fraction = 1.0 if status == "succeeded" else _fraction(run)
     filled = round(fraction * _BAR_WIDTH)
-    parts = [run_id, f"{status:<9}", f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}]"]
+    parts = [run.run_id, f"{status:<9}", f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}]"]
     parts.append(f"{100 * fraction:3.0f}%")
-    if epoch is not None:
-        parts.append(f"epoch {int(epoch) + 1}/{_text(num_epochs)}")
-    if step is not None:
-        parts.append(f"step {int(step) + 1}/{_text(num_steps)}")
-    if _num(run, "loss") is not None:
-        parts.append(f"loss {_num(run, 'loss'):.4f}")
-    eta = _num(run, "eta_s")
-    if eta is not None and status in ("running", "stalled"):
-        parts.append(f"ETA {_duration(eta)}")
-    beat = _num(run, "heartbeat")
-    if beat is not None and status not in ("succeeded", "failed", "cancelled"):
-        if now - beat >= _STALE_HEARTBEAT_S:
-            parts.append(f"(last heartbeat {_duration(now - beat)} ago)")
-    if run.get("error"):
-        parts.append(f"error: {run['error'].strip().splitlines()[-1][:120]}")
+    if run.epoch is not None:
+        parts.append(f"epoch {run.epoch + 1}/{_text(run.num_epochs)}")
+    if run.step is not None:
+        parts.append(f"step {run.step + 1}/{_text(run.num_steps)}")
+    if run.loss is not None:
+        parts.append(f"loss {run.loss:.4f}")
+    if run.eta_s is not None and status in ("running", "stalled"):
+        parts.append(f"ETA {_duration(run.eta_s)}")
+    if run.heartbeat is not None and not run.finished:
+        if now - run.heartbeat >= _STALE_HEARTBEAT_S:
+            parts.append(f"(last heartbeat {_duration(now - run.heartbeat)} ago)")
+    if run.error:
+        parts.append(f"error: {run.error.strip().splitlines()[-1][:120]}")
     return "  ".join(parts)
 
 
-def _num(run: Mapping[str, str], name: str) -> float | None:
-    try:
-        return float(run[name])
-    except (KeyError, ValueError):
-        return None
+def _text(value: int | None) -> str:
+    return "?" if value is None else str(value)
 
 
-def _text(value: float | None) -> str:
-    return "?" if value is None else str(int(value))
-
-
-def _fraction(
-    epoch: float | None, step: float | None, num_epochs: float | None, num_steps: float | None
-) -> float:
+def _fraction(run: RunProgress) -> float:
     """Done steps over all steps (`epoch`, `step`: 0-based; `num_steps`: per epoch)."""
-    if epoch is None or not num_epochs:
+    if run.epoch is None or not run.num_epochs:
         return 0.0
-    if step is None or not num_steps:
-        return min(1.0, epoch / num_epochs)
-    return min(1.0, max(0.0, (epoch * num_steps + step + 1) / (num_epochs * num_steps)))
+    if run.step is None or not run.num_steps:
+        return min(1.0, run.epoch / run.num_epochs)
+    done = run.epoch * run.num_steps + run.step + 1
+    return min(1.0, max(0.0, done / (run.num_epochs * run.num_steps)))
 
 
 def _duration(seconds: float) -> str:

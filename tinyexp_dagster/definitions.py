@@ -18,7 +18,7 @@ from .jobs import JOBS
 from .resources import (
     RayDDPResource,
     RedisProgressResource,
-    RunScopedPickleIOManager,
+    RunScopedJSONIOManager,
     StorageResource,
 )
 from .schedules import SCHEDULES
@@ -37,7 +37,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "redis": RedisProgressResource(url=redis_url),
         "storage": storage,
-        "io_manager": RunScopedPickleIOManager(storage=storage),
+        "io_manager": RunScopedJSONIOManager(storage=storage),
     }
 
 

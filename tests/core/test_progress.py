@@ -20,16 +20,20 @@ from tinyexp_core.progress import (
     NullProgressReporter,
     ProgressReporter,
     RedisProgressReporter,
+    RunProgress,
     active_run_ids,
     build_progress_reporter,
     mark_status,
     new_run_id,
+    parse_number,
     read_events,
+    read_progress,
     read_run,
     read_runs,
     run_key,
 )
-from tinyexp_core.redis_utils import RedisClusterManager, free_port, make_client
+from tinyexp_core.redis_client import make_client
+from tinyexp_core.redis_server import RedisClusterManager, free_port
 
 
 class FakeClock:
@@ -384,3 +388,41 @@ def test_close_makes_later_calls_no_ops(redis_url: str, run_id: str, clock) -> N
     reporter.close()
     reporter.start(num_epochs=1, num_steps=1)
     assert reporter.writes == 0 and reporter.errors == 0
+
+
+# ---------------------------------------------------------------- the one hash parser
+
+
+def test_read_progress_parses_what_the_reporter_wrote(
+    redis_url: str, client: redis.Redis, run_id: str, clock
+) -> None:
+    reporter = _reporter(redis_url, run_id, clock, throttle_s=0.0)
+    reporter.start(asset="trained_model", num_epochs=3, num_steps=10, world_size=2)
+    reporter.step(epoch=0, step=4, loss=1.5, lr=0.1, samples_per_s=80.0)
+    clock.advance(1.0)
+    reporter.step(epoch=1, step=2, loss=1.25, lr=0.05, samples_per_s=90.0)
+    reporter.checkpoint(path="/runs/r/last.pt", epoch=1, best_metric=0.75)
+    progress = read_progress(client, run_id)
+    assert progress.exists and not progress.finished
+    assert (progress.status, progress.asset) == ("running", "trained_model")
+    assert (progress.epoch, progress.step, progress.num_epochs, progress.num_steps) == (1, 2, 3, 10)
+    assert (progress.loss, progress.lr, progress.samples_per_s) == (1.25, 0.05, 90.0)
+    assert progress.heartbeat == clock.now and progress.eta_s is not None
+    assert (progress.world_size, progress.attempt) == (2, 1)
+    assert (progress.last_checkpoint, progress.best_metric) == ("/runs/r/last.pt", 0.75)
+    assert progress.fields == read_run(client, run_id)  # the raw hash, for compare-and-set
+    reporter.finish("failed", error="boom")
+    finished = read_progress(client, run_id)
+    assert finished.finished and finished.status == "failed" and finished.error == "boom"
+    reporter.close()
+
+
+def test_parse_tolerates_missing_and_bad_fields() -> None:
+    bad = {"epoch": "x", "step": "", "loss": "nan", "heartbeat": "inf", "num_epochs": "inf"}
+    progress = RunProgress.parse("r", bad)
+    assert progress.epoch is None and progress.step is None and progress.num_epochs is None
+    assert progress.loss != progress.loss  # NaN stays a float: it is what the trainer saw
+    assert progress.heartbeat == float("inf")
+    empty = RunProgress.parse("gone", {})
+    assert not empty.exists and empty.status == "" and empty.eta_s is None
+    assert (parse_number("2.5"), parse_number(None), parse_number("abc")) == (2.5, None, None)

@@ -23,7 +23,7 @@ from tests.dagster.support import (
 )
 from tinyexp_core.checkpoint import sha256_file
 from tinyexp_core.progress import read_run
-from tinyexp_core.redis_utils import make_client
+from tinyexp_core.redis_client import make_client
 
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 10

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from tinyexp_core.progress import ACTIVE_RUNS_KEY, RedisProgressReporter, run_key
-from tinyexp_core.redis_utils import RedisClusterManager, free_port, make_client
+from tinyexp_core.progress import ACTIVE_RUNS_KEY, RedisProgressReporter, RunProgress, run_key
+from tinyexp_core.redis_client import make_client
+from tinyexp_core.redis_server import RedisClusterManager, free_port
 from tinyexp_dagster.cli import main, render_run
 
 
@@ -118,11 +119,9 @@ def test_failed_and_unknown_runs_exit_1(use_redis, new_run_id, capsys):
     rep.finish("failed", error="Traceback ...\nRuntimeError: loss is NaN")
     assert progress(rid) == 1
     assert "failed" in capsys.readouterr().out
-    assert "error: RuntimeError: loss is NaN" in render_run(
-        rid,
-        {"status": "failed", "error": ("Traceback ...\nRuntimeError: loss is NaN")},
-        time.time(),
-    )
+    failed = {"status": "failed", "error": "Traceback ...\nRuntimeError: loss is NaN"}
+    line = render_run(RunProgress.parse(rid, failed), time.time())
+    assert "error: RuntimeError: loss is NaN" in line
 
     assert progress(f"cli-test-unknown-{uuid.uuid4().hex[:6]}") == 1
     assert "not started yet, or expired" in capsys.readouterr().out
@@ -149,7 +148,7 @@ def test_all_runs_view_exits_when_none_is_active(private_redis, capsys):
 
 def test_stale_heartbeat_is_shown():
     run = {"status": "running", "epoch": "0", "heartbeat": str(time.time() - 125)}
-    assert "(last heartbeat 0:02:05 ago)" in render_run("r", run, time.time())
+    assert "(last heartbeat 0:02:05 ago)" in render_run(RunProgress.parse("r", run), time.time())
 
 
 def test_redis_unreachable_exits_non_zero_with_the_redacted_url(monkeypatch, capsys):
@@ -165,7 +164,7 @@ def test_without_a_store_or_with_a_dead_embedded_server(monkeypatch, tmp_path, c
     monkeypatch.delenv("TINYEXP_REDIS_URL", raising=False)
     root = str(tmp_path)
     assert main(["--storage-root", root, "progress", "--once"]) == 3
-    assert capsys.readouterr().err.startswith("no progress store: TINYEXP_REDIS_URL is unset")
+    assert capsys.readouterr().err.startswith("no progress store yet: TINYEXP_REDIS_URL is unset")
 
     dead = f"redis://127.0.0.1:{free_port()}/0"
     (tmp_path / "redis").mkdir()
@@ -175,7 +174,7 @@ def test_without_a_store_or_with_a_dead_embedded_server(monkeypatch, tmp_path, c
 
 
 def test_embedded_server_is_found_through_the_storage_root(monkeypatch, tmp_path, capsys):
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     monkeypatch.delenv("TINYEXP_REDIS_URL", raising=False)
     server = EmbeddedRedis(tmp_path)
@@ -202,3 +201,16 @@ def test_client_errors_other_than_outages_propagate(use_redis, new_run_id):
     client.set(run_key(rid), "not a hash")
     with pytest.raises(redis.ResponseError):
         progress(rid, "--once")
+
+
+@pytest.mark.parametrize("password", ["", "wrong"])
+def test_rejected_credentials_exit_2_not_unreachable(monkeypatch, capsys, password):
+    """No password (a NOAUTH reply) or a wrong one (WRONGPASS): a configuration error."""
+    with RedisClusterManager(password="s3cret") as server:
+        auth = f":{password}@" if password else ""
+        url = f"redis://{auth}127.0.0.1:{server.ports[0]}/0"
+        monkeypatch.setenv("TINYEXP_REDIS_URL", url)
+        assert progress("--once") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Redis at {url.replace(':wrong@', ':***@')} rejected")
+    assert "wrong" not in err.replace("wrong number", "")

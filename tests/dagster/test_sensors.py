@@ -20,7 +20,7 @@ from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializa
 from dagster._core.launcher import RunLauncher
 from dagster._serdes import ConfigurableClass
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError
 from tinyexp_core.progress import (
     ACTIVE_RUNS_KEY,
     EVENTS_STREAM,
@@ -30,7 +30,8 @@ from tinyexp_core.progress import (
     read_run,
     run_key,
 )
-from tinyexp_core.redis_utils import free_port, make_client
+from tinyexp_core.redis_client import make_client
+from tinyexp_core.redis_server import RedisClusterManager, free_port
 from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
 from tinyexp_dagster.definitions import defs
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource
@@ -44,7 +45,9 @@ from tinyexp_dagster.sensors import (
     stalled_training_sensor,
     training_progress_sensor,
 )
+from tinyexp_dagster.sensors.accuracy_regression import evaluation_key
 
+NO_NEW = "No new materialization events found for asset key AssetKey(['{}'])"  # Dagster's
 STALE_S = 1000.0  # heartbeat age of a stalled run in these tests (threshold: 60 s)
 
 
@@ -267,6 +270,20 @@ def test_password_is_never_shown(instance, tmp_path):
     assert "hunter2" not in data.skip_message
 
 
+@pytest.mark.parametrize("password", ["", "wrong"])
+def test_rejected_credentials_fail_the_tick_instead_of_skipping(instance, tmp_path, password):
+    """NOAUTH (no password) and WRONGPASS are configuration errors, never an outage."""
+    with RedisClusterManager(password="s3cret", data_dir=str(tmp_path / "redis-auth")) as server:
+        auth = f":{password}@" if password else ""
+        url = f"redis://{auth}127.0.0.1:{server.ports[0]}/0"
+        storage = StorageResource(root=str(tmp_path))
+        res = {"redis": RedisProgressResource(url=url), "storage": storage}
+        for sensor in (training_progress_sensor, stalled_training_sensor):
+            with pytest.raises(InvalidRedisUrlError, match="authentication failed") as info:
+                tick(sensor, instance, "0-0" if sensor is training_progress_sensor else None, res)
+            assert "wrong" not in str(info.value).replace("wrong number", "")
+
+
 # ---------------------------------------------------------------- stalled_training_sensor
 
 
@@ -430,27 +447,32 @@ def prepared(instance: dg.DagsterInstance, version: str) -> None:
     )
 
 
+def latest_storage_id(instance: dg.DagsterInstance, key: str) -> int:
+    return instance.fetch_materializations(dg.AssetKey(key), limit=1).records[0].storage_id
+
+
 def test_retrain_once_per_new_data_version(instance):
     data = tick(retrain_on_new_data_sensor, instance)
-    assert data.skip_message == "no prepared_dataset materialization yet"
+    assert data.skip_message == NO_NEW.format("prepared_dataset")
 
     requests = []
     prepared(instance, "v1")
     first = tick(retrain_on_new_data_sensor, instance)
     requests += first.run_requests
     assert [r.run_key for r in first.run_requests] == ["data:v1"]
-    assert json.loads(first.cursor)["data_version"] == "v1"
+    assert first.cursor == str(latest_storage_id(instance, "prepared_dataset"))
 
+    # Dagster's asset-sensor cursor: nothing new, so the tick skips and keeps it.
     second = tick(retrain_on_new_data_sensor, instance, first.cursor)
     requests += second.run_requests
-    assert second.skip_message.startswith("no new prepared_dataset materialization since")
+    assert second.skip_message == NO_NEW.format("prepared_dataset")
     assert second.cursor == first.cursor
 
     prepared(instance, "v1")  # the same data, prepared again
     third = tick(retrain_on_new_data_sensor, instance, second.cursor)
     requests += third.run_requests
     assert third.skip_message == "prepared_dataset rematerialized with the same data version v1"
-    assert json.loads(third.cursor)["storage_id"] > json.loads(second.cursor)["storage_id"]
+    assert int(third.cursor) > int(second.cursor)
 
     prepared(instance, "v2")
     fourth = tick(retrain_on_new_data_sensor, instance, third.cursor)
@@ -520,10 +542,19 @@ def evaluation(instance: dg.DagsterInstance, accuracy: float | None) -> int:
     )
 
 
+def key_of(instance: dg.DagsterInstance, storage_id: int) -> str:
+    """The sensor's name for the evaluation stored under `storage_id`."""
+    records_filter = dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey("model_evaluation"), storage_ids=[storage_id]
+    )
+    [record] = instance.fetch_materializations(records_filter, limit=1).records
+    return evaluation_key(record.event_log_entry)
+
+
 def test_accuracy_regression_requests_once_per_evaluation(instance, monkeypatch):
     monkeypatch.delenv("TINYEXP_MIN_ACCURACY", raising=False)
     assert tick(accuracy_regression_sensor, instance).skip_message == (
-        "no model_evaluation materialization yet"
+        NO_NEW.format("model_evaluation")
     )
     good = evaluation(instance, 0.95)
     data = tick(accuracy_regression_sensor, instance)
@@ -532,20 +563,24 @@ def test_accuracy_regression_requests_once_per_evaluation(instance, monkeypatch)
 
     bad = evaluation(instance, 0.5)
     first = tick(accuracy_regression_sensor, instance, data.cursor)
-    assert [r.run_key for r in first.run_requests] == [f"acc:{bad}"]
+    assert [r.run_key for r in first.run_requests] == [f"acc:{key_of(instance, bad)}"]
     assert first.cursor == str(bad)
     second = tick(accuracy_regression_sensor, instance, first.cursor)
     assert not second.run_requests
-    assert second.skip_message == f"no new model_evaluation since storage id {bad}"
+    assert second.skip_message == NO_NEW.format("model_evaluation")
+    assert second.cursor == first.cursor
 
     monkeypatch.setenv("TINYEXP_MIN_ACCURACY", "0.99")
     stricter = evaluation(instance, 0.95)
     third = tick(accuracy_regression_sensor, instance, second.cursor)
-    assert [r.run_key for r in third.run_requests] == [f"acc:{stricter}"]
+    assert [r.run_key for r in third.run_requests] == [f"acc:{key_of(instance, stricter)}"]
+    assert key_of(instance, stricter) != key_of(instance, bad)
 
     missing = evaluation(instance, None)
     fourth = tick(accuracy_regression_sensor, instance, third.cursor)
-    assert fourth.skip_message == f"model_evaluation {missing} has no accuracy metadata"
+    assert fourth.skip_message == (
+        f"model_evaluation {key_of(instance, missing)} has no accuracy metadata"
+    )
 
 
 def test_no_retrain_loop_after_a_retrain_this_sensor_requested(instance):

@@ -21,7 +21,7 @@ from tinyexp_dagster.jobs import JOBS
 from tinyexp_dagster.resources import (
     RayDDPResource,
     RedisProgressResource,
-    RunScopedPickleIOManager,
+    RunScopedJSONIOManager,
     StorageResource,
 )
 
@@ -87,7 +87,7 @@ def training_pipeline_job() -> dg.JobDefinition:
             "ray": HookedRayResource(num_workers=2, num_cpus_per_worker=1.0),
             "redis": RedisProgressResource(url=dg.EnvVar(ENV_REDIS)),
             "storage": StorageResource(root=dg.EnvVar(ENV_STORAGE)),
-            "io_manager": RunScopedPickleIOManager(
+            "io_manager": RunScopedJSONIOManager(
                 storage=StorageResource(root=dg.EnvVar(ENV_STORAGE))
             ),
         },
@@ -191,7 +191,7 @@ def eventually(predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
 
 
 def redis_client(url: str):
-    from tinyexp_core.redis_utils import make_client
+    from tinyexp_core.redis_client import make_client
 
     return make_client(url, socket_timeout_s=2.0, connect_timeout_s=2.0)
 

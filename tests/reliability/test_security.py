@@ -103,7 +103,7 @@ def _listening(pid: int) -> list[tuple[str, int]]:
 
 
 def test_embedded_redis_listens_on_loopback_only(tmp_path):
-    from tinyexp_core.redis_utils import EmbeddedRedis
+    from tinyexp_core.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "storage")
     url = server.ensure()

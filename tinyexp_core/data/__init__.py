@@ -17,20 +17,20 @@ from tinyexp_core.data.prepared import (
     load_split,
     prepare_dataset,
     read_manifest,
-    sha256_file,
     stratified_split,
 )
+from tinyexp_core.data.raw import RawDataset
 from tinyexp_core.data.samplers import HoldOnesampleDataLoader, InfiniteSampler
 from tinyexp_core.data.sources import (
     MNIST_FILES,
     SOURCES,
-    RawDataset,
     find_mnist_file,
     load_source,
     resize_uint8,
     write_idx_images,
     write_idx_labels,
 )
+from tinyexp_core.files import sha256_file
 
 __all__ = [
     "FORMAT",

@@ -11,7 +11,7 @@ import torch
 from redis.exceptions import RedisError
 from torch.utils.data import Dataset
 
-from tinyexp_core.data.sources import RawDataset
+from tinyexp_core.data.raw import RawDataset
 from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")

@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from tinyexp_core.data.sources import RawDataset
+from tinyexp_core.data.raw import RawDataset
 from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
+from tinyexp_core.files import atomic_write, atomic_write_text, sha256_file
 
 FORMAT = "tinyexp.prepared/1"
 SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.json"
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -56,15 +56,6 @@ class Manifest:
         if missing:
             raise KeyError(f"missing keys {missing}")
         return cls(**{name: data[name] for name in names})
-
-
-def sha256_file(path: str | Path) -> str:
-    """Return the hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def prepare_dataset(
@@ -173,7 +164,8 @@ def _write_atomically(
     try:
         manifest = _write_splits(raw, splits, tmp, version, params)
         manifest.path = str(target)
-        _write_json(tmp / MANIFEST_NAME, manifest.to_dict())
+        manifest_text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True)
+        atomic_write_text(tmp / MANIFEST_NAME, manifest_text)
         return _publish(tmp, target, version, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -188,9 +180,10 @@ def _write_splits(
 ) -> Manifest:
     files: dict[str, dict[str, Any]] = {}
     for split, idx in splits.items():
-        name = f"{split}.pt"
-        torch.save({"x": raw.x[idx], "y": raw.y[idx]}, folder / name)
-        files[name] = {"sha256": sha256_file(folder / name), "size": (folder / name).stat().st_size}
+        name, tensors = f"{split}.pt", {"x": raw.x[idx], "y": raw.y[idx]}
+        # fsynced like the manifest, so the published directory survives a power cut whole.
+        sha, size = atomic_write(folder / name, lambda f, t=tensors: torch.save(t, f))
+        files[name] = {"sha256": sha, "size": size}
     return Manifest(
         source=raw.source,
         data_version=version,
@@ -206,13 +199,6 @@ def _write_splits(
         params=params,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _publish(tmp: Path, target: Path, version: str, manifest: Manifest) -> Manifest:

@@ -11,13 +11,12 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from tinyexp_core.data.raw import RawDataset
 from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
 
 SOURCES = ("digits", "mnist", "synthetic", "image_folder")
@@ -35,20 +34,6 @@ DEFAULT_SYNTHETIC_SAMPLES = 2048
 # Resizing and noise generation work on float copies; chunking bounds that memory for
 # large datasets (70k MNIST images, big synthetic benchmark sets).
 _CHUNK = 8192
-
-
-@dataclass
-class RawDataset:
-    """Images and labels of one source, fully in memory, before any split."""
-
-    x: torch.Tensor  # uint8, N x C x H x W
-    y: torch.Tensor  # int64, N
-    num_classes: int
-    source: str
-    params: dict[str, Any] = field(default_factory=dict)  # JSON-able arguments that produced it
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
 
 
 def load_source(

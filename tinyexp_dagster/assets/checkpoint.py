@@ -1,7 +1,5 @@
 """`model_checkpoint`: the run's best checkpoint, verified and promoted to models/."""
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,8 @@ class CheckpointConfig(dg.Config):
 
 def promote(source: str, target_dir: Path) -> tuple[Path, str]:
     """Copy a verified checkpoint into a new version folder, atomically; never overwrite."""
-    from tinyexp_core.checkpoint import verify_checkpoint
+    from tinyexp_core.checkpoint import copy_checkpoint, verify_checkpoint
+    from tinyexp_core.exceptions import CheckpointCorruptError
 
     sha = verify_checkpoint(source)
     target = target_dir / "model.pt"
@@ -28,12 +27,10 @@ def promote(source: str, target_dir: Path) -> tuple[Path, str]:
     if target.exists():
         raise dg.Failure(f"refusing to overwrite promoted checkpoint {target}", allow_retries=False)
     target_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target_dir / f".model.pt.tmp-{os.getpid()}"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-    shutil.copyfile(f"{source}.sha256", f"{target}.sha256")
-    if verify_checkpoint(target) != sha:
-        raise dg.Failure(f"promoted copy {target} does not match {source}")
+    try:
+        copy_checkpoint(source, target, sha)
+    except CheckpointCorruptError as err:
+        raise dg.Failure(f"promoted copy {target} does not match {source}: {err}") from None
     return target, sha
 
 

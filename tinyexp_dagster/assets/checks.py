@@ -40,12 +40,13 @@ def dataset_sanity(value: dict[str, Any]) -> dg.AssetCheckResult:
 
 def checkpoint_integrity(value: dict[str, Any]) -> dg.AssetCheckResult:
     """The promoted file exists, matches its recorded sha256 and loads (weights only)."""
-    from tinyexp_core.checkpoint import load_checkpoint
+    from tinyexp_core.checkpoint import load_checkpoint, verify_checkpoint
     from tinyexp_core.exceptions import CheckpointError
 
     try:
-        state = load_checkpoint(value["path"])
-        sha_ok = value.get("sha256") is None or _sha(value["path"]) == value["sha256"]
+        sha = verify_checkpoint(value["path"])  # against its sidecar: hashed once, here
+        state = load_checkpoint(value["path"], verify=False)
+        sha_ok = value.get("sha256") is None or sha == value["sha256"]
         problem = "" if sha_ok else "sha256 differs from the one recorded at promotion"
         epoch = int(state["epoch"])
     except CheckpointError as err:
@@ -56,12 +57,6 @@ def checkpoint_integrity(value: dict[str, Any]) -> dg.AssetCheckResult:
         description=problem or "file loads with weights_only=True and matches its sha256",
         metadata={"path": dg.MetadataValue.path(value["path"]), "epoch": epoch},
     )
-
-
-def _sha(path: str) -> str:
-    from tinyexp_core.checkpoint import sha256_file
-
-    return sha256_file(path)
 
 
 @dg.asset_check(asset=prepared_dataset, blocking=True, name="dataset_sanity")

@@ -61,7 +61,7 @@ def _mark(url: str | None, run_id: str, status: str, error: str) -> None:
     import contextlib
 
     from tinyexp_core.progress import mark_status
-    from tinyexp_core.redis_utils import make_client
+    from tinyexp_core.redis_client import make_client
 
     with contextlib.suppress(Exception):
         mark_status(make_client(url), run_id, status, error)

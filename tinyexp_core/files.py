@@ -1,0 +1,91 @@
+"""Files: the one atomic write and the one sha256 of a file.
+
+An atomic write goes to a temp file in the target's directory (so the final `os.replace` is a
+same-filesystem rename), is fsynced, then replaces the target; a reader sees the old bytes or
+the new ones, never half of them. Temp names start with "." and end with `.tmp-<pid>`, so a
+leftover never matches a pattern such as `*.pt` or `*.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_dir",
+    "sha256_file",
+    "temp_path",
+]
+
+CHUNK_BYTES = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def temp_path(path: str | Path) -> Path:
+    """The temp file an atomic write of `path` uses: `.<name>.tmp-<pid>` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Fsync a directory so a rename inside it is durable (best effort)."""
+    # Some platforms and filesystems cannot open or fsync a directory; the file data itself
+    # is fsynced already, so failing here loses at most the rename on a power cut.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(
+    path: str | Path, write: Callable[[IO[bytes]], None], *, mode: int | None = None
+) -> tuple[str, int]:
+    """Call `write(f)` on a temp file, fsync it, replace `path`; return (sha256, size).
+
+    `mode` (e.g. 0o600) sets the permissions from creation on, so a secret is never readable
+    by others, not even for a moment. On any error (and on KeyboardInterrupt) the temp file
+    is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        fd = os.open(tmp, flags, 0o666 if mode is None else mode)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        sha, size = sha256_file(tmp), tmp.stat().st_size
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return sha, size
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None) -> None:
+    """Atomically replace `path` with `data`."""
+    atomic_write(path, lambda f: f.write(data), mode=mode)
+
+
+def atomic_write_text(path: str | Path, text: str, *, mode: int | None = None) -> None:
+    """Atomically replace `path` with `text`, UTF-8 encoded."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)

@@ -1,0 +1,212 @@
+"""`stalled_training_sensor`: running trainings without a recent heartbeat -> `stalled`,
+optionally terminated and resumed from their last checkpoint."""
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+import redis as redis_py
+
+from tinyexp_core.progress import (
+    ACTIVE_RUNS_KEY,
+    RunProgress,
+    active_run_ids,
+    mark_status,
+    read_runs,
+    run_key,
+)
+
+from ..assets.training import RESUME_RUN_DIR_TAG
+from ..jobs import PIPELINE, retrain_job
+from ..resources import RedisProgressResource, StorageResource
+from .common import stall_action, stall_after_s, with_store
+
+STALLED_RUN_TAG = "tinyexp/stalled_run"
+_RUNS_PER_QUERY = 500  # bounds the run-id list of one run-storage query
+_STALL_FIELDS = ("heartbeat", "status", "epoch", "step")  # what a stall check reads
+# What the progress hash calls a run that Dagster shows as finished.
+_DAGSTER_FINAL = {
+    dg.DagsterRunStatus.SUCCESS: "succeeded",
+    dg.DagsterRunStatus.FAILURE: "failed",
+    dg.DagsterRunStatus.CANCELED: "cancelled",
+}
+_RETRAIN_OPS = tuple(PIPELINE[1:])  # the asset ops of retrain_job
+
+
+@dg.sensor(
+    name="stalled_training_sensor",
+    job=retrain_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks running trainings without a recent heartbeat as stalled.",
+)
+def stalled_training_sensor(
+    context: dg.SensorEvaluationContext, redis: RedisProgressResource, storage: StorageResource
+):
+    """A run Dagster shows as STARTED whose heartbeat is older than `TINYEXP_STALL_AFTER_S` is
+    marked `stalled` and logged; with `TINYEXP_STALL_ACTION=terminate` it is also terminated
+    and a `retrain_job` run resumes from its last checkpoint (run key
+    `stall:<run_id>:<heartbeat>`, so one request per stall). Active runs that Dagster shows as
+    finished leave the active set with their real final status. Runs this Dagster instance
+    does not know (standalone CLI runs) are left alone."""
+    after_s, action = stall_after_s(), stall_action()
+    return with_store(redis, storage, lambda client: _stall_tick(context, client, after_s, action))
+
+
+def _stall_tick(
+    context: dg.SensorEvaluationContext, client: redis_py.Redis, after_s: float, action: str
+) -> dg.SensorResult | dg.SkipReason:
+    handled = set(json.loads(context.cursor)["stalls"]) if context.cursor else set()
+    stalls: list[str] = []  # stall keys of the runs stalled now: the next cursor
+    requests: list[dg.RunRequest] = []
+    notes: list[str] = []
+    active = active_run_ids(client)
+    started, ended = _dagster_runs(context.instance, active)
+    progress = read_runs(client, sorted(started), fields=_STALL_FIELDS)
+    for run_id in active:
+        if run_id in ended:
+            final = _DAGSTER_FINAL[ended[run_id].status]
+            mark_status(client, run_id, final, _ended_error(ended[run_id].status))
+            notes.append(f"run {run_id} ended ({final}) without reporting it; cleaned up")
+            continue
+        if run_id not in started:
+            # Not a run of this instance (a standalone run, another deployment's), or
+            # queued, starting or canceling: Dagster is still deciding.
+            continue
+        stall = _stall_of(context, client, RunProgress.parse(run_id, progress[run_id]), after_s)
+        if stall is None:
+            continue
+        key, age = stall
+        stalls.append(key)
+        if key in handled:
+            continue  # this stall was reported (and acted on) by an earlier tick
+        notes.append(f"run {run_id} stalled ({age:.0f} s without heartbeat)")
+        run = context.instance.get_run_by_id(run_id) if action == "terminate" else None
+        if run is not None:
+            request = _terminate_and_resume(context, run, key)
+            requests.extend([request] if request is not None else [])
+    cursor = json.dumps({"stalls": sorted(stalls)})
+    if requests:
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+    idle = f"{len(active)} active run(s), none of this instance stalled (threshold {after_s:g} s)"
+    reason = "; ".join(notes) or (idle if active else "no active training runs in Redis")
+    return dg.SensorResult(skip_reason=reason, cursor=cursor)
+
+
+def _dagster_runs(
+    instance: dg.DagsterInstance, run_ids: list[str]
+) -> tuple[set[str], dict[str, dg.DagsterRun]]:
+    """Which of `run_ids` this instance shows as STARTED (ids only) and as finished (records,
+    for their status; there are few). A query per run costs several ms on SQLite, and so does
+    deserializing a full record per active run: a thousand active runs took seconds per tick."""
+    started: set[str] = set()
+    ended: dict[str, dg.DagsterRun] = {}
+    for start in range(0, len(run_ids), _RUNS_PER_QUERY):
+        chunk = run_ids[start : start + _RUNS_PER_QUERY]
+        running = dg.RunsFilter(run_ids=chunk, statuses=[dg.DagsterRunStatus.STARTED])
+        started.update(instance.get_run_ids(running))
+        finished = dg.RunsFilter(run_ids=chunk, statuses=list(_DAGSTER_FINAL))
+        ended.update((run.run_id, run) for run in instance.get_runs(finished))
+    return started, ended
+
+
+def _stall_of(
+    context: dg.SensorEvaluationContext,
+    client: redis_py.Redis,
+    progress: RunProgress,
+    after_s: float,
+) -> tuple[str, float] | None:
+    """(stall key, heartbeat age) if the run is stalled, marking it so; else None (a run
+    marked stalled earlier whose heartbeat is fresh again goes back to `running`)."""
+    run_id = progress.run_id
+    if progress.heartbeat is None:
+        return None  # registered without a heartbeat: not written by a reporter, leave it
+    # The heartbeat exactly as stored: the stall key, and what the compare-and-set expects.
+    heartbeat = progress.fields["heartbeat"]
+    age = time.time() - progress.heartbeat
+    if age <= after_s:
+        if progress.status == "stalled" and _set_status_if(
+            client, run_id, "running", {"status": "stalled"}
+        ):
+            context.log.info(f"run {run_id} has a fresh heartbeat again: running")
+        return None
+    key = f"stall:{run_id}:{heartbeat}"
+    if progress.status != "stalled":
+        if not _set_status_if(client, run_id, "stalled", {"heartbeat": heartbeat}):
+            return None  # the trainer wrote meanwhile: not stalled after all
+        where = f"epoch {_or_unknown(progress.epoch)} step {_or_unknown(progress.step)}"
+        context.log.warning(
+            f"run {run_id} stalled: no heartbeat for {age:.0f} s (threshold {after_s:g} s), "
+            f"last at {where}"
+        )
+    return key, age
+
+
+def _or_unknown(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _ended_error(status: dg.DagsterRunStatus) -> str:
+    if status == dg.DagsterRunStatus.SUCCESS:
+        return ""
+    return f"the Dagster run ended {status.value} before the trainer reported a final status"
+
+
+def _set_status_if(
+    client: redis_py.Redis, run_id: str, status: str, expected: Mapping[str, str]
+) -> bool:
+    """Set `status` only while the run is active and its hash still holds the `expected`
+    fields: a trainer that writes meanwhile wins (optimistic WATCH/MULTI)."""
+    key = run_key(run_id)
+    with client.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(key, ACTIVE_RUNS_KEY)
+            current = pipe.hmget(key, list(expected))
+            if list(current) != list(expected.values()):
+                return False
+            if not pipe.sismember(ACTIVE_RUNS_KEY, run_id):
+                return False
+            pipe.multi()
+            pipe.hset(key, "status", status)
+            pipe.execute()
+        except redis_py.WatchError:
+            return False
+    return True
+
+
+def _terminate_and_resume(
+    context: dg.SensorEvaluationContext, run: dg.DagsterRun, stall_key: str
+) -> dg.RunRequest | None:
+    """Terminate the stalled run; if that worked, a retrain_job run that continues its
+    run directory (and so its last checkpoint). Without a confirmed termination no resume is
+    requested: two trainers must not write one run directory."""
+    try:
+        terminated = context.instance.run_coordinator.cancel_run(run.run_id)
+    except Exception as err:  # a run launcher that cannot terminate raises instead of saying so
+        context.log.warning(f"could not terminate stalled run {run.run_id}: {err}")
+        terminated = False
+    if not terminated:
+        context.log.warning(
+            f"stalled run {run.run_id} was not terminated (its run launcher cannot); "
+            "no resume run requested"
+        )
+        return None
+    context.log.warning(f"terminated stalled run {run.run_id}; requesting a resume run")
+    run_dir = run.root_run_id or run.tags.get(RESUME_RUN_DIR_TAG) or run.run_id
+    return dg.RunRequest(
+        run_key=stall_key,
+        run_config=resume_run_config(run.run_config),
+        tags={RESUME_RUN_DIR_TAG: run_dir, STALLED_RUN_TAG: run.run_id},
+    )
+
+
+def resume_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The stalled run's config for retrain_job's ops (same overrides), with resume=auto."""
+    ops = dict((run_config or {}).get("ops") or {})
+    kept = {name: ops[name] for name in _RETRAIN_OPS if name in ops}
+    train = dict(kept.get("trained_model") or {})
+    train["config"] = {**(train.get("config") or {}), "resume": "auto"}
+    kept["trained_model"] = train
+    return {"ops": kept}

@@ -1,0 +1,105 @@
+"""`training_progress_sensor`: progress events in Redis -> observations of `trained_model`."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+import redis as redis_py
+
+from tinyexp_core.progress import (
+    EVENTS_STREAM,
+    RunProgress,
+    parse_number,
+    read_events,
+    read_progress,
+)
+
+from ..resources import RedisProgressResource, StorageResource
+from .common import TRAINED_MODEL, with_store
+
+MAX_EVENTS_PER_TICK = 500  # a backlog is worked off over several ticks, in order
+_OBSERVED_EVENTS = ("epoch_end", "finished", "failed")
+_EVENT_OWN_FIELDS = ("event", "run_id", "epoch", "loss", "status", "error", "path")
+
+
+@dg.sensor(
+    name="training_progress_sensor",
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Turns training progress events in Redis into observations of trained_model.",
+)
+def training_progress_sensor(
+    context: dg.SensorEvaluationContext, redis: RedisProgressResource, storage: StorageResource
+):
+    """Each new `epoch_end` / `finished` / `failed` event of a `trained_model` run becomes an
+    `AssetObservation` on `trained_model` (epoch, losses, accuracy, ETA, run), so the asset page
+    shows live progress. The cursor is the last stream id handled: each event is seen once."""
+    return with_store(redis, storage, lambda client: _progress_tick(client, context.cursor))
+
+
+def _progress_tick(client: redis_py.Redis, cursor: str | None) -> dg.SensorResult | dg.SkipReason:
+    if cursor is None:
+        # Replaying a capped stream of old runs would bury the asset page in history.
+        last = client.xrevrange(EVENTS_STREAM, count=1)
+        start = last[0][0] if last else "0-0"
+        return dg.SensorResult(
+            skip_reason=f"following {EVENTS_STREAM} from stream id {start}; "
+            "earlier events are not replayed",
+            cursor=start,
+        )
+    events = read_events(client, cursor, count=MAX_EVENTS_PER_TICK)
+    if not events:
+        return dg.SkipReason(f"no new progress events after stream id {cursor}")
+    runs: dict[str, RunProgress] = {}
+    observations = []
+    for _, fields in events:
+        run_id = fields.get("run_id", "")
+        if fields.get("event") not in _OBSERVED_EVENTS:
+            continue
+        if run_id not in runs:
+            runs[run_id] = read_progress(client, run_id)
+        if runs[run_id].asset == TRAINED_MODEL.to_user_string():
+            observations.append(progress_observation(fields, runs[run_id]))
+    new_cursor = events[-1][0]
+    if not observations:
+        return dg.SensorResult(
+            skip_reason=f"{len(events)} new progress events, none of a trained_model epoch "
+            "or outcome",
+            cursor=new_cursor,
+        )
+    return dg.SensorResult(asset_events=observations, cursor=new_cursor)
+
+
+def progress_observation(event: Mapping[str, str], run: RunProgress) -> dg.AssetObservation:
+    """An observation of `trained_model` from one progress event and the run's current progress.
+
+    `epoch` is 1-based, like the per-epoch table of the materialization.
+    """
+    run_id, kind = event["run_id"], event["event"]
+    metadata: dict[str, Any] = {"run_id": dg.MetadataValue.dagster_run(run_id), "event": kind}
+    if kind == "epoch_end":
+        epoch = int(event["epoch"]) + 1
+        metadata["epoch"] = epoch
+        metadata["num_epochs"] = run.num_epochs
+        metadata["train_loss"] = parse_number(event.get("loss"))
+        metrics = {k: parse_number(v) for k, v in event.items() if k not in _EVENT_OWN_FIELDS}
+        metrics["best_val_accuracy"] = metrics.pop("best_metric", None)
+        metadata.update(metrics)
+        if not run.finished:
+            metadata["eta_s"] = _rounded(run.eta_s)
+        total = "?" if run.num_epochs is None else run.num_epochs
+        description = f"epoch {epoch}/{total} of run {run_id}"
+    else:
+        metadata["status"] = event.get("status", kind)
+        metadata["error"] = event.get("error") or None
+        metadata["best_val_accuracy"] = run.best_metric
+        description = f"run {run_id} {metadata['status']}"
+    metadata["samples_per_s"] = _rounded(run.samples_per_s)
+    if run.last_checkpoint:
+        metadata["last_checkpoint"] = dg.MetadataValue.path(run.last_checkpoint)
+    metadata = {k: v for k, v in metadata.items() if v is not None}
+    return dg.AssetObservation(asset_key=TRAINED_MODEL, description=description, metadata=metadata)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
