@@ -54,7 +54,7 @@ def check_redis_url(key: str, url: str) -> None:
     """Raise ConfigValueError naming `key` unless `url` is a well-formed Redis URL; the
     value shown has its password hidden."""
     from .exceptions import InvalidRedisUrlError
-    from .redis_utils import validate_redis_url
+    from .redis_client import validate_redis_url
 
     try:
         validate_redis_url(url)

@@ -6,7 +6,6 @@ Server management (owned redis-server processes, the embedded server) is in `red
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -15,6 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from tinyexp_core.exceptions import InvalidRedisUrlError
+from tinyexp_core.redaction import redact_url
 
 __all__ = [
     "URL_SCHEMES",
@@ -62,27 +62,6 @@ def make_client(
         retry=retry,
         decode_responses=decode_responses,
     )
-
-
-def redact_url(url: str) -> str:
-    """Return `url` with its password (user info or ?password=) replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _redact_query(re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", url))
-    user_info, at, host = parts.netloc.rpartition("@")
-    netloc = parts.netloc
-    if at and ":" in user_info:
-        netloc = f"{user_info.split(':', 1)[0]}:***@{host}"
-    # Edit the text in place: urlunsplit would rewrite "unix:///path" as "unix:/path".
-    redacted = url.replace(f"//{parts.netloc}", f"//{netloc}", 1)
-    if parts.query:
-        redacted = redacted.replace(f"?{parts.query}", f"?{_redact_query(parts.query)}", 1)
-    return redacted
-
-
-def _redact_query(query: str) -> str:
-    return re.sub(r"(?i)((?:^|[&?])password=)[^&#]*", r"\1***", query)
 
 
 def validate_redis_url(url: str) -> str:
