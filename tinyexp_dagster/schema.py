@@ -100,9 +100,11 @@ def _source_comments(klass: type) -> dict[str, str]:
     for stmt in node.body if node else []:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
             continue
-        trailing = comments.get(stmt.end_lineno or stmt.lineno)
-        if trailing and not lines[stmt.end_lineno - 1].lstrip().startswith("#"):
-            out[stmt.target.id] = trailing
+        # trailing comments, also inside a statement that a formatter split over lines
+        span = range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
+        trailing = [comments[n] for n in span if comments.get(n)]
+        if trailing:
+            out[stmt.target.id] = " ".join(trailing)
             continue
         above: list[str] = []
         line = stmt.lineno - 1

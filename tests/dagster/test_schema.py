@@ -39,6 +39,9 @@ class KitchenExp(TinyExp):
         ratio: float | None = 0.5
         flag: bool = True
         label: str = "net"
+        momentum_of_the_running_statistics: float = (
+            0.1  # kept in parentheses by the formatter: the comment is long enough to need it
+        )
 
     net_cfg: NetCfg = field(default_factory=NetCfg)
 
@@ -107,6 +110,22 @@ def test_types_map_to_dagster_config_types():
     assert net["width"].description == "`width` is per layer."  # the clause naming it
     assert _scalar(net["flag"].config_type) == "Bool"
     assert _scalar(net["label"].config_type) == "String"
+    assert net["momentum_of_the_running_statistics"].description.startswith("kept in paren")
+
+
+def test_tabular_schema_and_the_dataset_view():
+    from tinyexp_core.examples.tabular_exp import Exp
+
+    fields = exp_config_fields(Exp)
+    hidden = _leaf(fields, "module_cfg.hidden_sizes")
+    assert _scalar(hidden.config_type) == "ARRAY" and hidden.default_value == [64, 32]
+    assert "primary_metric" not in fields  # a ClassVar, not configuration
+    data = exp_config_fields(Exp, include=("data_cfg", "seed"))
+    assert set(data) == {"data_cfg", "seed"}
+    assert "prepared_path" not in data["data_cfg"].config_type.fields
+    overrides = exp_overrides(Exp, {"module_cfg": {"hidden_sizes": [128, 64, 32]}})
+    assert overrides == ["module_cfg.hidden_sizes=[128,64,32]"]
+    assert build_exp(Exp, overrides).module_cfg.hidden_sizes == [128, 64, 32]
 
 
 def test_field_descriptions_read_base_classes():

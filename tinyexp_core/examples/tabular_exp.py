@@ -140,9 +140,7 @@ class Exp(TinyExp):
 
         num_epochs: int = 20
         log_every_n_steps: int = 5
-        num_threads: int = (
-            1  # torch CPU threads per rank (0: torch's default); small layers run fastest on one
-        )
+        num_threads: int = 1  # torch CPU threads per rank; 0: torch's default
 
         def validate(self) -> None:
             if self.num_epochs < 1:
