@@ -173,19 +173,21 @@ class Exp(TinyExp):
     # ------------------------------------------------------------------ train
     def train(self) -> TrainResult:
         """Train with the configured accelerator; returns the run (rank 0's view)."""
+        threads = torch.get_num_threads()
+        if self.train_cfg.num_threads:
+            # Threads only pay off for large kernels; on a 32 x 64 matmul they wait on each other.
+            torch.set_num_threads(self.train_cfg.num_threads)
         acc = self.accelerator_cfg.build_accelerator()
         try:
             return self._train(acc)
         finally:
             acc.destroy()
+            torch.set_num_threads(threads)  # the process may go on with other work
 
     def _train(self, acc: Any) -> TrainResult:
         from tinyexp_core.data.tabular import load_tabular_split
 
         started = time.perf_counter()
-        if self.train_cfg.num_threads:
-            # Threads only pay off for large kernels; on a 32 x 64 matmul they wait on each other.
-            torch.set_num_threads(self.train_cfg.num_threads)
         run_dir = self.ensure_run_dir()
         logger = self.logger_cfg.build_logger(
             run_dir, distributed_rank=acc.rank, extra_sink=get_log_forwarder()
