@@ -73,6 +73,8 @@ _EXCEPTIONS = (
     "InvalidRedisUrlError",
 )
 _EXPORTS.update({name: "exceptions" for name in _EXCEPTIONS})
+_CONTRACT = ("PrimaryMetric", "PreparedData", "EpochRecord", "TrainResult", "EvalResult")
+_EXPORTS.update({name: "contract" for name in _CONTRACT})
 
 __all__ = sorted(_EXPORTS)
 

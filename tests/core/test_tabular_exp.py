@@ -1,0 +1,165 @@
+"""The tabular regressor example: data preparation, training quality, evaluation from the
+checkpoint file, resume, the command line, and DDP on two Ray workers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.core.distributed_exps import state_fingerprint
+from tinyexp_core.checkpoint import load_checkpoint
+from tinyexp_core.config import build_exp
+from tinyexp_core.contract import EvalResult, PreparedData, TrainResult
+from tinyexp_core.data.tabular import load_tabular_split, read_tabular_manifest
+from tinyexp_core.examples.tabular_exp import Exp
+from tinyexp_core.exceptions import CheckpointError, DatasetCorruptError
+from tinyexp_core.launchers import run_in_process
+from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Measured: test rmse / std of the test targets was 0.746, 0.758 and 0.765 for seeds 0-2
+# after 20 epochs; predicting the mean scores 1.0.
+RMSE_OVER_STD = 0.85
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
+    root = tmp_path_factory.mktemp("tabular-storage")
+    return build_exp(Exp).prepare_data(str(root))
+
+
+def _exp(tmp_path: Path, prepared: PreparedData, *overrides: str, cls: type = Exp) -> Exp:
+    return build_exp(
+        cls,
+        [
+            f"output_root={tmp_path / 'runs'}",
+            f"data_cfg.prepared_path={prepared.path}",
+            "progress_cfg.enabled=false",
+            "logger_cfg.level=WARNING",
+            *overrides,
+        ],
+    )
+
+
+def test_prepare_data_is_versioned_standardized_and_verified(prepared, tmp_path):
+    assert prepared.source == "diabetes" and prepared.shape == [10]
+    assert sum(prepared.counts.values()) == 442
+    assert prepared.counts == {"train": 288, "val": 66, "test": 88}  # round(442 * 0.2) = 88
+    again = build_exp(Exp).prepare_data(str(Path(prepared.path).parents[2]))
+    assert again.data_version == prepared.data_version  # idempotent: same input, same version
+    other = build_exp(Exp, ["data_cfg.split_seed=1"]).prepare_data(str(tmp_path))
+    assert other.data_version != prepared.data_version
+    x, y = load_tabular_split(prepared.path, "train")
+    assert torch.allclose(x.mean(0), torch.zeros(10), atol=1e-5)
+    assert torch.allclose(x.std(0), torch.ones(10), atol=1e-4)
+    assert y.mean().item() == pytest.approx(prepared.params["target_mean"], rel=1e-5)
+    # a changed file no longer matches the manifest's sha256
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("manifest.json", "train.pt", "val.pt", "test.pt"):
+        (copy / name).write_bytes((Path(prepared.path) / name).read_bytes())
+    (copy / "test.pt").write_bytes((copy / "val.pt").read_bytes())
+    assert read_tabular_manifest(copy).data_version == prepared.data_version
+    with pytest.raises(DatasetCorruptError, match="sha256"):
+        load_tabular_split(copy, "test")
+
+
+def test_trains_in_process_beats_the_mean_and_evaluates_the_file(prepared, tmp_path):
+    exp = _exp(tmp_path, prepared, "run_id=inproc")
+    result = run_in_process(exp)
+    assert isinstance(result, TrainResult)
+    assert result.num_epochs == 20 and result.world_size == 1
+    assert result.primary_metric.name == "rmse" and result.primary_metric.direction == "min"
+    assert result.best_value == min(r.metric("rmse") for r in result.history)
+    assert Path(result.checkpoints.best).is_file() and Path(result.checkpoints.last).is_file()
+    assert result.config["train_cfg"]["num_epochs"] == 20
+    assert TrainResult.from_dict(json.loads(json.dumps(result.to_dict()))).best_value == (
+        result.best_value
+    )
+
+    report = exp.evaluate(result.checkpoints.best, "test")
+    assert isinstance(report, EvalResult) and report.num_samples == prepared.counts["test"]
+    _, y = load_tabular_split(prepared.path, "test")
+    std = float(y.double().std(unbiased=False))
+    assert report.value < RMSE_OVER_STD * std, (report.metrics, std)
+    assert report.metrics["r2"] > 0.2
+    # the numbers come from the file's weights: on the val split they repeat training's best
+    val = exp.evaluate(result.checkpoints.best, "val")
+    assert val.value == pytest.approx(result.best_value, rel=1e-5)
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(Path(result.checkpoints.best).read_bytes()[:-100])
+    Path(f"{damaged}.sha256").write_bytes(Path(f"{result.checkpoints.best}.sha256").read_bytes())
+    with pytest.raises(CheckpointError):
+        exp.evaluate(str(damaged), "test")
+
+
+def test_resume_continues_to_the_same_weights(prepared, tmp_path):
+    straight = run_in_process(_exp(tmp_path, prepared, "run_id=straight", "train_cfg.num_epochs=4"))
+    run_in_process(_exp(tmp_path, prepared, "run_id=split", "train_cfg.num_epochs=2"))
+    resumed = run_in_process(
+        _exp(tmp_path, prepared, "run_id=split", "train_cfg.num_epochs=4", "resume_from=auto")
+    )
+    assert resumed.resumed_from.endswith("last.pt") and resumed.num_epochs == 4
+    a = load_checkpoint(straight.checkpoints.last)["model"]
+    b = load_checkpoint(resumed.checkpoints.last)["model"]
+    assert state_fingerprint(a) == state_fingerprint(b)
+    assert [r.metric("rmse") for r in resumed.history] == [
+        r.metric("rmse") for r in straight.history
+    ]
+
+
+def test_cli_trains_and_rejects_a_bad_override(prepared, tmp_path):
+    cmd = [sys.executable, "-m", "tinyexp_core.examples.tabular_exp"]
+    common = [f"output_root={tmp_path}", f"data_cfg.prepared_path={prepared.path}"]
+    done = subprocess.run(
+        [*cmd, *common, "train_cfg.num_epochs=2", "run_id=cli", "progress_cfg.enabled=false"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "epoch 2/2" in done.stdout + done.stderr
+    assert (tmp_path / "cli" / "checkpoints" / "best.pt").is_file()
+    bad = subprocess.run(
+        [*cmd, "optimizer_cfg.lr=fast"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 2 and "optimizer_cfg.lr" in bad.stderr
+
+
+@dataclass(repr=False)
+class FingerprintedTabularExp(Exp):
+    """The tabular example, also returning each rank's final weights' fingerprint."""
+
+    def _save_epoch(self, acc, manager, model, optimizer, history, reporter) -> float:
+        best = super()._save_epoch(acc, manager, model, optimizer, history, reporter)
+        self._fingerprint = state_fingerprint(acc.unwrap_model(model))
+        return best
+
+    def train(self):
+        result = super().train()
+        return {"result": result, "fingerprint": self._fingerprint}
+
+
+def test_two_ray_workers_end_with_identical_weights(ray_cluster, prepared, tmp_path):
+    exp = _exp(
+        tmp_path, prepared, "run_id=ddp", "train_cfg.num_epochs=5", cls=FingerprintedTabularExp
+    )
+    spec = RayLaunchSpec(num_workers=2, num_cpus_per_worker=1)
+    rank0, rank1 = RayLauncher(spec).run(exp)
+    assert rank0["result"].world_size == rank1["result"].world_size == 2
+    assert rank0["fingerprint"] == rank1["fingerprint"]  # DDP kept the replicas in lockstep
+    saved = load_checkpoint(rank0["result"].checkpoints.last)["model"]
+    assert state_fingerprint(saved) == rank0["fingerprint"]
+    # both ranks saw the same all-reduced validation numbers
+    assert [r.metric("rmse") for r in rank0["result"].history] == [
+        r.metric("rmse") for r in rank1["result"].history
+    ]
+    assert all(math.isfinite(r.train_loss) for r in rank0["result"].history)
