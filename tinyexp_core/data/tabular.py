@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from tinyexp_core.contract import PreparedData
-from tinyexp_core.data.prepared import sha256_file
 from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
+from tinyexp_core.files import sha256_file
 
 FORMAT = "tinyexp.tabular/1"
 SPLITS = ("train", "val", "test")
