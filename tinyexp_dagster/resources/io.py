@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from .storage import StorageResource
 
@@ -33,7 +34,9 @@ class RunScopedPickleIOManager(dg.ConfigurableIOManager):
     """Pickled asset values under `<storage root>/values/<asset>/<run_id>.pickle`, plus the
     asset's `latest.pickle`; on shared storage every host sees the same values."""
 
-    storage: dg.ResourceDependency[StorageResource]
+    storage: dg.ResourceDependency[StorageResource] = Field(
+        description="the storage root whose values/ folder holds the asset values"
+    )
 
     def _asset_dir(self, key: dg.AssetKey) -> Path:
         return (self.storage.resolved_root() / "values").joinpath(*key.path)
