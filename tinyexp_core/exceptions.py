@@ -120,14 +120,20 @@ class InsufficientResourcesError(TinyExpError, RuntimeError):
 
     retryable = False
 
-    def __init__(self, resource: str, needed: float, available: float, detail: str = "") -> None:
+    def __init__(
+        self,
+        resource: str,
+        needed: float,
+        available: float,
+        detail: str = "",
+        where: str = "the Ray cluster",
+    ) -> None:
         self.resource = resource
         self.needed = needed
         self.available = available
         extra = f" ({detail})" if detail else ""
         super().__init__(
-            f"the job needs {needed:g} {resource} but the Ray cluster has "
-            f"{available:g} in total{extra}"
+            f"the job needs {needed:g} {resource} but {where} has {available:g} in total{extra}"
         )
 
 

@@ -22,7 +22,11 @@ from tests.core.distributed_exps import (
 from tinyexp_core.checkpoint import load_checkpoint
 from tinyexp_core.config import build_exp
 from tinyexp_core.data import load_source, prepare_dataset
-from tinyexp_core.exceptions import ConfigValueError, WorkerFailedError
+from tinyexp_core.exceptions import (
+    ConfigValueError,
+    InsufficientResourcesError,
+    WorkerFailedError,
+)
 from tinyexp_core.launchers import launch_local
 from tinyexp_core.launchers.mp import free_port
 
@@ -170,3 +174,18 @@ def test_ctrl_c_stops_every_rank_and_rank0_lines_reach_the_terminal(tmp_path):
     assert _eventually(lambda: not any(_pid_alive(p) for p in pids)), pids
     assert "rank0 | rank 0 of 2 sleeping" in stderr, stderr
     assert "rank 1 of 2 sleeping" not in stderr, "other ranks log WARNING and above only"
+
+
+def test_nccl_ranks_beyond_the_gpus_of_this_host_are_refused(monkeypatch):
+    """On a 1-GPU host, 2 local DDP ranks would share a device, which nccl refuses:
+    said before any process starts."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    exp = build_exp("tinyexp_core.examples.mnist_exp:Exp", ["num_workers=2"])
+    with pytest.raises(InsufficientResourcesError) as info:
+        launch_local(exp)
+    assert "needs 2 GPU but this host has 1" in str(info.value)
+    assert "accelerator_cfg.accelerator=cpu" in str(info.value)
+    assert not multiprocessing.active_children()

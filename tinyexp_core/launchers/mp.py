@@ -58,16 +58,32 @@ def launch_local(exp: Any) -> list[Any]:
 
 
 def _check_gpus(exp: Any) -> None:
-    """N ranks asking for GPUs need them on this host; checked before any process starts."""
-    if exp.num_gpus_per_worker <= 0:
-        return
+    """GPUs for N local ranks must exist on this host; checked before any process starts.
+
+    nccl cannot run two ranks on one device, so an accelerator that picks DDP on CUDA
+    (`auto`, `ddp`) needs a GPU per rank when CUDA is present.
+    """
     import torch
 
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     need = exp.num_workers * exp.num_gpus_per_worker
-    have = float(torch.cuda.device_count())
     if need > have:
         raise InsufficientResourcesError(
-            "GPU", need, have, f"{exp.num_workers} local processes x {exp.num_gpus_per_worker:g}"
+            "GPU",
+            need,
+            have,
+            f"{exp.num_workers} local processes x {exp.num_gpus_per_worker:g}",
+            where="this host",
+        )
+    accelerator = getattr(getattr(exp, "accelerator_cfg", None), "accelerator", None)
+    if have and accelerator in ("auto", "ddp") and exp.num_workers > have:
+        raise InsufficientResourcesError(
+            "GPU",
+            exp.num_workers,
+            have,
+            f"accelerator_cfg.accelerator={accelerator} runs nccl with one GPU per local "
+            "rank; accelerator_cfg.accelerator=cpu trains on the CPU",
+            where="this host",
         )
 
 
