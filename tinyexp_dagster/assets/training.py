@@ -107,9 +107,10 @@ def trained_model(
         summary = ray.run(exp, spec, log=context.log.info)[0]
         mark("launch_end")
     except Exception as err:
-        progress.mark("failed", str(err))
+        by_rank = isinstance(err, WorkerFailedError)  # else no rank ever ran: nothing to mark
+        if by_rank:
+            progress.mark("failed", str(err))
         if not is_retryable(err):  # every attempt would meet it again
-            by_rank = isinstance(err, WorkerFailedError)
             raise config_failure(
                 err, "rejected by the workers" if by_rank else "invalid configuration"
             ) from None

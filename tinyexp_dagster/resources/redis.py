@@ -32,17 +32,16 @@ class RunProgress:
 
     def mark(self, status: str, error: str = "") -> None:
         """Best effort: record a final status that the ranks could not write themselves
-        (killed, cancelled). A run whose ranks never registered is left absent."""
+        (killed, cancelled, failed before they registered)."""
         if not self.url:
             return
-        from tinyexp_core.progress import mark_status, run_key
+        from tinyexp_core.progress import mark_status
         from tinyexp_core.redis_utils import make_client
 
         with contextlib.suppress(Exception):
             client = make_client(self.url, socket_timeout_s=self.socket_timeout_s)
             try:
-                if client.exists(run_key(self.run_id)):
-                    mark_status(client, self.run_id, status, error, ttl_s=self.finished_ttl_s)
+                mark_status(client, self.run_id, status, error, ttl_s=self.finished_ttl_s)
             finally:
                 client.close()
 
