@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -43,9 +44,9 @@ def launch(exp: Any) -> Any:
         from .launchers.ray import launch_on_ray
 
         return launch_on_ray(exp, log_callback=lambda line: print(line, file=sys.stderr))[0]
-    from .launchers import run_in_process
+    from .launchers import launch_local
 
-    return run_in_process(exp)
+    return launch_local(exp)[0]
 
 
 def main(argv: Sequence[str] | None = None, exp_cls: type | str | None = None) -> int:
@@ -77,7 +78,8 @@ def main(argv: Sequence[str] | None = None, exp_cls: type | str | None = None) -
     except TinyExpError as err:
         _error(err)
         return EXIT_FAILED
-    if isinstance(result, dict):
+    # Under torchrun every rank returns here; the summary is rank 0's to print.
+    if isinstance(result, dict) and os.environ.get("RANK", "0") == "0":
         print(json.dumps(redact_value(_summary(result)), default=str))
     return EXIT_OK
 

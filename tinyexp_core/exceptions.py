@@ -7,12 +7,21 @@ ones, so a message can say what was wrong, the value, and what is allowed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from .redaction import redact_value
 
 
 class TinyExpError(Exception):
-    """Base class of every error raised on purpose by tinyexp."""
+    """Base class of every error raised on purpose by tinyexp.
+
+    `retryable` says whether running the same thing again can help: False for what every
+    attempt would meet again (a bad config, a corrupt checkpoint or dataset, a request no
+    cluster can hold), True for what may pass (a rank that died, a busy or unreachable
+    cluster). Orchestrators ask `is_retryable(err)` instead of listing classes.
+    """
+
+    retryable: ClassVar[bool] = True
 
     def __reduce__(self):
         # Subclasses take their own arguments, not the message held in `args`, so the
@@ -29,6 +38,8 @@ def _rebuild_error(cls: type[BaseException], args: tuple) -> BaseException:
 
 class ConfigError(TinyExpError, ValueError):
     """Base class of configuration errors: raised before any compute starts."""
+
+    retryable = False
 
 
 class UnknownConfigurationKeyError(ConfigError, AttributeError):
@@ -119,14 +130,22 @@ class InvalidWorkerCountError(ConfigValueError):
 class InsufficientResourcesError(TinyExpError, RuntimeError):
     """A resource request can never be satisfied by the cluster."""
 
-    def __init__(self, resource: str, needed: float, available: float, detail: str = "") -> None:
+    retryable = False
+
+    def __init__(
+        self,
+        resource: str,
+        needed: float,
+        available: float,
+        detail: str = "",
+        where: str = "the Ray cluster",
+    ) -> None:
         self.resource = resource
         self.needed = needed
         self.available = available
         extra = f" ({detail})" if detail else ""
         super().__init__(
-            f"the job needs {needed:g} {resource} but the Ray cluster has "
-            f"{available:g} in total{extra}"
+            f"the job needs {needed:g} {resource} but {where} has {available:g} in total{extra}"
         )
 
 
@@ -162,12 +181,16 @@ class WorkerFailedError(TinyExpError, RuntimeError):
 
 
 class CudaNotAvailableError(TinyExpError, RuntimeError):
+    retryable = False
+
     def __init__(self, what: str = "this accelerator") -> None:
         super().__init__(f"CUDA is required by {what} but is not available")
 
 
 class CheckpointError(TinyExpError):
     """Base class of checkpoint errors."""
+
+    retryable = False
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
@@ -211,6 +234,8 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 class DatasetError(TinyExpError):
     """Base class of dataset errors."""
 
+    retryable = False
+
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     def __init__(self, path: str, hint: str) -> None:
@@ -249,6 +274,8 @@ class InvalidRedisUrlError(ConfigError):
 class ModelMismatchError(TinyExpError, ValueError):
     """Two models that must share one structure do not (e.g. an EMA copy and its model)."""
 
+    retryable = False
+
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(f"models do not match: {detail}")
@@ -260,3 +287,20 @@ class InvalidRunStatusError(ConfigValueError):
     def __init__(self, status: str, allowed: Sequence[str]) -> None:
         super().__init__("status", status, tuple(allowed))
         self.status = status
+
+
+def is_retryable(err: BaseException) -> bool:
+    """Whether another attempt can help: False when `err` or any error in its cause chain
+    (a rank's own error behind a WorkerFailedError) declares `retryable = False`.
+
+    Errors that are not tinyexp's (an OSError, a bug) count as retryable: the framework
+    cannot tell, and the orchestrator's retry limit bounds the cost.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TinyExpError) and not current.retryable:
+            return False
+        current = current.__cause__
+    return True

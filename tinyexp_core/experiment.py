@@ -34,12 +34,14 @@ LAUNCHERS = get_args(Launcher)
 
 # Environment variables through which an orchestrator hands a run its identity and
 # its progress store; a URL may hold a password, so it never travels in the config.
-ENV_RUN_ID = "TINYEXP_RUN_ID"
+# Config values never travel this way: an orchestrator passes them as overrides, so the
+# run record (config.yaml, checkpoints) states what ran.
 ENV_PROGRESS_URL = "TINYEXP_PROGRESS_URL"
 ENV_ASSET = "TINYEXP_ASSET"
 # Progress key of the run; an orchestrator sets it to its own run id (Dagster's), which
 # differs from `run_id` when retries share one run directory.
 ENV_PROGRESS_RUN_ID = "TINYEXP_PROGRESS_RUN_ID"
+ENV_ATTEMPT = "TINYEXP_ATTEMPT"  # the orchestrator's attempt number of this run (1-based)
 
 
 def _default_exp_name() -> str:
@@ -69,12 +71,17 @@ class ProgressCfg:
     enabled: bool = True
     url: str = ""  # empty: take $TINYEXP_PROGRESS_URL; empty too: no progress store
     throttle_s: float = 2.0  # seconds between per-step writes
+    finished_ttl_s: int = 7 * 24 * 3600  # seconds a finished run's hash stays in Redis
 
     def validate(self) -> None:
         if self.throttle_s < 0:
             raise ConfigValueError("throttle_s", self.throttle_s, "a number of seconds >= 0")
         if self.url:
             check_redis_url("url", self.url)
+        if self.finished_ttl_s < 1:
+            raise ConfigValueError(
+                "finished_ttl_s", self.finished_ttl_s, "an integer number of seconds >= 1"
+            )
 
     def build_reporter(self, run_id: str, *, is_main_process: bool = True):
         """A Redis reporter on the main process when a URL is known, else a no-op one."""
@@ -84,7 +91,9 @@ class ProgressCfg:
         run_id = os.environ.get(ENV_PROGRESS_RUN_ID) or run_id
         if not (self.enabled and is_main_process and url):
             return NullProgressReporter(run_id)
-        return build_progress_reporter(url, run_id, throttle_s=self.throttle_s)
+        return build_progress_reporter(
+            url, run_id, throttle_s=self.throttle_s, ttl_s=self.finished_ttl_s
+        )
 
 
 @dataclass(repr=False)
@@ -96,12 +105,12 @@ class TinyExp:
     exp_class: str = ""
     mode: Mode = "train"
     launcher: Launcher = "mp"
-    num_workers: int = 1  # DDP world size with launcher=ray
-    num_cpus_per_worker: float = 1.0
+    num_workers: int = 1  # DDP world size: Ray actors (ray) or local processes (mp)
+    num_cpus_per_worker: float = 1.0  # also each rank's torch threads
     num_gpus_per_worker: float = 0.0
     ray_address: str = ""  # empty: $RAY_ADDRESS if set, else a local Ray on 127.0.0.1
     output_root: str = "./output"  # run directories are <output_root>/<run_id>
-    run_id: str = ""  # empty: $TINYEXP_RUN_ID, else generated at run start
+    run_id: str = ""  # empty: generated at run start
     seed: int = 0
     resume_from: str = ""  # a checkpoint path, `auto` (this run dir's last valid), or empty
 
@@ -128,11 +137,11 @@ class TinyExp:
 
     # ------------------------------------------------------------------ identity
     def ensure_run_id(self) -> str:
-        """The run id: configured, handed down by the orchestrator, or generated once."""
+        """The run id: configured (an orchestrator forces its own), or generated once."""
         if not self.run_id:
             from .progress import new_run_id
 
-            self.run_id = os.environ.get(ENV_RUN_ID) or new_run_id()
+            self.run_id = new_run_id()
         return self.run_id
 
     def get_run_dir(self) -> str:

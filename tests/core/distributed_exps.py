@@ -105,3 +105,39 @@ class FailingExp(TinyExp):
             raise ValueError("boom on purpose in rank 1")
         time.sleep(self.rank0_sleep_s)
         return {"rank": rank}
+
+
+@dataclass(repr=False)
+class KilledRankExp(TinyExp):
+    """Rank 1's process is SIGKILLed (no Python exception); rank 0 would sleep long."""
+
+    exp_name: str = "killed_rank"
+    rank0_sleep_s: float = 120.0
+
+    def train(self) -> dict[str, Any]:
+        import signal
+
+        rank = int(os.environ.get("RANK", "0"))
+        if rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(self.rank0_sleep_s)
+        return {"rank": rank}
+
+
+@dataclass(repr=False)
+class SleepingExp(TinyExp):
+    """Every rank writes its pid to `<pid_dir>/rank<r>.pid`, rank 0 logs a line, all sleep."""
+
+    exp_name: str = "sleeping"
+    pid_dir: str = ""
+    sleep_s: float = 120.0
+
+    def train(self) -> dict[str, Any]:
+        from pathlib import Path
+
+        rank = int(os.environ.get("RANK", "0"))
+        logger = self.logger_cfg.build_logger(None, distributed_rank=rank)
+        logger.info(f"rank {rank} of {os.environ.get('WORLD_SIZE')} sleeping")
+        Path(self.pid_dir, f"rank{rank}.pid").write_text(str(os.getpid()))
+        time.sleep(self.sleep_s)
+        return {"rank": rank}

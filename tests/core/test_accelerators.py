@@ -67,3 +67,16 @@ def test_mixed_precision_without_cuda_warns_and_autocasts_nothing(
         out = torch.nn.Linear(2, 2)(torch.ones(1, 2))
     assert out.dtype == torch.float32
     acc.destroy()
+
+
+def test_collective_timeout_comes_from_the_config_not_the_environment(
+    single_rank, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The variable that once silently won over the config must change nothing now.
+    monkeypatch.setenv("TINYEXP_COLLECTIVE_TIMEOUT_S", "1")
+    acc = AcceleratorCfg(accelerator="cpu", collective_timeout_s=7.5).build_accelerator()
+    assert acc.timeout_s == 7.5
+    acc.destroy()
+    default = AcceleratorCfg(accelerator="cpu").build_accelerator()
+    assert default.timeout_s == AcceleratorCfg().collective_timeout_s == 300.0
+    default.destroy()

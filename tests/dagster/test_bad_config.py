@@ -67,6 +67,13 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
             None,
             id="too-many-workers",
         ),
+        # The orchestrator decides the world size; an override may not silently lose to it.
+        pytest.param(
+            {"overrides": [*TINY_OVERRIDES, "num_workers=3"]},
+            ["config key 'num_workers': got '3'", "the orchestrator sets it"],
+            None,
+            id="orchestrated-key-override",
+        ),
         # An existing cluster (here the session's Ray, by address) is sized by asking it.
         pytest.param(
             {"num_workers": 64},

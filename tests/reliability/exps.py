@@ -19,10 +19,11 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tinyexp_core.accelerators import AcceleratorCfg
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.experiment import TinyExp
 
@@ -141,13 +142,12 @@ class HungRankExp(TinyExp):
 
     exp_name: str = "hung_rank"
     hang_s: float = 600.0
+    accelerator_cfg: AcceleratorCfg = field(default_factory=lambda: AcceleratorCfg("cpu"))
 
     def train(self) -> dict[str, Any]:
         import torch
 
-        from tinyexp_core.accelerators import CPUAccelerator
-
-        acc = CPUAccelerator()  # timeout from TINYEXP_COLLECTIVE_TIMEOUT_S
+        acc = self.accelerator_cfg.build_accelerator()  # timeout: collective_timeout_s
         try:
             if acc.rank == 1:
                 time.sleep(self.hang_s)

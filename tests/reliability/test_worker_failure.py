@@ -23,6 +23,7 @@ from tests.reliability.support import (
     step_errors,
     train_config,
 )
+from tinyexp_core.config import build_exp
 from tinyexp_core.exceptions import WorkerFailedError
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, read_run
@@ -88,13 +89,11 @@ def test_sigkill_of_one_rank_fails_the_step_and_leaves_nothing(
 @pytest.mark.timeout(120)
 def test_hung_rank_fails_the_job_through_the_collective_timeout(ray_cluster):
     pgs_before = placement_group_states()
-    spec = RayLaunchSpec(
-        num_workers=2, num_cpus_per_worker=1, env={"TINYEXP_COLLECTIVE_TIMEOUT_S": "5"}
-    )
-    launcher = RayLauncher(spec)
+    launcher = RayLauncher(RayLaunchSpec(num_workers=2, num_cpus_per_worker=1))
+    exp = build_exp(HungRankExp, ["accelerator_cfg.collective_timeout_s=5"])
     started = time.perf_counter()
     with pytest.raises(WorkerFailedError) as info:
-        launcher.run(HungRankExp())
+        launcher.run(exp)
     elapsed = time.perf_counter() - started
     # Rank 1 sleeps 600 s; rank 0 gives up after the 5 s collective timeout.
     assert elapsed < 30, elapsed

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from ..exceptions import ConfigValueError, UnknownAcceleratorTypeError
 from .base import Accelerator, TorchDistributedAccelerator
 from .cpu import CPUAccelerator
 from .ddp import DDPAccelerator
 
-ACCELERATORS = ("auto", "cpu", "ddp", "hf")
+AcceleratorName = Literal["auto", "cpu", "ddp", "hf"]
+ACCELERATORS: tuple[str, ...] = get_args(AcceleratorName)
 
 __all__ = [
     "ACCELERATORS",
     "Accelerator",
+    "AcceleratorName",
     "AcceleratorCfg",
     "CPUAccelerator",
     "DDPAccelerator",
@@ -56,7 +58,7 @@ def build_accelerator(
 class AcceleratorCfg:
     """Which accelerator trains the model, and how collectives behave."""
 
-    accelerator: Literal["auto", "cpu", "ddp", "hf"] = "auto"
+    accelerator: AcceleratorName = "auto"
     collective_timeout_s: float = 300.0  # a rank silent this long fails the run
     mixed_precision: bool = False  # bf16 autocast on CUDA; ignored (with a warning) on CPU
 
@@ -68,15 +70,15 @@ class AcceleratorCfg:
             )
 
     def build_accelerator(self) -> Accelerator:
-        import os
-
+        """The configured accelerator, its collectives bounded by `collective_timeout_s`."""
         import torch
 
         if self.mixed_precision and not torch.cuda.is_available():
             from loguru import logger
 
             logger.warning("accelerator_cfg.mixed_precision=true has no effect without CUDA")
-        timeout = float(os.environ.get("TINYEXP_COLLECTIVE_TIMEOUT_S", self.collective_timeout_s))
         return build_accelerator(
-            self.accelerator, timeout_s=timeout, mixed_precision=self.mixed_precision
+            self.accelerator,
+            timeout_s=self.collective_timeout_s,
+            mixed_precision=self.mixed_precision,
         )

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
-ENV_COLLECTIVE_TIMEOUT = "TINYEXP_COLLECTIVE_TIMEOUT_S"
 
 
 @runtime_checkable
@@ -68,9 +67,12 @@ def env_rank_info() -> tuple[int, int, int]:
 
 
 def collective_timeout_s(timeout_s: float | None) -> float:
-    if timeout_s is not None:
-        return float(timeout_s)
-    return float(os.environ.get(ENV_COLLECTIVE_TIMEOUT, DEFAULT_COLLECTIVE_TIMEOUT_S))
+    """The timeout given (by `AcceleratorCfg.collective_timeout_s`), else the default.
+
+    Never read from the environment: the run record (config.yaml, checkpoints) states
+    the timeout that ran, so nothing outside the config may change it.
+    """
+    return DEFAULT_COLLECTIVE_TIMEOUT_S if timeout_s is None else float(timeout_s)
 
 
 def _loopback_store(rank: int, world_size: int, timeout: datetime.timedelta) -> Any:
@@ -79,6 +81,8 @@ def _loopback_store(rank: int, world_size: int, timeout: datetime.timedelta) -> 
     torch's own rendezvous server (rank 0) listens on every interface even when
     MASTER_ADDR is 127.0.0.1; bound here to MASTER_ADDR, it listens on loopback only.
     """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return None  # torchrun's agent already serves the store on MASTER_PORT: join it
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     try:
         loopback = addr == "localhost" or ipaddress.ip_address(addr).is_loopback

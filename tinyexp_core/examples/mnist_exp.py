@@ -26,7 +26,7 @@ from tinyexp_core.exceptions import (
     CheckpointNotFoundError,
     ConfigValueError,
 )
-from tinyexp_core.experiment import ENV_ASSET, TinyExp
+from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT, TinyExp
 from tinyexp_core.launchers.runtime import get_log_forwarder
 from tinyexp_core.metrics import classification_report, confusion_matrix
 from tinyexp_core.timing import mark
@@ -57,7 +57,6 @@ class Exp(TinyExp):
     """Image classification with DDP: data, model, optimizer, schedule and the loop."""
 
     exp_name: str = "mnist_exp"
-    num_workers: int = 2  # used with launcher=ray
 
     @dataclass
     class DataCfg:
@@ -273,7 +272,7 @@ class Exp(TinyExp):
             num_epochs=num_epochs,
             num_steps=len(train_loader),  # per epoch, as the progress contract says
             world_size=acc.world_size,
-            attempt=int(os.environ.get("TINYEXP_ATTEMPT", "1")),
+            attempt=int(os.environ.get(ENV_ATTEMPT, "1")),
         )
         started = time.perf_counter()
         try:

@@ -1,9 +1,10 @@
-"""Launchers: in this process (`mp`, torchrun/accelerate aware) or on Ray (`ray`)."""
+"""Launchers: local processes (`mp`: N spawned ranks or torchrun's world) or Ray (`ray`)."""
 
 from __future__ import annotations
 
 from .inprocess import run_in_process
+from .mp import launch_local
 
-__all__ = ["LAUNCHERS", "run_in_process"]
+__all__ = ["LAUNCHERS", "launch_local", "run_in_process"]
 
 LAUNCHERS = ("mp", "ray")

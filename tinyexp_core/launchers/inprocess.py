@@ -1,8 +1,8 @@
-"""Run an experiment in this process (`launcher=mp`).
+"""Run an experiment in this process, as one rank of whatever world the environment names.
 
 Under torchrun or `accelerate launch` every process is started for us and the rank
 environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is already set;
-the accelerator reads it, so there is nothing to spawn here.
+the accelerator reads it. `launch_local` (launchers/mp.py) spawns the ranks otherwise.
 """
 
 from __future__ import annotations

@@ -46,8 +46,21 @@ class RayLaunchSpec:
     address: str = ""  # empty: $RAY_ADDRESS, else a local Ray started (and stopped) here
     placement_timeout_s: float = 60.0  # wait for a busy cluster this long, then fail
     connect_timeout_s: float = 10.0
-    env: dict[str, str] = field(default_factory=dict)  # extra env for every rank
+    env: dict[str, str] = field(default_factory=dict)  # identity and secrets only
     runtime_env: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_exp(cls, exp: Any, **launch: Any) -> RayLaunchSpec:
+        """The request the experiment's own fields state (workers, CPUs, GPUs, address),
+        so what Ray runs and what the run record says come from one place; `launch` holds
+        the rest (timeouts, env)."""
+        return cls(
+            num_workers=exp.num_workers,
+            num_cpus_per_worker=exp.num_cpus_per_worker,
+            num_gpus_per_worker=exp.num_gpus_per_worker,
+            address=exp.ray_address,
+            **launch,
+        )
 
     def validate(self) -> None:
         """Checks that need no cluster: run before Ray is touched."""
@@ -453,18 +466,12 @@ def _first_line(err: BaseException) -> str:
 
 
 def passthrough_env() -> dict[str, str]:
-    """The driver's TINYEXP_* settings (run id, progress URL, timeouts) for every rank."""
+    """The driver's TINYEXP_* variables (identity, the progress URL) for every rank."""
     return {k: v for k, v in os.environ.items() if k.startswith("TINYEXP_")}
 
 
 def launch_on_ray(exp: Any, *, log_callback: Callable[[str], None] | None = None) -> list[Any]:
     """`launcher=ray` for the CLI: the experiment's own worker settings, its rank results."""
     exp.ensure_run_id()
-    spec = RayLaunchSpec(
-        num_workers=exp.num_workers,
-        num_cpus_per_worker=exp.num_cpus_per_worker,
-        num_gpus_per_worker=exp.num_gpus_per_worker,
-        address=exp.ray_address,
-        env=passthrough_env(),
-    )
+    spec = RayLaunchSpec.from_exp(exp, env=passthrough_env())
     return RayLauncher(spec, log_callback=log_callback).run(exp)

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from ..resources import StorageResource
 from .common import GROUP
@@ -12,7 +13,9 @@ from .common import GROUP
 class CheckpointConfig(dg.Config):
     """Name under which the model is promoted (`models/<name>/<version>/model.pt`)."""
 
-    model_name: str = ""  # empty: the experiment's exp_name
+    model_name: str = Field(
+        default="", description="name of the promoted model; empty: the experiment's exp_name"
+    )
 
 
 def promote(source: str, target_dir: Path) -> tuple[Path, str]:

@@ -15,14 +15,33 @@ GROUP = "training"
 
 def build_experiment(experiment: str, overrides: Sequence[str], forced: Sequence[str] = ()) -> Any:
     """The experiment with the user's overrides, then the orchestrator's; a bad override
-    fails the step (without retries) before any Ray or Redis resource is touched."""
+    fails the step (without retries) before any Ray or Redis resource is touched.
+
+    A user override of a key the orchestrator decides (workers, accelerator, paths...) is
+    refused rather than silently replaced: the run record must state what ran."""
     from tinyexp_core.config import build_exp
-    from tinyexp_core.exceptions import ConfigError
+    from tinyexp_core.exceptions import ConfigError, ConfigValueError
 
     try:
+        decided = {_key(o) for o in forced}
+        for override in overrides:
+            key = _key(override)
+            if key in decided:
+                raise ConfigValueError(
+                    key,
+                    override.partition("=")[2],
+                    "no override: the orchestrator sets it (use the op config's field or "
+                    "the resource's, e.g. num_workers, accelerator, resume)",
+                )
         return build_exp(experiment, [*overrides, *forced])
     except ConfigError as err:
         raise config_failure(err) from None
+
+
+def _key(override: str) -> str:
+    from tinyexp_core.config import parse_override
+
+    return parse_override(override)[0]
 
 
 def config_failure(err: Exception, what: str = "invalid configuration") -> dg.Failure:

@@ -3,6 +3,7 @@
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from ..resources import StorageResource
 from .common import DEFAULT_EXPERIMENT, GROUP, build_experiment, config_failure, table
@@ -11,8 +12,12 @@ from .common import DEFAULT_EXPERIMENT, GROUP, build_experiment, config_failure,
 class DatasetConfig(dg.Config):
     """Which experiment's data to prepare; `overrides` use the CLI's key=value syntax."""
 
-    experiment: str = DEFAULT_EXPERIMENT
-    overrides: list[str] = []
+    experiment: str = Field(
+        default=DEFAULT_EXPERIMENT, description="the experiment class, `package.module:Class`"
+    )
+    overrides: list[str] = Field(
+        default=[], description="experiment overrides (data_cfg.*) in the CLI's key=value syntax"
+    )
 
 
 @dg.asset(group_name=GROUP, code_version="1", kinds={"pytorch"})

@@ -1,8 +1,9 @@
 """`model_evaluation`: the promoted checkpoint, loaded from its file, on the test split."""
 
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
+from pydantic import Field
 
 from .common import GROUP, build_experiment, table
 
@@ -12,8 +13,13 @@ MIN_ACCURACY_CHECK = "minimum_accuracy"
 class EvaluationConfig(dg.Config):
     """Which split to score, and the accuracy below which the model is not good."""
 
-    split: str = "test"
-    min_accuracy: float = 0.9
+    split: Literal["train", "val", "test"] = Field(
+        default="test", description="the prepared dataset's split to score"
+    )
+    min_accuracy: float = Field(
+        default=0.9,
+        description="accuracy below which the blocking minimum_accuracy check fails",
+    )
 
 
 def confusion_markdown(matrix: list[list[int]]) -> str:
@@ -42,12 +48,6 @@ def model_evaluation(
     context: dg.AssetExecutionContext, config: EvaluationConfig, model_checkpoint: dict[str, Any]
 ):
     """Accuracy, loss, per-class precision/recall and confusion matrix of the promoted model."""
-    from tinyexp_core.exceptions import ConfigValueError
-
-    if config.split not in ("train", "val", "test"):
-        from .common import config_failure
-
-        raise config_failure(ConfigValueError("split", config.split, ("train", "val", "test")))
     exp = build_experiment(
         model_checkpoint["experiment"],
         model_checkpoint["overrides"],

@@ -1,12 +1,14 @@
 """`trained_model`: DDP training of the experiment on Ray, resumable across retries."""
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import dagster as dg
+from pydantic import Field
 
 from tinyexp_core.redaction import redact_overrides
 
 from ..resources import RayDDPResource, RedisProgressResource, StorageResource
+from ..resources.ray import RayAccelerator
 from .common import (
     DEFAULT_EXPERIMENT,
     GROUP,
@@ -16,55 +18,57 @@ from .common import (
     table,
 )
 
-RESUME_CHOICES = ("auto", "never")
+Resume = Literal["auto", "never"]
+RESUME_CHOICES: tuple[str, ...] = get_args(Resume)
+# "resource": the Ray resource's accelerator; the others replace it for this run.
+TrainAccelerator = Literal["resource", RayAccelerator]
 # Tag of a run that continues another run's directory (set by stalled_training_sensor).
 RESUME_RUN_DIR_TAG = "tinyexp/resume_run_dir"
 
 
 class TrainConfig(dg.Config):
     """Orchestration of one training run. Hyperparameters live in the experiment and are
-    changed with `overrides` (`optimizer_cfg.lr=0.01`, as on the command line)."""
+    changed with `overrides` (`optimizer_cfg.lr=0.01`, as on the command line); what is
+    decided here reaches the experiment as overrides too, so the run record states it."""
 
-    experiment: str = DEFAULT_EXPERIMENT
-    overrides: list[str] = []
-    num_workers: int | None = None  # None: the Ray resource's
-    num_cpus_per_worker: float | None = None
-    num_gpus_per_worker: float | None = None
-    # auto: a retry or re-execution continues from the run's last valid checkpoint
-    resume: str = "auto"
+    experiment: str = Field(
+        default=DEFAULT_EXPERIMENT, description="the experiment class, `package.module:Class`"
+    )
+    overrides: list[str] = Field(
+        default=[], description="experiment overrides in the CLI's key=value syntax"
+    )
+    num_workers: int | None = Field(
+        default=None, description="DDP ranks for this run; unset: the Ray resource's"
+    )
+    num_cpus_per_worker: float | None = Field(
+        default=None, description="CPUs per rank for this run; unset: the Ray resource's"
+    )
+    num_gpus_per_worker: float | None = Field(
+        default=None, description="GPUs per rank for this run; unset: the Ray resource's"
+    )
+    accelerator: TrainAccelerator = Field(
+        default="resource",
+        description="accelerator for this run (auto, cpu, ddp); resource: the Ray resource's",
+    )
+    collective_timeout_s: float | None = Field(
+        default=None,
+        description="seconds a rank may wait for a silent peer; unset: the Ray resource's",
+    )
+    resume: Resume = Field(
+        default="auto",
+        description="auto: a retry or re-execution continues from the run's last valid "
+        "checkpoint; never: always train from scratch",
+    )
 
-
-def _progress_env(
-    context: dg.AssetExecutionContext, redis: RedisProgressResource, root: str
-) -> dict[str, str]:
-    """The progress store for the ranks. A malformed URL or a rejected password is a
-    configuration error and fails the step now; an unreachable server only turns
-    progress off, since progress never decides whether a model trains."""
-    from tinyexp_core.exceptions import ConfigError, TinyExpError
-
-    try:
-        url = redis.resolve_url(root)
-        redis.check_auth(url)
-    except ConfigError as err:
-        raise config_failure(err) from None
-    except TinyExpError as err:
-        context.log.warning(f"progress reporting off: {err}")
-        return {}
-    context.log.info(f"progress in Redis at {redis.redacted(url)}")
-    return {"TINYEXP_PROGRESS_URL": url}
-
-
-def _mark(url: str | None, run_id: str, status: str, error: str) -> None:
-    """Record a final status the ranks could not write themselves (killed or cancelled)."""
-    if not url:
-        return
-    import contextlib
-
-    from tinyexp_core.progress import mark_status
-    from tinyexp_core.redis_client import make_client
-
-    with contextlib.suppress(Exception):
-        mark_status(make_client(url), run_id, status, error)
+    def orchestration(self) -> dict[str, Any]:
+        """This run's choices that replace the Ray resource's (None: keep the resource's)."""
+        return {
+            "num_workers": self.num_workers,
+            "num_cpus_per_worker": self.num_cpus_per_worker,
+            "num_gpus_per_worker": self.num_gpus_per_worker,
+            "accelerator": None if self.accelerator == "resource" else self.accelerator,
+            "collective_timeout_s": self.collective_timeout_s,
+        }
 
 
 @dg.asset(
@@ -82,69 +86,39 @@ def trained_model(
     storage: StorageResource,
 ) -> dg.Output[dict[str, Any]]:
     """DDP training on Ray workers; checkpoints under runs/<run_id>/checkpoints."""
-    from tinyexp_core.exceptions import (
-        CheckpointError,
-        ConfigError,
-        DatasetError,
-        InsufficientResourcesError,
-        WorkerFailedError,
-    )
+    from tinyexp_core.exceptions import TinyExpError, WorkerFailedError, is_retryable
+    from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT
     from tinyexp_core.timing import mark
 
-    if config.resume not in RESUME_CHOICES:
-        raise config_failure(ValueError(f"resume={config.resume!r}, allowed: {RESUME_CHOICES}"))
-    root = str(storage.resolved_root())
-    # Retries and re-executions share the root run's directory, so they can resume; so does
-    # the resume run that the stalled-training sensor requests (tagged with that directory).
-    run_dir_id = (
-        context.run.root_run_id or context.run.tags.get(RESUME_RUN_DIR_TAG) or context.run.run_id
+    forced = _forced(context, config, prepared_dataset, storage, redis)
+    exp = build_experiment(
+        config.experiment, config.overrides, [*forced, *_ray_forced(context, config, ray)]
     )
-    forced = [
-        "mode=train",
-        f"output_root={storage.runs_dir()}",
-        f"run_id={run_dir_id}",
-        f"data_cfg.prepared_path={prepared_dataset['path']}",
-        f"resume_from={'auto' if config.resume == 'auto' else ''}",
-        *ray.accelerator_override(),
-    ]
-    exp = build_experiment(config.experiment, config.overrides, forced)
     try:
-        spec = ray.spec(
-            num_workers=config.num_workers,
-            num_cpus_per_worker=config.num_cpus_per_worker,
-            num_gpus_per_worker=config.num_gpus_per_worker,
-        )
-    except (ConfigError, InsufficientResourcesError) as err:  # retrying cannot help either
+        progress = redis.for_run(str(storage.resolved_root()), context.run.run_id, log=context.log)
+        identity = {ENV_ASSET: "trained_model", ENV_ATTEMPT: str(context.retry_number + 1)}
+        spec = ray.spec(exp, env={**identity, **progress.env()})
+    except TinyExpError as err:  # a bad URL or password, a request no cluster can hold
         raise config_failure(err) from None
-    spec.env.update(
-        {
-            "TINYEXP_PROGRESS_RUN_ID": context.run.run_id,
-            "TINYEXP_ASSET": "trained_model",
-            "TINYEXP_ATTEMPT": str(context.retry_number + 1),
-            **_progress_env(context, redis, root),
-        }
-    )
     context.log.info(
-        f"training {config.experiment} on {spec.num_workers} Ray workers, "
+        f"training {config.experiment} on {exp.num_workers} Ray workers, "
         f"overrides {redact_overrides(config.overrides) or 'none'}, run dir {exp.get_run_dir()}"
     )
-    progress_url = spec.env.get("TINYEXP_PROGRESS_URL")
     mark("launch_start")  # for the benchmarks (a no-op without a timing file)
     try:
         summary = ray.run(exp, spec, log=context.log.info)[0]
         mark("launch_end")
-    except InsufficientResourcesError as err:  # checked against the cluster, before any rank
-        raise config_failure(err) from None
-    except WorkerFailedError as err:
-        _mark(progress_url, context.run.run_id, "failed", str(err))
-        if isinstance(err.__cause__, (ConfigError, CheckpointError, DatasetError)):
-            # A rank rejected the config, a checkpoint or the data: every attempt would.
-            raise config_failure(err, "rejected by the workers") from None
-        raise
-    except Exception:
+    except Exception as err:
+        by_rank = isinstance(err, WorkerFailedError)  # else no rank ever ran: nothing to mark
+        if by_rank:
+            progress.mark("failed", str(err))
+        if not is_retryable(err):  # every attempt would meet it again
+            raise config_failure(
+                err, "rejected by the workers" if by_rank else "invalid configuration"
+            ) from None
         raise
     except BaseException as err:  # Dagster termination, KeyboardInterrupt
-        _mark(progress_url, context.run.run_id, "cancelled", type(err).__name__)
+        progress.mark("cancelled", type(err).__name__)
         if _termination_requested(context):
             # The in-process executor retries an interrupted step under its RetryPolicy,
             # which would start training again in a run the user terminated.
@@ -153,7 +127,53 @@ def trained_model(
                 allow_retries=False,
             ) from err
         raise
-    return _output(config, prepared_dataset, summary, spec.num_workers)
+    return _output(config, prepared_dataset, summary, exp.num_workers)
+
+
+def _forced(
+    context: dg.AssetExecutionContext,
+    config: TrainConfig,
+    dataset: dict[str, Any],
+    storage: StorageResource,
+    redis: RedisProgressResource,
+) -> list[str]:
+    """The run's identity, paths and progress settings, as experiment overrides."""
+    # Retries and re-executions share the root run's directory, so they can resume; so does
+    # the resume run that the stalled-training sensor requests (tagged with that directory).
+    run_dir_id = (
+        context.run.root_run_id or context.run.tags.get(RESUME_RUN_DIR_TAG) or context.run.run_id
+    )
+    return [
+        "mode=train",
+        f"output_root={storage.runs_dir()}",
+        f"run_id={run_dir_id}",
+        f"data_cfg.prepared_path={dataset['path']}",
+        f"resume_from={'auto' if config.resume == 'auto' else ''}",
+        *redis.overrides(),
+    ]
+
+
+def _ray_forced(
+    context: dg.AssetExecutionContext, config: TrainConfig, ray: RayDDPResource
+) -> list[str]:
+    """Workers, resources, accelerator and timeout: this run's choices over the resource's."""
+    import dataclasses
+
+    from tinyexp_core.config import load_exp_class
+    from tinyexp_core.exceptions import ConfigError
+
+    try:
+        fields = {f.name for f in dataclasses.fields(load_exp_class(config.experiment))}
+    except ConfigError as err:
+        raise config_failure(err) from None
+    choices = config.orchestration()
+    has_accelerator_cfg = "accelerator_cfg" in fields
+    if not has_accelerator_cfg and (choices["accelerator"] or ray.accelerator) != "auto":
+        context.log.warning(
+            f"{config.experiment} has no accelerator_cfg: the accelerator setting "
+            f"{choices['accelerator'] or ray.accelerator!r} does not reach it"
+        )
+    return ray.overrides(**choices, has_accelerator_cfg=has_accelerator_cfg)
 
 
 def _termination_requested(context: dg.AssetExecutionContext) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from tinyexp_core.files import atomic_write_text
 
@@ -30,7 +31,9 @@ class RunScopedJSONIOManager(dg.ConfigurableIOManager):
     """JSON asset values under `<storage root>/values/<asset>/<run_id>.json`, plus the
     asset's `latest.json`; on shared storage every host sees the same values."""
 
-    storage: dg.ResourceDependency[StorageResource]
+    storage: dg.ResourceDependency[StorageResource] = Field(
+        description="the storage root whose values/ folder holds the asset values"
+    )
 
     def _asset_dir(self, key: dg.AssetKey) -> Path:
         return (self.storage.resolved_root() / "values").joinpath(*key.path)

@@ -2,61 +2,106 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import dagster as dg
 from pydantic import Field
+
+RayAccelerator = Literal["auto", "cpu", "ddp"]
+RAY_ACCELERATORS: tuple[str, ...] = get_args(RayAccelerator)
 
 
 class RayDDPResource(dg.ConfigurableResource):
     """DDP on Ray: a local Ray on 127.0.0.1 (started on demand, stopped after) by default,
     an existing cluster with `address` (`auto`, `host:port`, `ray://host:port`) or
     `$RAY_ADDRESS`. One actor per rank in a placement group; actors and the group are
-    removed on every exit path, including Dagster's termination."""
+    removed on every exit path, including Dagster's termination.
 
-    address: str | None = Field(default=None, description="None: $RAY_ADDRESS or local Ray")
-    num_workers: int = 2
-    num_cpus_per_worker: float = 1.0
-    num_gpus_per_worker: float = 0.0
-    accelerator: str = Field(default="auto", description="auto | cpu | ddp")
-    placement_timeout_s: float = 120.0  # a busy cluster is waited for this long
-    connect_timeout_s: float = 10.0
-    collective_timeout_s: float = 300.0  # a silent rank fails the job after this long
+    Its sizes and accelerator are defaults a run's config can replace; what a run ends up
+    with reaches the experiment as overrides (`overrides()`), and the launch request is
+    read back from the experiment (`spec()`), so the run record states what ran."""
 
-    def spec(
+    address: str | None = Field(
+        default=None,
+        description="Ray to run on: `auto`, `host:port` or `ray://host:port`; "
+        "unset: $RAY_ADDRESS, else a local Ray on 127.0.0.1 started for the run",
+    )
+    num_workers: int = Field(
+        default=2, description="DDP ranks, one Ray actor each (a run's config may replace it)"
+    )
+    num_cpus_per_worker: float = Field(
+        default=1.0, description="CPUs reserved per rank; also its torch thread count"
+    )
+    num_gpus_per_worker: float = Field(default=0.0, description="GPUs reserved per rank")
+    accelerator: RayAccelerator = Field(
+        default="auto",
+        description="auto: DDP with nccl where the rank has a GPU, else gloo on CPU; "
+        "cpu: gloo on CPU; ddp: DDP, nccl on GPU and gloo without",
+    )
+    placement_timeout_s: float = Field(
+        default=120.0, description="seconds to wait for a busy cluster to grant the ranks"
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, description="seconds to wait for a Ray address to answer"
+    )
+    collective_timeout_s: float = Field(
+        default=300.0,
+        description="seconds a rank may wait in a collective for a silent peer before the "
+        "job fails (the experiment's accelerator_cfg.collective_timeout_s)",
+    )
+
+    def resolved_address(self) -> str:
+        """The Ray address a run uses: `address`, else $RAY_ADDRESS, else "" (local Ray)."""
+        return self.address or os.environ.get("RAY_ADDRESS", "")
+
+    def overrides(
         self,
         *,
         num_workers: int | None = None,
         num_cpus_per_worker: float | None = None,
         num_gpus_per_worker: float | None = None,
-        env: dict[str, str] | None = None,
-    ) -> Any:
-        """The launch request, validated without touching Ray (impossible sizes fail here)."""
-        from tinyexp_core.exceptions import ConfigValueError
+        accelerator: str | None = None,
+        collective_timeout_s: float | None = None,
+        has_accelerator_cfg: bool = True,
+    ) -> list[str]:
+        """What this resource decides for a run, as experiment overrides: each argument
+        replaces the resource's field when not None. An experiment without
+        `accelerator_cfg` gets no accelerator keys (it builds its own accelerator)."""
+
+        def pick(run: Any, own: Any) -> Any:
+            return own if run is None else run
+
+        decided = [
+            "launcher=ray",
+            f"num_workers={pick(num_workers, self.num_workers)}",
+            f"num_cpus_per_worker={pick(num_cpus_per_worker, self.num_cpus_per_worker)}",
+            f"num_gpus_per_worker={pick(num_gpus_per_worker, self.num_gpus_per_worker)}",
+            f"ray_address={self.resolved_address()}",
+        ]
+        if has_accelerator_cfg:
+            decided += [
+                f"accelerator_cfg.accelerator={pick(accelerator, self.accelerator)}",
+                "accelerator_cfg.collective_timeout_s="
+                f"{pick(collective_timeout_s, self.collective_timeout_s)}",
+            ]
+        return decided
+
+    def spec(self, exp: Any, *, env: dict[str, str] | None = None) -> Any:
+        """The launch request read from the experiment (workers, CPUs, GPUs, address) plus
+        this resource's timeouts; validated without touching Ray (impossible sizes fail
+        here). `env` carries identity and secrets only, never a config value."""
         from tinyexp_core.launchers.ray import RayLaunchSpec
 
-        if self.accelerator not in ("auto", "cpu", "ddp"):
-            raise ConfigValueError("accelerator", self.accelerator, ("auto", "cpu", "ddp"))
-        spec = RayLaunchSpec(
-            num_workers=self.num_workers if num_workers is None else num_workers,
-            num_cpus_per_worker=(
-                self.num_cpus_per_worker if num_cpus_per_worker is None else num_cpus_per_worker
-            ),
-            num_gpus_per_worker=(
-                self.num_gpus_per_worker if num_gpus_per_worker is None else num_gpus_per_worker
-            ),
-            address=self.address or "",
+        spec = RayLaunchSpec.from_exp(
+            exp,
             placement_timeout_s=self.placement_timeout_s,
             connect_timeout_s=self.connect_timeout_s,
-            env={"TINYEXP_COLLECTIVE_TIMEOUT_S": str(self.collective_timeout_s), **(env or {})},
+            env=dict(env or {}),
         )
         spec.validate()
         return spec
-
-    def accelerator_override(self) -> list[str]:
-        """The experiment override that makes ranks use this resource's accelerator."""
-        return [f"accelerator_cfg.accelerator={self.accelerator}"]
 
     def run(
         self,

@@ -2,20 +2,101 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 
+@dataclass(frozen=True)
+class RunProgress:
+    """The progress store as one training run sees it: what its ranks need in their
+    environment, and the final status the orchestrator writes when the ranks cannot."""
+
+    url: str | None  # None: progress reporting is off for this run
+    run_id: str  # the progress key's run id (the Dagster run id)
+    finished_ttl_s: int
+    socket_timeout_s: float
+
+    def env(self) -> dict[str, str]:
+        """Identity and secret for the ranks: the run id, and the URL (it may hold a
+        password, so it never travels in the config)."""
+        from tinyexp_core.experiment import ENV_PROGRESS_RUN_ID, ENV_PROGRESS_URL
+
+        env = {ENV_PROGRESS_RUN_ID: self.run_id}
+        if self.url:
+            env[ENV_PROGRESS_URL] = self.url
+        return env
+
+    def mark(self, status: str, error: str = "") -> None:
+        """Best effort: record a final status that the ranks could not write themselves
+        (killed, cancelled, failed before they registered)."""
+        if not self.url:
+            return
+        from tinyexp_core.progress import mark_status
+        from tinyexp_core.redis_client import make_client
+
+        with contextlib.suppress(Exception):
+            client = make_client(self.url, socket_timeout_s=self.socket_timeout_s)
+            try:
+                mark_status(client, self.run_id, status, error, ttl_s=self.finished_ttl_s)
+            finally:
+                client.close()
+
+
 class RedisProgressResource(dg.ConfigurableResource):
     """Progress store. `url` (set it with `EnvVar`, it may hold a password) or, when unset,
     the project's embedded Redis under the storage root (loopback, never port 6379)."""
 
-    url: str | None = Field(default=None, description="redis://, rediss:// or unix:// URL")
-    socket_timeout_s: float = 0.5
-    throttle_s: float = 2.0  # seconds between per-step progress writes
-    finished_ttl_s: int = 7 * 24 * 3600  # finished runs' keys expire after this long
+    url: str | None = Field(
+        default=None,
+        description="redis://, rediss:// or unix:// URL (use an EnvVar: it may hold a "
+        "password); unset: the embedded Redis under the storage root",
+    )
+    socket_timeout_s: float = Field(
+        default=0.5, description="seconds a Redis call may take before it counts as failed"
+    )
+    throttle_s: float = Field(
+        default=2.0,
+        description="seconds between a run's per-step progress writes "
+        "(the experiment's progress_cfg.throttle_s)",
+    )
+    finished_ttl_s: int = Field(
+        default=7 * 24 * 3600,
+        description="seconds a finished run's progress hash stays in Redis "
+        "(the experiment's progress_cfg.finished_ttl_s)",
+    )
+
+    def overrides(self) -> list[str]:
+        """This resource's reporting settings as experiment overrides, for the record."""
+        return [
+            f"progress_cfg.throttle_s={self.throttle_s}",
+            f"progress_cfg.finished_ttl_s={self.finished_ttl_s}",
+        ]
+
+    def for_run(self, storage_root: str, run_id: str, *, log: Any = None) -> RunProgress:
+        """The store for one run. A malformed URL or a rejected password raises a
+        ConfigError (the run fails now); an unreachable server turns progress off for the
+        run, with a warning on `log` (a logger: `context.log`), since progress never
+        decides whether a model trains."""
+        from tinyexp_core.exceptions import ConfigError, TinyExpError
+
+        url: str | None
+        try:
+            url = self.resolve_url(storage_root)
+            self.check_auth(url)
+        except ConfigError:
+            raise
+        except TinyExpError as err:
+            if log is not None:
+                log.warning(f"progress reporting off: {err}")
+            url = None
+        else:
+            if log is not None:
+                log.info(f"progress in Redis at {self.redacted(url)}")
+        return RunProgress(url, run_id, self.finished_ttl_s, self.socket_timeout_s)
 
     def resolve_url(self, storage_root: str) -> str:
         """Validate the configured URL or start/reuse the embedded server."""
@@ -44,21 +125,7 @@ class RedisProgressResource(dg.ConfigurableResource):
             client.close()
 
     def redacted(self, url: str) -> str:
+        """`url` with its password replaced by ***, for logs and messages."""
         from tinyexp_core.redis_client import redact_url
 
         return redact_url(url)
-
-    def client(self, storage_root: str, *, start: bool = False) -> Any:
-        """A client with explicit timeouts; None when no URL and no embedded server runs."""
-        from tinyexp_core.redis_client import make_client
-        from tinyexp_core.redis_server import EmbeddedRedis, resolve_redis_url
-
-        if self.url:
-            url = resolve_redis_url(self.url, storage_root)
-        elif start:
-            url = EmbeddedRedis(storage_root).ensure()
-        else:
-            url = EmbeddedRedis(storage_root).url()
-            if url is None:
-                return None
-        return make_client(url, socket_timeout_s=self.socket_timeout_s)

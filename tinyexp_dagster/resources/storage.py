@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 ENV_STORAGE_ROOT = "TINYEXP_STORAGE_ROOT"
 DEFAULT_STORAGE_DIR = ".tinyexp"
@@ -19,7 +20,11 @@ def default_storage_root() -> str:
 class StorageResource(dg.ConfigurableResource):
     """The storage root: a local folder by default, a shared filesystem for clusters."""
 
-    root: str = ""  # empty: $TINYEXP_STORAGE_ROOT, else ./.tinyexp
+    root: str = Field(
+        default="",
+        description="folder of datasets, runs and models; empty: $TINYEXP_STORAGE_ROOT, "
+        "else ./.tinyexp",
+    )
 
     def resolved_root(self) -> Path:
         root = Path(self.root or default_storage_root()).expanduser().resolve()
