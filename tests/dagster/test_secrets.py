@@ -51,7 +51,7 @@ def test_materialization_with_passwords_in_overrides_shows_them_nowhere(
 ) -> None:
     # Nothing listens on the port: progress is best effort, so training goes on.
     url = f"redis://:{SECRET}@127.0.0.1:{_unused_port()}/0"
-    secret_overrides = [f"progress_cfg.url={url}", f"ray_address=ray://admin:{SECRET}@h:1"]
+    secret_overrides = [f"progress_cfg.url={url}"]
     storage_root = tmp_path / "storage"
     resources = {
         "ray": RayDDPResource(num_workers=1, num_cpus_per_worker=1),
@@ -80,12 +80,12 @@ def test_materialization_with_passwords_in_overrides_shows_them_nowhere(
         assert meta["overrides"].value == [
             "train_cfg.num_epochs=1",
             f"progress_cfg.url={url.replace(SECRET, '***')}",
-            "ray_address=ray://admin:***@h:1",
         ]
         effective = meta["effective_config"].value
         assert effective["progress_cfg"]["url"] == url.replace(SECRET, "***")
         value = result.output_for_node("trained_model")
-        assert SECRET not in repr(value) and "ray_address=ray://admin:***@h:1" in value["overrides"]
+        assert SECRET not in repr(value)
+        assert f"progress_cfg.url={url.replace(SECRET, '***')}" in value["overrides"]
 
         records = instance.all_logs(result.run_id)
         assert any(r.dagster_event and r.dagster_event.is_step_materialization for r in records)
