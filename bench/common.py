@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: machine facts, tables, and writing results to the docs."""
+"""Shared benchmark helpers: machine facts, processes, datasets, Redis, timing marks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -126,12 +127,6 @@ def first_marks(path: str | Path) -> dict[str, float]:
     return marks
 
 
-def verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
-    """`met` or `missed` for a ratio against its target."""
-    met = value >= target if higher_is_better else value <= target
-    return "met" if met else "missed"
-
-
 def load_average() -> str:
     """The 1/5/15-minute load averages, to judge how noisy the machine was."""
     one, five, fifteen = os.getloadavg()
@@ -158,14 +153,6 @@ def dagster_events(dagster_home: str | Path) -> dict[str, float]:
         instance.dispose()
 
 
-def report_result(item: str, value: str, target: str, result: str) -> None:
-    """Print a headline result for `python -m bench`'s summary (one JSON line)."""
-    import json
-
-    line = {"item": item, "value": value, "target": target, "verdict": result}
-    print("BENCH_RESULT " + json.dumps(line), flush=True)
-
-
 # glibc's malloc hands large blocks (a conv layer's activations: megabytes) back to the OS and
 # faults them in again, step after step: 30k-190k page faults per epoch of the MNIST example,
 # 10-25% of a CPU step, and how many depends on the process's heap history, so two processes
@@ -190,10 +177,49 @@ def steady_malloc() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def noisy_verdict(value: float, target: float, control: float) -> str:
-    """`met`/`missed`, qualified when the distance to the target is smaller than the
-    distance of the A/A control from 1 (the run's own noise floor)."""
-    result = verdict(value, target)
-    if abs(value - target) < abs(control - 1.0):
-        return f"{result}, within this run's noise (A/A {control:.3f})"
-    return result
+# ---------------------------------------------------------------- Redis
+# The project's Redis helpers are being split out of `redis_utils` (into `redis_client` /
+# `redis_server`); the benchmarks find them in either place.
+_REDIS_MODULES = ("tinyexp_core.redis_server", "tinyexp_core.redis_client")
+_REDIS_MODULES += ("tinyexp_core.redis_utils",)
+
+
+def _redis_helper(name: str):
+    import importlib
+
+    for module in _REDIS_MODULES:
+        try:
+            found = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if found is not None:
+            return found
+    raise ImportError(f"no {name} in any of {', '.join(_REDIS_MODULES)}")
+
+
+def redis_client(url: str, **kwargs: object):
+    """A client for `url` made the way the project makes them."""
+    return _redis_helper("make_client")(url, **kwargs)
+
+
+def embedded_server(root: str | Path):
+    """The project's embedded Redis of a storage root (not started)."""
+    return _redis_helper("EmbeddedRedis")(root)
+
+
+@contextlib.contextmanager
+def embedded_redis(root: str | Path) -> Iterator[str]:
+    """Start the embedded Redis of `root`, yield its URL, stop it."""
+    server = embedded_server(root)
+    url = server.ensure()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
