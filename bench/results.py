@@ -101,12 +101,10 @@ def summary_line(comp: Mapping[str, Any]) -> str:
     """One line: item, value [interval], A/A, verdict."""
     low, high = comp["interval"]
     aa = comp.get("aa")
-    aa_text = f"; A/A {aa['value']:.3f} [{aa['interval'][0]:.3f}, {aa['interval'][1]:.3f}]"
-    return (
-        f"{comp['item']}: {comp['value']:.4g} [{low:.4g}, {high:.4g}] (n={comp['n']})"
-        + (aa_text if aa else "")
-        + f" -> {comp['verdict']}"
-    )
+    text = f"{comp['item']}: {comp['value']:.4g} [{low:.4g}, {high:.4g}] (n={comp['n']})"
+    if aa:
+        text += f"; A/A {aa['value']:.3f} [{aa['interval'][0]:.3f}, {aa['interval'][1]:.3f}]"
+    return f"{text} -> {comp['verdict']}"
 
 
 def validate(doc: Mapping[str, Any]) -> list[str]:

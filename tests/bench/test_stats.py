@@ -132,3 +132,13 @@ def test_saved_result_round_trips_and_malformed_ones_are_refused(tmp_path) -> No
         results.newest(tmp_path)
     with pytest.raises(ValueError, match="no comparisons"):
         run.save({}, [], directory=str(tmp_path))
+
+
+def test_absolute_values_get_an_interval_and_no_aa(tmp_path) -> None:
+    comp = stats.value_against_target(
+        "tick", [0.05, 0.06, 0.055], target=1.0, direction="lower", unit="s", what="t"
+    )
+    assert comp["verdict"] == "met" and comp["aa"] is None
+    assert "A/A" not in results.summary_line(comp)
+    path = results.Run("absolute", {}).save({}, [comp], directory=str(tmp_path))
+    assert results.load(path)["comparisons"][0]["unit"] == "s"
