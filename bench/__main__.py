@@ -27,17 +27,18 @@ from bench.names import BENCHMARKS
 from bench.results import load, results_dir
 
 NAMES = tuple(name for name, _ in BENCHMARKS)
-# Sizes that exercise every code path of a benchmark in seconds (2 pairs: an interval).
+# Sizes that exercise every code path of a benchmark in seconds. The process-heavy ones
+# (each run starts Ray) run one round: no interval then, which the result records as null.
 SMOKE_ARGS = {
     "input_pipeline": ["--rounds", "2", "--num-samples", "512", "--train-steps", "2"]
     + ["--images", "20", "--min-s", "0.05"],
     "sensor_cost": ["--ticks", "2", "--sizes", "5", "--backends", "sqlite", "postgres"],
     "progress_overhead": ["--rounds", "2", "--steps", "3"],
-    "training_overhead": ["--reps", "1", "--epochs", "3", "--num-samples", "256"],
-    "ddp_scaling": ["--reps", "1", "--epochs", "3", "--num-samples", "256"],
-    "startup": ["--reps", "2", "--epochs", "1"],
-    "torchrun_compare": ["--reps", "2", "--epochs", "2"],
-    "orchestration": ["--reps", "2", "--epochs", "1"],
+    "training_overhead": ["--reps", "1", "--epochs", "2", "--num-samples", "256"],
+    "ddp_scaling": ["--reps", "1", "--epochs", "2", "--num-samples", "256"],
+    "startup": ["--reps", "1", "--epochs", "1"],
+    "torchrun_compare": ["--reps", "1", "--epochs", "2"],
+    "orchestration": ["--reps", "1", "--epochs", "1"],
 }
 
 

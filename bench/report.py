@@ -71,7 +71,7 @@ def fmt(value: float | None) -> str:
 
 def interval(est: Mapping[str, Any]) -> str:
     low, high = est["interval"]
-    if math.isnan(low):
+    if low is None or math.isnan(low):
         return f"none (n={est['n']})"
     return f"[{fmt(low)}, {fmt(high)}]"
 

@@ -84,27 +84,38 @@ class Run:
         out = results_dir(directory)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{self.name}-{stamp}.json"
-        path.write_text(json.dumps(doc, indent=1, default=_jsonable) + "\n")
+        # Strict JSON: an interval that does not exist (fewer than 2 pairs) is null, not NaN.
+        path.write_text(json.dumps(_no_nan(doc), indent=1, allow_nan=False) + "\n")
         print(f"saved {path}", flush=True)
         for comp in comparisons:
             print(summary_line(comp), flush=True)
         return path
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def summary_line(comp: Mapping[str, Any]) -> str:
     """One line: item, value [interval], A/A, verdict."""
-    low, high = comp["interval"]
     aa = comp.get("aa")
-    text = f"{comp['item']}: {comp['value']:.4g} [{low:.4g}, {high:.4g}] (n={comp['n']})"
+    text = f"{comp['item']}: {comp['value']:.4g} {_interval(comp)}"
     if aa:
-        text += f"; A/A {aa['value']:.3f} [{aa['interval'][0]:.3f}, {aa['interval'][1]:.3f}]"
+        text += f"; A/A {aa['value']:.3f} {_interval(aa)}"
     return f"{text} -> {comp['verdict']}"
+
+
+def _interval(est: Mapping[str, Any]) -> str:
+    low, high = est["interval"]
+    if low is None or math.isnan(low):
+        return f"(no interval, n={est['n']})"
+    return f"[{low:.4g}, {high:.4g}] (n={est['n']})"
 
 
 def validate(doc: Mapping[str, Any]) -> list[str]:
@@ -130,7 +141,7 @@ def _check_estimate(est: Mapping[str, Any], label: str) -> list[str]:
     if not (isinstance(est["value"], float) and math.isfinite(est["value"]) and est["value"] > 0):
         problems.append(f"{label}: value {est['value']!r} is not a finite number > 0")
     low, high = est["interval"]
-    if est["n"] >= 2 and not (low <= est["value"] <= high):
+    if est["n"] >= 2 and not (low is not None and low <= est["value"] <= high):
         problems.append(f"{label}: value {est['value']} outside its interval [{low}, {high}]")
     return problems
 

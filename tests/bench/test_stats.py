@@ -142,3 +142,15 @@ def test_absolute_values_get_an_interval_and_no_aa(tmp_path) -> None:
     assert "A/A" not in results.summary_line(comp)
     path = results.Run("absolute", {}).save({}, [comp], directory=str(tmp_path))
     assert results.load(path)["comparisons"][0]["unit"] == "s"
+
+
+def test_a_single_pair_saves_strict_json_without_an_interval(tmp_path) -> None:
+    comp = stats.compare(
+        "one", [1.0], [2.0], target=1.0, direction="lower", control=([1.0], [1.1]), what="t"
+    )
+    assert comp["verdict"] == "inconclusive"
+    path = results.Run("single", {}).save({}, [comp], directory=str(tmp_path))
+    text = path.read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["comparisons"][0]["interval"] == [None, None]
+    assert "no interval" in results.summary_line(results.load(path)["comparisons"][0])
