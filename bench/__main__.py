@@ -26,7 +26,7 @@ from bench.common import python
 from bench.names import BENCHMARKS
 from bench.results import load, results_dir
 
-NAMES = tuple(name for name, _ in BENCHMARKS)
+NAMES = tuple(name for name, _, _ in BENCHMARKS)
 # Sizes that exercise every code path of a benchmark in seconds. The process-heavy ones
 # (each run starts Ray) run one round: no interval then, which the result records as null.
 SMOKE_ARGS = {

@@ -63,6 +63,24 @@ These targets depend on features not built yet; no number is claimed for them.
 """
 
 
+METHOD_NOTES = """\
+## Method notes
+
+- **glibc malloc and heap history.** The MNIST network's activations are megabytes per
+  batch; glibc hands such blocks back to the OS and faults them in again step after step,
+  by an amount that depends on the process's heap history, so two processes running the
+  same loop differ. Items 1 and 2 run every process with `MALLOC_MMAP_THRESHOLD_` and
+  `MALLOC_TRIM_THRESHOLD_` raised (`bench.common.STEADY_MALLOC`) so ratios measure the code,
+  not the heap. Not changed in the library: it trades memory given back to the OS for speed.
+- **Turn taking.** Items 1 and 2 run the compared jobs at the same time and let them take
+  turns, one epoch each (`bench.bare_loop.Turns`), so compared epochs are seconds apart.
+- **Ray runs its workers at nice 15**: on a busy machine they yield to everything else,
+  which counts against the Ray side of items 1, 2, 3 and 9.
+- **Shared machines.** Each result records the load average before and after; a wide A/A
+  interval says the run was noisy, and its verdicts are then mostly `inconclusive`.
+"""
+
+
 def fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -140,16 +158,19 @@ def section(name: str, title: str, doc: Mapping[str, Any] | None) -> str:
 
 
 def render(found: Mapping[str, Mapping[str, Any]]) -> str:
+    """The whole page from the newest results by benchmark name."""
+    ordered = sorted(BENCHMARKS, key=lambda b: int(b[1].split(".")[0]))
     summary = []
-    for name, _ in BENCHMARKS:
+    for name, title, targets in ordered:
         doc = found.get(name)
         if doc is None:
-            summary.append([f"`bench.{name}`", "not yet measured with intervals", *["-"] * 7])
+            unmeasured = [title, "not yet measured with intervals", "-", "-", targets]
+            summary.append([*unmeasured, "-", "-", "-", f"`python -m bench.{name}`"])
         else:
             summary += [row(comp, doc) for comp in doc["comparisons"]]
     parts = [INTRO, "## Summary\n\n" + table(summary) + "\n"]
-    parts += [section(name, title, found.get(name)) for name, title in BENCHMARKS]
-    parts.append(NOT_MEASURED)
+    parts += [section(name, title, found.get(name)) for name, title, _ in ordered]
+    parts += [NOT_MEASURED, METHOD_NOTES]
     return "\n".join(parts)
 
 

@@ -24,6 +24,6 @@ def test_page_lists_saved_results_and_says_what_is_not_measured(tmp_path) -> Non
     assert cells[2].startswith("[") and cells[3][0].isdigit()
     assert cells[5] == "**inconclusive**"
     assert cells[-1].startswith("`progress_overhead-")
-    others = [name for name, _ in BENCHMARKS if name != "progress_overhead"]
+    others = [name for name, _, _ in BENCHMARKS if name != "progress_overhead"]
     assert page.count("not yet measured with intervals") >= len(others)
     assert "Warm start" in page and "Step checkpoints" in page
