@@ -5,13 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import re
 import socket
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -36,49 +34,6 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, " + ", ".join(
         versions
     )
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    def fmt(v: object) -> str:
-        if isinstance(v, float):
-            return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_section(name: str, title: str, body: str, command: str) -> None:
-    """Replace (or append) this benchmark's section of docs/benchmarks.md and print it."""
-    section = (
-        f"<!-- bench:{name} -->\n## {title}\n\n"
-        f"Command: `{command}`  \nMachine: {machine()}  \n"
-        f"Measured: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
-        f"{body.strip()}\n<!-- /bench:{name} -->\n"
-    )
-    print(section)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(
-        rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->\n?", re.S
-    )
-    text = (
-        pattern.sub(lambda _: section, text)
-        if pattern.search(text)
-        else text.rstrip() + "\n\n" + section
-    )
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
 
 
 def python() -> str:
