@@ -8,8 +8,9 @@ not leak from one into the next) and saves one result file (`bench.results`). Th
 generated from the newest saved results (`bench.report`), never from printed output.
 
 `--smoke` runs every benchmark at tiny sizes into a temporary results directory (so smoke
-runs never become results), checks that each saved exactly one well-formed result, and
-leaves the docs alone: it keeps the benchmark code from rotting, its numbers are noise.
+runs never become results), three side by side (`--jobs`), checks that each saved exactly
+one well-formed result, and leaves the docs alone: it keeps the benchmark code from rotting,
+its numbers are noise.
 """
 
 from __future__ import annotations
@@ -42,36 +43,53 @@ SMOKE_ARGS = {
 }
 
 
-def run_one(name: str, extra: list[str]) -> tuple[int, float]:
-    """Run `python -m bench.<name> [extra]`, its output passed through; exit code, seconds."""
+# Longest first, so that parallel smoke lanes finish together (seconds seen in smoke runs).
+SMOKE_ORDER = ("startup", "torchrun_compare", "training_overhead", "ddp_scaling")
+SMOKE_ORDER += ("orchestration", "progress_overhead", "input_pipeline", "sensor_cost")
+
+
+def run_one(name: str, directory: Path, extra: list[str], capture: bool) -> str:
+    """Run `python -m bench.<name>`; a problem ("" if none): a non-zero exit, or not exactly
+    one new well-formed result file. Output passes through, or is printed at the end when
+    `capture` (benchmarks running side by side)."""
+    print(f"=== bench.{name} started ===", flush=True)
+    before = set(directory.glob(f"{name}-*.json"))
     start = time.perf_counter()
-    code = subprocess.call([python(), "-m", f"bench.{name}", *extra])
-    return code, time.perf_counter() - start
+    cmd = [python(), "-m", f"bench.{name}", "--results-dir", str(directory), *extra]
+    if capture:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sys.stdout.write(f"--- output of bench.{name} ---\n{proc.stdout}")
+        code = proc.returncode
+    else:
+        code = subprocess.call(cmd)
+    saved = sorted(set(directory.glob(f"{name}-*.json")) - before)
+    problem = ""
+    if code != 0:
+        problem = f"exit code {code}"
+    elif len(saved) != 1:
+        problem = f"saved {len(saved)} result files, expected 1"
+    else:
+        try:
+            load(saved[0])
+        except ValueError as err:
+            problem = str(err)
+    seconds = time.perf_counter() - start
+    print(f"=== bench.{name}: {problem or 'ok'} in {seconds:.0f} s ===", flush=True)
+    return problem
 
 
-def run_all(names: list[str], directory: Path, smoke: bool) -> list[str]:
-    """Run the benchmarks; the names of those that failed or saved no well-formed result."""
-    failed = []
-    for name in names:
-        print(f"\n=== bench.{name} ===", flush=True)
-        before = set(directory.glob(f"{name}-*.json"))
-        extra = ["--results-dir", str(directory), *(SMOKE_ARGS[name] if smoke else [])]
-        code, seconds = run_one(name, extra)
-        saved = sorted(set(directory.glob(f"{name}-*.json")) - before)
-        problem = ""
-        if code != 0:
-            problem = f"exit code {code}"
-        elif len(saved) != 1:
-            problem = f"saved {len(saved)} result files, expected 1"
-        else:
-            try:
-                load(saved[0])
-            except ValueError as err:
-                problem = str(err)
-        print(f"=== bench.{name}: {problem or 'ok'} in {seconds:.0f} s ===", flush=True)
-        if problem:
-            failed.append(f"{name} ({problem})")
-    return failed
+def run_all(names: list[str], directory: Path, smoke: bool, jobs: int = 1) -> list[str]:
+    """Run the benchmarks, `jobs` at a time; the names of those with a problem."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name: str) -> str:
+        return run_one(name, directory, SMOKE_ARGS[name] if smoke else [], capture=jobs > 1)
+
+    if jobs > 1:
+        names = sorted(names, key=SMOKE_ORDER.index)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        problems = dict(zip(names, pool.map(one, names), strict=True))
+    return [f"{name} ({problem})" for name, problem in problems.items() if problem]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,12 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="+", choices=NAMES, default=[])
     parser.add_argument("--results-dir", default=None, help="default: bench/results/")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, temporary results")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="benchmarks side by side (only with --smoke, whose numbers are noise anyway; "
+        "default 3 there, 1 otherwise)",
+    )
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs > 1 and not args.smoke:
+        parser.error("--jobs > 1 only with --smoke: benchmarks side by side disturb each other")
     names = [n for n in NAMES if n in args.only and n not in args.skip]
     started = time.perf_counter()
     if args.smoke:
         with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
-            failed = run_all(names, Path(tmp), smoke=True)
+            failed = run_all(names, Path(tmp), smoke=True, jobs=args.jobs or 3)
     else:
         directory = results_dir(args.results_dir)
         failed = run_all(names, directory, smoke=False)

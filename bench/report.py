@@ -43,7 +43,9 @@ lies entirely on the wrong side, **inconclusive** when it straddles the target. 
 control is one side run twice in the same alternation (its second run over its first):
 its interval shows how far this machine moves a ratio of identical work, and should
 contain 1.0. "Pairs for +-0.03" estimates from this run's spread how many pairs an interval
-of half-width 0.03 would need.
+of half-width 0.03 would need: items 1 and 2 (targets 3% and 5% below 1.0) resolve only
+with about that many; they default to 4 runs x 5 steady-state epochs = 20 pairs, and a run
+whose spread asks for more says so there (raise `--reps`, or measure on a quiet machine).
 """
 
 NOT_MEASURED = """\
