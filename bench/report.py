@@ -136,6 +136,15 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def shown_path(path: str) -> str:
+    """A result file's path relative to the repository when it lies inside it."""
+    root = DOC.resolve().parent.parent
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return path
+
+
 def section(name: str, title: str, doc: Mapping[str, Any] | None) -> str:
     if doc is None:
         return (
@@ -150,9 +159,9 @@ def section(name: str, title: str, doc: Mapping[str, Any] | None) -> str:
         table([row(comp, doc) for comp in doc["comparisons"]]),
         "",
         f"Command: `{doc['command']}`  ",
-        f"Raw results: `bench/results/{Path(doc['_path']).name}`  ",
+        f"Raw results: `{shown_path(doc['_path'])}`  ",
         f"Measured: {doc['timestamp']} on {doc['machine']}  ",
-        f"Load average (1/5/15 min) before / after: {load['before']} / {load['after']}; "
+        f"Load average (1/5/15 min): before {load['before']}, after {load['after']}; "
         f"benchmark wall time {doc.get('wall_s', float('nan')):.0f} s.",
     ]
     if doc.get("notes"):
