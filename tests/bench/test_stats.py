@@ -154,3 +154,16 @@ def test_a_single_pair_saves_strict_json_without_an_interval(tmp_path) -> None:
     assert "NaN" not in text
     assert json.loads(text)["comparisons"][0]["interval"] == [None, None]
     assert "no interval" in results.summary_line(results.load(path)["comparisons"][0])
+
+
+def test_at_five_pairs_the_bootstrap_undercovers_and_the_t_interval_does_not() -> None:
+    """Why the verdict uses the t-interval (bench/stats.py's docstring)."""
+    rng = random.Random(5)
+    trials, boot, t = 200, 0, 0
+    for _ in range(trials):
+        ratios = [math.exp(rng.gauss(0, 0.1)) for _ in range(5)]
+        low, high = stats.bootstrap_interval(ratios, resamples=1000)
+        boot += low <= 1.0 <= high
+        low, high = stats.log_t_interval(ratios)
+        t += low <= 1.0 <= high
+    assert boot / trials < 0.90 < t / trials
