@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export TINYEXP_STORAGE_ROOT ?= $(CURDIR)/.tinyexp
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help install run dev test test-e2e bench lint format clean stop-services
+.PHONY: help install run dev test test-e2e bench bench-smoke lint format clean stop-services
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,9 +38,13 @@ test-e2e: install ## end-to-end tests: browser UI, CLI subprocesses, daemon, Pos
 	bash scripts/install_chromium.sh
 	$(PY) -m pytest -q -m e2e tests/e2e
 
-bench: install ## benchmarks (ratios measured in one run); results go to docs/benchmarks.md
+bench: install ## benchmarks: results saved under bench/results/, docs/benchmarks.md regenerated
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m bench
+
+bench-smoke: install ## every benchmark at tiny sizes (results in a temp dir, docs untouched)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m bench --smoke
 
 lint: install ## ruff lint and format check, and no import cycles in the two packages
 	$(VENV)/bin/ruff check .

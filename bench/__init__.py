@@ -1,1 +1,2 @@
-"""Benchmarks (not tests): each prints a table of ratios measured in one run."""
+"""Benchmarks (not tests): paired ratios with 95% intervals, each run saved as JSON under
+bench/results/ (`bench.results`), docs/benchmarks.md generated from them (`bench.report`)."""

@@ -1,98 +1,127 @@
-"""Run every benchmark in sequence (`make bench`); each updates its docs/benchmarks.md section.
+"""Run every benchmark in sequence (`make bench`), then regenerate docs/benchmarks.md.
 
-    .venv/bin/python -m bench [--only NAME ...] [--skip NAME ...]
+    .venv/bin/python -m bench [--only NAME ...] [--skip NAME ...] [--results-dir DIR]
+    .venv/bin/python -m bench --smoke        # `make bench-smoke`: tiny sizes, temp dir
 
 Each benchmark runs in its own process (Ray sessions, torch thread settings and loggers do
-not leak from one into the next). At the end, the summary section of docs/benchmarks.md is
-rewritten from the headline results the benchmarks just printed.
+not leak from one into the next) and saves one result file (`bench.results`). The page is
+generated from the newest saved results (`bench.report`), never from printed output.
+
+`--smoke` runs every benchmark at tiny sizes into a temporary results directory (so smoke
+runs never become results), three side by side (`--jobs`), checks that each saved exactly
+one well-formed result, and leaves the docs alone: it keeps the benchmark code from rotting,
+its numbers are noise.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from bench.common import DOC, load_average, markdown_table, python, write_section
+from bench import report
+from bench.common import python
+from bench.names import BENCHMARKS
+from bench.results import load, results_dir
 
-# In the order they run: the cheap and quiet first, the ones that start Ray after.
-BENCHMARKS = (
-    "input_pipeline",
-    "sensor_cost",
-    "progress_overhead",
-    "training_overhead",
-    "ddp_scaling",
-    "startup",
-    "orchestration",
-)
-RESULT_PREFIX = "BENCH_RESULT "
+NAMES = tuple(name for name, _, _ in BENCHMARKS)
+# Sizes that exercise every code path of a benchmark in seconds. The process-heavy ones
+# (each run starts Ray) run one round: no interval then, which the result records as null.
+SMOKE_ARGS = {
+    "input_pipeline": ["--rounds", "2", "--num-samples", "512", "--train-steps", "2"]
+    + ["--images", "20", "--min-s", "0.05"],
+    "sensor_cost": ["--ticks", "2", "--sizes", "5", "--backends", "sqlite", "postgres"],
+    "progress_overhead": ["--rounds", "2", "--steps", "3"],
+    "training_overhead": ["--reps", "1", "--epochs", "2", "--num-samples", "256"],
+    "ddp_scaling": ["--reps", "1", "--epochs", "2", "--num-samples", "256"],
+    "startup": ["--reps", "1", "--epochs", "1"],
+    "torchrun_compare": ["--reps", "1", "--epochs", "2"],
+    "orchestration": ["--reps", "1", "--epochs", "1"],
+}
 
 
-def run_one(name: str) -> tuple[int, list[dict], float]:
-    """Run `python -m bench.<name>`, echoing its output; its exit code, results and seconds."""
+# Longest first, so that parallel smoke lanes finish together (seconds seen in smoke runs).
+SMOKE_ORDER = ("startup", "torchrun_compare", "training_overhead", "ddp_scaling")
+SMOKE_ORDER += ("orchestration", "progress_overhead", "input_pipeline", "sensor_cost")
+
+
+def run_one(name: str, directory: Path, extra: list[str], capture: bool) -> str:
+    """Run `python -m bench.<name>`; a problem ("" if none): a non-zero exit, or not exactly
+    one new well-formed result file. Output passes through, or is printed at the end when
+    `capture` (benchmarks running side by side)."""
+    print(f"=== bench.{name} started ===", flush=True)
+    before = set(directory.glob(f"{name}-*.json"))
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [python(), "-m", f"bench.{name}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    results = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        if line.startswith(RESULT_PREFIX):
-            results.append(json.loads(line[len(RESULT_PREFIX) :]))
-    return proc.wait(), results, time.perf_counter() - start
+    cmd = [python(), "-m", f"bench.{name}", "--results-dir", str(directory), *extra]
+    if capture:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sys.stdout.write(f"--- output of bench.{name} ---\n{proc.stdout}")
+        code = proc.returncode
+    else:
+        code = subprocess.call(cmd)
+    saved = sorted(set(directory.glob(f"{name}-*.json")) - before)
+    problem = ""
+    if code != 0:
+        problem = f"exit code {code}"
+    elif len(saved) != 1:
+        problem = f"saved {len(saved)} result files, expected 1"
+    else:
+        try:
+            load(saved[0])
+        except ValueError as err:
+            problem = str(err)
+    seconds = time.perf_counter() - start
+    print(f"=== bench.{name}: {problem or 'ok'} in {seconds:.0f} s ===", flush=True)
+    return problem
 
 
-def progress_result() -> list[dict]:
-    """progress_overhead prints no result line: read its verdict from its docs section."""
-    text = DOC.read_text() if DOC.exists() else ""
-    share = re.search(r"reporter itself takes ([\d.]+%) of a step .*?, (met|missed)", text)
-    ratio = re.search(r"ratio on/off ([\d.]+) in wall time \(A/A ([\d.]+)\)", text)
-    if not share:
-        return []
-    value = f"reporter {share.group(1)} of a step"
-    if ratio:
-        value += f"; end to end {ratio.group(1)} (A/A {ratio.group(2)})"
-    item = "5. Progress overhead: step time, progress on / off"
-    return [{"item": item, "value": value, "target": "<= 1.01", "verdict": share.group(2)}]
+def run_all(names: list[str], directory: Path, smoke: bool, jobs: int = 1) -> list[str]:
+    """Run the benchmarks, `jobs` at a time; the names of those with a problem."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name: str) -> str:
+        return run_one(name, directory, SMOKE_ARGS[name] if smoke else [], capture=jobs > 1)
+
+    if jobs > 1:
+        names = sorted(names, key=SMOKE_ORDER.index)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        problems = dict(zip(names, pool.map(one, names), strict=True))
+    return [f"{name} ({problem})" for name, problem in problems.items() if problem]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
-    parser.add_argument("--skip", nargs="+", choices=BENCHMARKS, default=[])
-    args = parser.parse_args(argv)
-
-    started, load_before = time.perf_counter(), load_average()
-    rows, failed = [], []
-    for name in (n for n in BENCHMARKS if n in args.only and n not in args.skip):
-        print(f"\n=== bench.{name} ===", flush=True)
-        code, results, seconds = run_one(name)
-        if code != 0:
-            failed.append(name)
-            rows.append([f"`bench.{name}`", "failed", "-", f"exit code {code}", f"{seconds:.0f}"])
-            continue
-        if name == "progress_overhead":
-            results = progress_result()
-        for res in results:
-            row = [res["item"], f"**{res['value']}**", res["target"], res["verdict"]]
-            rows.append([*row, f"{seconds:.0f}"])
-    total = time.perf_counter() - started
-    body = (
-        markdown_table(["item", "ratio / value", "target", "verdict", "benchmark s"], rows)
-        + f"\n\nTotal `make bench` time: {total / 60:.1f} min. Load average before / after: "
-        f"{load_before} / {load_average()}. Details, tables and commands in the sections below."
+    parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
+    parser.add_argument("--skip", nargs="+", choices=NAMES, default=[])
+    parser.add_argument("--results-dir", default=None, help="default: bench/results/")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, temporary results")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="benchmarks side by side (only with --smoke, whose numbers are noise anyway; "
+        "default 3 there, 1 otherwise)",
     )
-    if set(args.only) == set(BENCHMARKS) and not args.skip:  # a partial run keeps the summary
-        write_section("summary", "Summary of the last `make bench`", body, "make bench")
+    args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs > 1 and not args.smoke:
+        parser.error("--jobs > 1 only with --smoke: benchmarks side by side disturb each other")
+    names = [n for n in NAMES if n in args.only and n not in args.skip]
+    started = time.perf_counter()
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
+            failed = run_all(names, Path(tmp), smoke=True, jobs=args.jobs or 3)
     else:
-        print(body)
+        directory = results_dir(args.results_dir)
+        failed = run_all(names, directory, smoke=False)
+        report.main(["--results-dir", str(directory)])
+    print(
+        f"\n{len(names) - len(failed)}/{len(names)} benchmarks ok in "
+        f"{time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -1,16 +1,14 @@
-"""Shared benchmark helpers: machine facts, tables, and writing results to the docs."""
+"""Shared benchmark helpers: machine facts, processes, datasets, Redis, timing marks."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
-import re
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -35,49 +33,6 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, " + ", ".join(
         versions
     )
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    def fmt(v: object) -> str:
-        if isinstance(v, float):
-            return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_section(name: str, title: str, body: str, command: str) -> None:
-    """Replace (or append) this benchmark's section of docs/benchmarks.md and print it."""
-    section = (
-        f"<!-- bench:{name} -->\n## {title}\n\n"
-        f"Command: `{command}`  \nMachine: {machine()}  \n"
-        f"Measured: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
-        f"{body.strip()}\n<!-- /bench:{name} -->\n"
-    )
-    print(section)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(
-        rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->\n?", re.S
-    )
-    text = (
-        pattern.sub(lambda _: section, text)
-        if pattern.search(text)
-        else text.rstrip() + "\n\n" + section
-    )
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
 
 
 def python() -> str:
@@ -126,12 +81,6 @@ def first_marks(path: str | Path) -> dict[str, float]:
     return marks
 
 
-def verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
-    """`met` or `missed` for a ratio against its target."""
-    met = value >= target if higher_is_better else value <= target
-    return "met" if met else "missed"
-
-
 def load_average() -> str:
     """The 1/5/15-minute load averages, to judge how noisy the machine was."""
     one, five, fifteen = os.getloadavg()
@@ -158,14 +107,6 @@ def dagster_events(dagster_home: str | Path) -> dict[str, float]:
         instance.dispose()
 
 
-def report_result(item: str, value: str, target: str, result: str) -> None:
-    """Print a headline result for `python -m bench`'s summary (one JSON line)."""
-    import json
-
-    line = {"item": item, "value": value, "target": target, "verdict": result}
-    print("BENCH_RESULT " + json.dumps(line), flush=True)
-
-
 # glibc's malloc hands large blocks (a conv layer's activations: megabytes) back to the OS and
 # faults them in again, step after step: 30k-190k page faults per epoch of the MNIST example,
 # 10-25% of a CPU step, and how many depends on the process's heap history, so two processes
@@ -190,10 +131,34 @@ def steady_malloc() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def noisy_verdict(value: float, target: float, control: float) -> str:
-    """`met`/`missed`, qualified when the distance to the target is smaller than the
-    distance of the A/A control from 1 (the run's own noise floor)."""
-    result = verdict(value, target)
-    if abs(value - target) < abs(control - 1.0):
-        return f"{result}, within this run's noise (A/A {control:.3f})"
-    return result
+# ---------------------------------------------------------------- Redis
+def redis_client(url: str, **kwargs: object):
+    """A client for `url` made the way the project makes them."""
+    from tinyexp_core.redis_client import make_client
+
+    return make_client(url, **kwargs)
+
+
+def embedded_server(root: str | Path):
+    """The project's embedded Redis of a storage root (not started)."""
+    from tinyexp_core.redis_server import EmbeddedRedis
+
+    return EmbeddedRedis(root)
+
+
+@contextlib.contextmanager
+def embedded_redis(root: str | Path) -> Iterator[str]:
+    """Start the embedded Redis of `root`, yield its URL, stop it."""
+    server = embedded_server(root)
+    url = server.ensure()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    from tinyexp_core.redis_server import free_port as _free_port
+
+    return _free_port()

@@ -6,33 +6,26 @@ with its own gloo process group. Both: the MNIST example's network on the same p
 synthetic tensors, batch 32 per rank, 1 torch thread per rank, loopback rendezvous. The
 jobs (and a second torchrun, an A/A control) run at the same time and take turns, one epoch
 each, so that all see the same machine (this one is shared and noisy). Steady state = every
-epoch but the first; ratios are medians of per-epoch ratios. Target: >= 0.95 of torchrun's.
+epoch but the first; a pair is one epoch turn of each job, the ratio Ray's epoch over the
+mean of the two torchrun epochs (95% interval, verdict: `bench.stats`), the A/A control the
+second torchrun over the first. Target: >= 0.95 of torchrun's.
 
-    .venv/bin/python -m bench.ddp_scaling [--reps 2] [--epochs 4] [--num-samples 4096]
+    .venv/bin/python -m bench.ddp_scaling [--reps 4] [--epochs 6] [--num-samples 4096]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench.bare_loop import parse_result
-from bench.common import (
-    load_average,
-    markdown_table,
-    noisy_verdict,
-    prepare_data,
-    python,
-    report_result,
-    steady_malloc,
-    write_section,
-)
+from bench.common import free_port, prepare_data, python, steady_malloc
+from bench.results import Run, add_results_arg
+from bench.stats import compare
 
 TARGET = 0.95
 WORKERS = 2
@@ -58,8 +51,6 @@ def on_ray(prepared: str, epochs: int, batch_size: int, turn_file: str, then: st
 def start_torchrun(
     name: str, then: str, prepared: str, args: argparse.Namespace, turn_file: str, log: Path
 ) -> subprocess.Popen:
-    from tinyexp_core.redis_server import free_port
-
     cmd = [python(), "-m", "torch.distributed.run", f"--nproc-per-node={WORKERS}"]
     cmd += ["--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", "bench.bare_loop"]
     cmd += ["--data", prepared, "--epochs", str(args.epochs)]
@@ -101,88 +92,51 @@ def one_rep(tmp: Path, prepared: str, rep: int, args: argparse.Namespace) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=2, help="runs of both jobs")
-    parser.add_argument("--epochs", type=int, default=4, help="per run; the first is warm-up")
+    parser.add_argument("--reps", type=int, default=4, help="runs of the three jobs")
+    parser.add_argument("--epochs", type=int, default=6, help="per run; the first is warm-up")
     parser.add_argument("--num-samples", type=int, default=4096, help="synthetic samples")
     parser.add_argument("--batch-size", type=int, default=32, help="per rank")
-    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    add_results_arg(parser)
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch is excluded")
 
-    started, load_before = time.perf_counter(), load_average()
-    epochs: list[tuple[int, int, float, float, float]] = []  # rep, epoch, ray, torchrun x2
+    run = Run("ddp_scaling", {k: v for k, v in vars(args).items() if k != "results_dir"})
+    sides = ("ray", "torchrun", "torchrun2")
+    rates: dict[str, list[float]] = {side: [] for side in sides}  # steady-state epochs
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
         prepared = prepare_data(Path(tmp) / "datasets", "synthetic", args.num_samples)
         for rep in range(args.reps):
             with steady_malloc():
-                rates = one_rep(Path(tmp), prepared, rep, args)
-            for side, values in rates.items():
-                print(f"rep {rep} {side}: {[round(r) for r in values]} samples/s", flush=True)
-            runs = zip(rates["ray"], rates["torchrun"], rates["torchrun2"], strict=True)
-            epochs += [(rep, e, r, t, t2) for e, (r, t, t2) in enumerate(runs) if e > 0]
-    # Against the mean of the two torchruns: a job's speed varies by itself (see A/A).
-    ratio = statistics.median(2 * r / (t + t2) for _, _, r, t, t2 in epochs)
-    control = statistics.median(t2 / t for _, _, _, t, t2 in epochs)
-    rows: list[list[object]] = [
-        [rep + 1, epoch + 1, f"{r:.1f}", f"{t:.1f}", f"{t2:.1f}"]
-        + [f"{2 * r / (t + t2):.4f}", f"{t2 / t:.4f}"]
-        for rep, epoch, r, t, t2 in epochs
+                found = one_rep(Path(tmp), prepared, rep, args)
+            for side in sides:
+                print(f"rep {rep} {side}: {[round(r) for r in found[side]]} samples/s", flush=True)
+                rates[side] += found[side][1:]
+    torchrun_mean = [
+        (a + b) / 2 for a, b in zip(rates["torchrun"], rates["torchrun2"], strict=True)
     ]
-    rows.append(
-        [
-            "median",
-            "",
-            *(f"{statistics.median(e[i] for e in epochs):.1f}" for i in (2, 3, 4)),
-            f"**{ratio:.4f}**",
-            f"{control:.4f}",
-        ]
+    comparison = compare(
+        "2. 2 Ray workers / torchrun --nproc-per-node 2, samples/s",
+        rates["ray"],
+        torchrun_mean,
+        target=TARGET,
+        direction="higher",
+        control=(rates["torchrun2"], rates["torchrun"]),
+        what="per-epoch samples/s of both ranks, Ray over the two torchruns' mean",
     )
-    header = [
-        "run",
-        "epoch",
-        "2 Ray workers samples/s",
-        "torchrun samples/s",
-        "2nd torchrun samples/s",
-        "ratio to the torchruns' mean",
-        "A/A 2nd torchrun / torchrun",
-    ]
-    body = (
-        f"{markdown_table(header, rows)}\n\n"
-        f"Samples/s of both ranks together per epoch (epoch 1, the warm-up, left out), the "
-        f"bare loop on {args.num_samples} synthetic 28x28 samples, batch {args.batch_size} "
-        "per rank, 1 torch thread per rank, gloo over loopback. Ray: "
-        "`bench.ddp_exp.BareLoopExp` through `RayLauncher` (2 workers x 1 CPU, TinyExp's CPU "
-        "accelerator wraps the model in DDP). torchrun: `torchrun --nproc-per-node 2 -m "
-        "bench.bare_loop`. All processes run with the same glibc malloc settings "
-        "(`bench.common.STEADY_MALLOC`; see the note at the top of this page). Both jobs run "
-        "at the same time and take turns, one epoch each, with a second torchrun job as an "
-        "A/A control (`bench.bare_loop.Turns`: a turn file; a job waiting for its turn "
-        "sleeps), so compared epochs are seconds apart and see the same machine; the two "
-        "torchruns swap places in the cycle between runs. Ratios are medians of per-epoch "
-        "ratios (Ray's epoch to the mean of the two torchrun epochs); the A/A control shows "
-        "the noise floor of this machine. With 2 "
-        "ranks on 2 cores, anything else running on the machine slows the rank it lands on, "
-        "and DDP waits for the slowest.\n\n"
-        f"Ratio {ratio:.4f} (A/A {control:.4f}), target >= {TARGET}: "
-        f"{noisy_verdict(ratio, TARGET, control)}. "
-        f"Load average before / after: {load_before} / {load_average()}. "
-        f"Benchmark wall time: {time.perf_counter() - started:.0f} s."
+    notes = (
+        f"The bare loop on {args.num_samples} synthetic 28x28 samples, batch "
+        f"{args.batch_size} per rank, 1 torch thread per rank, gloo over loopback; epoch 1 of "
+        "each run is warm-up and left out. Ray: `bench.ddp_exp.BareLoopExp` through "
+        "`RayLauncher` (2 workers x 1 CPU, TinyExp's CPU accelerator wraps the model in "
+        "DDP). torchrun: `torchrun --nproc-per-node 2 -m bench.bare_loop`; a second torchrun "
+        "job is the A/A control. The jobs run at once and take turns, one epoch each "
+        "(`bench.bare_loop.Turns`; the torchruns swap places between runs); all run with the "
+        "same glibc malloc settings (`bench.common.STEADY_MALLOC`). With 2 ranks on 2 cores, "
+        "anything else running on the machine slows the rank it lands on, and DDP waits for "
+        "the slowest."
     )
-    report_result(
-        "2. DDP scaling: 2 Ray workers / torchrun x2 samples/s",
-        f"{ratio:.4f} (A/A {control:.4f})",
-        f">= {TARGET}",
-        noisy_verdict(ratio, TARGET, control),
-    )
-    command = (
-        f".venv/bin/python -m bench.ddp_scaling --reps {args.reps} --epochs {args.epochs} "
-        f"--num-samples {args.num_samples}"
-    )
-    if args.no_write:
-        print(body)
-    else:
-        write_section("ddp_scaling", "2. DDP scaling: Ray workers vs torchrun", body, command)
+    run.save({"samples_per_s": rates}, [comparison], args.results_dir, notes)
     return 0
 
 

@@ -11,11 +11,13 @@ For a machine with a CUDA GPU (run `bash bench/gpu_check.sh`); not part of `make
 - with 2 or more GPUs also: the MNIST example on 2 Ray workers x 1 GPU (nccl DDP) vs
   `torchrun --nproc-per-node 2` of the bare loop with nccl.
 
-Steady state = every epoch but the first; runs alternate; ratios are medians of per-pair
-ratios. `--device cpu` runs the same code paths on the CPU with tiny sizes (a smoke test that
-writes no docs).
+Steady state = every epoch but the first (a run's value is their mean); a round runs the
+TinyExp side and the bare loop twice (the second bare run is the A/A control), in an order
+that rotates every round; ratios, intervals and verdicts as in `bench.stats`. The result is
+saved as `gpu_check-<stamp>.json` (`bench.results`). `--device cpu` runs the same code paths
+on the CPU with tiny sizes (a smoke test; save it to a scratch `--results-dir`).
 
-    .venv/bin/python -m bench.gpu_check [--reps 2] [--epochs 3]
+    .venv/bin/python -m bench.gpu_check [--reps 4] [--epochs 3]
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.bare_loop import parse_result
-from bench.common import markdown_table, prepare_data, python, run, write_section
+from bench.common import free_port, prepare_data, python, run
+from bench.results import Run, add_results_arg
+from bench.stats import compare as paired
 
 TARGET = 0.97
 
@@ -49,8 +52,6 @@ def on_ray(exp_path: str, overrides: list[str], workers: int, gpu: bool) -> list
 
 def bare(args: list[str], workers: int) -> list[float]:
     """Per-epoch samples/s of the bare loop (torchrun with nccl for 2 ranks)."""
-    from tinyexp_core.redis_server import free_port
-
     cmd = [python(), "-m", "bench.bare_loop", *args]
     if workers > 1:
         launcher = [python(), "-m", "torch.distributed.run", f"--nproc-per-node={workers}"]
@@ -59,28 +60,33 @@ def bare(args: list[str], workers: int) -> list[float]:
     return parse_result(run(cmd))["samples_per_s"]
 
 
-def compare(name: str, ray_side: Any, bare_side: Any, reps: int) -> list[object]:
-    sides: dict[str, list[float]] = {"tinyexp": [], "bare": []}
+def compare(name: str, ray_side: Any, bare_side: Any, reps: int) -> tuple[dict, dict]:
+    """Rounds of TinyExp, bare, bare again (rotating); the comparison and the raw values."""
+    sides: dict[str, list[float]] = {"tinyexp": [], "bare": [], "bare2": []}
+    names = tuple(sides)
     for rep in range(reps):
-        for side in ("tinyexp", "bare") if rep % 2 == 0 else ("bare", "tinyexp"):
+        for side in names[rep % 3 :] + names[: rep % 3]:
             rates = ray_side() if side == "tinyexp" else bare_side()
             sides[side].append(statistics.mean(rates[1:]))
             print(f"{name} rep {rep} {side}: {[round(r) for r in rates]} samples/s", flush=True)
-    ratio = statistics.median(t / b for t, b in zip(sides["tinyexp"], sides["bare"], strict=True))
-    return [
-        name,
-        f"{statistics.median(sides['tinyexp']):,.0f}",
-        f"{statistics.median(sides['bare']):,.0f}",
-        f"**{ratio:.4f}**",
-        "met" if ratio >= TARGET else "missed",
-    ]
+    comparison = paired(
+        f"8. {name}: TinyExp / bare loop, samples/s",
+        sides["tinyexp"],
+        sides["bare"],
+        target=TARGET,
+        direction="higher",
+        control=(sides["bare2"], sides["bare"]),
+        what="steady-state samples/s per run, TinyExp over the bare loop",
+    )
+    return comparison, sides
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=4, help="rounds (>= 2 for an interval)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    add_results_arg(parser)
     args = parser.parse_args(argv)
 
     import torch
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     bare_common = ["--epochs", str(args.epochs), "--device", args.device, "--threads", "1"]
     bare_common += ["--bf16"] if gpu else []
-    started = time.perf_counter()
+    bench_run = Run("gpu_check", {k: v for k, v in vars(args).items() if k != "results_dir"})
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as name:
         tmp = Path(name)
@@ -154,19 +160,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     device = torch.cuda.get_device_name(0) if gpu else "CPU (smoke test)"
-    body = (
-        markdown_table(["run", "TinyExp samples/s", "bare samples/s", "ratio", "vs 0.97"], rows)
-        + f"\n\nDevice: {device}; torch {torch.__version__}, CUDA {torch.version.cuda}. "
+    notes = (
+        f"Device: {device}; torch {torch.__version__}, CUDA {torch.version.cuda}. "
         f"Steady-state samples/s (epochs 2..{args.epochs}); TinyExp side: `RayLauncher`, "
         "`accelerator_cfg.accelerator=ddp`, `accelerator_cfg.mixed_precision=true` (bf16); "
         "bare side: `bench/bare_loop.py` with bf16 autocast on the same GPU. Batches "
         f"{batches}; {num_samples} synthetic MNIST-size samples, {images} generated 64x64 PNGs "
-        f"decoded to 32x32. Wall time: {time.perf_counter() - started:.0f} s."
+        "decoded to 32x32."
     )
-    if gpu:
-        write_section("gpu", "8. GPU", body, "bash bench/gpu_check.sh")
-    else:
-        print(body)
+    raw = {comp["item"]: sides for comp, sides in rows}
+    bench_run.save(raw, [comp for comp, _ in rows], args.results_dir, notes)
     return 0
 
 

@@ -1,18 +1,27 @@
-"""Input pipeline: the prepared-dataset loader vs per-sample loading (issue 7, item 4).
+"""Input pipeline: the prepared-dataset loader vs what a user would write (issue 7 item 4,
+issue 14).
 
 MNIST-style data: `TensorBatchLoader` (what the examples train from: one uint8 tensor,
-one indexing op and one normalization per batch) vs a torchvision-style `DataLoader` over
-the same train split (a Dataset whose `__getitem__` makes a PIL image of the uint8 sample,
-then `transforms.ToTensor()` + `Normalize`, batch 32, shuffled, default collate, no worker
-processes), and vs what the training loop consumes (the bare loop of `bench/bare_loop.py`
-on the same batches, 1 torch thread). Targets: loader >= 10x the per-sample DataLoader and
->= 20x the training loop's consumption.
+one indexing op and one normalization per batch) against, on the same train split, batch
+32, shuffled, no worker processes:
 
-ResNet-style data: `ImageFolderDataset` decoding PNGs from an image folder on disk vs the
-same dataset served from a warm `RedisSampleCache` (an embedded redis-server in a temporary
-directory). Rounds alternate the order of the sides; ratios are medians of per-round ratios.
+- `TensorDataset` + `DataLoader`: the baseline of a user with in-memory tensors (normalized
+  to float32 once, up front, outside the timing; per-sample indexing, default collate);
+- a `DataLoader` over a `BatchSampler` (the same `TensorDataset` indexed by a list of 32
+  indices per batch, `batch_size=None`: one indexing op per batch, like ours);
+- a torchvision-style per-sample `DataLoader` (PIL image of each uint8 sample, then
+  `ToTensor()` + `Normalize`): target >= 10x;
+- what the training loop consumes (the bare loop of `bench/bare_loop.py` on the same
+  batches, 1 torch thread): target >= 20x.
 
-    .venv/bin/python -m bench.input_pipeline [--rounds 5] [--num-samples 8192]
+ResNet-style data: `ImageFolderDataset` decoding PNGs from disk vs the same dataset served
+from a warm `RedisSampleCache` (an embedded redis-server in a temporary directory).
+
+A round runs every side once, in rotating order, and `TensorBatchLoader` twice (its second
+run is the A/A control of every MNIST ratio); the ResNet sides likewise with disk decoding
+twice. Pairs are rounds.
+
+    .venv/bin/python -m bench.input_pipeline [--rounds 10] [--num-samples 8192]
 """
 
 from __future__ import annotations
@@ -28,17 +37,14 @@ from pathlib import Path
 import torch
 
 from bench.bare_loop import MEAN, STD, build_model, load_train, train_epochs
-from bench.common import (
-    load_average,
-    markdown_table,
-    prepare_data,
-    report_result,
-    verdict,
-    write_section,
-)
+from bench.common import prepare_data
+from bench.results import Run, add_results_arg
+from bench.stats import compare
 
 TARGET_VS_PER_SAMPLE, TARGET_VS_TRAINING = 10.0, 20.0
 BATCH = 32
+OURS, OURS_AA = "TensorBatchLoader", "TensorBatchLoader (A/A)"
+DISK, DISK_AA = "decode from disk", "decode from disk (A/A)"
 
 
 class PerSampleDataset(torch.utils.data.Dataset):
@@ -78,10 +84,17 @@ def drain(loader: object) -> int:
 
 
 def mnist_sides(x: torch.Tensor, y: torch.Tensor, steps: int) -> dict[str, Callable[[], int]]:
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
     from tinyexp_core.data import TensorBatchLoader
 
     tensor_loader = TensorBatchLoader(x, y, BATCH, shuffle=True, mean=MEAN, std=STD)
-    per_sample = torch.utils.data.DataLoader(PerSampleDataset(x, y), batch_size=BATCH, shuffle=True)
+    normalized = TensorDataset(x.float().div(255).sub(MEAN).div(STD), y)
+    tensor_dataset = DataLoader(normalized, batch_size=BATCH, shuffle=True)
+    batch_sampler = DataLoader(
+        normalized, sampler=BatchSampler(RandomSampler(normalized), BATCH, False), batch_size=None
+    )
+    per_sample = DataLoader(PerSampleDataset(x, y), batch_size=BATCH, shuffle=True)
     model, optimizer = build_model(x.shape[1])
     subset = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[: steps * BATCH]
     xs, ys = x[subset], y[subset]
@@ -91,8 +104,11 @@ def mnist_sides(x: torch.Tensor, y: torch.Tensor, steps: int) -> dict[str, Calla
         return len(ys)
 
     return {
-        "TensorBatchLoader": lambda: drain(tensor_loader),
-        "per-sample DataLoader": lambda: drain(per_sample),
+        OURS: lambda: drain(tensor_loader),
+        OURS_AA: lambda: drain(tensor_loader),
+        "TensorDataset + DataLoader": lambda: drain(tensor_dataset),
+        "DataLoader over a BatchSampler": lambda: drain(batch_sampler),
+        "per-sample DataLoader (PIL)": lambda: drain(per_sample),
         "training loop": train,
     }
 
@@ -111,10 +127,10 @@ def make_image_folder(root: Path, num_images: int, size: int, num_classes: int =
 
 
 def image_folder_sides(folder: Path, url: str, image_size: int) -> dict[str, Callable[[], int]]:
+    from bench.common import redis_client
     from tinyexp_core.data import ImageFolderDataset, RedisSampleCache
-    from tinyexp_core.redis_client import make_client
 
-    client = make_client(url, decode_responses=False)
+    client = redis_client(url, decode_responses=False)
     cache = RedisSampleCache(client, "bench", ttl_s=3600)
     cached = ImageFolderDataset(folder, image_size, cache=cache)
     disk = ImageFolderDataset(folder, image_size)
@@ -129,118 +145,105 @@ def image_folder_sides(folder: Path, url: str, image_size: int) -> dict[str, Cal
         return len(dataset)
 
     return {
-        "decode from disk": lambda: read_all(disk),
+        DISK: lambda: read_all(disk),
+        DISK_AA: lambda: read_all(disk),
         "warm Redis cache": lambda: read_all(cached),
     }
 
 
-def interleave(sides: dict[str, Callable[[], int]], rounds: int) -> dict[str, list[float]]:
+def interleave(
+    sides: dict[str, Callable[[], int]], rounds: int, min_s: float
+) -> dict[str, list[float]]:
+    """Samples/s of every side per round, after one warm-up round; rotating order."""
     names = list(sides)
-    for name in names:  # warm-up
+    for name in names:
         sides[name]()
     rates: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
         order = names[index % len(names) :] + names[: index % len(names)]
         for name in order:
-            rates[name].append(rate(sides[name]))
+            rates[name].append(rate(sides[name], min_s))
     return rates
 
 
-def ratio(rates: dict[str, list[float]], a: str, b: str) -> float:
-    return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+def comparisons(mnist: dict[str, list[float]], images: dict[str, list[float]]) -> list[dict]:
+    """Ours over each baseline, per round, with TensorBatchLoader's A/A."""
+    aa = (mnist[OURS_AA], mnist[OURS])
+    targets = {
+        "TensorDataset + DataLoader": None,
+        "DataLoader over a BatchSampler": None,
+        "per-sample DataLoader (PIL)": TARGET_VS_PER_SAMPLE,
+        "training loop": TARGET_VS_TRAINING,
+    }
+    out = [
+        compare(
+            f"4. TensorBatchLoader / {name}, samples/s",
+            mnist[OURS],
+            mnist[name],
+            target=target,
+            direction="higher",
+            control=aa,
+            what=f"samples/s of TensorBatchLoader over {name}, per round",
+        )
+        for name, target in targets.items()
+    ]
+    out.append(
+        compare(
+            "4. warm Redis cache / decode from disk (ResNet data), samples/s",
+            images["warm Redis cache"],
+            images[DISK],
+            target=None,
+            direction="higher",
+            control=(images[DISK_AA], images[DISK]),
+            what="samples/s of the cached ImageFolderDataset over decoding, per round",
+        )
+    )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10, help="pairs (>= 2 for an interval)")
     parser.add_argument("--num-samples", type=int, default=8192, help="synthetic samples")
     parser.add_argument("--train-steps", type=int, default=20, help="bare-loop steps per sample")
     parser.add_argument("--images", type=int, default=512, help="PNGs in the image folder")
     parser.add_argument("--png-size", type=int, default=64, help="PNG side, pixels")
     parser.add_argument("--image-size", type=int, default=32, help="decoded side, pixels")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument("--min-s", type=float, default=0.5, help="seconds per measurement")
+    add_results_arg(parser)
     args = parser.parse_args(argv)
 
-    from tinyexp_core.redis_server import EmbeddedRedis
+    from bench.common import embedded_redis
 
     torch.set_num_threads(args.threads)
-    started, load_before = time.perf_counter(), load_average()
+    run = Run("input_pipeline", {k: v for k, v in vars(args).items() if k != "results_dir"})
     with tempfile.TemporaryDirectory(prefix="bench-input-") as name:
         tmp = Path(name)
         x, y = load_train(prepare_data(tmp / "datasets", "synthetic", args.num_samples))
-        mnist = interleave(mnist_sides(x, y, args.train_steps), args.rounds)
+        mnist = interleave(mnist_sides(x, y, args.train_steps), args.rounds, args.min_s)
         make_image_folder(tmp / "images", args.images, args.png_size)
-        server = EmbeddedRedis(tmp / "redis-root")
-        try:
-            url = server.ensure()
-            images = interleave(
-                image_folder_sides(tmp / "images", url, args.image_size), args.rounds
-            )
-        finally:
-            server.stop()
-    vs_per_sample = ratio(mnist, "TensorBatchLoader", "per-sample DataLoader")
-    vs_training = ratio(mnist, "TensorBatchLoader", "training loop")
-    cache_vs_disk = ratio(images, "warm Redis cache", "decode from disk")
-    rows = [[name, f"{statistics.median(r):,.0f}"] for name, r in {**mnist, **images}.items()]
-    ratio_rows = [
-        [
-            "TensorBatchLoader / per-sample DataLoader",
-            f"**{vs_per_sample:.1f}x**",
-            f">= {TARGET_VS_PER_SAMPLE:g}x",
-            verdict(vs_per_sample, TARGET_VS_PER_SAMPLE),
-        ],
-        [
-            "TensorBatchLoader / training loop consumption",
-            f"**{vs_training:.1f}x**",
-            f">= {TARGET_VS_TRAINING:g}x",
-            verdict(vs_training, TARGET_VS_TRAINING),
-        ],
-        [
-            "warm Redis cache / decode from disk (ResNet data)",
-            f"**{cache_vs_disk:.1f}x**",
-            "-",
-            "-",
-        ],
-    ]
-    body = (
-        markdown_table(["source", "samples/s (median)"], rows)
-        + "\n\n"
-        + markdown_table(["ratio", "value", "target", "verdict"], ratio_rows)
-        + "\n\n"
-        f"MNIST-style: the train split of {args.num_samples} prepared synthetic 1x28x28 samples "
-        f"({len(y)} samples), batch {BATCH}, shuffled, {args.threads} torch thread(s). The "
-        "per-sample DataLoader follows torchvision's MNIST recipe (`Image.fromarray` of the "
-        "2-D uint8 sample, mode L; `ToTensor()`, `Normalize`; default collate; "
-        "`num_workers=0`). The "
-        f"training loop is the bare loop (forward, backward, Adam) over {args.train_steps} "
-        f"batches. ResNet-style: {args.images} random RGB PNGs of {args.png_size}x"
-        f"{args.png_size} in 10 class folders, decoded to 3x{args.image_size}x{args.image_size} "
-        "uint8 by `ImageFolderDataset`, from disk (PIL decode + bilinear resize) or from a "
-        "warm `RedisSampleCache` (one GET and a memcpy per sample, loopback redis-server). "
-        "The ResNet example decodes its folder once, at dataset preparation, so the cache "
-        "speeds up re-preparation, not training steps. Each figure: samples/s over >= 0.5 s, "
-        f"median of {args.rounds} rounds in rotating order.\n\n"
-        f"Load average before / after: {load_before} / {load_average()}. "
-        f"Benchmark wall time: {time.perf_counter() - started:.0f} s."
+        with embedded_redis(tmp / "redis-root") as url:
+            sides = image_folder_sides(tmp / "images", url, args.image_size)
+            images = interleave(sides, args.rounds, args.min_s)
+    medians = ", ".join(f"{k} {statistics.median(v):,.0f}" for k, v in {**mnist, **images}.items())
+    notes = (
+        f"MNIST-style: the train split of {args.num_samples} prepared synthetic 1x28x28 "
+        f"samples ({len(y)} samples), batch {BATCH}, shuffled, {args.threads} torch "
+        "thread(s), `num_workers=0` everywhere. The `TensorDataset` baselines hold the split "
+        "normalized to float32 (done once, outside the timing); `TensorBatchLoader` "
+        "normalizes each uint8 batch. The per-sample DataLoader follows torchvision's MNIST "
+        f"recipe (PIL mode L, `ToTensor()`, `Normalize`). The training loop is the bare loop "
+        f"(forward, backward, Adam) over {args.train_steps} batches. ResNet-style: "
+        f"{args.images} random RGB PNGs of {args.png_size}x{args.png_size}, decoded to "
+        f"3x{args.image_size}x{args.image_size} by `ImageFolderDataset`, from disk or from a "
+        "warm `RedisSampleCache` (one GET per sample); the ResNet example decodes its folder "
+        "once, at dataset preparation, so the cache speeds up re-preparation, not training "
+        f"steps. Each figure: samples/s over >= {args.min_s:g} s; {args.rounds} rounds after "
+        f"a warm-up round, in rotating order. Median samples/s: {medians}."
     )
-    for item, value, target in (
-        (
-            "4. Input: TensorBatchLoader / per-sample DataLoader",
-            vs_per_sample,
-            TARGET_VS_PER_SAMPLE,
-        ),
-        ("4. Input: TensorBatchLoader / training consumption", vs_training, TARGET_VS_TRAINING),
-    ):
-        report_result(item, f"{value:.1f}x", f">= {target:g}x", verdict(value, target))
-    report_result(
-        "4. Input: warm Redis cache / disk decode (ResNet)", f"{cache_vs_disk:.1f}x", "-", "-"
-    )
-    command = f".venv/bin/python -m bench.input_pipeline --rounds {args.rounds}"
-    if args.no_write:
-        print(body)
-    else:
-        write_section("input_pipeline", "4. Input pipeline", body, command)
+    raw = {"samples_per_s": {**mnist, **images}}
+    run.save(raw, comparisons(mnist, images), args.results_dir, notes)
     return 0
 
 

@@ -6,43 +6,49 @@ whose `prepared_dataset` (the default digits) was materialized first, with the e
 already running, as it is after the first run. Theirs: `bench/torchtrainer_startup.py`, a Ray
 Train `TorchTrainer` script training the same network on the same prepared tensors with 2
 workers. "Process start" is a timestamp taken right before each subprocess is spawned; both
-sides write timing marks (`TINYEXP_TIMING_FILE`), so the time is split into phases. Runs
-alternate (ours, theirs, theirs, ours, ...). Target: ratio <= 1.0, aiming at <= 0.7.
+sides write timing marks (`TINYEXP_TIMING_FILE`), so the time is split into phases. A
+round runs ours and theirs twice (the second TorchTrainer run is the A/A control), in an
+order that rotates every round; a pair is a round. Targets: ratio <= 1.0 (issue 7) and the
+cold start <= 0.6 (issue 14), each with its 95% interval.
 
-    .venv/bin/python -m bench.startup [--reps 3]
+    .venv/bin/python -m bench.startup [--reps 6] [--epochs 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import (
     dagster_events,
+    embedded_server,
     first_marks,
-    load_average,
-    markdown_table,
     python,
-    report_result,
     run,
     spawn_timed,
-    verdict,
-    write_section,
 )
+from bench.names import CODE_LOCATION, PREPARED_DATASET, RETRAIN_JOB, TRAINED_MODEL
+from bench.results import Run, add_results_arg
+from bench.stats import compare
 
-TARGET, AIM = 1.0, 0.7
+TARGET, COLD_TARGET = 1.0, 0.6
+SIDES = ("ours", "theirs", "theirs2")
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
-RUN_CONFIG = 'ops:\n  trained_model:\n    config:\n      overrides: ["train_cfg.num_epochs=1"]\n'
+
+
+def run_config(epochs: int) -> str:
+    """The retrain job's run config: only the epoch count differs from the defaults."""
+    overrides = f'["train_cfg.num_epochs={epochs}"]'
+    return f"ops:\n  {TRAINED_MODEL}:\n    config:\n      overrides: {overrides}\n"
+
 
 # (phase label, mark that ends it); each phase starts where the previous one ended.
 OURS = (
     ("Python, imports (dagster, project), definitions load", "definitions_loaded"),
-    ("Dagster run: instance, run record, step start", "STEP_START:trained_model"),
+    ("Dagster run: instance, run record, step start", f"STEP_START:{TRAINED_MODEL}"),
     ("step: input load, build experiment (imports torch), Redis check", "launch_start"),
     ("Ray start (`import ray`, `ray.init`, local)", "ray_ready"),
     ("placement group", "placement_group_ready"),
@@ -75,29 +81,28 @@ def dagster_env(tmp: Path, timing_file: Path | None = None) -> dict[str, str]:
 
 def setup(tmp: Path) -> str:
     """Materialize prepared_dataset and start the embedded Redis; returns the dataset path."""
-    from tinyexp_core.redis_server import EmbeddedRedis
-
     (tmp / "dagster_home").mkdir()
-    cmd = [DAGSTER, "asset", "materialize", "-m", "tinyexp_dagster.definitions"]
-    run([*cmd, "--select", "prepared_dataset"], env=dagster_env(tmp))
-    EmbeddedRedis(tmp / "root").ensure()
+    cmd = [DAGSTER, "asset", "materialize", "-m", CODE_LOCATION]
+    run([*cmd, "--select", PREPARED_DATASET], env=dagster_env(tmp))
+    embedded_server(tmp / "root").ensure()
     (manifest,) = (tmp / "root" / "datasets").glob("*/*/manifest.json")
     return str(manifest.parent)
 
 
-def ours(tmp: Path, rep: int) -> dict[str, float]:
+def ours(tmp: Path, rep: int, epochs: int) -> dict[str, float]:
     timing = tmp / f"ours-{rep}.txt"
     config = tmp / "retrain.yaml"
-    config.write_text(RUN_CONFIG)
-    cmd = [DAGSTER, "job", "execute", "-m", "tinyexp_dagster.definitions", "-j", "retrain_job"]
+    config.write_text(run_config(epochs))
+    cmd = [DAGSTER, "job", "execute", "-m", CODE_LOCATION, "-j", RETRAIN_JOB]
     start, end, _ = spawn_timed([*cmd, "-c", str(config)], env=dagster_env(tmp, timing))
     marks = {**dagster_events(tmp / "dagster_home"), **first_marks(timing)}
     return relative(marks, start, end)
 
 
-def theirs(tmp: Path, rep: int, prepared: str) -> dict[str, float]:
-    timing = tmp / f"theirs-{rep}.txt"
+def theirs(tmp: Path, name: str, prepared: str, epochs: int) -> dict[str, float]:
+    timing = tmp / f"{name}.txt"
     cmd = [python(), "-m", "bench.torchtrainer_startup", "--data", prepared]
+    cmd += ["--epochs", str(epochs)]
     cmd += ["--timing-file", str(timing), "--storage", str(tmp / "ray_train")]
     start, end, _ = spawn_timed(cmd, env={"RAY_USAGE_STATS_ENABLED": "0"})
     return relative(first_marks(timing), start, end)
@@ -111,36 +116,35 @@ def relative(marks: dict[str, float], start: float, end: float) -> dict[str, flo
     return out
 
 
-def phase_rows(
-    phases: Sequence[tuple[str, str]], runs: list[dict[str, float]]
-) -> list[list[object]]:
-    rows: list[list[object]] = []
-    for index, (label, name) in enumerate(phases):
-        prev = phases[index - 1][1] if index else None
-        durations = [r[name] - (r[prev] if prev else 0.0) for r in runs]
-        rows.append([label, f"{statistics.median(durations):.2f}"])
-    total = statistics.median(r["first_step_rank0"] for r in runs)
-    rows.append(["**process start to first step**", f"**{total:.2f}**"])
-    return rows
+def phases(spec: Sequence[tuple[str, str]], runs: list[dict[str, float]]) -> dict[str, list]:
+    """Seconds per phase and run; each phase ends at its mark, starts at the previous one."""
+    out: dict[str, list[float]] = {}
+    for index, (label, name) in enumerate(spec):
+        prev = spec[index - 1][1] if index else None
+        out[label] = [r[name] - (r[prev] if prev else 0.0) for r in runs]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3, help="pairs of runs")
-    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument("--reps", type=int, default=6, help="rounds (>= 2 for an interval)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs each side trains")
+    add_results_arg(parser)
     args = parser.parse_args(argv)
 
-    from tinyexp_core.redis_server import EmbeddedRedis
-
-    started, load_before = time.perf_counter(), load_average()
-    runs: dict[str, list[dict[str, float]]] = {"ours": [], "theirs": []}
+    bench_run = Run("startup", {k: v for k, v in vars(args).items() if k != "results_dir"})
+    runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as name:
         tmp = Path(name)
         try:
             prepared = setup(tmp)
             for rep in range(args.reps):
-                for side in ("ours", "theirs") if rep % 2 == 0 else ("theirs", "ours"):
-                    res = ours(tmp, rep) if side == "ours" else theirs(tmp, rep, prepared)
+                order = SIDES[rep % 3 :] + SIDES[: rep % 3]
+                for side in order:
+                    if side == "ours":
+                        res = ours(tmp, rep, args.epochs)
+                    else:
+                        res = theirs(tmp, f"{side}-{rep}", prepared, args.epochs)
                     runs[side].append(res)
                     print(
                         f"rep {rep} {side}: first step at {res['first_step_rank0']:.2f} s, "
@@ -148,54 +152,39 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
         finally:
-            EmbeddedRedis(tmp / "root").stop()
-    firsts = {side: [r["first_step_rank0"] for r in rs] for side, rs in runs.items()}
-    ratios = [o / t for o, t in zip(firsts["ours"], firsts["theirs"], strict=True)]
-    ratio = statistics.median(ratios)
-    pairs = [
-        [rep + 1, f"{o:.2f}", f"{t:.2f}", f"{o / t:.3f}"]
-        for rep, (o, t) in enumerate(zip(firsts["ours"], firsts["theirs"], strict=True))
+            embedded_server(tmp / "root").stop()
+    first = {side: [r["first_step_rank0"] for r in rs] for side, rs in runs.items()}
+    control = (first["theirs2"], first["theirs"])
+    comparisons = [
+        compare(
+            f"3. first step, {RETRAIN_JOB} / Ray Train TorchTrainer ({label})",
+            first["ours"],
+            first["theirs"],
+            target=target,
+            direction="lower",
+            control=control,
+            what="seconds from process spawn to rank 0's first optimizer step",
+        )
+        for target, label in ((TARGET, "issue 7"), (COLD_TARGET, "cold-start goal, issue 14"))
     ]
-    pairs.append(
-        [
-            "median",
-            f"{statistics.median(firsts['ours']):.2f}",
-            f"{statistics.median(firsts['theirs']):.2f}",
-            f"**{ratio:.3f}**",
-        ]
-    )
-    met = verdict(ratio, TARGET, higher_is_better=False)
-    aim = "reached" if ratio <= AIM else "not reached"
-    body = (
-        markdown_table(["pair", "retrain_job s", "TorchTrainer s", "ratio"], pairs)
-        + "\n\nWhere the time goes (median seconds per phase; each phase ends at a timing mark, "
-        "rank 0's where ranks differ):\n\n**`dagster job execute -j retrain_job`**\n\n"
-        + markdown_table(["phase", "s"], phase_rows(OURS, runs["ours"]))
-        + "\n\n**Ray Train `TorchTrainer` script**\n\n"
-        + markdown_table(["phase", "s"], phase_rows(THEIRS, runs["theirs"]))
-        + "\n\nSeconds from a timestamp taken right before the subprocess is spawned to rank 0's "
+    raw = {
+        "first_step_s": first,
+        "exit_s": {side: [r["exit"] for r in rs] for side, rs in runs.items()},
+        "phases_s": {
+            "ours": phases(OURS, runs["ours"]),
+            "theirs": phases(THEIRS, runs["theirs"] + runs["theirs2"]),
+        },
+    }
+    notes = (
+        "Seconds from a timestamp taken right before the subprocess is spawned to rank 0's "
         "first optimizer step. Both sides: the MNIST example's network on the same prepared "
         "digits tensors, 2 workers x 1 CPU, 1 torch thread, batch 32 per rank, a local Ray "
-        "started by the process with the same `ray.init` options. Ours runs the whole job "
-        "(`retrain_job`: train 1 epoch, promote, evaluate; median exit "
-        f"{statistics.median(r['exit'] for r in runs['ours']):.1f} s); theirs trains 1 epoch "
-        f"(median exit {statistics.median(r['exit'] for r in runs['theirs']):.1f} s). Pairs "
-        "alternate which side runs first.\n\n"
-        f"Ratio {ratio:.3f}, target <= {TARGET}: {met}; aim <= {AIM}: {aim}. "
-        f"Load average before / after: {load_before} / {load_average()}. "
-        f"Benchmark wall time: {time.perf_counter() - started:.0f} s."
+        f"started by the process with the same `ray.init` options, {args.epochs} epoch(s). "
+        f"Ours runs the whole job (`{RETRAIN_JOB}`: train, promote, evaluate); theirs trains. "
+        "The seconds of every phase (each ends at a timing mark, rank 0's where ranks differ) "
+        "and every run's exit time are in the raw results."
     )
-    report_result(
-        "3. Startup to first step: retrain_job / TorchTrainer",
-        f"{ratio:.3f}",
-        f"<= {TARGET} (aim <= {AIM})",
-        f"{met}; aim {aim}",
-    )
-    command = f".venv/bin/python -m bench.startup --reps {args.reps}"
-    if args.no_write:
-        print(body)
-    else:
-        write_section("startup", "3. Startup: retrain_job vs Ray Train", body, command)
+    bench_run.save(raw, comparisons, args.results_dir, notes)
     return 0
 
 

@@ -10,34 +10,28 @@ This machine is shared and its load swings within seconds, so the jobs run at th
 and take turns, one epoch each (`bench.bare_loop.Turns`; the orchestrated side is
 `bench.ddp_exp.TurnTakingMnistExp`, the example with a wait before each epoch): compared
 epochs are seconds apart. A second bare loop in the cycle is an A/A control. Steady state =
-every epoch but the first; ratios are medians of per-epoch ratios. Target: >= 0.97.
+every epoch but the first; a pair is one epoch turn of each job, the ratio the orchestrated
+epoch over the mean of the two bare ones (95% interval, verdict: `bench.stats`), the A/A
+control the second bare loop over the first. Target: >= 0.97.
 
-    .venv/bin/python -m bench.training_overhead [--reps 2] [--epochs 4] [--num-samples 4096]
+    .venv/bin/python -m bench.training_overhead [--reps 4] [--epochs 6] [--num-samples 4096]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.bare_loop import parse_result
-from bench.common import (
-    load_average,
-    markdown_table,
-    noisy_verdict,
-    prepare_data,
-    python,
-    report_result,
-    steady_malloc,
-    write_section,
-)
+from bench.common import prepare_data, python, redis_client, steady_malloc
+from bench.names import PREPARED_DATASET, TRAINED_MODEL
+from bench.results import Run, add_results_arg
+from bench.stats import compare
 
 TARGET = 0.97
 EXPERIMENT = "bench.ddp_exp:TurnTakingMnistExp"
@@ -50,7 +44,6 @@ def orchestrated(
     import dagster as dg
 
     from tinyexp_core.progress import read_run
-    from tinyexp_core.redis_client import make_client
     from tinyexp_dagster.assets import prepared_dataset, trained_model
     from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 
@@ -64,8 +57,8 @@ def orchestrated(
     run_config = {
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         "ops": {
-            "prepared_dataset": {"config": {"overrides": data}},
-            "trained_model": {
+            PREPARED_DATASET: {"config": {"overrides": data}},
+            TRAINED_MODEL: {
                 "config": {
                     "experiment": EXPERIMENT,
                     "overrides": overrides,
@@ -85,13 +78,13 @@ def orchestrated(
             "storage": StorageResource(root=str(root)),
         },
     )
-    trained_on = result.output_for_node("trained_model")["dataset_path"]
+    trained_on = result.output_for_node(TRAINED_MODEL)["dataset_path"]
     if trained_on != prepared:
         raise RuntimeError(f"trained on {trained_on}, the bare loop reads {prepared}")
-    (materialization,) = result.asset_materializations_for_node("trained_model")
+    (materialization,) = result.asset_materializations_for_node(TRAINED_MODEL)
     rows = materialization.metadata["per_epoch"].value.records
     rates = [float(r.data["samples_per_s"]) for r in rows]
-    client = make_client(redis_url)
+    client = redis_client(redis_url)
     try:
         progress = read_run(client, result.run_id)
     finally:
@@ -147,132 +140,82 @@ def one_rep(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=2, help="runs of both jobs")
-    parser.add_argument("--epochs", type=int, default=4, help="per run; the first is warm-up")
+    parser.add_argument("--reps", type=int, default=4, help="runs of the three jobs")
+    parser.add_argument("--epochs", type=int, default=6, help="per run; the first is warm-up")
     parser.add_argument("--num-samples", type=int, default=4096, help="synthetic samples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    add_results_arg(parser)
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch is excluded")
 
+    from bench.common import embedded_redis
     from tinyexp_core.data import read_manifest
-    from tinyexp_core.redis_server import EmbeddedRedis
 
-    started, load_before = time.perf_counter(), load_average()
-    # rep, epoch, then wall and CPU samples/s of the orchestrated job, bare and 2nd bare loop
-    epochs: list[tuple[int, int, tuple[float, float], tuple[float, float], tuple[float, float]]]
-    epochs = []
+    run = Run("training_overhead", {k: v for k, v in vars(args).items() if k != "results_dir"})
+    sides = ("orchestrated", "bare", "bare2")
+    # per side: wall and CPU samples/s of every steady-state epoch, in pair order
+    wall: dict[str, list[float]] = {side: [] for side in sides}
+    cpu: dict[str, list[float]] = {side: [] for side in sides}
     statuses = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         root = Path(tmp)
-        server = EmbeddedRedis(root)
-        try:
-            url = server.ensure()
+        with embedded_redis(root) as url:
             prepared = prepare_data(root / "datasets", "synthetic", args.num_samples)
             num_train = int(read_manifest(prepared).counts["train"])
             for rep in range(args.reps):
                 with steady_malloc():
                     res = one_rep(root, url, prepared, rep, args)
-                sides = ("orchestrated", "bare", "bare2")
                 for side in sides:
-                    wall, cpu = res[side]
-                    print(f"rep {rep} {side}: {[round(r) for r in wall]} samples/s, per CPU-s")
-                    print(f"  {[round(r) for r in cpu]}", flush=True)
-                per_epoch = zip(*(zip(*res[side], strict=True) for side in sides), strict=True)
-                epochs += [(rep, e, *sides_) for e, sides_ in enumerate(per_epoch) if e > 0]
+                    rates, cpu_rates = res[side]
+                    print(f"rep {rep} {side}: {[round(r) for r in rates]} samples/s", flush=True)
+                    wall[side] += rates[1:]
+                    cpu[side] += cpu_rates[1:]
                 statuses.append(res["status"])
-        finally:
-            server.stop()
 
-    def med(values) -> float:
-        return statistics.median(values)
+    def mean_bare(values: dict[str, list[float]]) -> list[float]:
+        # Against the mean of the two bare loops: a process's speed varies by itself.
+        return [(a + b) / 2 for a, b in zip(values["bare"], values["bare2"], strict=True)]
 
-    # Against the mean of the two bare loops: a process's speed varies by itself (see A/A).
-    ratio = med(2 * o[0] / (b[0] + b2[0]) for _, _, o, b, b2 in epochs)
-    control = med(b2[0] / b[0] for _, _, _, b, b2 in epochs)
-    cpu_ratio = med(2 * o[1] / (b[1] + b2[1]) for _, _, o, b, b2 in epochs)
-    cpu_control = med(b2[1] / b[1] for _, _, _, b, b2 in epochs)
-    rows: list[list[object]] = [
-        [
-            rep + 1,
-            epoch + 1,
-            *(f"{side[0]:.1f}" for side in (o, b, b2)),
-            f"{2 * o[0] / (b[0] + b2[0]):.4f}",
-            f"{b2[0] / b[0]:.4f}",
-            f"{2 * o[1] / (b[1] + b2[1]):.4f}",
-            f"{b2[1] / b[1]:.4f}",
-        ]
-        for rep, epoch, o, b, b2 in epochs
+    comparisons = [
+        compare(
+            "1. trained_model / bare loop, samples/s",
+            wall["orchestrated"],
+            mean_bare(wall),
+            target=TARGET,
+            direction="higher",
+            control=(wall["bare2"], wall["bare"]),
+            what="per-epoch samples/s, orchestrated over the two bare loops' mean",
+        ),
+        compare(
+            "1. trained_model / bare loop, samples per CPU-second",
+            cpu["orchestrated"],
+            mean_bare(cpu),
+            target=TARGET,
+            direction="higher",
+            control=(cpu["bare2"], cpu["bare"]),
+            what="per-epoch samples per CPU-second of the training thread",
+        ),
     ]
-    rows.append(
-        [
-            "median",
-            "",
-            *(f"{med(e[i][0] for e in epochs):.1f}" for i in (2, 3, 4)),
-            f"**{ratio:.4f}**",
-            f"{control:.4f}",
-            f"**{cpu_ratio:.4f}**",
-            f"{cpu_control:.4f}",
-        ]
-    )
-    header = [
-        "run",
-        "epoch",
-        "trained_model samples/s",
-        "bare samples/s",
-        "2nd bare samples/s",
-        "ratio to the bare loops' mean",
-        "A/A 2nd bare / bare",
-        "CPU ratio",
-        "CPU A/A",
-    ]
-    body = (
-        f"{markdown_table(header, rows)}\n\n"
-        f"Samples/s per epoch (epoch 1, the warm-up, left out) of the MNIST example's network "
-        f"on {args.num_samples} synthetic 28x28 samples (train split {num_train}), batch "
-        f"{args.batch_size}, {args.threads} torch thread(s) on both sides. Orchestrated: the "
+    notes = (
+        f"The MNIST example's network on {args.num_samples} synthetic 28x28 samples (train "
+        f"split {num_train}), batch {args.batch_size}, {args.threads} torch thread(s) on all "
+        "sides; epoch 1 of each run is warm-up and left out. Orchestrated: the "
         "`trained_model` asset through `dg.materialize` (Dagster step, `RayDDPResource`, one "
-        f"Ray worker with {args.threads} CPU, the CPU accelerator, the example's own epoch "
-        "loop with its per-step bookkeeping and progress calls, a checkpoint per epoch, Redis "
-        "progress on: the runs' progress hashes ended "
-        f"{', '.join(sorted(set(statuses)))}). Bare: `bench/bare_loop.py` in its own process, "
-        "`OMP_NUM_THREADS` set as Ray sets it in the worker; a second bare loop is the A/A "
-        "control. All processes run with the same glibc malloc settings "
-        "(`bench.common.STEADY_MALLOC`; see the note at the top of this page). The three jobs "
-        "run at the same time and take turns, one epoch each, in a "
-        "cycle (the orchestrated experiment is the example with a wait for its turn before "
-        "each epoch, `bench.ddp_exp.TurnTakingMnistExp`); the two bare loops swap places in "
-        "the cycle between runs. Ratios are medians of per-epoch ratios of the orchestrated "
-        "epoch to the mean of the two bare ones; the A/A control shows the noise floor of this "
-        "machine. The CPU columns compare samples per "
-        "CPU-second of the training thread (`time.thread_time()`), which other processes on "
-        "the machine disturb far less than wall time. Validation and checkpointing happen between "
-        "epochs, outside the timed loops. The orchestrated job's background work (the "
-        "Dagster driver polling its rank every 0.5 s, Ray's own processes) goes on during "
-        "every job's turn, so it weighs on all sides; section 7 accounts for the time around "
-        "the loop. Ray runs its workers at nice 15: on a busy machine they yield to "
-        "everything else, which counts against the orchestrated side.\n\n"
-        f"Ratio {ratio:.4f} (A/A {control:.4f}), CPU ratio {cpu_ratio:.4f} (A/A "
-        f"{cpu_control:.4f}); target >= {TARGET}: {noisy_verdict(ratio, TARGET, control)}. "
-        f"Load average before / after: {load_before} / {load_average()}. "
-        f"Benchmark wall time: {time.perf_counter() - started:.0f} s."
+        "Ray worker, the CPU accelerator, the example's own epoch loop, a checkpoint per "
+        "epoch, Redis progress on: the runs' progress hashes ended "
+        f"{', '.join(sorted(set(statuses)))}). Bare: `bench/bare_loop.py` in its own process; "
+        "a second bare loop is the A/A control. The three jobs run at once and take turns, "
+        "one epoch each (`bench.bare_loop.Turns`; the two bare loops swap places between "
+        "runs); all run with the same glibc malloc settings (`bench.common.STEADY_MALLOC`). "
+        "Validation and checkpoints happen between epochs, outside the timed loops: item 9 "
+        "counts them. Ray runs its workers at nice 15, which counts against the "
+        "orchestrated side on a busy machine."
     )
-    report_result(
-        "1. Training overhead: trained_model / bare loop samples/s",
-        f"{ratio:.4f} (A/A {control:.4f}); CPU {cpu_ratio:.4f} (A/A {cpu_control:.4f})",
-        f">= {TARGET}",
-        noisy_verdict(ratio, TARGET, control),
+    run.save(
+        {"samples_per_s": wall, "cpu_samples_per_s": cpu}, comparisons, args.results_dir, notes
     )
-    command = (
-        f".venv/bin/python -m bench.training_overhead --reps {args.reps} "
-        f"--epochs {args.epochs} --num-samples {args.num_samples}"
-    )
-    if args.no_write:
-        print(body)
-    else:
-        write_section("training_overhead", "1. Training overhead", body, command)
     return 0
 
 

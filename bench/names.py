@@ -1,0 +1,60 @@
+"""The pipeline names the benchmarks drive, and the benchmarks themselves, in one place.
+
+When the project's jobs and assets are renamed (one pipeline per experiment: `mnist_...`,
+`mnist/...`), this is the file to change.
+"""
+
+from __future__ import annotations
+
+CODE_LOCATION = "tinyexp_dagster.definitions"  # `dagster ... -m` module
+TRAINING_JOB = "training_pipeline"
+RETRAIN_JOB = "retrain_job"
+PREPARED_DATASET = "prepared_dataset"  # asset (and op) names
+TRAINED_MODEL = "trained_model"
+MODEL_EVALUATION = "model_evaluation"
+
+# (module under bench/, section title, what it compares and against which targets) in the
+# order `python -m bench` runs them: the cheap and quiet first, the ones that start Ray after.
+BENCHMARKS = (
+    (
+        "input_pipeline",
+        "4. Input pipeline",
+        "TensorBatchLoader / TensorDataset+DataLoader, / BatchSampler DataLoader (no target), "
+        "/ per-sample PIL DataLoader (>= 10), / training loop (>= 20)",
+    ),
+    (
+        "sensor_cost",
+        "6. Sensor cost, persistence included",
+        "daemon-like tick at 1000 runs, SQLite on disk and Postgres (< 1 s)",
+    ),
+    (
+        "progress_overhead",
+        "5. Progress reporting overhead",
+        "step time, progress on / off (<= 1.01)",
+    ),
+    (
+        "training_overhead",
+        "1. Training overhead: trained_model vs a bare loop",
+        "samples/s, trained_model / bare loop (>= 0.97)",
+    ),
+    (
+        "ddp_scaling",
+        "2. DDP scaling: Ray workers vs torchrun",
+        "samples/s, 2 Ray workers / torchrun x2 (>= 0.95)",
+    ),
+    (
+        "startup",
+        "3. Startup: retrain_job vs Ray Train",
+        "first step, retrain_job / TorchTrainer (<= 1.0; cold <= 0.6)",
+    ),
+    (
+        "torchrun_compare",
+        "9. The default path vs a plain torchrun script",
+        "epoch-to-epoch speed, torchrun script / retrain_job (>= 0.95); whole job; first step",
+    ),
+    (
+        "orchestration",
+        "7. Orchestration overhead of make run",
+        "share of wall time outside the loops (no target)",
+    ),
+)
