@@ -68,3 +68,27 @@ def test_forward_stdout_hands_over_whole_lines() -> None:
     assert lines == ["first line", "second", "third"]
     with forward_stdout(None):
         assert sys.stdout is saved
+
+
+def test_forwarded_lines_stay_in_the_process_that_set_the_forwarder(tmp_path) -> None:
+    import multiprocessing
+
+    from tinyexp_core.launchers.runtime import get_log_forwarder, set_log_forwarder
+
+    sink = tmp_path / "lines.txt"  # a file, so a forked child's calls would show up here
+
+    def append(line: str) -> None:
+        with sink.open("a") as fh:
+            fh.write(line + "\n")
+
+    set_log_forwarder(append)
+    try:
+        forward = get_log_forwarder()
+        forward("parent")
+        child = multiprocessing.get_context("fork").Process(target=forward, args=("child",))
+        child.start()
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    finally:
+        set_log_forwarder(None)
+    assert sink.read_text().splitlines() == ["parent"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from collections.abc import Callable, Iterator
 
@@ -13,7 +14,19 @@ _log_forwarder: Callable[[str], None] | None = None
 def set_log_forwarder(fn: Callable[[str], None] | None) -> None:
     """Rank-0 log lines also go to `fn` (the Ray launcher streams them to its caller)."""
     global _log_forwarder
-    _log_forwarder = fn
+    _log_forwarder = None if fn is None else _this_process_only(fn)
+
+
+def _this_process_only(fn: Callable[[str], None]) -> Callable[[str], None]:
+    """`fn`, silenced in forked children (data loader workers inherit sinks and stdout):
+    `fn` may call Ray, which a forked child must not use."""
+    owner = os.getpid()
+
+    def forward(line: str) -> None:
+        if os.getpid() == owner:
+            fn(line)
+
+    return forward
 
 
 def get_log_forwarder() -> Callable[[str], None] | None:
@@ -25,7 +38,7 @@ class _LineTee(io.TextIOBase):
 
     def __init__(self, stream: io.TextIOBase, fn: Callable[[str], None]) -> None:
         self._stream = stream
-        self._fn = fn
+        self._fn = _this_process_only(fn)
         self._pending = ""
 
     def write(self, text: str) -> int:
