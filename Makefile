@@ -23,20 +23,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with its dev extras
 
-run: install ## run the full training pipeline offline on embedded defaults (Ray, Redis, SQLite)
-	@mkdir -p $(DAGSTER_HOME)
+run: install $(DAGSTER_HOME)/dagster.yaml ## run the full training pipeline offline on embedded defaults (Ray, Redis, SQLite)
 	$(VENV)/bin/dagster job execute -m tinyexp_dagster.definitions -j training_pipeline
 	@$(PY) -m tinyexp_dagster.cli summary
 
 dev: install $(DAGSTER_HOME)/dagster.yaml ## start the Dagster UI and daemon on http://127.0.0.1:3000
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-test: install ## run the test suite (embedded Redis unless TINYEXP_TEST_REDIS_URL is set)
-	$(PY) -m pytest -q -m "not e2e"
+# A local instance config when DAGSTER_HOME has none (an existing one is never replaced).
+$(DAGSTER_HOME)/dagster.yaml:
+	@mkdir -p $(DAGSTER_HOME)
+	cp deploy/local/dagster.yaml $@
 
-test-e2e: install ## end-to-end tests: browser UI, CLI subprocesses, daemon, Postgres deployment
+test: install ## run the test suite (embedded Redis unless TINYEXP_TEST_REDIS_URL is set)
+	$(PY) -m pytest -q -m "not e2e and not slow"
+
+test-e2e: install ## end-to-end tests: browser UI, CLI subprocesses, daemon, Postgres deployment; slow tests
 	bash scripts/install_chromium.sh
-	$(PY) -m pytest -q -m e2e tests/e2e
+	$(PY) -m pytest -q -m "e2e or slow"
 
 bench: install ## benchmarks: results saved under bench/results/, docs/benchmarks.md regenerated
 	$(PY) -m pip install --quiet -e ".[bench]"

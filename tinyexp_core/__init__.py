@@ -29,6 +29,7 @@ _EXPORTS = {
     "TensorBatchLoader": "data",
     "RedisClusterManager": "redis_server",
     "EmbeddedRedis": "redis_server",
+    "RedisCfgMixin": "redis_cache",
     "update_ema": "ema",
     "tiny_logger_setup": "logging",
     "LoggerCfg": "logging",
@@ -70,6 +71,7 @@ _EXCEPTIONS = (
     "DatasetCorruptError",
     "RedisError",
     "RedisStartError",
+    "RedisClusterConfigError",
     "InvalidRedisUrlError",
 )
 _EXPORTS.update({name: "exceptions" for name in _EXCEPTIONS})

@@ -40,13 +40,16 @@ def _importable_class(exp_cls: type) -> type:
 
 def launch(exp: Any) -> Any:
     """Run the experiment with its configured launcher; returns rank 0's result."""
-    if exp.launcher == "ray":
-        from .launchers.ray import launch_on_ray
+    from .redis_cache import serving_redis_cache
 
-        return launch_on_ray(exp, log_callback=lambda line: print(line, file=sys.stderr))[0]
-    from .launchers import launch_local
+    with serving_redis_cache(exp):
+        if exp.launcher == "ray":
+            from .launchers.ray import launch_on_ray
 
-    return launch_local(exp)[0]
+            return launch_on_ray(exp, log_callback=lambda line: print(line, file=sys.stderr))[0]
+        from .launchers import launch_local
+
+        return launch_local(exp)[0]
 
 
 def main(argv: Sequence[str] | None = None, exp_cls: type | str | None = None) -> int:

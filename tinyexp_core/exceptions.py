@@ -264,6 +264,15 @@ class RedisStartError(RedisError, RuntimeError):
         super().__init__(f"redis-server on {port} did not start: {reason}")
 
 
+class RedisClusterConfigError(ConfigValueError):
+    """A RedisClusterManager argument is invalid; the message leads with 0.0.1's wording."""
+
+    def __init__(self, key: str, value: object, allowed: str, problem: str) -> None:
+        super().__init__(key, value, allowed)
+        self.problem = problem
+        self.args = (f"{problem}: {self.args[0]}",)
+
+
 class InvalidRedisUrlError(ConfigError):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url

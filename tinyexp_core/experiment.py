@@ -121,6 +121,10 @@ class TinyExp:
 
     # keys overridden at build time (TinyExp 0.0.1 name)
     overrided_cfg: dict = field(default_factory=dict)
+    # TinyExp 0.0.1 kept Hydra's settings here, and its experiments log their config as
+    # `OmegaConf.structured(self)` minus this key (`del cfg["hydra"]`). Hydra is not used:
+    # the key stays empty, takes no overrides and is left out of every config dump.
+    hydra: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(exp_name={self.exp_name!r}, rank={os.getenv('RANK', '0')})"

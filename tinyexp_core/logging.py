@@ -12,6 +12,7 @@ from typing import Any, Literal
 from loguru import logger
 
 from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.launchers.runtime import get_log_forwarder
 from tinyexp_core.redaction import redact_text
 
 __all__ = ["LoggerCfg", "WandbCfg", "tiny_logger_setup"]
@@ -85,9 +86,12 @@ def tiny_logger_setup(
 
     Rank 0 logs at `level` to stderr and `<save_dir>/<filename>`; other ranks log WARNING and
     above to stderr and `<save_dir>/<stem>_rank<r><suffix>`. `extra_sink` receives each
-    formatted rank-0 line without its newline; it is ignored on other ranks.
+    formatted rank-0 line without its newline; it is ignored on other ranks. Left unset, it
+    is the launcher's log forwarder (the Ray launcher streams rank-0 lines to its caller).
     """
     _check_level(level)
+    if extra_sink is None:
+        extra_sink = get_log_forwarder()
     if mode not in FILE_MODES:
         raise ConfigValueError("mode", mode, FILE_MODES)
     _remove_own_handlers()
@@ -164,3 +168,19 @@ class WandbCfg:
             # wandb does not create `dir` and falls back to a temp dir, losing the run's files.
             Path(kwargs["dir"]).mkdir(parents=True, exist_ok=True)
         return wandb.init(**kwargs)
+
+    def build_tracker(
+        self, run_dir: str, *, config: dict[str, Any], name: str, is_main_process: bool = True
+    ) -> Any:
+        """A W&B run under `<run_dir>/wandb` on the main process when enabled, else a no-op.
+
+        The tracker's `log(row, step)` records a history row and `finish(summary)` the final
+        metrics, returning `wandb_run_id` and `wandb_dir` for the run summary.
+        """
+        from .tracking import NullTracker, start_wandb_run
+
+        if not (self.enable_wandb and is_main_process) or self.mode == "disabled":
+            return NullTracker()
+        return start_wandb_run(
+            project=self.project, mode=self.mode, run_dir=run_dir, name=name, config=config
+        )

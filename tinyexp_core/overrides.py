@@ -28,7 +28,7 @@ from .exceptions import (
 from .redaction import redact_value
 
 # Fields of the experiment that are bookkeeping, not configuration.
-INTERNAL_FIELDS = frozenset({"overrided_cfg"})
+INTERNAL_FIELDS = frozenset({"overrided_cfg", "hydra"})
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 

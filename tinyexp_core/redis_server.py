@@ -22,7 +22,7 @@ import psutil
 import redis
 from loguru import logger
 
-from tinyexp_core.exceptions import ConfigValueError, RedisStartError
+from tinyexp_core.exceptions import ConfigValueError, RedisClusterConfigError, RedisStartError
 from tinyexp_core.files import atomic_write_text
 from tinyexp_core.redis_client import (
     PROBE_TIMEOUT_S,
@@ -182,6 +182,22 @@ def _check_min(key: str, value: float, minimum: float) -> None:
         raise ConfigValueError(key, value, f">= {minimum:g}")
 
 
+def _memory_gb_to_mb(ports: list[int], max_memory_per_port: float) -> int:
+    """TinyExp 0.0.1's per-shard memory in GB as whole MiB (rounded up); needs explicit ports."""
+    if not ports:
+        raise RedisClusterConfigError(
+            "ports", ports, "at least one port with max_memory_per_port", "ports must not be empty"
+        )
+    if not max_memory_per_port > 0:
+        raise RedisClusterConfigError(
+            "max_memory_per_port",
+            max_memory_per_port,
+            "a number of GB > 0",
+            "max_memory_per_port must be > 0 GB",
+        )
+    return max(1, -(-int(max_memory_per_port * 1024**3) // 1024**2))
+
+
 def _free_ports(host: str, count: int) -> list[int]:
     ports: list[int] = []
     while len(ports) < count:
@@ -196,6 +212,10 @@ class RedisClusterManager:
 
     A port that already answers PING (with our password) is reused and never stopped by us; a
     port held by something that is not a usable Redis makes start() raise RedisStartError.
+
+    TinyExp 0.0.1's form `RedisClusterManager(ports=[...], max_memory_per_port=GB)` is
+    accepted too, with its method names (`start_redis_cluster`, `stop_redis_cluster`,
+    `get_redis_memory_info`).
     """
 
     def __init__(
@@ -205,23 +225,36 @@ class RedisClusterManager:
         *,
         num_shards: int = 1,
         max_memory_mb: int = 256,
+        max_memory_per_port: float | None = None,  # GB (GiB) per shard; replaces max_memory_mb
         data_dir: str | None = None,
         start_timeout_s: float = 10.0,
         password: str | None = None,
     ) -> None:
         _check_min("num_shards", num_shards, 1)
-        _check_min("max_memory_mb", max_memory_mb, 1)
         _check_min("start_timeout_s", start_timeout_s, 0.1)
+        ports = [int(port) for port in ports]
+        if max_memory_per_port is not None:
+            max_memory_mb = _memory_gb_to_mb(ports, max_memory_per_port)
+        _check_min("max_memory_mb", max_memory_mb, 1)
         if ports and num_shards not in (1, len(ports)):
             raise ConfigValueError("num_shards", num_shards, f"len(ports) = {len(ports)} or 1")
         for port in ports:
             if not 1 <= port <= 65535:
-                raise ConfigValueError("ports", port, "integers in 1..65535")
+                raise RedisClusterConfigError(
+                    "ports", port, "integers in 1..65535", f"Invalid port {port}"
+                )
         if len(set(ports)) != len(ports):
-            raise ConfigValueError("ports", list(ports), "distinct ports")
+            raise RedisClusterConfigError("ports", ports, "distinct ports", "ports must be unique")
         self.host = host
-        self.ports = list(ports) or _free_ports(host, num_shards)
+        self.ports = ports or _free_ports(host, num_shards)
         self.max_memory_mb = max_memory_mb
+        # 0.0.1's exact request in bytes; the servers get it rounded up to whole MiB.
+        self.max_memory_per_port_bytes = (
+            int(max_memory_per_port * 1024**3)
+            if max_memory_per_port is not None
+            else max_memory_mb * 1024**2
+        )
+        self.max_memory_per_port_gb = self.max_memory_per_port_bytes / 1024**3
         self.data_dir = data_dir
         self.start_timeout_s = start_timeout_s
         self.password = password
@@ -283,6 +316,27 @@ class RedisClusterManager:
         if self._tmp_dir is not None:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
             self._tmp_dir = None
+
+    def start_redis_cluster(self) -> bool:
+        """TinyExp 0.0.1's name for start(); True once every shard answers (errors raise)."""
+        self.start()
+        return True
+
+    def stop_redis_cluster(self) -> None:
+        """TinyExp 0.0.1's name for stop()."""
+        self.stop()
+
+    def get_redis_memory_info(self) -> dict[str, dict[str, float | str]]:
+        """Memory used by each shard, keyed `redis_<port>` as in TinyExp 0.0.1."""
+        info: dict[str, dict[str, float | str]] = {}
+        for port, client in zip(self.ports, self.clients(), strict=True):
+            with contextlib.closing(client):
+                memory = client.info("memory")
+            info[f"redis_{port}"] = {
+                "used_memory_mb": memory["used_memory"] / 1024**2,
+                "used_memory_human": memory["used_memory_human"],
+            }
+        return info
 
     def __enter__(self) -> RedisClusterManager:
         self.start()

@@ -4,6 +4,8 @@ downstream assets stale after a config or data change, and fresh again when it i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 from dagster._core.definitions.data_version import (
     DATA_VERSION_TAG,
@@ -56,11 +58,14 @@ def test_training_config_change_marks_downstream_stale(pipeline: Pipeline) -> No
     assert same.tags[DATA_VERSION_TAG] == original_version
     assert statuses(pipeline) == dict.fromkeys(PIPELINE, FRESH)
 
-    changed = pipeline.materialize(
-        ["trained_model"],
-        trained_model={"overrides": [*TINY_OVERRIDES, "optimizer_cfg.lr=0.002"]},
-    )
+    # (with W&B tracking on too: its offline run directory is linked in the metadata)
+    overrides = [*TINY_OVERRIDES, "optimizer_cfg.lr=0.002", "wandb_cfg.enable_wandb=true"]
+    changed = pipeline.materialize(["trained_model"], trained_model={"overrides": overrides})
     changed_mat = materializations(changed)["trained_model"]
+    assert "wandb_dir" not in original.metadata
+    wandb_dir = Path(changed_mat.metadata["wandb_dir"].value)
+    assert wandb_dir.parent == Path(changed_mat.metadata["run_dir"].value) / "wandb"
+    assert wandb_dir.is_dir() and any(wandb_dir.glob("run-*.wandb"))
     assert changed_mat.tags[DATA_VERSION_TAG] == changed_mat.metadata["config_hash"].value
     assert changed_mat.tags[DATA_VERSION_TAG] != original_version
     assert statuses(pipeline) == {

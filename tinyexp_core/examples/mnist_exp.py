@@ -27,7 +27,6 @@ from tinyexp_core.exceptions import (
     ConfigValueError,
 )
 from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT, TinyExp
-from tinyexp_core.launchers.runtime import get_log_forwarder
 from tinyexp_core.metrics import classification_report, confusion_matrix
 from tinyexp_core.timing import mark
 
@@ -231,9 +230,7 @@ class Exp(TinyExp):
 
     def _train(self, acc: Any) -> dict[str, Any]:
         run_dir = self.ensure_run_dir()
-        logger = self.logger_cfg.build_logger(
-            run_dir, distributed_rank=acc.rank, extra_sink=get_log_forwarder()
-        )
+        logger = self.logger_cfg.build_logger(run_dir, distributed_rank=acc.rank)
         if acc.is_main_process:
             logger.info(f"run {self.run_id} in {run_dir}, world size {acc.world_size}")
             logger.info(f"overrides: {self.overrided_cfg or 'none'}")
@@ -274,6 +271,9 @@ class Exp(TinyExp):
             world_size=acc.world_size,
             attempt=int(os.environ.get(ENV_ATTEMPT, "1")),
         )
+        tracker = self.wandb_cfg.build_tracker(
+            run_dir, config=self.config_dict(), name=self.run_id, is_main_process=acc.rank == 0
+        )
         started = time.perf_counter()
         try:
             for epoch in range(start_epoch, num_epochs):
@@ -285,6 +285,7 @@ class Exp(TinyExp):
                 reporter.heartbeat()  # validation can be long; it is not a stall
                 row.update(self._validate(acc, model, val_loader_data))
                 history.append(row)
+                tracker.log(row, step=epoch)
                 self._save_epoch(acc, manager, model, optimizer, scheduler, row, history, reporter)
                 reporter.epoch_end(
                     epoch=epoch,
@@ -306,10 +307,13 @@ class Exp(TinyExp):
                 "cancelled" if interrupted else "failed", error=f"{type(err).__name__}: {err}"
             )
             reporter.close()
+            tracker.finish(failed=True)
             raise
         reporter.finish("succeeded")
         reporter.close()
-        return self._summary(run_dir, manager, history, resumed_from, acc, started)
+        summary = self._summary(run_dir, manager, history, resumed_from, acc, started)
+        summary.update(tracker.finish(summary))  # the W&B run id and directory, if tracked
+        return summary
 
     def _train_one_epoch(
         self, acc, model, optimizer, loader, epoch, step, reporter, logger

@@ -27,7 +27,7 @@ from ..exceptions import (
     WorkerFailedError,
 )
 from ..timing import mark
-from .runtime import set_log_forwarder
+from .runtime import forward_stdout, set_log_forwarder
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
 LOCAL_HOST = "127.0.0.1"
@@ -253,10 +253,11 @@ class _RankWorker:
         import torch
 
         torch.set_num_threads(max(1, num_threads))
-        if log_sink is not None:
-            set_log_forwarder(lambda line: log_sink.append.remote(line))
+        forward = None if log_sink is None else (lambda line: log_sink.append.remote(line))
+        set_log_forwarder(forward)
         try:
-            return exp.run()
+            with forward_stdout(forward):
+                return exp.run()
         finally:
             set_log_forwarder(None)
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import io
+import os
+import sys
+from collections.abc import Callable, Iterator
 
 _log_forwarder: Callable[[str], None] | None = None
 
@@ -10,8 +14,77 @@ _log_forwarder: Callable[[str], None] | None = None
 def set_log_forwarder(fn: Callable[[str], None] | None) -> None:
     """Rank-0 log lines also go to `fn` (the Ray launcher streams them to its caller)."""
     global _log_forwarder
-    _log_forwarder = fn
+    _log_forwarder = None if fn is None else _this_process_only(fn)
+
+
+def _this_process_only(fn: Callable[[str], None]) -> Callable[[str], None]:
+    """`fn`, silenced in forked children (data loader workers inherit sinks and stdout):
+    `fn` may call Ray, which a forked child must not use."""
+    owner = os.getpid()
+
+    def forward(line: str) -> None:
+        if os.getpid() == owner:
+            fn(line)
+
+    return forward
 
 
 def get_log_forwarder() -> Callable[[str], None] | None:
     return _log_forwarder
+
+
+class _LineTee(io.TextIOBase):
+    """A text stream writing through to `stream` and handing each complete line to `fn`."""
+
+    def __init__(self, stream: io.TextIOBase, fn: Callable[[str], None]) -> None:
+        self._stream = stream
+        self._fn = _this_process_only(fn)
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._stream.write(text)
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            self._send(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def flush_pending(self) -> None:
+        if self._pending:
+            self._send(self._pending)
+            self._pending = ""
+
+    def _send(self, line: str) -> None:
+        # Best effort: a lost terminal line must never fail the run that printed it.
+        with contextlib.suppress(Exception):
+            self._fn(line.rstrip("\r"))
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", "utf-8")
+
+    def isatty(self) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def forward_stdout(fn: Callable[[str], None] | None) -> Iterator[None]:
+    """While open, lines printed to stdout also go to `fn` (no-op when `fn` is None).
+
+    A Ray worker's stdout reaches only its log file; an experiment written for TinyExp
+    0.0.1 reports with `print` (and `accelerator.print`), so rank 0 forwards those lines
+    to the launcher's caller, as Ray's own log streaming did for 0.0.1.
+    """
+    if fn is None:
+        yield
+        return
+    saved = sys.stdout
+    tee = _LineTee(saved, fn)
+    sys.stdout = tee
+    try:
+        yield
+    finally:
+        tee.flush_pending()
+        sys.stdout = saved

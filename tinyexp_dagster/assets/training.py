@@ -230,4 +230,6 @@ def _output(
         "run_dir": dg.MetadataValue.path(summary["run_dir"]),
         "best_checkpoint": dg.MetadataValue.path(summary["best_checkpoint"]),
     }
+    if summary.get("wandb_dir"):  # the W&B run, when wandb_cfg.enable_wandb=true
+        metadata["wandb_dir"] = dg.MetadataValue.path(summary["wandb_dir"])
     return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(digest))
