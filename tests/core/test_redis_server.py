@@ -229,11 +229,15 @@ def test_cluster_password_is_required_and_never_on_the_command_line(tmp_path: Pa
 def test_embedded_starts_once_and_is_reused(embedded: EmbeddedRedis) -> None:
     url = embedded.ensure()
     pid = embedded.pid()
-    assert url.startswith("redis://127.0.0.1:") and url.endswith("/0")
-    assert not url.startswith("redis://127.0.0.1:6379/")
+    address = url.partition("@")[2]
+    assert url.startswith("redis://:") and address.startswith("127.0.0.1:") and url.endswith("/0")
+    assert not address.startswith("127.0.0.1:6379/")
     assert embedded.ensure() == url and embedded.pid() == pid
     assert EmbeddedRedis(embedded.state_dir.parent).url() == url
-    assert embedded.url_file.read_text().strip() == url
+    # The address file holds no secret; the password is in its own owner-only file.
+    password = embedded.password_file.read_text().strip()
+    assert embedded.url_file.read_text().strip() == url.replace(f":{password}@", "")
+    assert password not in embedded.url_file.read_text()
 
 
 def test_embedded_binds_loopback_only_without_persistence(embedded: EmbeddedRedis) -> None:
@@ -241,7 +245,9 @@ def test_embedded_binds_loopback_only_without_persistence(embedded: EmbeddedRedi
     client = make_client(url)
     assert client.config_get("bind")["bind"] == "127.0.0.1"
     assert client.config_get("save")["save"] == ""
-    assert client.config_get("requirepass")["requirepass"] == ""
+    assert client.config_get("requirepass")["requirepass"] == (
+        embedded.password_file.read_text().strip()
+    )
     client.close()
     pid = embedded.pid()
     assert pid is not None

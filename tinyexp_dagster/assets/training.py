@@ -1,5 +1,7 @@
 """`trained_model`: DDP training of the experiment on Ray, resumable across retries."""
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -52,6 +54,24 @@ def _progress_env(
         return {}
     context.log.info(f"progress in Redis at {redis.redacted(url)}")
     return {"TINYEXP_PROGRESS_URL": url}
+
+
+@contextlib.contextmanager
+def _kept_in_use(url: str | None) -> Iterator[None]:
+    """Hold one connection to the progress store while the ranks run: an embedded Redis's
+    idle watcher counts it as a user, so it cannot stop the server while Ray is still
+    starting the ranks (before they connect)."""
+    from tinyexp_core.redis_client import make_client
+
+    client = make_client(url) if url else None
+    try:
+        if client is not None:
+            with contextlib.suppress(Exception):  # best effort, like every progress write
+                client.ping()
+        yield
+    finally:
+        if client is not None:
+            client.close()
 
 
 def _mark(url: str | None, run_id: str, status: str, error: str) -> None:
@@ -131,7 +151,8 @@ def trained_model(
     progress_url = spec.env.get("TINYEXP_PROGRESS_URL")
     mark("launch_start")  # for the benchmarks (a no-op without a timing file)
     try:
-        summary = ray.run(exp, spec, log=context.log.info)[0]
+        with _kept_in_use(progress_url):
+            summary = ray.run(exp, spec, log=context.log.info)[0]
         mark("launch_end")
     except InsufficientResourcesError as err:  # checked against the cluster, before any rank
         raise config_failure(err) from None
