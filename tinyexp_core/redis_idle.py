@@ -31,6 +31,7 @@ import redis
 from loguru import logger
 
 from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.files import atomic_write_text
 from tinyexp_core.redis_client import classify_redis_error, make_client
 from tinyexp_core.redis_server import (
     ENV_IDLE_STOP_S,
@@ -68,15 +69,15 @@ class Holder:
 
 
 def add_holder(holders_dir: Path, pid: int, *, started: bool) -> Holder:
-    """Register process `pid` as a holder; a registration already there is kept (a reloaded
-    code server must not turn `dagster dev`'s "started it" into "found it")."""
-    holder = Holder(pid, psutil.Process(pid).create_time(), started)
-    path = holders_dir / str(pid)
+    """Register process `pid` as a holder. A live registration already there is kept, and
+    only ever upgraded to `started` (a reloaded code server, or a second process of the same
+    `dagster dev` that found the server, must not turn "started it" into "found it")."""
     existing = read_holders(holders_dir).get(pid)
-    if existing is not None and existing.alive():
+    if existing is not None and existing.alive() and (existing.started or not started):
         return existing
+    holder = Holder(pid, psutil.Process(pid).create_time(), started)
     holders_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text(json.dumps(holder.__dict__))
+    atomic_write_text(holders_dir / str(pid), json.dumps(holder.__dict__), mode=0o600)
     return holder
 
 
