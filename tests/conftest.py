@@ -35,7 +35,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     snap = session.config.stash.get(_SNAPSHOT_KEY, None)
     if snap is None:
         return
-    left = leftovers.wait_for_leftovers(snap)
+    grace_s = float(os.environ.get(leftovers.ENV_GRACE_S) or leftovers.GRACE_S)
+    left = leftovers.wait_for_leftovers(snap, grace_s)
     if not left:
         return
     lines = leftovers.describe(left)
@@ -43,7 +44,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     header = (
         f"{len(left)} process(es) started by this test session outlived it "
-        f"(waited {leftovers.GRACE_S:g} s; now killed):"
+        f"(waited {grace_s:g} s; now killed):"
     )
     if reporter is not None:
         reporter.write_sep("=", "leftover processes", red=True)

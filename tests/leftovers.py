@@ -25,6 +25,7 @@ WATCHED = re.compile(
     r"redis-server|raylet|gcs_server|ray::|/ray/|dagster|tinyexp|plasma_store|chrom(e|ium)"
 )
 GRACE_S = 20.0  # Ray's shutdown and a watcher's last poll take a few seconds
+ENV_GRACE_S = "TINYEXP_TEST_LEFTOVER_GRACE_S"  # shorter in the check's own test
 
 
 @dataclass(frozen=True)
