@@ -478,17 +478,18 @@ class EmbeddedRedis:
             url, pid = self._read_state()
             if only_pid is not None and pid != only_pid:
                 return False
-            stopped = False
-            if url is not None and pid is not None and self._is_ours(url, pid):
+            ours = url is not None and pid is not None and self._is_ours(url, pid)
+            hung = not ours and pid is not None and _pid_alive(pid) and _is_redis_process(pid)
+            # The files go first: once the process has gone, nobody finds its address.
+            self._clear_state()
+            if ours:
                 _shutdown_nosave(url)
                 if not _wait_pid_exit(pid, _STOP_TIMEOUT_S):
                     _kill_pid(pid)
-                stopped = True
-            elif pid is not None and _pid_alive(pid) and _is_redis_process(pid):
+            elif hung:
                 # Listed as ours but not answering: a hung server we started; end it by pid.
                 _kill_pid(pid)
-                stopped = True
-            self._clear_state()
+            stopped = ours or hung
         if stopped:
             logger.info("stopped the embedded Redis of {}", self.state_dir)
         return stopped

@@ -103,6 +103,13 @@ def _check_clients(instance: dg.DagsterInstance, root: Path, run_id: str, capsys
     with socket.create_connection((host, int(port)), timeout=5) as raw:
         raw.sendall(b"GET x\r\n")
         assert raw.recv(100).startswith(b"-NOAUTH")
+    # The password is in no run log, no metadata, no file the run wrote.
+    assert password not in repr(instance.all_logs(run_id))
+    for path in root.rglob("*"):
+        if path.is_file() and server.state_dir not in path.parents:
+            assert password.encode() not in path.read_bytes(), path
+    assert cli_main(["--storage-root", str(root), "redis", "url"]) == 0
+    assert password not in capsys.readouterr().out
     # The CLI progress view finds the password under the storage root.
     assert cli_main(["--storage-root", str(root), "progress", run_id, "--once"]) == 0
     out = capsys.readouterr().out
