@@ -80,10 +80,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     if url:
         yield url
         return
+    from tinyexp_core.redis_idle import add_holder
     from tinyexp_core.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis"))
     url = server.ensure()
+    # Tests use it on and off for the whole session: hold it, or its idle watcher would stop
+    # it during a long stretch of tests that do not touch Redis.
+    add_holder(server.holders_dir, os.getpid(), started=True)
     try:
         yield url
     finally:
