@@ -19,6 +19,7 @@ was started for (same pid in the pid file): a configured Redis URL never has a w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -143,7 +144,8 @@ class _Watch:
         if url is None or recorded != self.pid:
             return ""  # another server, or none: not ours to watch
         client = make_client(url, socket_timeout_s=2.0, connect_timeout_s=2.0)
-        client.client_setname(WATCHER_NAME)
+        with contextlib.suppress(redis.RedisError, OSError):
+            client.client_setname(WATCHER_NAME)  # only a label in CLIENT LIST
         last_busy = time.monotonic()
         while True:
             time.sleep(self.poll_s)
@@ -151,7 +153,7 @@ class _Watch:
                 return ""
             try:
                 reason = self.busy_reason(client)
-            except (redis.RedisError, OSError) as err:
+            except (redis.RedisError, OSError, KeyError, ValueError) as err:
                 if classify_redis_error(err) == "auth":
                     return ""  # the password changed: a new server, not the one we watch
                 reason = f"no answer ({type(err).__name__})"  # loading or busy: wait

@@ -160,7 +160,8 @@ def test_embedded_redis_stops_when_idle_and_restarts_on_the_next_run(
 
     # Generous bound: idle time, the watcher's poll, a loaded CI machine.
     gone = _wait_gone(pids, timeout_s=IDLE_STOP_S + 30)
-    print({root.name: f"{seconds:.1f} s" for root, seconds in gone.items()})
+    with capsys.disabled():  # the measured times, for the record (`pytest -s`)
+        print("\nredis-server gone after", {r.name: f"{t:.1f} s" for r, t in gone.items()})
     for root in roots:
         server = EmbeddedRedis(root)
         assert not server.url_file.exists() and not server.password_file.exists()
