@@ -33,6 +33,7 @@ from loguru import logger
 
 from tinyexp_core.exceptions import ConfigValueError
 from tinyexp_core.files import atomic_write_text
+from tinyexp_core.progress import ACTIVE_RUNS_KEY
 from tinyexp_core.redis_client import classify_redis_error, make_client
 from tinyexp_core.redis_server import (
     ENV_IDLE_STOP_S,
@@ -42,7 +43,6 @@ from tinyexp_core.redis_server import (
     _pid_alive,
 )
 
-ACTIVE_RUNS_KEY = "tinyexp:runs:active"  # progress.ACTIVE_RUNS_KEY (no import: keeps it light)
 WATCHER_NAME = "tinyexp-idle-watch"
 _MAX_POLL_S = 1.0
 
