@@ -375,10 +375,12 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _is_redis_process(pid: int) -> bool:
-    """Guard against a recycled pid before signalling it."""
+def _is_redis_process(pid: int, cwd: Path | None = None) -> bool:
+    """Guard against a recycled pid before signalling it: a redis-server, and with `cwd`, one
+    running in that directory (ours run in their state directory)."""
     try:
-        return "redis" in psutil.Process(pid).name()
+        proc = psutil.Process(pid)
+        return "redis" in proc.name() and (cwd is None or Path(proc.cwd()) == cwd)
     except psutil.Error:
         return False
 
@@ -479,7 +481,7 @@ class EmbeddedRedis:
             if only_pid is not None and pid != only_pid:
                 return False
             ours = url is not None and pid is not None and self._is_ours(url, pid)
-            hung = not ours and pid is not None and _pid_alive(pid) and _is_redis_process(pid)
+            hung = not ours and pid is not None and _is_redis_process(pid, self.state_dir)
             # The files go first: once the process has gone, nobody finds its address.
             self._clear_state()
             if ours:
@@ -550,6 +552,11 @@ class EmbeddedRedis:
             client.close()
 
     def _start(self, idle_stop_s: float) -> str:
+        _, pid = self._read_state()
+        if pid is not None and _is_redis_process(pid, self.state_dir):
+            # Ours but unusable (hung, or started before servers had passwords): without
+            # its pid file nothing would ever stop it.
+            _kill_pid(pid)
         self._clear_state()
         for attempt in range(1, _START_ATTEMPTS + 1):
             port = free_port("127.0.0.1")

@@ -459,7 +459,11 @@ def test_a_connected_client_keeps_the_server_then_it_stops_when_idle(
     client.close()
     assert _gone_within(pid, 10.0)
     assert not embedded.url_file.exists() and not embedded.password_file.exists()
-    assert "idle for 1 s" in (embedded.state_dir / "watch.log").read_text()
+    log = embedded.state_dir / "watch.log"
+    deadline = time.monotonic() + 5.0  # the watcher logs once the process has ended
+    while "idle for 1 s" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "idle for 1 s (TINYEXP_REDIS_IDLE_STOP_S)" in log.read_text()
 
 
 def test_an_active_run_keeps_the_server(
@@ -526,3 +530,15 @@ def test_the_watcher_never_stops_a_server_it_did_not_start(tmp_path: Path) -> No
         server.pid_file.write_text(f"{proc.pid}\n")
         watch(tmp_path / "storage", pid=proc.pid + 1, idle_s=0.1)  # returns: not its server
         assert foreign.is_healthy()
+
+
+def test_a_server_from_before_passwords_is_replaced_and_stopped(embedded: EmbeddedRedis) -> None:
+    """An upgrade: the root's server was started without a password (no password file)."""
+    embedded.ensure()
+    old_pid = embedded.pid()
+    assert old_pid is not None
+    embedded.password_file.unlink()  # what an older version left: address and pid only
+    assert embedded.url() is None
+    url = embedded.ensure()
+    assert embedded.pid() != old_pid and _answers(url)
+    assert not redis_server._pid_alive(old_pid)
