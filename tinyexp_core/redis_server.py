@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +41,8 @@ _LOG_TAIL_CHARS = 2000
 _POLL_S = 0.05
 _STOP_TIMEOUT_S = 5.0  # seconds between SIGTERM and SIGKILL
 _START_ATTEMPTS = 3  # free_port() is racy: another process may take the port before redis binds
+ENV_IDLE_STOP_S = "TINYEXP_REDIS_IDLE_STOP_S"
+DEFAULT_IDLE_STOP_S = 600.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,6 +54,21 @@ def free_port(host: str = "127.0.0.1") -> int:
             port = sock.getsockname()[1]
         if port != RESERVED_PORT:
             return port
+
+
+def idle_stop_s() -> float:
+    """`TINYEXP_REDIS_IDLE_STOP_S`: seconds an embedded Redis that nobody uses stays up
+    (`redis_idle` stops it then)."""
+    text = os.environ.get(ENV_IDLE_STOP_S, "").strip()
+    if not text:
+        return DEFAULT_IDLE_STOP_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ConfigValueError(ENV_IDLE_STOP_S, text, "a finite number of seconds > 0")
+    return value
 
 
 def redis_server_executable() -> str:
@@ -409,10 +429,12 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _is_redis_process(pid: int) -> bool:
-    """Guard against a recycled pid before signalling it."""
+def _is_redis_process(pid: int, cwd: Path | None = None) -> bool:
+    """Guard against a recycled pid before signalling it: a redis-server, and with `cwd`, one
+    running in that directory (ours run in their state directory)."""
     try:
-        return "redis" in psutil.Process(pid).name()
+        proc = psutil.Process(pid)
+        return "redis" in proc.name() and (cwd is None or Path(proc.cwd()) == cwd)
     except psutil.Error:
         return False
 
@@ -448,9 +470,13 @@ def _kill_pid(pid: int) -> None:
 class EmbeddedRedis:
     """The project's default progress store: one daemonized redis-server per storage root.
 
-    State lives in `<storage_root>/redis/`. Every process that uses the same storage root finds
-    the same server through the address file `redis.url`; `ensure()` starts one under a file
-    lock only if none answers. The server outlives its starter; `stop()` ends it.
+    State lives in `<storage_root>/redis/` (mode 0700). Every process that uses the same
+    storage root finds the same server through the address file `redis.url` and the password
+    file `redis.password` (0600, a fresh `secrets.token_urlsafe` per start: a client without
+    it gets NOAUTH); `ensure()` starts one under a file lock only if none answers. The server
+    outlives its starter: a detached watcher (`tinyexp_core.redis_idle`) stops it once it has
+    been idle for `TINYEXP_REDIS_IDLE_STOP_S` seconds and no holder (`make dev`,
+    `dagster dev`) lives; `stop()` ends it at once.
     """
 
     def __init__(
@@ -459,8 +485,11 @@ class EmbeddedRedis:
         _check_min("start_timeout_s", start_timeout_s, 0.1)
         _check_min("max_memory_mb", max_memory_mb, 1)
         self.state_dir = Path(storage_root).absolute() / "redis"
-        self.url_file = self.state_dir / "redis.url"
+        self.url_file = self.state_dir / "redis.url"  # address only, never the password
+        self.password_file = self.state_dir / "redis.password"
         self.pid_file = self.state_dir / "redis.pid"
+        self.holders_dir = self.state_dir / "holders"
+        self.watch_log_file = self.state_dir / "watch.log"
         self.log_file = self.state_dir / "redis.log"
         self.lock_file = self.state_dir / "redis.lock"
         self.conf_file = self.state_dir / "redis.conf"
@@ -468,12 +497,18 @@ class EmbeddedRedis:
         self.max_memory_mb = max_memory_mb
 
     def ensure(self) -> str:
-        """URL of this storage root's server, starting one if none answers."""
+        """URL (with its password) of this storage root's server, starting one if none
+        answers. Redact it before showing it."""
+        return self.ensure_started()[0]
+
+    def ensure_started(self) -> tuple[str, bool]:
+        """(`ensure()`'s URL, whether this call started the server)."""
+        idle_s = idle_stop_s()  # a bad setting fails before anything starts
         with self._locked():
             url = self.url()
             if url is not None:
-                return url
-            return self._start()
+                return url, False
+            return self._start(idle_s), True
 
     def url(self) -> str | None:
         """URL of this storage root's live server, or None; never starts one."""
@@ -489,23 +524,28 @@ class EmbeddedRedis:
             return pid
         return None
 
-    def stop(self) -> bool:
-        """Stop this storage root's server and remove its address file; True if one was stopped."""
+    def stop(self, *, only_pid: int | None = None) -> bool:
+        """Stop this storage root's server and remove its address and password files; True if
+        one was stopped. With `only_pid`, act only if the recorded server is that process
+        (the idle watcher: never a server started after the one it watched)."""
         if not self.state_dir.is_dir():
             return False
         with self._locked():
             url, pid = self._read_state()
-            stopped = False
-            if url is not None and pid is not None and self._is_ours(url, pid):
+            if only_pid is not None and pid != only_pid:
+                return False
+            ours = url is not None and pid is not None and self._is_ours(url, pid)
+            hung = not ours and pid is not None and _is_redis_process(pid, self.state_dir)
+            # The files go first: once the process has gone, nobody finds its address.
+            self._clear_state()
+            if ours:
                 _shutdown_nosave(url)
                 if not _wait_pid_exit(pid, _STOP_TIMEOUT_S):
                     _kill_pid(pid)
-                stopped = True
-            elif pid is not None and _pid_alive(pid) and _is_redis_process(pid):
+            elif hung:
                 # Listed as ours but not answering: a hung server we started; end it by pid.
                 _kill_pid(pid)
-                stopped = True
-            self._clear_state()
+            stopped = ours or hung
         if stopped:
             logger.info("stopped the embedded Redis of {}", self.state_dir)
         return stopped
@@ -513,7 +553,7 @@ class EmbeddedRedis:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold an exclusive flock on the lock file, so only one process starts a server."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._ensure_private_dir()
         # Waits out a holder that is starting a server (up to every attempt's timeout).
         timeout_s = _START_ATTEMPTS * self.start_timeout_s + 5.0
         deadline = time.monotonic() + timeout_s
@@ -535,18 +575,21 @@ class EmbeddedRedis:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _read_state(self) -> tuple[str | None, int | None]:
+        """(authenticated URL, pid) from the state files; None where one is missing."""
         try:
-            url = self.url_file.read_text().strip() or None
+            address = self.url_file.read_text().strip() or None
+            password = self.password_file.read_text().strip() or None
         except OSError:
-            url = None
+            address = password = None
         try:
             pid: int | None = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             pid = None
+        url = _with_password(address, password) if address and password else None
         return url, pid
 
     def _clear_state(self) -> None:
-        for path in (self.url_file, self.pid_file):
+        for path in (self.url_file, self.pid_file, self.password_file):
             path.unlink(missing_ok=True)
 
     @staticmethod
@@ -562,23 +605,36 @@ class EmbeddedRedis:
         finally:
             client.close()
 
-    def _start(self) -> str:
+    def _start(self, idle_stop_s: float) -> str:
+        _, pid = self._read_state()
+        if pid is not None and _is_redis_process(pid, self.state_dir):
+            # Ours but unusable (hung, or started before servers had passwords): without
+            # its pid file nothing would ever stop it.
+            _kill_pid(pid)
         self._clear_state()
         for attempt in range(1, _START_ATTEMPTS + 1):
             port = free_port("127.0.0.1")
             try:
-                url = self._launch(port)
+                url, pid = self._launch(port)
             except RedisStartError as exc:
                 if "in use" not in exc.reason or attempt == _START_ATTEMPTS:
                     raise
                 continue
-            logger.info("started the embedded Redis of {} at {}", self.state_dir, url)
+            self._start_watcher(pid, idle_stop_s)
+            logger.info(
+                "started the embedded Redis of {} at {} (stops after {:g} s idle)",
+                self.state_dir,
+                redact_url(url),
+                idle_stop_s,
+            )
             return url
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _launch(self, port: int) -> str:
-        """Start a detached redis-server on 127.0.0.1:`port`, wait for PING, record it."""
-        url = f"redis://127.0.0.1:{port}/0"
+    def _launch(self, port: int) -> tuple[str, int]:
+        """Start a detached redis-server on 127.0.0.1:`port` with a fresh password, wait for
+        PING, record it; return (authenticated URL, pid)."""
+        password = secrets.token_urlsafe(32)
+        url = _with_password(f"redis://127.0.0.1:{port}/0", password)
         text = _server_config(
             host="127.0.0.1",
             port=port,
@@ -586,11 +642,13 @@ class EmbeddedRedis:
             max_memory_mb=self.max_memory_mb,
             # Under memory pressure evict finished runs (they have a TTL), never active ones.
             eviction="volatile-lru",
-            password=None,
+            password=password,
         )
+        # The password lives in 0600 files only (config, password file), never in argv.
         atomic_write_text(self.conf_file, text, mode=0o600)
         self.log_file.write_bytes(b"")
-        pid = self._spawn_detached()
+        argv = [redis_server_executable(), str(self.conf_file)]
+        pid = _spawn_detached(argv, self.log_file, self.state_dir, self.start_timeout_s)
         try:
             _wait_until_ready(
                 url, port, self.log_file, self.start_timeout_s, lambda: _pid_alive(pid)
@@ -598,28 +656,53 @@ class EmbeddedRedis:
         except BaseException:
             _kill_pid(pid)
             raise
+        atomic_write_text(self.password_file, f"{password}\n", mode=0o600)
         atomic_write_text(self.pid_file, f"{pid}\n", mode=0o600)
-        atomic_write_text(self.url_file, f"{url}\n", mode=0o600)
-        return url
+        atomic_write_text(self.url_file, f"redis://127.0.0.1:{port}/0\n", mode=0o600)
+        return url, pid
 
-    def _spawn_detached(self) -> int:
-        """Run redis-server in the background of a shell that exits at once; return its pid."""
-        # The server is re-parented to init: it outlives this process and is not reaped or
-        # killed with the children of a Ray worker or a Dagster step. close_fds (the default)
-        # keeps our lock file descriptor out of it.
-        script = 'exec "$0" "$1" </dev/null >>"$2" 2>&1 & echo $!'
-        argv = ["/bin/sh", "-c", script, redis_server_executable(), str(self.conf_file)]
+    def _start_watcher(self, pid: int, idle_stop_s: float) -> None:
+        """Start the detached idle watcher of server `pid` (it stops the server, not us)."""
+        argv = [sys.executable, "-m", "tinyexp_core.redis_idle", str(self.state_dir.parent)]
+        argv += ["--pid", str(pid), "--idle-stop-s", repr(idle_stop_s)]
         try:
-            done = subprocess.run(
-                [*argv, str(self.log_file)],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                start_new_session=True,
-                cwd=self.state_dir,
-                timeout=self.start_timeout_s,
-                check=True,
-            )
-            return int(done.stdout.strip())
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
-            raise RedisStartError("embedded", f"cannot launch redis-server: {exc}") from None
+            _spawn_detached(argv, self.watch_log_file, self.state_dir, self.start_timeout_s)
+        except RedisStartError:
+            # A server nobody would stop is the leak this watcher exists to prevent.
+            _kill_pid(pid)
+            self._clear_state()
+            raise
+
+    def _ensure_private_dir(self) -> None:
+        """Create the state directory owner-only (0700): it holds the password."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.state_dir.stat().st_mode & 0o077:
+            self.state_dir.chmod(0o700)
+
+
+def _with_password(url: str, password: str) -> str:
+    """`redis://host:port/0` -> `redis://:PASSWORD@host:port/0`."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://:{quote(password, safe='')}@{rest}"
+
+
+def _spawn_detached(argv: list[str], log_file: Path, cwd: Path, timeout_s: float) -> int:
+    """Run `argv` in the background of a shell that exits at once; return its pid."""
+    # The process is re-parented to init: it outlives this process and is not reaped or
+    # killed with the children of a Ray worker or a Dagster step. close_fds (the default)
+    # keeps our lock file descriptor out of it.
+    script = 'log="$1"; shift; exec "$@" </dev/null >>"$log" 2>&1 & echo $!'
+    try:
+        done = subprocess.run(
+            ["/bin/sh", "-c", script, "sh", str(log_file), *argv],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            start_new_session=True,
+            cwd=cwd,
+            timeout=timeout_s,
+            check=True,
+        )
+        return int(done.stdout.strip())
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise RedisStartError("embedded", f"cannot launch {argv[0]}: {exc}") from None

@@ -52,13 +52,18 @@ def cmd_summary(_: argparse.Namespace) -> int:
 
 def cmd_redis(args: argparse.Namespace) -> int:
     """Show or stop the embedded Redis that serves this storage root."""
+    from tinyexp_core.redis_client import redact_url
     from tinyexp_core.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(args.storage_root)
     if args.action == "url":
         url = server.url()
-        print(url or "no embedded Redis running for this storage root")
-        return 0 if url else 1
+        if url is None:
+            print("no embedded Redis running for this storage root")
+            return 1
+        # The password stays in its 0600 file: a terminal or a CI log is not the place for it.
+        print(f"{redact_url(url)}  (password in {server.password_file})")
+        return 0
     stopped = server.stop()
     print("stopped the embedded Redis" if stopped else "no embedded Redis was running")
     return 0

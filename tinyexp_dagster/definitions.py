@@ -14,6 +14,7 @@ import dagster as dg
 from tinyexp_core.timing import mark
 
 from .assets import ASSET_CHECKS, ASSETS
+from .dev_redis import hold_embedded_redis_for_dagster_dev
 from .jobs import JOBS
 from .resources import (
     RayDDPResource,
@@ -29,6 +30,8 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     """One set of resources per deployment, read from the environment at load time."""
     redis_url = dg.EnvVar("TINYEXP_REDIS_URL") if os.environ.get("TINYEXP_REDIS_URL") else None
     storage = StorageResource(root=os.environ.get("TINYEXP_STORAGE_ROOT", ""))
+    # Under `dagster dev` the embedded Redis lives as long as it (see dev_redis.py).
+    hold_embedded_redis_for_dagster_dev(storage, redis_url)
     return {
         "ray": RayDDPResource(
             address=os.environ.get("RAY_ADDRESS") or None,

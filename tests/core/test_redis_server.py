@@ -229,11 +229,15 @@ def test_cluster_password_is_required_and_never_on_the_command_line(tmp_path: Pa
 def test_embedded_starts_once_and_is_reused(embedded: EmbeddedRedis) -> None:
     url = embedded.ensure()
     pid = embedded.pid()
-    assert url.startswith("redis://127.0.0.1:") and url.endswith("/0")
-    assert not url.startswith("redis://127.0.0.1:6379/")
+    address = url.partition("@")[2]
+    assert url.startswith("redis://:") and address.startswith("127.0.0.1:") and url.endswith("/0")
+    assert not address.startswith("127.0.0.1:6379/")
     assert embedded.ensure() == url and embedded.pid() == pid
     assert EmbeddedRedis(embedded.state_dir.parent).url() == url
-    assert embedded.url_file.read_text().strip() == url
+    # The address file holds no secret; the password is in its own owner-only file.
+    password = embedded.password_file.read_text().strip()
+    assert embedded.url_file.read_text().strip() == url.replace(f":{password}@", "")
+    assert password not in embedded.url_file.read_text()
 
 
 def test_embedded_binds_loopback_only_without_persistence(embedded: EmbeddedRedis) -> None:
@@ -241,7 +245,9 @@ def test_embedded_binds_loopback_only_without_persistence(embedded: EmbeddedRedi
     client = make_client(url)
     assert client.config_get("bind")["bind"] == "127.0.0.1"
     assert client.config_get("save")["save"] == ""
-    assert client.config_get("requirepass")["requirepass"] == ""
+    assert client.config_get("requirepass")["requirepass"] == (
+        embedded.password_file.read_text().strip()
+    )
     client.close()
     pid = embedded.pid()
     assert pid is not None
@@ -408,3 +414,131 @@ def test_make_client_has_bounded_timeouts() -> None:
         client.ping()
     assert time.monotonic() - started < 0.5
     client.close()
+
+
+# ---------------------------------------------------------------- lifetime: idle stop, holders
+
+
+def _gone_within(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while redis_server._pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "inf", "nan"])
+def test_a_bad_idle_stop_setting_is_refused_before_anything_starts(
+    embedded: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, value)
+    allowed = "a finite number of seconds > 0"
+    with pytest.raises(ConfigValueError, match=rf"TINYEXP_REDIS_IDLE_STOP_S.*{value}.*{allowed}"):
+        embedded.ensure()
+    assert not embedded.pid_file.exists()
+
+
+def test_idle_stop_defaults_to_ten_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(redis_server.ENV_IDLE_STOP_S, raising=False)
+    assert redis_server.idle_stop_s() == 600.0
+    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, "2.5")
+    assert redis_server.idle_stop_s() == 2.5
+
+
+def test_a_connected_client_keeps_the_server_then_it_stops_when_idle(
+    embedded: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, "1")
+    url = embedded.ensure()
+    pid = embedded.pid()
+    assert pid is not None
+    client = make_client(url)
+    client.ping()
+    assert not _gone_within(pid, 4.0), "stopped while a client was connected"
+    client.close()
+    assert _gone_within(pid, 10.0)
+    assert not embedded.url_file.exists() and not embedded.password_file.exists()
+    log = embedded.state_dir / "watch.log"
+    deadline = time.monotonic() + 5.0  # the watcher logs once the process has ended
+    while "idle for 1 s" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "idle for 1 s (TINYEXP_REDIS_IDLE_STOP_S)" in log.read_text()
+
+
+def test_an_active_run_keeps_the_server(
+    embedded: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, "1")
+    url = embedded.ensure()
+    pid = embedded.pid()
+    client = make_client(url)
+    client.sadd("tinyexp:runs:active", "run-1")
+    client.close()
+    assert not _gone_within(pid, 4.0), "stopped while a run was active"
+    client = make_client(url)
+    client.srem("tinyexp:runs:active", "run-1")
+    client.close()
+    assert _gone_within(pid, 10.0)
+
+
+def test_a_holder_keeps_the_server_and_its_exit_stops_the_server_it_started(
+    embedded: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tinyexp_core.redis_idle import add_holder
+
+    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, "600")
+    embedded.ensure()
+    pid = embedded.pid()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        add_holder(embedded.holders_dir, holder.pid, started=True)
+        assert not _gone_within(pid, 2.0)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder started it: its exit stops the server at once, not after 600 s idle.
+    assert _gone_within(pid, 10.0)
+    assert not embedded.url_file.exists()
+
+
+def test_a_holder_that_found_the_server_leaves_it_to_the_idle_rule(
+    embedded: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tinyexp_core.redis_idle import add_holder
+
+    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, "600")
+    embedded.ensure()
+    pid = embedded.pid()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    add_holder(embedded.holders_dir, holder.pid, started=False)
+    holder.kill()
+    holder.wait()
+    assert not _gone_within(pid, 3.0)
+
+
+def test_the_watcher_never_stops_a_server_it_did_not_start(tmp_path: Path) -> None:
+    """A foreign server recorded in the pid file (another pid) is not the watched one."""
+    from tinyexp_core.redis_idle import watch
+
+    with RedisClusterManager(num_shards=1, data_dir=str(tmp_path / "foreign")) as foreign:
+        (proc,) = foreign._procs.values()
+        server = EmbeddedRedis(tmp_path / "storage")
+        server.state_dir.mkdir(parents=True)
+        server.url_file.write_text(foreign.urls[0] + "\n")
+        server.password_file.write_text("x\n")
+        server.pid_file.write_text(f"{proc.pid}\n")
+        watch(tmp_path / "storage", pid=proc.pid + 1, idle_s=0.1)  # returns: not its server
+        assert foreign.is_healthy()
+
+
+def test_a_server_from_before_passwords_is_replaced_and_stopped(embedded: EmbeddedRedis) -> None:
+    """An upgrade: the root's server was started without a password (no password file)."""
+    embedded.ensure()
+    old_pid = embedded.pid()
+    assert old_pid is not None
+    embedded.password_file.unlink()  # what an older version left: address and pid only
+    assert embedded.url() is None
+    url = embedded.ensure()
+    assert embedded.pid() != old_pid and _answers(url)
+    assert not redis_server._pid_alive(old_pid)

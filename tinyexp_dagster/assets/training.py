@@ -106,7 +106,8 @@ def trained_model(
     )
     mark("launch_start")  # for the benchmarks (a no-op without a timing file)
     try:
-        summary = ray.run(exp, spec, log=context.log.info)[0]
+        with progress.kept_in_use():
+            summary = ray.run(exp, spec, log=context.log.info)[0]
         mark("launch_end")
     except Exception as err:
         by_rank = isinstance(err, WorkerFailedError)  # else no rank ever ran: nothing to mark

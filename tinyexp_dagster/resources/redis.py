@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,24 @@ class RunProgress:
                 mark_status(client, self.run_id, status, error, ttl_s=self.finished_ttl_s)
             finally:
                 client.close()
+
+    @contextlib.contextmanager
+    def kept_in_use(self) -> Iterator[None]:
+        """Hold one connection to the store while the ranks run: an embedded Redis's idle
+        watcher counts it as a user, so it cannot stop the server while Ray is still
+        starting the ranks (before they connect)."""
+        if not self.url:
+            yield
+            return
+        from tinyexp_core.redis_client import make_client
+
+        client = make_client(self.url, socket_timeout_s=self.socket_timeout_s)
+        try:
+            with contextlib.suppress(Exception):  # best effort, like every progress write
+                client.ping()
+            yield
+        finally:
+            client.close()
 
 
 class RedisProgressResource(dg.ConfigurableResource):

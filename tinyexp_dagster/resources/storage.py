@@ -28,7 +28,8 @@ class StorageResource(dg.ConfigurableResource):
 
     def resolved_root(self) -> Path:
         root = Path(self.root or default_storage_root()).expanduser().resolve()
-        root.mkdir(parents=True, exist_ok=True)
+        # Owner-only when we create it: runs, models and the Redis password live here.
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         return root
 
     def datasets_dir(self) -> Path:
