@@ -129,7 +129,13 @@ def test_tabular_schema_and_the_dataset_view():
 
 
 def test_field_descriptions_read_base_classes():
-    docs = field_descriptions(_mnist())
+    from dataclasses import dataclass
+
+    @dataclass(repr=False)
+    class Sub(_mnist()):
+        num_workers: int = 2  # used with launcher=ray
+
+    docs = field_descriptions(Sub)
     assert docs["num_workers"] == "used with launcher=ray"  # the subclass's comment wins
     assert "seed" not in docs  # no comment, no mention: no invented description
     assert "checkpoint path" in docs["resume_from"]  # TinyExp's own comment, inherited
