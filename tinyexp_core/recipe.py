@@ -67,7 +67,10 @@ def reporting(reporter: Any) -> Iterator[Any]:
     try:
         yield reporter
     except BaseException as err:  # Ctrl-C and a Ray/Dagster stop are cancellations
-        cancelled = isinstance(err, (KeyboardInterrupt, SystemExit))
+        from tinyexp_core.exceptions import RunStoppedError
+
+        # A checkpoint-then-stop already reported its checkpoint (`last_checkpoint`).
+        cancelled = isinstance(err, (KeyboardInterrupt, SystemExit, RunStoppedError))
         reporter.finish(
             "cancelled" if cancelled else "failed", error=f"{type(err).__name__}: {err}"
         )
