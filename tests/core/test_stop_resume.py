@@ -29,7 +29,7 @@ STEP_LINE = re.compile(r"epoch (\d+) step (\d+) loss")
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> str:
-    """160 synthetic images: 128 train samples, 32 steps of 4 per epoch on one rank."""
+    """160 synthetic images: 120 train samples, 30 steps of 4 per epoch on one rank."""
     raw = load_source("synthetic", seed=0, num_samples=160)
     out = tmp_path_factory.mktemp("stop-data")
     return prepare_dataset(raw, out, val_fraction=0.1, test_fraction=0.1).path
