@@ -146,3 +146,43 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_matches(
     _assert_same_weights(
         root / run_id / "checkpoints" / "last.pt", full / "full" / "checkpoints" / "last.pt"
     )
+
+
+def test_ray_launcher_passes_a_stop_request_to_its_ranks(ray_cluster, prepared, tmp_path):
+    """The driver's stop request (what a SIGTERM to the CLI or Dagster's termination makes)
+    reaches the rank actors through `request_stop`; they checkpoint mid-epoch and end."""
+    from tinyexp_core.config import build_exp
+    from tinyexp_core.exceptions import RunStoppedError
+    from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
+    from tinyexp_core.stop import clear_stop, request_stop
+
+    def run(run_id: str, *extra: str, on_line=None):
+        args = _args(tmp_path, prepared, run_id, "launcher=ray", "num_workers=2", *extra)[3:]
+        exp = build_exp(MODULE + ":Exp", args)
+        spec = RayLaunchSpec(num_workers=2, num_cpus_per_worker=1)
+        return RayLauncher(spec, log_callback=on_line).run(exp)
+
+    run("ray-full")
+    asked: list[float] = []
+
+    def on_line(line: str) -> None:
+        match = STEP_LINE.search(line)
+        if match and int(match.group(1)) == 1 and not asked:
+            asked.append(time.monotonic())
+            request_stop("test: stop the Ray run")
+
+    try:
+        with pytest.raises(RunStoppedError) as stopped:
+            run("ray-stop", "train_cfg.step_delay_s=0.2", on_line=on_line)
+        took = time.monotonic() - asked[0]
+    finally:
+        clear_stop()
+    print(f"\nRay, 2 ranks: run over {took:.2f} s after the stop request")
+    assert took <= STOP_GRACE_S + 5
+    last = tmp_path / "ray-stop" / "checkpoints" / "last.pt"
+    assert stopped.value.checkpoint.endswith(".pt") and stopped.value.step > 0
+    position = ckpt.load_checkpoint(last)["position"]
+    assert position["epoch"] == 1 and 0 < position["step_in_epoch"] < position["num_steps"]
+
+    run("ray-stop", "resume_from=auto")
+    _assert_same_weights(last, tmp_path / "ray-full" / "checkpoints" / "last.pt")
