@@ -301,12 +301,27 @@ class Exp(TinyExp):
         writer = StepCheckpointWriter(
             manager, on_saved=lambda p, s: reporter.checkpoint(path=p, epoch=s["epoch"])
         )
+
+        def after_step(step: int, here: DataPosition) -> None:
+            """A stop, or a periodic step checkpoint, once the ranks agree on it."""
+            stop, save = stopper.poll(step)
+            if not (stop or save):
+                return
+            # Gathers every rank's RNG, so every rank takes part; rank 0 gets the dict.
+            state = self._step_checkpoint(
+                acc, model, optimizer, scheduler, here, step, len(train_loader), history
+            )
+            if stop:
+                self._stop(acc, writer, state, step, logger)
+            elif state is not None:
+                writer.submit(state)
+
         started = time.perf_counter()
         with reporting(reporter), writer, stop_on_signals():
             for epoch in range(position.epoch, num_epochs):
                 row = self._train_one_epoch(
-                    acc, model, optimizer, scheduler, train_loader, epoch, step, position,
-                    reporter, logger, stopper, writer, history,
+                    acc, model, optimizer, train_loader, epoch, step, reporter, logger,
+                    start=position, after_step=after_step,
                 )  # fmt: skip
                 step = row["step"]
                 position = DataPosition(epoch=epoch + 1)
@@ -332,9 +347,12 @@ class Exp(TinyExp):
         return self._summary(run_dir, manager, history, resumed_from, acc, started)
 
     def _train_one_epoch(
-        self, acc, model, optimizer, scheduler, loader, epoch, step, position,
-        reporter, logger, stopper, writer, history,
+        self, acc, model, optimizer, loader, epoch, step, reporter, logger, *,
+        start: DataPosition | None = None, after_step=None,
     ) -> dict:  # fmt: skip
+        """One epoch (from `start` when resuming mid-epoch); `after_step(step, position)`
+        runs after each optimizer step (stop requests, periodic step checkpoints)."""
+        position = start or DataPosition(epoch=epoch)
         if position.step_in_epoch == 0:
             # Reseed per epoch and rank: dropout is then a function of (seed, epoch, rank).
             # Mid-epoch, the checkpoint restored this rank's RNG state instead.
@@ -364,16 +382,8 @@ class Exp(TinyExp):
                 logger.debug(f"epoch {epoch} step {step} loss {loss.item():.4f}")
             if self.train_cfg.step_delay_s:
                 time.sleep(self.train_cfg.step_delay_s)
-            stop, save = stopper.poll(step)
-            if stop or save:
-                # A collective (every rank's RNG): every rank builds its part of the state.
-                here = DataPosition(epoch, i + 1, float(loss_sum), seen)
-                state = self._step_checkpoint(acc, model, optimizer, scheduler, here, step,
-                                              len(loader), history)  # fmt: skip
-                if stop:
-                    self._stop(acc, writer, state, step, logger)
-                elif state is not None:
-                    writer.submit(state)
+            if after_step is not None:
+                after_step(step, DataPosition(epoch, i + 1, float(loss_sum), seen))
         elapsed = time.perf_counter() - t0
         totals = acc.reduce_sum(torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64))
         return {
