@@ -350,7 +350,7 @@ class RayLauncher:
             try:
                 return self._wait(refs, sink)
             except BaseException as err:
-                if not isinstance(err, Exception):  # an interrupt: a checkpoint first
+                if _is_interrupt(err):  # a checkpoint first, then the kill below
                     self._ask_to_stop(actors, refs, wait_s=STOP_GRACE_S)
                 raise
         finally:
@@ -484,6 +484,13 @@ class RayLauncher:
             return
         for line in lines:
             self.log_callback(line)
+
+
+def _is_interrupt(err: BaseException) -> bool:
+    """KeyboardInterrupt, Dagster's termination and the like, also when Ray wrapped them."""
+    if not isinstance(err, Exception):
+        return True
+    return isinstance(err, SystemError) and _interrupt_inside(err) is not None
 
 
 def _interrupt_inside(err: SystemError) -> BaseException | None:
