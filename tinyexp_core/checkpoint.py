@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import shutil
+import threading
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ CHECKPOINT_FORMAT = "tinyexp.checkpoint/1"
 SIDECAR_SUFFIX = ".sha256"
 
 _EPOCH_FILE_RE = re.compile(r"epoch_(\d+)\.pt")
+_STEP_FILE_RE = re.compile(r"step_(\d+)\.pt")
 _REQUIRED_KEYS = ("format", "model")
 
 
@@ -103,9 +105,15 @@ def build_checkpoint(
     metrics: Mapping[str, float] | None = None,
     exp_class: str = "",
     extra: dict[str, Any] | None = None,
+    position: dict[str, Any] | None = None,
+    rng_ranks: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Return the checkpoint dict; `epoch` is the last completed epoch (0-based)."""
-    return {
+    """Return the checkpoint dict; `epoch` is the last completed epoch (0-based).
+
+    A step-level checkpoint (see `step_checkpoint`) also has `position` (its `epoch` is the
+    epoch in progress, `step_in_epoch` of its batches done) and `rng_ranks` (every rank's RNG).
+    """
+    state = {
         "format": CHECKPOINT_FORMAT,
         "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -121,6 +129,10 @@ def build_checkpoint(
         "torch_version": str(torch.__version__),
         "extra": dict(extra or {}),
     }
+    if position is not None:
+        state["position"] = dict(position)
+        state["rng_ranks"] = list(rng_ranks or [])
+    return state
 
 
 def _first_shape_mismatch(expected: Mapping[str, Any], loaded: Mapping[str, Any]) -> str | None:
@@ -310,17 +322,25 @@ def load_checkpoint(
 def _validate_retention(keep_last_n: int, last_ckpt_name: str, best_ckpt_name: str) -> None:
     if isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 1:
         raise ConfigValueError("keep_last_n", keep_last_n, "an integer >= 1")
-    allowed = "a file name without '/' that differs from the other and is not epoch_<N>.pt"
+    allowed = (
+        "a file name without '/' that differs from the other and is not epoch_<N>.pt or step_<N>.pt"
+    )
     for key, name in (("last_ckpt_name", last_ckpt_name), ("best_ckpt_name", best_ckpt_name)):
         # An epoch-like name would be pruned by retention; a path would escape the directory.
-        if not name or "/" in name or os.sep in name or _EPOCH_FILE_RE.fullmatch(name):
+        bad = _EPOCH_FILE_RE.fullmatch(name) or _STEP_FILE_RE.fullmatch(name)
+        if not name or "/" in name or os.sep in name or bad:
             raise ConfigValueError(key, name, allowed)
     if last_ckpt_name == best_ckpt_name:
         raise ConfigValueError("best_ckpt_name", best_ckpt_name, allowed)
 
 
 class CheckpointManager:
-    """Writes epoch_<NNNN>.pt, last.pt and best.pt in one directory and keeps the newest N."""
+    """Writes epoch_<NNNN>.pt, step_<NNNNNNNNN>.pt, last.pt and best.pt in one directory.
+
+    last.pt is the newest checkpoint of either kind; the newest `keep_last_n` epoch files
+    and the newest `keep_last_n` step files are kept. Saves are serialized by a lock, so a
+    background step write and an epoch write never interleave on last.pt.
+    """
 
     def __init__(
         self,
@@ -335,6 +355,7 @@ class CheckpointManager:
         self.keep_last_n = keep_last_n
         self._last = self.directory / last_ckpt_name
         self._best = self.directory / best_ckpt_name
+        self._lock = threading.Lock()
 
     @property
     def last_path(self) -> str:
@@ -346,13 +367,13 @@ class CheckpointManager:
         """Path of the checkpoint with the best validation metric."""
         return str(self._best)
 
-    def _epoch_files(self) -> list[Path]:
-        """Epoch files, oldest first."""
+    def _epoch_files(self, pattern: re.Pattern[str] = _EPOCH_FILE_RE) -> list[Path]:
+        """Epoch files (or files matching `pattern`), oldest first."""
         if not self.directory.is_dir():
             return []
         found = []
         for path in self.directory.iterdir():
-            match = _EPOCH_FILE_RE.fullmatch(path.name)
+            match = pattern.fullmatch(path.name)
             if match and path.is_file():
                 found.append((int(match.group(1)), path))
         return [path for _, path in sorted(found)]
@@ -365,25 +386,43 @@ class CheckpointManager:
                 str(self.directory), f"state['epoch'] must be an int >= 0, got {epoch!r}"
             )
         epoch_path = self.directory / f"epoch_{epoch:04d}.pt"
-        # last.pt first: latest_valid() tries it first, so it must never lag the epoch files.
-        sha = save_checkpoint(state, self._last)
-        copy_checkpoint(self._last, epoch_path, sha)
-        written = {"epoch": str(epoch_path), "last": str(self._last)}
-        if is_best:
-            copy_checkpoint(self._last, self._best, sha)
-            written["best"] = str(self._best)
-        self._prune()
+        with self._lock:
+            # last.pt first: latest_valid() tries it first, so it must never lag the others.
+            sha = save_checkpoint(state, self._last)
+            copy_checkpoint(self._last, epoch_path, sha)
+            written = {"epoch": str(epoch_path), "last": str(self._last)}
+            if is_best:
+                copy_checkpoint(self._last, self._best, sha)
+                written["best"] = str(self._best)
+            self._prune(_EPOCH_FILE_RE)
         return written
 
-    def _prune(self) -> None:
-        for path in self._epoch_files()[: -self.keep_last_n]:
+    def save_step(self, state: dict[str, Any]) -> str:
+        """Write a step-level checkpoint as step_<global step>.pt and last.pt; return its path."""
+        step = state.get("step") if isinstance(state, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise UnsupportedCheckpointFormatError(
+                str(self.directory), f"state['step'] must be an int >= 0, got {step!r}"
+            )
+        step_path = self.directory / f"step_{step:09d}.pt"
+        with self._lock:
+            sha = save_checkpoint(state, self._last)
+            copy_checkpoint(self._last, step_path, sha)
+            self._prune(_STEP_FILE_RE)
+        return str(step_path)
+
+    def _prune(self, pattern: re.Pattern[str]) -> None:
+        for path in self._epoch_files(pattern)[: -self.keep_last_n]:
             # Data before sidecar: an orphan sidecar is harmless, an orphan file warns.
             path.unlink(missing_ok=True)
             _sidecar_path(path).unlink(missing_ok=True)
 
     def latest_valid(self, *, map_location: Any = "cpu") -> tuple[str, dict[str, Any]] | None:
-        """Return (path, state) of last.pt or else the newest valid epoch file; None if none."""
-        candidates = [self._last, *reversed(self._epoch_files())]
+        """(path, state) of last.pt, else of the newest valid epoch/step file; None if none."""
+        kept = self._epoch_files() + self._epoch_files(_STEP_FILE_RE)
+        # Newest first by write time: an epoch file and a step file share no numbering.
+        kept.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        candidates = [self._last, *kept]
         if not any(path.is_file() for path in candidates):
             return None
         failures = []
@@ -415,13 +454,20 @@ class CheckpointManager:
 class CheckpointCfg:
     """How a run keeps checkpoints; build_manager() makes its CheckpointManager."""
 
-    keep_last_n: int = 2  # epoch files kept, newest first (last/best are extra)
+    keep_last_n: int = 2  # epoch files kept, and step files kept, newest first (last/best extra)
     last_ckpt_name: str = "last.pt"
     best_ckpt_name: str = "best.pt"
+    every_n_steps: int = 0  # a background step checkpoint every N global steps; 0 = off
+    every_s: float = 0.0  # a background step checkpoint after this many seconds; 0 = off
 
     def validate(self) -> None:
         """Checked after overrides (and again by the manager it builds)."""
         _validate_retention(self.keep_last_n, self.last_ckpt_name, self.best_ckpt_name)
+        n = self.every_n_steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigValueError("every_n_steps", n, "an integer >= 0 (0 = off)")
+        if not (isinstance(self.every_s, (int, float)) and 0 <= self.every_s < float("inf")):
+            raise ConfigValueError("every_s", self.every_s, "seconds >= 0, finite (0 = off)")
 
     def build_manager(self, run_dir: str | Path) -> CheckpointManager:
         """Return a CheckpointManager for `<run_dir>/checkpoints`."""

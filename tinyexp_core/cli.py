@@ -2,6 +2,8 @@
 
 `mode=help` prints the effective config and the overridden keys. A bad override exits
 with status 2 and a one-line error before anything runs; a failed run exits with 1.
+SIGTERM/SIGINT checkpoint and stop the run (`tinyexp_core.stop`): it exits with 3 and
+`resume_from=auto` continues it from that step.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import build_exp, format_help
-from .exceptions import ConfigError, TinyExpError
+from .exceptions import ConfigError, RunStoppedError, TinyExpError
 from .redaction import redact_text, redact_value
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
 def _importable_class(exp_cls: type) -> type:
@@ -39,7 +41,18 @@ def _importable_class(exp_cls: type) -> type:
 
 
 def launch(exp: Any) -> Any:
-    """Run the experiment with its configured launcher; returns rank 0's result."""
+    """Run the experiment with its configured launcher; returns rank 0's result.
+
+    A SIGTERM/SIGINT here becomes a stop request: in this process (one rank) the loop
+    sees it; the mp and Ray launchers pass it on to their ranks.
+    """
+    from .stop import stop_on_signals
+
+    with stop_on_signals():
+        return _launch(exp)
+
+
+def _launch(exp: Any) -> Any:
     from .redis_cache import serving_redis_cache
 
     with serving_redis_cache(exp):
@@ -78,6 +91,9 @@ def main(argv: Sequence[str] | None = None, exp_cls: type | str | None = None) -
     except ConfigError as err:
         _error(err)
         return EXIT_USAGE
+    except RunStoppedError as err:
+        print(f"stopped: {redact_text(str(err))}", file=sys.stderr)
+        return EXIT_STOPPED
     except TinyExpError as err:
         _error(err)
         return EXIT_FAILED

@@ -313,3 +313,21 @@ def is_retryable(err: BaseException) -> bool:
             return False
         current = current.__cause__
     return True
+
+
+class RunStoppedError(TinyExpError):
+    """A run stopped on request (a signal, a launcher, an orchestrator) after checkpointing.
+
+    `checkpoint` is the step-level checkpoint written at the agreed step ("" when the stop
+    came before anything could be saved); `resume_from=auto` continues from it.
+    """
+
+    retryable = True  # resuming continues from the checkpoint
+
+    def __init__(self, checkpoint: str, step: int, reason: str = "") -> None:
+        self.checkpoint = checkpoint
+        self.step = step
+        self.reason = reason
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"run stopped at step {step}{why}; {where}")

@@ -67,7 +67,10 @@ def reporting(reporter: Any) -> Iterator[Any]:
     try:
         yield reporter
     except BaseException as err:  # Ctrl-C and a Ray/Dagster stop are cancellations
-        cancelled = isinstance(err, (KeyboardInterrupt, SystemExit))
+        from tinyexp_core.exceptions import RunStoppedError
+
+        # A checkpoint-then-stop already reported its checkpoint (`last_checkpoint`).
+        cancelled = isinstance(err, (KeyboardInterrupt, SystemExit, RunStoppedError))
         reporter.finish(
             "cancelled" if cancelled else "failed", error=f"{type(err).__name__}: {err}"
         )
@@ -75,3 +78,14 @@ def reporting(reporter: Any) -> Iterator[Any]:
         raise
     reporter.finish("succeeded")
     reporter.close()
+
+
+@contextlib.contextmanager
+def tracking(tracker: Any) -> Iterator[Any]:
+    """Yield the experiment tracker; close it as failed when the run raises (a successful
+    run finishes it with its summary, which only the recipe has)."""
+    try:
+        yield tracker
+    except BaseException:
+        tracker.finish(failed=True)
+        raise

@@ -68,9 +68,11 @@ class ReliabilityExp(MnistExp):
     fault_epoch: int = 0
     fault_marker: str = ""  # file holding how many more attempts fail
 
-    def _train_one_epoch(self, acc, model, optimizer, loader, epoch, step, reporter, logger):
+    def _train_one_epoch(self, acc, model, optimizer, loader, epoch, step, reporter, logger, **kw):
         started = time.time()
-        row = super()._train_one_epoch(acc, model, optimizer, loader, epoch, step, reporter, logger)
+        row = super()._train_one_epoch(
+            acc, model, optimizer, loader, epoch, step, reporter, logger, **kw
+        )
         if acc.is_main_process:
             record = {
                 "epoch": epoch,

@@ -48,6 +48,7 @@ class TensorBatchLoader:
         self.mean = mean
         self.std = std
         self.epoch = 0
+        self.start_step = 0
         self.num_samples = _samples_per_rank(self.dataset_size, world_size, drop_last)
 
     @property
@@ -55,9 +56,17 @@ class TensorBatchLoader:
         """Number of samples in the whole split (all ranks together)."""
         return int(self.y.shape[0])
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose permutation the next iteration uses (same on all ranks)."""
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Select the epoch whose permutation the next iteration uses (same on all ranks).
+
+        `start_step` batches of it are skipped: a run resumed mid-epoch sees the rest of
+        the very order an uninterrupted run sees (the permutation is a function of
+        `seed + epoch` alone).
+        """
+        if isinstance(start_step, bool) or not 0 <= start_step <= len(self):
+            raise ConfigValueError("start_step", start_step, f"an integer in [0, {len(self)}]")
         self.epoch = epoch
+        self.start_step = int(start_step)
 
     def __len__(self) -> int:
         # Identical on every rank because num_samples is: unequal batch counts hang DDP.
@@ -81,7 +90,7 @@ class TensorBatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self.indices()
-        for batch in range(len(self)):
+        for batch in range(self.start_step, len(self)):
             batch_idx = idx[batch * self.batch_size : (batch + 1) * self.batch_size]
             x = self.x[batch_idx].float().div_(255).sub_(self.mean).div_(self.std)
             yield x, self.y[batch_idx]

@@ -12,7 +12,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -21,13 +20,17 @@ import torch.nn.functional as F
 
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.accelerators import AcceleratorCfg
-from tinyexp_core.exceptions import (
-    CheckpointCorruptError,
-    CheckpointNotFoundError,
-    ConfigValueError,
-)
+from tinyexp_core.exceptions import ConfigValueError, RunStoppedError
 from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT, TinyExp
 from tinyexp_core.metrics import classification_report, confusion_matrix
+from tinyexp_core.recipe import reporting, resolve_resume, tracking
+from tinyexp_core.step_checkpoint import (
+    DataPosition,
+    StepCheckpointWriter,
+    gather_rng_states,
+    resume_position,
+)
+from tinyexp_core.stop import StopAgreement, stop_on_signals, stop_reason
 from tinyexp_core.timing import mark
 
 
@@ -181,10 +184,15 @@ class Exp(TinyExp):
 
         num_epochs: int = 5
         log_every_n_steps: int = 10
+        # Seconds to sleep after each step: slows a tiny run down to a realistic pace (a
+        # stop/resume demo on a laptop-sized dataset); 0 = off.
+        step_delay_s: float = 0.0
 
         def validate(self) -> None:
             if self.num_epochs < 1:
                 raise ConfigValueError("num_epochs", self.num_epochs, "an integer >= 1")
+            if not 0 <= self.step_delay_s <= 60:
+                raise ConfigValueError("step_delay_s", self.step_delay_s, "seconds in [0, 60]")
             if self.log_every_n_steps < 1:
                 raise ConfigValueError("log_every_n_steps", self.log_every_n_steps, ">= 1")
 
@@ -248,15 +256,26 @@ class Exp(TinyExp):
         model = self.module_cfg.build_module(self._in_channels())
         optimizer = self.optimizer_cfg.build_optimizer(model.parameters())
         scheduler = self.lr_scheduler_cfg.build_lr_scheduler(optimizer)
-        state = self._resume_state(run_dir, logger)
-        start_epoch, step, history, resumed_from = 0, 0, [], ""
+        state = resolve_resume(self.resume_from, self.checkpoint_cfg, run_dir, logger)
+        position, step, history, resumed_from = DataPosition(), 0, [], ""
         if state is not None:
             path, payload = state
             ckpt.restore(payload, model=model, optimizer=optimizer, scheduler=scheduler, path=path)
-            start_epoch, step = payload["epoch"] + 1, payload["step"]
+            # Mid-epoch (a step checkpoint): this rank's RNG comes back too.
+            position = resume_position(
+                payload,
+                rank=acc.rank,
+                world_size=acc.world_size,
+                num_steps=len(train_loader),
+                path=path,
+            )
+            step = payload["step"]
             history = list((payload.get("extra") or {}).get("history", []))
             resumed_from = path
-            logger.info(f"resumed from {path} at epoch {start_epoch}, step {step}")
+            logger.info(
+                f"resumed from {path} at epoch {position.epoch}, "
+                f"step {position.step_in_epoch} of it, global step {step}"
+            )
         if acc.is_main_process:
             # Written once a resumed checkpoint fits: a config the checkpoints in this run
             # dir reject must not replace the description of those checkpoints.
@@ -274,13 +293,38 @@ class Exp(TinyExp):
         tracker = self.wandb_cfg.build_tracker(
             run_dir, config=self.config_dict(), name=self.run_id, is_main_process=acc.rank == 0
         )
+        stopper = StopAgreement(
+            acc,
+            every_n_steps=self.checkpoint_cfg.every_n_steps,
+            every_s=self.checkpoint_cfg.every_s,
+        )
+        writer = StepCheckpointWriter(
+            manager, on_saved=lambda p, s: reporter.checkpoint(path=p, epoch=s["epoch"])
+        )
+
+        def after_step(step: int, here: DataPosition) -> None:
+            """A stop, or a periodic step checkpoint, once the ranks agree on it."""
+            stop, save = stopper.poll(step)
+            if not (stop or save):
+                return
+            # Gathers every rank's RNG, so every rank takes part; rank 0 gets the dict.
+            state = self._step_checkpoint(
+                acc, model, optimizer, scheduler, here, step, len(train_loader), history
+            )
+            if stop:
+                self._stop(acc, writer, state, step, logger)
+            elif state is not None:
+                writer.submit(state)
+
         started = time.perf_counter()
-        try:
-            for epoch in range(start_epoch, num_epochs):
+        with reporting(reporter), tracking(tracker), writer, stop_on_signals():
+            for epoch in range(position.epoch, num_epochs):
                 row = self._train_one_epoch(
-                    acc, model, optimizer, train_loader, epoch, step, reporter, logger
-                )
+                    acc, model, optimizer, train_loader, epoch, step, reporter, logger,
+                    start=position, after_step=after_step,
+                )  # fmt: skip
                 step = row["step"]
+                position = DataPosition(epoch=epoch + 1)
                 scheduler.step()
                 reporter.heartbeat()  # validation can be long; it is not a stall
                 row.update(self._validate(acc, model, val_loader_data))
@@ -301,33 +345,28 @@ class Exp(TinyExp):
                     f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} "
                     f"{row['samples_per_s']:.0f} samples/s"
                 )
-        except BaseException as err:
-            interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
-            reporter.finish(
-                "cancelled" if interrupted else "failed", error=f"{type(err).__name__}: {err}"
-            )
-            reporter.close()
-            tracker.finish(failed=True)
-            raise
-        reporter.finish("succeeded")
-        reporter.close()
         summary = self._summary(run_dir, manager, history, resumed_from, acc, started)
         summary.update(tracker.finish(summary))  # the W&B run id and directory, if tracked
         return summary
 
     def _train_one_epoch(
-        self, acc, model, optimizer, loader, epoch, step, reporter, logger
-    ) -> dict:
-        # Reseed per epoch and rank: dropout is then a function of (seed, epoch, rank),
-        # so a run resumed at an epoch boundary matches an uninterrupted one exactly.
-        torch.manual_seed(self.seed + 1000 * epoch + acc.rank)
+        self, acc, model, optimizer, loader, epoch, step, reporter, logger, *,
+        start: DataPosition | None = None, after_step=None,
+    ) -> dict:  # fmt: skip
+        """One epoch (from `start` when resuming mid-epoch); `after_step(step, position)`
+        runs after each optimizer step (stop requests, periodic step checkpoints)."""
+        position = start or DataPosition(epoch=epoch)
+        if position.step_in_epoch == 0:
+            # Reseed per epoch and rank: dropout is then a function of (seed, epoch, rank).
+            # Mid-epoch, the checkpoint restored this rank's RNG state instead.
+            torch.manual_seed(self.seed + 1000 * epoch + acc.rank)
         first_step = step + 1
-        loader.set_epoch(epoch)
+        loader.set_epoch(epoch, start_step=position.step_in_epoch)
         model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        seen = 0
+        loss_sum = torch.tensor(position.loss_sum, dtype=torch.float64)
+        seen = position.seen
         t0 = time.perf_counter()
-        for i, (x, y) in enumerate(loader):
+        for i, (x, y) in enumerate(loader, start=position.step_in_epoch):
             x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
             with acc.autocast():
                 loss = F.cross_entropy(model(x), y)
@@ -344,16 +383,50 @@ class Exp(TinyExp):
                 rate = seen * acc.world_size / max(time.perf_counter() - t0, 1e-9)
                 reporter.step(epoch=epoch, step=i, loss=loss.item(), lr=lr, samples_per_s=rate)
                 logger.debug(f"epoch {epoch} step {step} loss {loss.item():.4f}")
+            if self.train_cfg.step_delay_s:
+                time.sleep(self.train_cfg.step_delay_s)
+            if after_step is not None:
+                after_step(step, DataPosition(epoch, i + 1, float(loss_sum), seen))
         elapsed = time.perf_counter() - t0
         totals = acc.reduce_sum(torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64))
         return {
             "epoch": epoch,
             "step": step,
             "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": float(totals[0] / totals[1]),
+            "train_loss": float(totals[0] / max(float(totals[1]), 1.0)),
             "samples_per_s": float(totals[1]) / max(elapsed, 1e-9),
             "epoch_time_s": elapsed,
         }
+
+    def _step_checkpoint(
+        self, acc, model, optimizer, scheduler, position, step, num_steps, history
+    ) -> dict | None:
+        """The step-level checkpoint dict on rank 0 (None elsewhere); a collective."""
+        rng_ranks = gather_rng_states(acc)
+        if not acc.is_main_process:
+            return None
+        return ckpt.build_checkpoint(
+            model=acc.unwrap_model(model),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            epoch=position.epoch,
+            step=step,
+            config=self.config_dict(),
+            exp_class=self.exp_class,
+            extra={"history": history},
+            position=position.to_dict(
+                num_steps=num_steps, world_size=acc.world_size, sampler_seed=self.seed
+            ),
+            rng_ranks=rng_ranks,
+        )
+
+    def _stop(self, acc, writer, state, step, logger) -> None:
+        """Rank 0 writes the stop checkpoint, every rank waits for it, then all raise."""
+        path = writer.save_now(state) if state is not None else ""
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            logger.warning(f"stopped at step {step} ({stop_reason()}); checkpoint {path}")
+        raise RunStoppedError(path, step, stop_reason())
 
     def _eval_shard(self, split: str, acc: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's disjoint slice of a split (no padding, so counts are exact)."""
@@ -404,28 +477,6 @@ class Exp(TinyExp):
             best = max(h["val_accuracy"] for h in history)
             reporter.checkpoint(path=paths["last"], epoch=row["epoch"], best_metric=best)
         acc.wait_for_everyone()
-
-    def _resume_state(self, run_dir: str, logger: Any) -> tuple[str, dict] | None:
-        """The checkpoint to resume from: `resume_from` (file or directory) or `auto`."""
-        if not self.resume_from:
-            return None
-        if self.resume_from == "auto":
-            return self.checkpoint_cfg.build_manager(run_dir).latest_valid()
-        path = Path(self.resume_from)
-        if path.is_dir():
-            directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-            found = ckpt.CheckpointManager(directory).latest_valid()
-            if found is None:
-                raise CheckpointNotFoundError(str(directory))
-            return found
-        try:
-            return str(path), ckpt.load_checkpoint(path)
-        except CheckpointCorruptError as err:
-            found = ckpt.CheckpointManager(path.parent).latest_valid()
-            if found is None:
-                raise
-            logger.warning(f"{err}; falling back to {found[0]}")
-            return found
 
     def _summary(self, run_dir, manager, history, resumed_from, acc, started) -> dict[str, Any]:
         best = max(history, key=lambda h: h["val_accuracy"]) if history else {}

@@ -6,7 +6,10 @@ launcher spawns N processes on this host, each with the torch.distributed enviro
 accelerator builds the process group from it (gloo on CPU, nccl on GPU). Every rank's
 result comes back, rank 0 first; the first failure ends the job and names the rank and
 its cause. On every exit path (success, a failure, KeyboardInterrupt) the children are
-terminated, then killed, in `finally`.
+terminated, then killed, in `finally`. A stop request in this process (`tinyexp_core.stop`,
+e.g. a SIGTERM to the CLI) is passed on to the ranks as SIGTERM: they agree on a step,
+checkpoint and exit with RunStoppedError, which is raised here; ranks still running
+`STOP_GRACE_S` later are killed.
 
 Under torchrun (or `accelerate launch`) WORLD_SIZE and RANK are already set: the process
 joins that world instead of spawning, and `num_workers` must equal WORLD_SIZE.
@@ -24,7 +27,13 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ..exceptions import ConfigValueError, InsufficientResourcesError, WorkerFailedError
+from ..exceptions import (
+    ConfigValueError,
+    InsufficientResourcesError,
+    RunStoppedError,
+    WorkerFailedError,
+)
+from ..stop import STOP_GRACE_S, stop_requested
 
 LOCAL_HOST = "127.0.0.1"
 _PEER_DEATH_GRACE_S = 3.0  # after a rank fails, how long to look for a peer that died
@@ -124,6 +133,7 @@ class _LocalWorld:
         self.size = int(exp.num_workers)
         self.procs: list[Any] = []
         self.conns: list[Connection] = []
+        self.stop_deadline: float | None = None  # set once a stop was passed to the ranks
 
     def run(self) -> list[Any]:
         ctx = mp.get_context("spawn")  # fork would copy torch's threads and CUDA state
@@ -160,7 +170,8 @@ class _LocalWorld:
         results: dict[int, Any] = {}
         pending = dict(enumerate(self.conns))
         while pending:
-            ready = wait(list(pending.values()), timeout=1.0)
+            self._pass_on_stop()
+            ready = wait(list(pending.values()), timeout=0.2)
             for conn in ready:
                 rank = self.conns.index(conn)
                 del pending[rank]
@@ -168,7 +179,26 @@ class _LocalWorld:
                 if isinstance(outcome, WorkerFailedError):
                     raise self._dead_peer(pending) or outcome
                 results[rank] = outcome
+        stopped = [r for r in results.values() if isinstance(r, RunStoppedError)]
+        if stopped:
+            raise stopped[0]  # rank 0's first: it names the checkpoint it wrote
         return [results[r] for r in range(self.size)]
+
+    def _pass_on_stop(self) -> None:
+        """Forward a stop request to the ranks once; kill them when the grace time is up."""
+        if not stop_requested():
+            return
+        if self.stop_deadline is None:
+            self.stop_deadline = time.monotonic() + STOP_GRACE_S
+            for proc in self.procs:
+                if proc.is_alive():
+                    with contextlib.suppress(Exception):
+                        os.kill(proc.pid, signal.SIGTERM)
+        elif time.monotonic() > self.stop_deadline:
+            for proc in self.procs:
+                with contextlib.suppress(Exception):
+                    proc.kill()
+            raise RunStoppedError("", -1, f"ranks did not stop within {STOP_GRACE_S:g} s")
 
     def _receive(self, rank: int, conn: Connection) -> Any:
         """A rank's result, or the WorkerFailedError that describes how it ended."""
@@ -179,6 +209,8 @@ class _LocalWorld:
         if message[0] == "ok":
             return message[1]
         _, err, text = message
+        if isinstance(err, RunStoppedError):
+            return err  # a clean checkpoint-then-stop, not a failure
         if err is None:
             last = text.strip().splitlines()[-1] if text.strip() else "unknown error"
             return WorkerFailedError(rank, last)

@@ -6,6 +6,12 @@ with the torch.distributed environment, stream rank-0 logs to the caller, and on
 exit path (success, a worker failure, KeyboardInterrupt or Dagster's termination, which
 are BaseExceptions) kill the actors, remove the placement group and stop the Ray that
 this launcher started, and nothing else.
+
+Stopping: a stop request in the driver (`tinyexp_core.stop.request_stop`, e.g. a SIGTERM
+to the CLI) or an interrupt (KeyboardInterrupt, Dagster's termination) first asks every
+rank actor to stop (`_RankWorker.request_stop`, served beside `run` by a threaded actor):
+the ranks agree on a step, rank 0 checkpoints, they raise RunStoppedError. Ranks still
+running `STOP_GRACE_S` later are killed.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from ..exceptions import (
     InsufficientResourcesError,
     RayConnectionError,
     ResourceWaitTimeoutError,
+    RunStoppedError,
     WorkerFailedError,
 )
+from ..stop import STOP_GRACE_S, stop_requested
 from ..timing import mark
 from .runtime import forward_stdout, set_log_forwarder
 
@@ -248,6 +256,12 @@ class _RankWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def request_stop(self, reason: str = "stop requested by the Ray launcher") -> None:
+        """Ask the training loop running in `run` to checkpoint and stop (returns at once)."""
+        from tinyexp_core.stop import request_stop
+
+        request_stop(reason)
+
     def run(self, exp: Any, env: dict[str, str], log_sink: Any, num_threads: int) -> Any:
         os.environ.update(env)
         import torch
@@ -277,6 +291,7 @@ class RayLauncher:
         self.spec = spec
         self.log_callback = log_callback
         self.actor_pids: list[int] = []  # for tests and fault injection
+        self.actors: list[Any] = []  # this run's rank actors, rank order
         self.on_started: Callable[[RayLauncher], None] | None = None
 
     def run(self, exp: Any) -> list[Any]:
@@ -304,6 +319,7 @@ class RayLauncher:
             bundle["GPU"] = spec.num_gpus_per_worker
         pg = placement_group([dict(bundle) for _ in range(spec.num_workers)], strategy="PACK")
         actors: list[Any] = []
+        self.actors = actors  # the same list: _wait asks them to stop
         refs: list[Any] = []
         sink = None
         try:
@@ -328,10 +344,16 @@ class RayLauncher:
                         ),
                         runtime_env=runtime_env,
                         max_restarts=0,
+                        max_concurrency=2,  # request_stop is served while run runs
                     ).remote()
                 )
             refs = self._start_ranks(exp, actors, sink)
-            return self._wait(refs, sink)
+            try:
+                return self._wait(refs, sink)
+            except BaseException as err:
+                if _is_interrupt(err):  # a checkpoint first, then the kill below
+                    self._ask_to_stop(actors, refs, wait_s=STOP_GRACE_S)
+                raise
         finally:
             for actor in actors:
                 with contextlib.suppress(Exception):
@@ -387,8 +409,15 @@ class RayLauncher:
 
         rank_of = {ref: rank for rank, ref in enumerate(refs)}
         results: dict[int, Any] = {}
+        stopped: list[RunStoppedError] = []
+        stop_deadline: float | None = None
         pending = list(refs)
         while pending:
+            if stop_requested() and stop_deadline is None:
+                stop_deadline = time.monotonic() + STOP_GRACE_S
+                self._ask_to_stop(self.actors, [], wait_s=0)
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                raise RunStoppedError("", -1, f"ranks did not stop within {STOP_GRACE_S:g} s")
             done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
             self._forward(ray.get(sink.drain.remote()))
             for ref in done:
@@ -400,6 +429,9 @@ class RayLauncher:
                         rank, f"worker process died ({_first_line(err)})"
                     ) from err
                 except ray.exceptions.RayTaskError as err:
+                    if isinstance(err.cause, RunStoppedError):
+                        stopped.append(err.cause)  # a clean stop, not a failure
+                        continue
                     died = self._dead_peer(pending, rank_of)
                     if died is not None:
                         raise died from err
@@ -408,7 +440,20 @@ class RayLauncher:
                 except ray.exceptions.RayError as err:
                     # e.g. an error the driver cannot unpickle; its text still ends with it.
                     raise WorkerFailedError(rank, _last_line(err)) from err
+        if stopped:
+            raise min(stopped, key=lambda e: not e.checkpoint)  # rank 0's names the file
         return [results[r] for r in range(len(refs))]
+
+    def _ask_to_stop(self, actors: list[Any], refs: list[Any], *, wait_s: float) -> None:
+        """Send every rank a stop request; wait up to `wait_s` for their runs to end."""
+        import ray
+
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                actor.request_stop.remote()
+        if refs and wait_s > 0:
+            with contextlib.suppress(BaseException):
+                ray.wait(refs, num_returns=len(refs), timeout=wait_s)
 
     def _dead_peer(self, pending: list[Any], rank_of: dict[Any, int]) -> Any:
         """A rank that died, if one did, as the error to report instead of its peer's.
@@ -440,6 +485,13 @@ class RayLauncher:
             return
         for line in lines:
             self.log_callback(line)
+
+
+def _is_interrupt(err: BaseException) -> bool:
+    """KeyboardInterrupt, Dagster's termination and the like, also when Ray wrapped them."""
+    if not isinstance(err, Exception):
+        return True
+    return isinstance(err, SystemError) and _interrupt_inside(err) is not None
 
 
 def _interrupt_inside(err: SystemError) -> BaseException | None:
