@@ -52,7 +52,7 @@ def pipeline_run(tmp: Path, rep: int) -> dict[str, float]:
     env["DAGSTER_HOME"] = str(home)
     env["TINYEXP_STORAGE_ROOT"] = str(tmp / f"root-{rep}")
     cmd = [DAGSTER, "job", "execute", "-m", "tinyexp_dagster.definitions"]
-    start, end, _ = spawn_timed([*cmd, "-j", "training_pipeline"], env=env)
+    start, end, _ = spawn_timed([*cmd, "-j", "mnist_training_pipeline"], env=env)
     times = {**dagster_events(home), **first_marks(tmp / f"timing-{rep}.txt")}
     out = {name: stamp - start for name, stamp in times.items()}
     out["exit"] = end - start

@@ -36,7 +36,7 @@ def populate(instance: Any, url: str, num_runs: int) -> None:
     from tinyexp_core.progress import RedisProgressReporter
     from tinyexp_dagster.definitions import defs
 
-    job = defs.resolve_job_def("training_pipeline")
+    job = defs.resolve_job_def("mnist_training_pipeline")
     config = {"ops": {"trained_model": {"config": {"overrides": ["train_cfg.num_epochs=5"]}}}}
     first = instance.create_run_for_job(job, run_config=config, status=dg.DagsterRunStatus.STARTED)
     for index in range(num_runs):

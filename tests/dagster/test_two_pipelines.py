@@ -42,16 +42,18 @@ LOCATION = textwrap.dedent(
     import dagster as dg
     from tinyexp_dagster import default_resources, pipeline_defs
 
-    defs = dg.Definitions.merge(
-        pipeline_defs(
-            "mnist", "tinyexp_core.examples.mnist_exp:Exp", ["train_cfg.num_epochs=1"],
-            metric_threshold={accuracy},
-        ),
-        pipeline_defs(
-            "tabular", "tinyexp_core.examples.tabular_exp:Exp", metric_threshold={rmse}
-        ),
-        dg.Definitions(resources=default_resources()),
-    )
+    def pipelines():
+        return dg.Definitions.merge(
+            pipeline_defs(
+                "mnist", "tinyexp_core.examples.mnist_exp:Exp", ["train_cfg.num_epochs=1"],
+                metric_threshold={accuracy},
+            ),
+            pipeline_defs(
+                "tabular", "tinyexp_core.examples.tabular_exp:Exp", metric_threshold={rmse}
+            ),
+        )
+
+    defs = dg.Definitions.merge(pipelines(), dg.Definitions(resources=default_resources()))
     """
 ).format(accuracy=ACCURACY_MIN, rmse=RMSE_MAX)
 RUN_CONFIGS = {
@@ -79,7 +81,7 @@ def code_location(module_dir: Path, storage_root: Path, redis_url: str) -> dg.De
         "storage": storage,
         "io_manager": RunScopedJSONIOManager(storage=storage),
     }
-    return dg.Definitions.merge(two_pipelines.defs, dg.Definitions(resources=resources))
+    return dg.Definitions.merge(two_pipelines.pipelines(), dg.Definitions(resources=resources))
 
 
 def key(name: str, asset: str) -> dg.AssetKey:
