@@ -89,7 +89,15 @@ def ours(tmp: Path, rep: int) -> dict[str, float]:
     timing = tmp / f"ours-{rep}.txt"
     config = tmp / "retrain.yaml"
     config.write_text(RUN_CONFIG)
-    cmd = [DAGSTER, "job", "execute", "-m", "tinyexp_dagster.definitions", "-j", "mnist_retrain_job"]
+    cmd = [
+        DAGSTER,
+        "job",
+        "execute",
+        "-m",
+        "tinyexp_dagster.definitions",
+        "-j",
+        "mnist_retrain_job",
+    ]
     start, end, _ = spawn_timed([*cmd, "-c", str(config)], env=dagster_env(tmp, timing))
     marks = {**dagster_events(tmp / "dagster_home"), **first_marks(timing)}
     return relative(marks, start, end)
