@@ -10,8 +10,9 @@ implements (a method counts when the subclass overrides TinyExp's):
   `checkpoint_integrity`;
 - `evaluate` (returns EvalResult) -> `<name>/model_evaluation`, `<name>_evaluate_job`; with
   `metric_threshold`, the `minimum_metric` check and `<name>_metric_regression_sensor`;
-- only `run()` (TinyExp 0.0.1) -> one `<name>/trained_model` that runs `run()` on the Ray
-  ranks, streams rank 0's log into the step log and records the output directory.
+- only `run()` (TinyExp 0.0.1), or a `train()` without `primary_metric` -> one
+  `<name>/trained_model` that runs `run()` on the Ray ranks, streams rank 0's log into the
+  step log and records the output directory and `run()`'s return value.
 
 Always: `<name>_training_pipeline`, `<name>_retrain_job`, `<name>_retrain_schedule` (STOPPED)
 and the shared `training_progress_sensor` / `stalled_training_sensor`.
@@ -79,12 +80,15 @@ def pipeline_defs(
     """
     spec = _spec(name, experiment, overrides)
     has = {m: _implements(spec.exp_cls, m) for m in ("prepare_data", "train", "evaluate", "run")}
+    # A train() without a primary metric returns no TrainResult to promote or rank: the
+    # pipeline runs it like a run()-only experiment.
+    has["train"] = has["train"] and spec.primary_metric is not None
     _check_pieces(spec, has, metric_threshold)
     assets, checks = [], []
     if has["prepare_data"]:
         assets.append(build_prepared_dataset(spec))
         checks.append(build_dataset_sanity(spec))
-    assets.append(build_trained_model(spec, with_dataset=has["prepare_data"]))
+    assets.append(build_trained_model(spec, with_dataset=has["prepare_data"], trains=has["train"]))
     if has["train"]:
         assets.append(build_model_checkpoint(spec))
         checks.append(build_checkpoint_integrity(spec))
@@ -128,17 +132,9 @@ def _spec(name: str, experiment: str | type, overrides: Sequence[str]) -> Pipeli
 def _check_pieces(spec: PipelineSpec, has: dict[str, bool], threshold: float | None) -> None:
     """One line naming what is missing, at definition time (before any run touches Ray)."""
     what = f"{spec.experiment}"
-    if not (has["train"] or has["run"]):
-        raise ConfigValueError(
-            "experiment", what, "a TinyExp subclass implementing train() or run()"
-        )
-    if has["train"] and spec.primary_metric is None:
-        raise ConfigValueError(
-            "experiment",
-            what,
-            "a class attribute `primary_metric = PrimaryMetric(name, direction)`",
-        )
+    if not (has["train"] or has["run"] or _implements(spec.exp_cls, "train")):
+        allowed = "a TinyExp subclass implementing train() or run()"
+        raise ConfigValueError("experiment", what, allowed)
     if threshold is not None and not (has["train"] and has["evaluate"]):
-        raise ConfigValueError(
-            "metric_threshold", threshold, f"none: {what} does not implement train() and evaluate()"
-        )
+        allowed = f"none: {what} has no primary_metric, train() and evaluate() to check"
+        raise ConfigValueError("metric_threshold", threshold, allowed)

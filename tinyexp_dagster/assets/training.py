@@ -68,11 +68,13 @@ class TrainConfig(dg.Config):
         }
 
 
-def build_trained_model(spec: PipelineSpec, *, with_dataset: bool) -> dg.AssetsDefinition:
+def build_trained_model(
+    spec: PipelineSpec, *, with_dataset: bool, trains: bool
+) -> dg.AssetsDefinition:
     """The pipeline's training asset; `with_dataset`: it reads `<name>/prepared_dataset`
-    (the experiment implements `prepare_data`), else the experiment reads its own data."""
+    (the experiment implements `prepare_data`), else the experiment reads its own data;
+    `trains`: `train()` returns a TrainResult, else `run()`'s value is recorded as is."""
     config_cls = with_exp_field(TrainConfig, spec.exp_cls, name=f"{spec.name}_TrainConfig")
-    trains = _implements(spec.exp_cls, "train")
     what = "DDP training on Ray workers; checkpoints under runs/<run_id>/checkpoints."
     if not trains:
         what = "run() on Ray workers (TinyExp 0.0.1 style); records the output directory."
