@@ -132,3 +132,13 @@ class Pipeline:
         event = self.instance.get_latest_materialization_event(key(asset))
         assert event is not None and event.asset_materialization is not None
         return event.asset_materialization
+
+
+def _asset(asset: str) -> dg.AssetsDefinition:
+    [found] = [a for a in ASSETS if a.key == key(asset)]
+    return found
+
+
+# The mnist pipeline's assets, for `dg.materialize([...])`.
+prepared_dataset = _asset("prepared_dataset")
+trained_model = _asset("trained_model")

@@ -17,11 +17,11 @@ from tinyexp_core.redis_client import make_client
 
 RUN_CONFIG = {
     "ops": {
-        "trained_model": {
+        "mnist__trained_model": {
             "config": {"overrides": ["optimizer_cfg.lr=0.002", "train_cfg.num_epochs=1"]}
         },
         # one epoch is ~0.9 accurate; the blocking accuracy check is not what is tested here
-        "model_evaluation": {"config": {"min_accuracy": 0.5}},
+        "mnist__model_evaluation": {"config": {"threshold": 0.5}},
     }
 }
 

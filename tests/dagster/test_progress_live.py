@@ -36,9 +36,9 @@ TICK_EVERY_S = 0.5
 
 RUN_CONFIG = {
     "ops": {
-        "trained_model": {"config": {"overrides": ["train_cfg.num_epochs=3"]}},
+        "mnist__trained_model": {"config": {"overrides": ["train_cfg.num_epochs=3"]}},
         # the accuracy gate is not what this test is about
-        "model_evaluation": {"config": {"min_accuracy": 0.0}},
+        "mnist__model_evaluation": {"config": {"threshold": 0.0}},
     }
 }
 
@@ -76,7 +76,14 @@ def test_trained_model_is_observed_live_during_training_pipeline(redis_url, tmp_
     cursor = _tick_and_record(instance, None, resources)  # follow from the stream's end
 
     command = [sys.executable, "-m", "dagster", "job", "execute"]
-    command += ["-m", "tinyexp_dagster.definitions", "-j", "training_pipeline", "-c", str(config)]
+    command += [
+        "-m",
+        "tinyexp_dagster.definitions",
+        "-j",
+        "mnist_training_pipeline",
+        "-c",
+        str(config),
+    ]
     log_path = tmp_path / "dagster.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -97,7 +104,9 @@ def test_trained_model_is_observed_live_during_training_pipeline(redis_url, tmp_
     [success] = instance.get_records_for_run(
         run.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS
     ).records
-    records = instance.fetch_observations(dg.AssetKey("trained_model"), 100, ascending=True)
+    records = instance.fetch_observations(
+        dg.AssetKey(["mnist", "trained_model"]), 100, ascending=True
+    )
     ours = [
         (record.timestamp, record.asset_observation.metadata)
         for record in records.records

@@ -14,8 +14,7 @@ import torch
 from dagster._core.test_utils import instance_for_test
 from dagster._serdes import serialize_value
 
-from tests.dagster.support import materializations
-from tinyexp_dagster.assets import ASSETS
+from tests.dagster.support import ASSETS, materializations
 from tinyexp_dagster.assets.common import config_hash
 from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 

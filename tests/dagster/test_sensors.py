@@ -19,6 +19,7 @@ import redis
 from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
 from dagster._core.launcher import RunLauncher
 from dagster._serdes import ConfigurableClass
+from tinyexp_dagster.sensors.accuracy_regression import evaluation_key
 
 from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError
 from tinyexp_core.progress import (
@@ -45,7 +46,6 @@ from tinyexp_dagster.sensors import (
     stalled_training_sensor,
     training_progress_sensor,
 )
-from tinyexp_dagster.sensors.accuracy_regression import evaluation_key
 
 NO_NEW = "No new materialization events found for asset key AssetKey(['{}'])"  # Dagster's
 STALE_S = 1000.0  # heartbeat age of a stalled run in these tests (threshold: 60 s)
@@ -141,7 +141,7 @@ def down_resources(tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def pipeline_job() -> dg.JobDefinition:
-    return defs.resolve_job_def("training_pipeline")
+    return defs.resolve_job_def("mnist_training_pipeline")
 
 
 def tick(
@@ -184,7 +184,9 @@ def dagster_run(
     status: dg.DagsterRunStatus = dg.DagsterRunStatus.STARTED,
     **kwargs: Any,
 ) -> dg.DagsterRun:
-    config = {"ops": {"trained_model": {"config": {"overrides": ["train_cfg.num_epochs=3"]}}}}
+    config = {
+        "ops": {"mnist__trained_model": {"config": {"overrides": ["train_cfg.num_epochs=3"]}}}
+    }
     return instance.create_run_for_job(job, run_config=config, status=status, **kwargs)
 
 
@@ -217,7 +219,7 @@ def test_progress_events_become_observations_once(
     first = tick(training_progress_sensor, instance, cursor, resources)
     [obs] = ours(first, rid)
     assert not ours(first, other), "a run of no trained_model asset is not observed"
-    assert obs.asset_key == dg.AssetKey("trained_model")
+    assert obs.asset_key == dg.AssetKey(["mnist", "trained_model"])
     meta = {k: v.value for k, v in obs.metadata.items()}
     assert meta["epoch"] == 1 and meta["num_epochs"] == 3 and meta["event"] == "epoch_end"
     assert meta["train_loss"] == 1.25 and meta["val_accuracy"] == 0.5
@@ -388,7 +390,7 @@ def test_terminate_action_requests_one_resume_run(
         assert request.job_name in (None, "retrain_job")
         assert request.tags[RESUME_RUN_DIR_TAG] == run.run_id
         assert request.tags[STALLED_RUN_TAG] == run.run_id
-        train = request.run_config["ops"]["trained_model"]["config"]
+        train = request.run_config["ops"]["mnist__trained_model"]["config"]
         assert train == {"overrides": ["train_cfg.num_epochs=3"], "resume": "auto"}
         assert set(request.run_config["ops"]) <= {
             "trained_model",
@@ -536,7 +538,7 @@ def evaluation(instance: dg.DagsterInstance, accuracy: float | None) -> int:
         dg.AssetMaterialization("model_evaluation", metadata=metadata)
     )
     return (
-        instance.fetch_materializations(dg.AssetKey("model_evaluation"), limit=1)
+        instance.fetch_materializations(dg.AssetKey(["mnist", "model_evaluation"]), limit=1)
         .records[0]
         .storage_id
     )
@@ -545,7 +547,7 @@ def evaluation(instance: dg.DagsterInstance, accuracy: float | None) -> int:
 def key_of(instance: dg.DagsterInstance, storage_id: int) -> str:
     """The sensor's name for the evaluation stored under `storage_id`."""
     records_filter = dg.AssetRecordsFilter(
-        asset_key=dg.AssetKey("model_evaluation"), storage_ids=[storage_id]
+        asset_key=dg.AssetKey(["mnist", "model_evaluation"]), storage_ids=[storage_id]
     )
     [record] = instance.fetch_materializations(records_filter, limit=1).records
     return evaluation_key(record.event_log_entry)

@@ -271,3 +271,13 @@ def snapshot(root: str | Path, exclude: Iterable[str] = ()) -> dict[str, tuple[i
             stat = path.stat()
             out[rel] = (stat.st_size, stat.st_mtime_ns)
     return out
+
+
+def _asset(asset: str) -> dg.AssetsDefinition:
+    [found] = [a for a in PIPELINE.assets if a.key == key(asset)]
+    return found
+
+
+# The test experiment's assets, for `dg.materialize([...])`.
+prepared_dataset = _asset("prepared_dataset")
+trained_model = _asset("trained_model")

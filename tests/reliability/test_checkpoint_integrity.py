@@ -20,15 +20,16 @@ from tests.reliability.support import (
     FAST,
     log_messages,
     materialization_metadata,
+    prepared_dataset,
     resources,
     step_errors,
     train_config,
+    trained_model,
 )
 from tinyexp_core.checkpoint import CheckpointManager, load_checkpoint, sha256_file
 from tinyexp_core.config import build_exp
 from tinyexp_core.exceptions import CheckpointCorruptError, WorkerFailedError
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 
 
 def _launch(run_root: Path, run_id: str, prepared: str, *overrides: str) -> tuple[dict, list]:

@@ -31,7 +31,7 @@ CONFIGS = {
 
 def _config_file(tmp_path: Path, name: str) -> Path:
     config = _train_config(CONFIGS[name], num_workers=2, num_cpus_per_worker=0.5)
-    config["ops"]["model_checkpoint"] = {"config": {"model_name": "shared_name"}}
+    config["ops"]["mnist__model_checkpoint"] = {"config": {"model_name": "shared_name"}}
     path = tmp_path / f"run-{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -51,7 +51,7 @@ def test_two_concurrent_runs_do_not_interfere(ray_cluster, redis_url, storage, i
     procs = {
         name: subprocess.Popen(
             [dagster, "job", "execute", "-m", "tinyexp_dagster.definitions"]
-            + ["-j", "training_pipeline", "-c", str(_config_file(tmp_path, name))],
+            + ["-j", "mnist_training_pipeline", "-c", str(_config_file(tmp_path, name))],
             cwd=REPO_ROOT,
             env=env,
             stdout=open(tmp_path / f"run-{name}.log", "wb"),

@@ -15,11 +15,12 @@ from tests.reliability.support import (
     eventually,
     new_placement_groups,
     placement_group_states,
+    prepared_dataset,
     resources,
     step_errors,
     train_config,
+    trained_model,
 )
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 
 
 def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:

@@ -25,15 +25,16 @@ from tests.reliability.support import (
     FAST,
     REDIS_PASSWORD,
     REPO_ROOT,
+    prepared_dataset,
     redis_client,
     resources,
     train_config,
+    trained_model,
 )
 from tinyexp_core.checkpoint import load_checkpoint, save_checkpoint
 from tinyexp_core.config import build_exp
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_core.progress import read_run
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 from tinyexp_dagster.resources import RedisProgressResource
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}

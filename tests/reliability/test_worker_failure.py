@@ -18,16 +18,17 @@ from tests.reliability.support import (
     new_placement_groups,
     pid_alive,
     placement_group_states,
+    prepared_dataset,
     redis_client,
     resources,
     step_errors,
     train_config,
+    trained_model,
 )
 from tinyexp_core.config import build_exp
 from tinyexp_core.exceptions import WorkerFailedError
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, read_run
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 
 
 def test_sigkill_of_one_rank_fails_the_step_and_leaves_nothing(
