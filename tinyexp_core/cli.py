@@ -93,10 +93,11 @@ def _error(err: Exception) -> None:
 
 
 def _summary(result: dict) -> dict:
-    """The scalars of a result, plus the primary metric's name and direction."""
+    """The scalars of a result, plus the primary metric and the checkpoint files."""
     summary = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
-    if isinstance(result.get("primary_metric"), dict):
-        summary["primary_metric"] = result["primary_metric"]
+    for key in ("primary_metric", "checkpoints", "metrics"):
+        if isinstance(result.get(key), dict):
+            summary[key] = result[key]
     return summary
 
 
