@@ -20,6 +20,7 @@ from tests.dagster.support import (
     dagster_resources,
     error_chain,
     flipped_byte,
+    key,
     materializations,
     step_failures,
 )
@@ -81,14 +82,14 @@ def test_dataset_sanity_blocks_training(redis_url: str, tmp_path: Path) -> None:
     assets = [*ASSETS, *ASSET_CHECKS]
     with instance_for_test() as instance:
         first = dg.materialize(
-            assets, selection=["prepared_dataset"], instance=instance, resources=resources
+            assets, selection=[key("prepared_dataset")], instance=instance, resources=resources
         )
         assert check_evaluations(first)["dataset_sanity"].passed
-        dataset = Path(first.asset_value("prepared_dataset")["path"])
+        dataset = Path(first.asset_value(key("prepared_dataset"))["path"])
         with flipped_byte(dataset / "train.pt"):
             second = dg.materialize(
                 assets,
-                selection=["prepared_dataset", "trained_model"],
+                selection=[key("prepared_dataset"), key("trained_model")],
                 instance=instance,
                 resources=resources,
                 run_config={"ops": {"mnist__trained_model": {"config": {"overrides": ["x.y=1"]}}}},
@@ -100,9 +101,10 @@ def test_dataset_sanity_blocks_training(redis_url: str, tmp_path: Path) -> None:
     assert "train.pt" in evaluation.description
     assert not second.success
     # Blocked: had trained_model started, its bad override would have failed it instead.
-    assert "trained_model" not in {e.step_key for e in second.all_events if e.is_step_start}
+    started = {e.step_key for e in second.all_events if e.is_step_start}
+    assert "mnist__trained_model" not in started
     assert not step_failures(second, "trained_model")
-    assert len(step_failures(second, "prepared_dataset_dataset_sanity")) == 1
+    assert len(step_failures(second, "mnist__prepared_dataset_dataset_sanity")) == 1
 
 
 # ---------------------------------------------------------------- checkpoint_integrity

@@ -9,31 +9,35 @@ from .common import PipelineSpec
 
 def dataset_sanity(value: dict[str, Any]) -> dg.AssetCheckResult:
     """Every split non-empty, every class present in train (classification), every file of
-    the manifest present with its recorded sha256 (any experiment's PreparedData)."""
+    the manifest present with its recorded sha256. The manifest is re-read from disk (any
+    experiment's PreparedData format), not taken from the asset value."""
+    import json
     from pathlib import Path
 
     from tinyexp_core.contract import ContractError, PreparedData
     from tinyexp_core.files import sha256_file
 
-    problems: list[str] = []
+    manifest = Path(value["path"]) / "manifest.json"
     try:
-        prepared = PreparedData.from_dict(value)
-    except ContractError as err:
-        return _failed(str(err))
+        prepared = PreparedData.from_dict(json.loads(manifest.read_text(encoding="utf-8")))
+    except (OSError, ValueError, ContractError) as err:
+        return _failed(f"{manifest} is unreadable: {type(err).__name__}: {err}")
+    prepared.path = str(manifest.parent)
+    problems: list[str] = []
     for split, count in prepared.counts.items():
         if count == 0:
             problems.append(f"split {split} is empty")
     for name, info in prepared.files.items():
-        path = Path(prepared.path) / name
+        path = manifest.parent / name
         if not path.is_file():
             problems.append(f"{name} is missing")
         elif info.get("sha256") and sha256_file(path) != info["sha256"]:
             problems.append(f"{name} does not match its sha256")
-    train = prepared.class_histogram.get("train", [])
-    empty = [c for c, n in enumerate(train) if n == 0]
+    empty = [c for c, n in enumerate(prepared.class_histogram.get("train", [])) if n == 0]
     if prepared.num_classes and empty:
         problems.append(f"classes with no training sample: {empty}")
-    problems += _nan_problems(prepared)
+    if not problems:
+        problems += _nan_problems(prepared)
     return dg.AssetCheckResult(
         passed=not problems,
         severity=dg.AssetCheckSeverity.ERROR,
