@@ -1,6 +1,6 @@
 """Live progress end to end (issue 4, must-show 1 and 3).
 
-1. A real `training_pipeline` run (`dagster job execute` in a subprocess, its own local Ray,
+1. A real `mnist_training_pipeline` run (`dagster job execute` in a subprocess, its own local Ray,
    SQLite under a temporary DAGSTER_HOME) reports progress to Redis while the test ticks
    `training_progress_sensor` against the same Dagster instance and records its
    observations, as the daemon would: `trained_model` gets observations with increasing
@@ -139,7 +139,7 @@ def test_training_finishes_when_redis_stops_mid_run(tmp_path, digits_prepared, m
     monkeypatch.setattr(RedisProgressReporter, "checkpoint", checkpoint_then_stop_redis)
     monkeypatch.setenv("TINYEXP_PROGRESS_URL", url)
     monkeypatch.setenv("TINYEXP_PROGRESS_RUN_ID", run_id)
-    monkeypatch.setenv("TINYEXP_ASSET", "trained_model")
+    monkeypatch.setenv("TINYEXP_ASSET", "mnist/trained_model")
     overrides = [
         "launcher=mp",
         f"output_root={tmp_path / 'runs'}",
@@ -156,10 +156,10 @@ def test_training_finishes_when_redis_stops_mid_run(tmp_path, digits_prepared, m
     # Progress was flowing until the outage; then training carried on without it.
     assert seen_before_stop["status"] == "running"
     assert seen_before_stop["last_checkpoint"].endswith("last.pt")
-    assert summary["epochs"] == 3
+    assert summary.num_epochs == 3
     assert any(f"progress store {url} unavailable" in w for w in warnings)
-    verify_checkpoint(summary["last_checkpoint"])
-    assert load_checkpoint(summary["last_checkpoint"])["epoch"] == 2
+    verify_checkpoint(summary.checkpoints.last)
+    assert load_checkpoint(summary.checkpoints.last)["epoch"] == 2
 
     monkeypatch.setenv("TINYEXP_REDIS_URL", url)
     capsys.readouterr()  # drop the training log
