@@ -48,7 +48,7 @@ class Case:
     dataset: list[str] = field(default_factory=list)  # prepared_dataset's overrides
     redis: str = "good"  # good | malformed | wrong-password
     how: str = "materialize"  # materialize | reexecute | subprocess
-    step: str = "trained_model"
+    step: str = "mnist__trained_model"
     expect: str = ""
 
 
@@ -91,7 +91,7 @@ CASES = {
     ),
     "missing dataset files": Case(
         dataset=["data_cfg.source=mnist", "data_cfg.root=/nonexistent"],
-        step="prepared_dataset",
+        step="mnist__prepared_dataset",
         expect="invalid dataset: dataset file missing: /nonexistent/train-images-idx3-ubyte",
     ),
     "malformed Redis URL": Case(

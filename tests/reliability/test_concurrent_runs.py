@@ -1,7 +1,7 @@
 """Item 6: two training runs at once (different configs) do not interfere: each has its own
 rendezvous port, progress key, run directory and promoted checkpoint.
 
-Two `dagster job execute` processes run `training_pipeline` against one DAGSTER_HOME, one
+Two `dagster job execute` processes run `mnist_training_pipeline` against one DAGSTER_HOME, one
 storage root and one Redis, both on the session's Ray (RAY_ADDRESS): 2 ranks x 0.5 CPU
 each, so both jobs fit on its 2 CPUs at the same time. Both promote under one model name,
 the case where one run could overwrite the other's file.

@@ -1,4 +1,4 @@
-"""Item 9: 20 consecutive `retrain_job` runs in one Dagster instance leave no growing number
+"""Item 9: 20 consecutive `mnist_retrain_job` runs in one Dagster instance leave no growing number
 of processes, open files or live Redis keys (finished runs' keys expire).
 
 The runs execute in this process on the session's Ray (as a Dagster run worker that keeps

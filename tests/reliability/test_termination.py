@@ -96,7 +96,7 @@ def test_terminate_from_dagster_stops_training_and_cleans_up(
     with WorkspaceProcessContext(instance, target) as process:
         context = process.create_request_context()
         params = {
-            "selector": infer_job_selector(context, "training_pipeline"),
+            "selector": infer_job_selector(context, "mnist_training_pipeline"),
             "runConfigData": train_config(["train_cfg.num_epochs=50"]),
             "mode": "default",
         }
@@ -145,10 +145,10 @@ def test_terminate_from_dagster_stops_training_and_cleans_up(
     # The step failed once, on Dagster's interrupt, and was not retried (a retry would
     # start training again in a terminated run); nothing after prepared_dataset ran.
     failures = events(instance, run_id, dg.DagsterEventType.STEP_FAILURE)
-    assert [e.step_key for e in failures] == ["trained_model"]
+    assert [e.step_key for e in failures] == ["mnist__trained_model"]
     error = failures[0].dagster_event.event_specific_data.error
     assert "the run was terminated" in error.message, error
     assert "DagsterExecutionInterruptedError" in str(error), error
     assert not events(instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     materialized = events(instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
-    assert [e.dagster_event.asset_key.path for e in materialized] == [["prepared_dataset"]]
+    assert [e.dagster_event.asset_key.path for e in materialized] == [["mnist", "prepared_dataset"]]

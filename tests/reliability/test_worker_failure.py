@@ -58,7 +58,7 @@ def test_sigkill_of_one_rank_fails_the_step_and_leaves_nothing(
         dg.DagsterEventType.STEP_UP_FOR_RETRY,
         dg.DagsterEventType.STEP_FAILURE,
     )
-    assert [e.step_key for e in ends] == ["trained_model", "trained_model"]
+    assert [e.step_key for e in ends] == ["mnist__trained_model", "mnist__trained_model"]
     delays = [end.timestamp - kill["time"] for end, kill in zip(ends, killer.kills, strict=True)]
     assert all(0 < d < 60 for d in delays), delays
     print(f"timing: kill -> step failure per attempt {[round(d, 1) for d in delays]} s")
