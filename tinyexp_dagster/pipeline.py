@@ -41,7 +41,6 @@ from .assets import (
     build_prepared_dataset,
     build_trained_model,
 )
-from .assets.training import _implements
 from .jobs import build_jobs
 from .schedules import DEFAULT_RETRAIN_CRON, DEFAULT_RETRAIN_TIMEZONE, build_retrain_schedule
 from .sensors import (
@@ -127,6 +126,13 @@ def _spec(name: str, experiment: str | type, overrides: Sequence[str]) -> Pipeli
     else:
         exp_cls, path = experiment, f"{experiment.__module__}:{experiment.__qualname__}"
     return PipelineSpec(name=name, experiment=path, exp_cls=exp_cls, overrides=tuple(overrides))
+
+
+def _implements(exp_cls: type, method: str) -> bool:
+    """Whether the experiment class overrides the TinyExp base's `method`."""
+    from tinyexp_core.experiment import TinyExp
+
+    return getattr(exp_cls, method, None) is not getattr(TinyExp, method, None)
 
 
 def _check_pieces(spec: PipelineSpec, has: dict[str, bool], threshold: float | None) -> None:

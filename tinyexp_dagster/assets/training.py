@@ -121,13 +121,6 @@ def build_trained_model(
     return trained_model_own_data
 
 
-def _implements(exp_cls: type, method: str) -> bool:
-    """Whether the experiment class overrides the TinyExp base's `method`."""
-    from tinyexp_core.experiment import TinyExp
-
-    return getattr(exp_cls, method, None) is not getattr(TinyExp, method, None)
-
-
 def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
     """Build the experiment with the run's overrides, run it on the Ray ranks; returns
     (experiment, rank 0's result)."""
