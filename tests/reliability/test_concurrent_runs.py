@@ -50,7 +50,7 @@ def test_two_concurrent_runs_do_not_interfere(ray_cluster, redis_url, storage, i
     dagster = str(Path(sys.executable).with_name("dagster"))
     procs = {
         name: subprocess.Popen(
-            [dagster, "job", "execute", "-m", "tinyexp_dagster.definitions"]
+            [dagster, "job", "execute", "-m", "tests.reliability.location"]
             + ["-j", "mnist_training_pipeline", "-c", str(_config_file(tmp_path, name))],
             cwd=REPO_ROOT,
             env=env,

@@ -2,7 +2,7 @@
 placement group, and marks the run `cancelled` in Redis.
 
 The run goes the way of a run started and stopped in the UI: the project's own
-`tinyexp_dagster.definitions` is loaded by a gRPC code server (a subprocess), the run is
+`tests.reliability.location` (the test experiment as the `mnist` pipeline) is loaded by a gRPC code server (a subprocess), the run is
 launched with the GraphQL `launchPipelineExecution` mutation (DefaultRunLauncher: the code
 server starts a run worker process), and stopped with the GraphQL `terminateRun` mutation,
 which the UI's Terminate button sends: run coordinator -> DefaultRunLauncher.terminate ->
@@ -88,7 +88,7 @@ def test_terminate_from_dagster_stops_training_and_cleans_up(
     monkeypatch.setenv("TINYEXP_CPUS_PER_WORKER", "1")
     pgs_before = placement_group_states()
     target = ModuleTarget(
-        module_name="tinyexp_dagster.definitions",
+        module_name="tests.reliability.location",
         attribute=None,
         working_directory=str(REPO_ROOT),
         location_name="tinyexp",
