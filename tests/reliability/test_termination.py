@@ -1,9 +1,9 @@
 """Item 3: terminating a run from Dagster stops training, removes the actors and the
 placement group, and marks the run `cancelled` in Redis.
 
-The run goes the way of a run started and stopped in the UI: the project's own
-`tests.reliability.location` (the test experiment as the `mnist` pipeline) is loaded by a gRPC code server (a subprocess), the run is
-launched with the GraphQL `launchPipelineExecution` mutation (DefaultRunLauncher: the code
+The run goes the way of a run started and stopped in the UI: `tests.reliability.location`
+(the test experiment as the `mnist` pipeline) is loaded by a gRPC code server (a
+subprocess), the run is launched with the GraphQL `launchPipelineExecution` mutation (DefaultRunLauncher: the code
 server starts a run worker process), and stopped with the GraphQL `terminateRun` mutation,
 which the UI's Terminate button sends: run coordinator -> DefaultRunLauncher.terminate ->
 the code server's CancelExecution -> an interrupt in the run worker, raised inside the
