@@ -115,7 +115,7 @@ def pipeline_defs(
 
 
 def _spec(name: str, experiment: str | type, overrides: Sequence[str]) -> PipelineSpec:
-    from tinyexp_core.config import load_exp_class
+    from tinyexp_core.config import build_exp, load_exp_class
 
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigValueError("name", name, "letters, digits and _, starting with a letter")
@@ -125,7 +125,14 @@ def _spec(name: str, experiment: str | type, overrides: Sequence[str]) -> Pipeli
         exp_cls, path = load_exp_class(experiment), experiment
     else:
         exp_cls, path = experiment, f"{experiment.__module__}:{experiment.__qualname__}"
-    return PipelineSpec(name=name, experiment=path, exp_cls=exp_cls, overrides=tuple(overrides))
+    defaults = build_exp(exp_cls, list(overrides)) if overrides else exp_cls()
+    return PipelineSpec(
+        name=name,
+        experiment=path,
+        exp_cls=exp_cls,
+        overrides=tuple(overrides),
+        defaults=defaults,
+    )
 
 
 def _implements(exp_cls: type, method: str) -> bool:

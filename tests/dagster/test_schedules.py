@@ -90,3 +90,26 @@ def test_shared_sensors_are_included_once_when_pipelines_merge():
             "b_metric_regression_sensor",
         ]
     )
+
+
+def test_pipeline_overrides_are_the_launchpads_exp_defaults():
+    """An untouched `exp` field keeps the pipeline's value; a changed one replaces it."""
+    pipeline = pipeline_defs("tabular", TABULAR, ["train_cfg.num_epochs=5"])
+    [trained] = [a for a in pipeline.assets if a.key.path[-1] == "trained_model"]
+    config_cls = trained.op.config_schema.config_type  # the generated config shape
+    exp_fields = config_cls.fields["exp"].config_type.fields
+    train_cfg = exp_fields["train_cfg"].config_type.fields
+    assert train_cfg["num_epochs"].default_value == 5
+
+    from tinyexp_dagster.assets.common import PipelineSpec
+    from tinyexp_dagster.pipeline import _spec
+
+    spec: PipelineSpec = _spec("tabular", TABULAR, ["train_cfg.num_epochs=5"])
+    untouched = {"train_cfg": {"num_epochs": 5}}
+    assert spec.overrides_for(untouched, []) == ["train_cfg.num_epochs=5"]
+    back_to_20 = {"train_cfg": {"num_epochs": 20}}
+    assert spec.overrides_for(back_to_20, ["seed=1"]) == [
+        "train_cfg.num_epochs=5",
+        "train_cfg.num_epochs=20",
+        "seed=1",
+    ]

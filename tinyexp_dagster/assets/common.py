@@ -22,6 +22,9 @@ class PipelineSpec:
     experiment: str  # `package.module:Class`
     exp_cls: type
     overrides: tuple[str, ...] = ()
+    # The experiment with the pipeline's overrides: the launchpad's `exp` defaults, and what
+    # a run's `exp` value is compared with (so an untouched field keeps the pipeline's value).
+    defaults: Any = None
 
     def key(self, asset: str) -> dg.AssetKey:
         """`<name>/<asset>`."""
@@ -39,7 +42,7 @@ class PipelineSpec:
         from ..schema import exp_overrides
 
         try:
-            typed = exp_overrides(self.exp_cls, exp_value)
+            typed = exp_overrides(self.exp_cls, exp_value, defaults=self.defaults)
         except ConfigError as err:
             raise config_failure(err) from None
         return [*self.overrides, *typed, *run_overrides]

@@ -26,7 +26,11 @@ class DatasetConfig(dg.Config):
 def build_prepared_dataset(spec: PipelineSpec) -> dg.AssetsDefinition:
     """The pipeline's dataset asset: `exp.prepare_data(storage_root)` -> PreparedData."""
     config_cls = with_exp_field(
-        DatasetConfig, spec.exp_cls, include=DATA_FIELDS, name=f"{spec.name}_DatasetConfig"
+        DatasetConfig,
+        spec.exp_cls,
+        include=DATA_FIELDS,
+        defaults=spec.defaults,
+        name=f"{spec.name}_DatasetConfig",
     )
 
     @dg.asset(

@@ -74,7 +74,9 @@ def build_trained_model(
     """The pipeline's training asset; `with_dataset`: it reads `<name>/prepared_dataset`
     (the experiment implements `prepare_data`), else the experiment reads its own data;
     `trains`: `train()` returns a TrainResult, else `run()`'s value is recorded as is."""
-    config_cls = with_exp_field(TrainConfig, spec.exp_cls, name=f"{spec.name}_TrainConfig")
+    config_cls = with_exp_field(
+        TrainConfig, spec.exp_cls, defaults=spec.defaults, name=f"{spec.name}_TrainConfig"
+    )
     what = "DDP training on Ray workers; checkpoints under runs/<run_id>/checkpoints."
     if not trains:
         what = "run() on Ray workers (TinyExp 0.0.1 style); records the output directory."
