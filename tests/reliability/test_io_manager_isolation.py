@@ -26,7 +26,7 @@ from tinyexp_dagster.resources import RunScopedJSONIOManager, StorageResource
 
 def _config(lr: str) -> dict:
     config = train_config(["train_cfg.num_epochs=1", f"optimizer_cfg.lr={lr}"])
-    config["ops"]["mnist__model_evaluation"] = {"config": {"min_accuracy": 0.0}}
+    config["ops"]["mnist__model_evaluation"] = {"config": {"threshold": 0.0}}
     return config
 
 

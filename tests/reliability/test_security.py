@@ -83,7 +83,7 @@ def test_resume_refuses_a_pickle_payload_even_with_a_valid_sidecar(
 
     summary, lines = _launch(run_root, digits_prepared, "train_cfg.num_epochs=2")
     assert not marker.exists(), "the payload ran while resuming"
-    assert summary["resumed_from"] == str(checkpoints / "epoch_0000.pt")
+    assert summary.resumed_from == str(checkpoints / "epoch_0000.pt")
     (warning,) = [line for line in lines if "is unusable" in line]
     assert f"{last} is unusable (torch.load failed: UnpicklingError" in warning
     assert f"falling back to {checkpoints / 'epoch_0000.pt'}" in warning

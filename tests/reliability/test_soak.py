@@ -53,7 +53,7 @@ def test_twenty_retrain_runs_leak_nothing(ray_cluster, redis_url, storage, insta
     )
     job = defs.resolve_job_def("mnist_retrain_job")
     config = train_config(["train_cfg.num_epochs=1"])
-    config["ops"]["mnist__model_evaluation"] = {"config": {"min_accuracy": 0.0}}
+    config["ops"]["mnist__model_evaluation"] = {"config": {"threshold": 0.0}}
     client = redis_client(redis_url)
     pgs_before = placement_group_states()
     me = psutil.Process()
