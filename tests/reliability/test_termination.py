@@ -3,12 +3,12 @@ placement group, and marks the run `cancelled` in Redis.
 
 The run goes the way of a run started and stopped in the UI: `tests.reliability.location`
 (the test experiment as the `mnist` pipeline) is loaded by a gRPC code server (a
-subprocess), the run is launched with the GraphQL `launchPipelineExecution` mutation (DefaultRunLauncher: the code
-server starts a run worker process), and stopped with the GraphQL `terminateRun` mutation,
-which the UI's Terminate button sends: run coordinator -> DefaultRunLauncher.terminate ->
-the code server's CancelExecution -> an interrupt in the run worker, raised inside the
-`trained_model` step. The run worker connects to the session's Ray (RAY_ADDRESS), so the
-actors it starts are visible here.
+subprocess), the run is launched with the GraphQL `launchPipelineExecution` mutation
+(DefaultRunLauncher: the code server starts a run worker process), and stopped with the
+GraphQL `terminateRun` mutation, which the UI's Terminate button sends: run coordinator ->
+DefaultRunLauncher.terminate -> the code server's CancelExecution -> an interrupt in the
+run worker, raised inside the `trained_model` step. The run worker connects to the
+session's Ray (RAY_ADDRESS), so the actors it starts are visible here.
 """
 
 from __future__ import annotations
