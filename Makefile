@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install the project with its dev extras
 
 run: install $(DAGSTER_HOME)/dagster.yaml ## run the full training pipeline offline on embedded defaults (Ray, Redis, SQLite)
-	$(VENV)/bin/dagster job execute -m tinyexp_dagster.definitions -j training_pipeline
+	$(VENV)/bin/dagster job execute -m tinyexp_dagster.definitions -j mnist_training_pipeline
 	@$(PY) -m tinyexp_dagster.cli summary
 
 dev: install $(DAGSTER_HOME)/dagster.yaml ## start the Dagster UI and daemon on http://127.0.0.1:3000

@@ -7,11 +7,16 @@ When the project's jobs and assets are renamed (one pipeline per experiment: `mn
 from __future__ import annotations
 
 CODE_LOCATION = "tinyexp_dagster.definitions"  # `dagster ... -m` module
-TRAINING_JOB = "training_pipeline"
-RETRAIN_JOB = "retrain_job"
-PREPARED_DATASET = "prepared_dataset"  # asset (and op) names
-TRAINED_MODEL = "trained_model"
-MODEL_EVALUATION = "model_evaluation"
+PIPELINE = "mnist"  # the project's default pipeline (tinyexp_dagster/defs/mnist/defs.yaml)
+TRAINING_JOB = f"{PIPELINE}_training_pipeline"
+RETRAIN_JOB = f"{PIPELINE}_retrain_job"
+# asset keys as user strings (`--select`, AssetKey.from_user_string, progress hashes)
+PREPARED_DATASET = f"{PIPELINE}/prepared_dataset"
+TRAINED_MODEL = f"{PIPELINE}/trained_model"
+MODEL_EVALUATION = f"{PIPELINE}/model_evaluation"
+# op (and step) names of those assets: the key's parts joined by "__"
+TRAINED_MODEL_OP = TRAINED_MODEL.replace("/", "__")
+MODEL_EVALUATION_OP = MODEL_EVALUATION.replace("/", "__")
 
 # (module under bench/, section title, what it compares and against which targets) in the
 # order `python -m bench` runs them: the cheap and quiet first, the ones that start Ray after.

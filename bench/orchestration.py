@@ -21,7 +21,14 @@ import tempfile
 from pathlib import Path
 
 from bench.common import dagster_events, embedded_server, first_marks, spawn_timed
-from bench.names import CODE_LOCATION, MODEL_EVALUATION, TRAINED_MODEL, TRAINING_JOB
+from bench.names import (
+    CODE_LOCATION,
+    MODEL_EVALUATION,
+    MODEL_EVALUATION_OP,
+    TRAINED_MODEL,
+    TRAINED_MODEL_OP,
+    TRAINING_JOB,
+)
 from bench.results import Run, add_results_arg
 from bench.startup import DAGSTER, dagster_env, run_config
 from bench.stats import value_against_target
@@ -75,9 +82,9 @@ def phases(r: dict[str, float]) -> list[tuple[str, float, float]]:
     for step in steps:
         begin, finish = r[f"STEP_START:{step}"], r[f"STEP_SUCCESS:{step}"]
         rows.append((f"Dagster between {prev_name} and {step}", begin - prev, 0.0))
-        if step == TRAINED_MODEL:
+        if step == TRAINED_MODEL_OP:
             rows += training_phases(r)
-        elif step == MODEL_EVALUATION:
+        elif step == MODEL_EVALUATION_OP:
             rows.append((f"step {step}", finish - begin, r["eval_loop_s"]))
         else:
             rows.append((f"step {step}", finish - begin, 0.0))
@@ -88,7 +95,7 @@ def phases(r: dict[str, float]) -> list[tuple[str, float, float]]:
 
 def training_phases(r: dict[str, float]) -> list[tuple[str, float, float]]:
     rows = []
-    prev = r[f"STEP_START:{TRAINED_MODEL}"]
+    prev = r[f"STEP_START:{TRAINED_MODEL_OP}"]
     for label, name in TRAINING:
         rows.append((f"trained_model: {label}", r[name] - prev, 0.0))
         prev = r[name]
@@ -97,7 +104,7 @@ def training_phases(r: dict[str, float]) -> list[tuple[str, float, float]]:
     )
     rest = r["launch_end"] - prev - r["train_loop_s"]
     rows.append(("trained_model: model/DDP setup, then Ray teardown", rest, 0.0))
-    output_s = r[f"STEP_SUCCESS:{TRAINED_MODEL}"] - r["launch_end"]
+    output_s = r[f"STEP_SUCCESS:{TRAINED_MODEL_OP}"] - r["launch_end"]
     rows.append(("trained_model: output, metadata", output_s, 0.0))
     return rows
 

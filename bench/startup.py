@@ -30,7 +30,7 @@ from bench.common import (
     run,
     spawn_timed,
 )
-from bench.names import CODE_LOCATION, PREPARED_DATASET, RETRAIN_JOB, TRAINED_MODEL
+from bench.names import CODE_LOCATION, PREPARED_DATASET, RETRAIN_JOB, TRAINED_MODEL_OP
 from bench.results import Run, add_results_arg
 from bench.stats import compare
 
@@ -42,13 +42,13 @@ DAGSTER = str(Path(sys.executable).with_name("dagster"))
 def run_config(epochs: int) -> str:
     """The retrain job's run config: only the epoch count differs from the defaults."""
     overrides = f'["train_cfg.num_epochs={epochs}"]'
-    return f"ops:\n  {TRAINED_MODEL}:\n    config:\n      overrides: {overrides}\n"
+    return f"ops:\n  {TRAINED_MODEL_OP}:\n    config:\n      overrides: {overrides}\n"
 
 
 # (phase label, mark that ends it); each phase starts where the previous one ended.
 OURS = (
     ("Python, imports (dagster, project), definitions load", "definitions_loaded"),
-    ("Dagster run: instance, run record, step start", f"STEP_START:{TRAINED_MODEL}"),
+    ("Dagster run: instance, run record, step start", f"STEP_START:{TRAINED_MODEL_OP}"),
     ("step: input load, build experiment (imports torch), Redis check", "launch_start"),
     ("Ray start (`import ray`, `ray.init`, local)", "ray_ready"),
     ("placement group", "placement_group_ready"),

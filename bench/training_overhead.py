@@ -29,12 +29,13 @@ from typing import Any
 
 from bench.bare_loop import parse_result
 from bench.common import prepare_data, python, redis_client, steady_malloc
-from bench.names import PREPARED_DATASET, TRAINED_MODEL
 from bench.results import Run, add_results_arg
 from bench.stats import compare
 
 TARGET = 0.97
 EXPERIMENT = "bench.ddp_exp:TurnTakingMnistExp"
+PIPELINE = "bench"  # its own pipeline: pipeline_defs(PIPELINE, EXPERIMENT)
+DATASET_OP, TRAIN_OP = f"{PIPELINE}__prepared_dataset", f"{PIPELINE}__trained_model"
 
 
 def orchestrated(
@@ -44,7 +45,7 @@ def orchestrated(
     import dagster as dg
 
     from tinyexp_core.progress import read_run
-    from tinyexp_dagster.assets import prepared_dataset, trained_model
+    from tinyexp_dagster import pipeline_defs
     from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 
     data = ["data_cfg.source=synthetic", f"data_cfg.num_samples={args.num_samples}"]
@@ -57,10 +58,9 @@ def orchestrated(
     run_config = {
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         "ops": {
-            PREPARED_DATASET: {"config": {"overrides": data}},
-            TRAINED_MODEL: {
+            DATASET_OP: {"config": {"overrides": data}},
+            TRAIN_OP: {
                 "config": {
-                    "experiment": EXPERIMENT,
                     "overrides": overrides,
                     "num_workers": 1,
                     "num_cpus_per_worker": float(args.threads),
@@ -69,8 +69,13 @@ def orchestrated(
             },
         },
     }
+    assets = list(pipeline_defs(PIPELINE, EXPERIMENT).assets)
     result = dg.materialize(
-        [prepared_dataset, trained_model],
+        assets,
+        selection=[
+            dg.AssetKey([PIPELINE, "prepared_dataset"]),
+            dg.AssetKey([PIPELINE, "trained_model"]),
+        ],
         run_config=run_config,
         resources={
             "ray": RayDDPResource(num_workers=1, num_cpus_per_worker=float(args.threads)),
@@ -78,10 +83,10 @@ def orchestrated(
             "storage": StorageResource(root=str(root)),
         },
     )
-    trained_on = result.output_for_node(TRAINED_MODEL)["dataset_path"]
+    trained_on = result.output_for_node(TRAIN_OP)["dataset_path"]
     if trained_on != prepared:
         raise RuntimeError(f"trained on {trained_on}, the bare loop reads {prepared}")
-    (materialization,) = result.asset_materializations_for_node(TRAINED_MODEL)
+    (materialization,) = result.asset_materializations_for_node(TRAIN_OP)
     rows = materialization.metadata["per_epoch"].value.records
     rates = [float(r.data["samples_per_s"]) for r in rows]
     client = redis_client(redis_url)

@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-import torch
 from loguru import logger
 
 from tinyexp_core.exceptions import (
@@ -34,6 +33,11 @@ from tinyexp_core.exceptions import (
     UnsupportedCheckpointFormatError,
 )
 from tinyexp_core.files import CHUNK_BYTES, atomic_write, atomic_write_bytes, sha256_file
+from tinyexp_core.lazy import lazy_module
+
+# torch loads on first use: CheckpointCfg is part of every experiment's config, which
+# Dagster imports when it loads definitions.
+torch = lazy_module("torch")
 
 __all__ = [
     "CHECKPOINT_FORMAT",

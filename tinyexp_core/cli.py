@@ -98,6 +98,8 @@ def main(argv: Sequence[str] | None = None, exp_cls: type | str | None = None) -
         _error(err)
         return EXIT_FAILED
     # Under torchrun every rank returns here; the summary is rank 0's to print.
+    if hasattr(result, "to_dict"):  # a contract result (TrainResult, EvalResult, ...)
+        result = result.to_dict()
     if isinstance(result, dict) and os.environ.get("RANK", "0") == "0":
         print(json.dumps(redact_value(_summary(result)), default=str))
     return EXIT_OK
@@ -110,7 +112,12 @@ def _error(err: Exception) -> None:
 
 
 def _summary(result: dict) -> dict:
-    return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+    """The scalars of a result, plus the primary metric and the checkpoint files."""
+    summary = {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+    for key in ("primary_metric", "checkpoints", "metrics"):
+        if isinstance(result.get(key), dict):
+            summary[key] = result[key]
+    return summary
 
 
 def store_and_run_exp(exp_cls: type) -> None:

@@ -321,6 +321,8 @@ class TrainResult:
     config: dict[str, Any]  # the effective config that ran (`exp.config_dict()`)
     resumed_from: str = ""  # the checkpoint this attempt started from, or empty
     samples_per_s: float = math.nan  # mean over the epochs trained in this attempt
+    # the experiment tracker's run (`wandb_run_id`, `wandb_dir`), when one was used
+    tracker: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_epochs(self) -> int:
@@ -365,6 +367,7 @@ class TrainResult:
             "config": self.config,
             "resumed_from": self.resumed_from,
             "samples_per_s": _num(self.samples_per_s),
+            "tracker": dict(self.tracker),
             # derived, for readers that do not rebuild the dataclass (metadata, sensors)
             "num_epochs": self.num_epochs,
             "best_value": _num(self.best_value),
@@ -388,6 +391,7 @@ class TrainResult:
             config=dict(data["config"]),
             resumed_from=str(data.get("resumed_from") or ""),
             samples_per_s=_float(data.get("samples_per_s")),
+            tracker={str(k): str(v) for k, v in (data.get("tracker") or {}).items()},
         )
 
 

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from tinyexp_core.exceptions import CheckpointMismatchError, UnsupportedCheckpointFormatError
+from tinyexp_core.lazy import lazy_module
+
+torch = lazy_module("torch")  # loaded on first use: experiment modules import this one
 
 __all__ = [
     "DataPosition",

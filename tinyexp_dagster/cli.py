@@ -1,6 +1,6 @@
 """`tinyexp-dagster`: the pipeline's console command.
 
-tinyexp-dagster summary          latest accuracy, checkpoint and how to open the UI
+tinyexp-dagster summary [--pipeline mnist]  latest primary metric, checkpoint, how to open the UI
 tinyexp-dagster redis url|stop   the embedded Redis under the storage root
 tinyexp-dagster progress [RUN_ID] live training progress from Redis (`--once`: one snapshot)
 
@@ -31,19 +31,23 @@ _BAR_WIDTH = 24
 _STALE_HEARTBEAT_S = 10.0  # show the heartbeat's age from this age on
 
 
-def cmd_summary(_: argparse.Namespace) -> int:
-    """Print the latest evaluation and promoted checkpoint from the Dagster instance."""
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Print a pipeline's latest evaluation (its primary metric) and promoted checkpoint."""
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
-    evaluation = instance.get_latest_materialization_event(dg.AssetKey("model_evaluation"))
-    checkpoint = instance.get_latest_materialization_event(dg.AssetKey("model_checkpoint"))
+    name = args.pipeline
+    evaluation = instance.get_latest_materialization_event(dg.AssetKey([name, "model_evaluation"]))
+    checkpoint = instance.get_latest_materialization_event(dg.AssetKey([name, "model_checkpoint"]))
     if evaluation is None or checkpoint is None:
-        print("no model_evaluation materialization yet: run `make run` first", file=sys.stderr)
+        print(
+            f"no {name}/model_evaluation materialization yet: run `make run` first", file=sys.stderr
+        )
         return 1
     ev_meta = evaluation.asset_materialization.metadata
     ck_meta = checkpoint.asset_materialization.metadata
-    print(f"accuracy ({ev_meta['split'].value} split): {ev_meta['accuracy'].value:.4f}")
+    metric = str(ev_meta["primary_metric"].value).split(" ")[0]  # "accuracy (max)"
+    print(f"{name} {metric} ({ev_meta['split'].value} split): {ev_meta[metric].value:.4f}")
     print(f"checkpoint: {ck_meta['model_path'].value}")
     print(f"sha256: {ck_meta['sha256'].value}")
     print("open the UI: make dev, then http://127.0.0.1:3000 (same DAGSTER_HOME)")
@@ -196,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyexp-dagster", description=__doc__.splitlines()[0])
     parser.add_argument("--storage-root", default=default_storage_root())
     sub = parser.add_subparsers(dest="command", required=True)
-    summary = sub.add_parser("summary", help="latest accuracy and promoted checkpoint")
+    summary = sub.add_parser("summary", help="latest primary metric and promoted checkpoint")
+    summary.add_argument("--pipeline", default="mnist", help="the pipeline's name (default mnist)")
     summary.set_defaults(func=cmd_summary)
     redis = sub.add_parser("redis", help="the embedded Redis server")
     redis.add_argument("action", choices=("url", "stop"))

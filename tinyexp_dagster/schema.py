@@ -288,15 +288,18 @@ def exp_config_model(
     *,
     exclude: Sequence[str] = ORCHESTRATED_FIELDS,
     include: Sequence[str] | None = None,
+    defaults: Any = None,
 ) -> type[dg.Config]:
     """A `dg.Config` model mirroring `exp_cls`'s configuration (the value of `exp`).
 
     `exclude`: dotted keys left out (a section's key drops the section); default
     `ORCHESTRATED_FIELDS`. `include`: when given, only these dotted keys or sections (the
     dataset op passes `("data_cfg", "seed")`). `overrided_cfg` and `_private` fields are
-    always left out.
+    always left out. `defaults`: an instance whose values are the defaults (a pipeline's
+    overrides applied); default `exp_cls()`.
     """
-    return _model_for(exp_cls(), "", tuple(exclude), None if include is None else tuple(include))
+    obj = exp_cls() if defaults is None else defaults
+    return _model_for(obj, "", tuple(exclude), None if include is None else tuple(include))
 
 
 def exp_config_fields(exp_cls: type, **kwargs: Any) -> dict[str, dg.Field]:
@@ -378,18 +381,21 @@ def exp_overrides(
     *,
     only_changed: bool = True,
     exclude: Sequence[str] = ORCHESTRATED_FIELDS,
+    defaults: Any = None,
 ) -> list[str]:
     """The `exp` config value as `key=value` overrides for `tinyexp_core.config.build_exp`.
 
     `only_changed=True` (the default) lists only values that differ from the dataclass
     defaults, so the run's `overrided_cfg` names what the user changed; False lists
     every leaf. Raises UnknownConfigurationKeyError for a key the experiment lacks and
-    ConfigValueError for an excluded (orchestrator-owned) key.
+    ConfigValueError for an excluded (orchestrator-owned) key. `defaults`: the instance
+    whose values count as unchanged (as given to `exp_config_model`); default `exp_cls()`.
     """
     if isinstance(value, pydantic.BaseModel):
         value = value.model_dump()
     out: list[str] = []
-    _collect(exp_cls(), value, "", tuple(exclude), only_changed, out)
+    obj = exp_cls() if defaults is None else defaults
+    _collect(obj, value, "", tuple(exclude), only_changed, out)
     return out
 
 

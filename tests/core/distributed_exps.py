@@ -81,12 +81,13 @@ class CollectivesExp(TinyExp):
 class FingerprintedMnistExp(MnistExp):
     """The MNIST example, also returning each rank's final model fingerprint."""
 
-    def _save_epoch(self, acc, manager, model, optimizer, scheduler, row, history, reporter):
-        super()._save_epoch(acc, manager, model, optimizer, scheduler, row, history, reporter)
+    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter):
+        best = super()._save_epoch(acc, manager, model, optimizer, scheduler, history, reporter)
         self._fingerprint = state_fingerprint(acc.unwrap_model(model))
+        return best
 
     def train(self) -> dict[str, Any]:
-        summary = super().train()
+        summary = super().train().to_dict()
         summary["rank"] = int(os.environ.get("RANK", "0"))
         summary["model_sha256"] = self._fingerprint
         return summary

@@ -38,8 +38,9 @@ def test_mnist_cli_on_two_ray_workers(tmp_path, digits_prepared):
     assert len(json_lines) == 1, proc.stdout
     summary = json.loads(json_lines[0])
     assert summary["world_size"] == 2
-    assert summary["epochs"] == 1 and summary["run_id"] == "cli-ray"
-    assert Path(summary["last_checkpoint"]).is_file()
-    assert Path(summary["last_checkpoint"]).parent.parent == tmp_path / "cli-ray"
+    assert summary["num_epochs"] == 1 and summary["run_id"] == "cli-ray"
+    assert summary["primary_metric"] == {"name": "accuracy", "direction": "max"}
+    assert Path(summary["checkpoints"]["last"]).is_file()
+    assert Path(summary["checkpoints"]["last"]).parent.parent == tmp_path / "cli-ray"
     # Rank 0's log lines are streamed back to the terminal (stderr).
     assert "epoch 1/1" in proc.stderr and "world size 2" in proc.stderr

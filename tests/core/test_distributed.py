@@ -142,14 +142,15 @@ def test_mnist_two_workers_accuracy_and_identical_weights(ray_cluster, digits_pr
     )
     r0, r1 = _launch(exp)
     assert r0["world_size"] == r1["world_size"] == 2
-    assert r0["epochs"] == exp.train_cfg.num_epochs
+    assert r0["num_epochs"] == exp.train_cfg.num_epochs
     # DDP keeps the replicas in lockstep: bit-identical weights on both ranks at the end.
     assert r0["model_sha256"] == r1["model_sha256"]
     # ...and rank 0 saved exactly those weights.
-    assert state_fingerprint(load_checkpoint(r0["last_checkpoint"])["model"]) == r0["model_sha256"]
-    report = exp.evaluate(r0["best_checkpoint"], "test")
-    assert report["split"] == "test"
-    assert report["accuracy"] >= 0.95, report
+    last, best = r0["checkpoints"]["last"], r0["checkpoints"]["best"]
+    assert state_fingerprint(load_checkpoint(last)["model"]) == r0["model_sha256"]
+    report = exp.evaluate(best, "test")
+    assert report.split == "test" and report.primary_metric.name == "accuracy"
+    assert report.value >= 0.95, report
 
 
 def test_pi_two_workers(ray_cluster):
@@ -169,7 +170,7 @@ def _mnist_run(root: Path, prepared: str, *overrides: str) -> dict:
     exp = build_exp(
         MnistExp, [f"output_root={root}", f"data_cfg.prepared_path={prepared}", *overrides]
     )
-    return run_in_process(exp)
+    return run_in_process(exp).to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -198,19 +199,19 @@ def test_resume_matches_uninterrupted_run(resume, uninterrupted_run, small_prepa
     if resume == "auto":  # the same run directory, its own last valid checkpoint
         overrides = ["run_id=first", "resume_from=auto"]
     else:  # a new run, started from the first run's last.pt
-        overrides = ["run_id=second", f"resume_from={first['last_checkpoint']}"]
+        overrides = ["run_id=second", f"resume_from={first['checkpoints']['last']}"]
     resumed = _mnist_run(tmp_path, small_prepared, "train_cfg.num_epochs=3", *overrides)
 
-    assert resumed["resumed_from"] == first["last_checkpoint"]
-    assert resumed["epochs"] == 3
+    assert resumed["resumed_from"] == first["checkpoints"]["last"]
+    assert resumed["num_epochs"] == 3
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     full = uninterrupted_run
     assert [h["train_loss"] for h in resumed["history"]] == [
         h["train_loss"] for h in full["history"]
     ]
     assert resumed["best_epoch"] == full["best_epoch"]
-    _assert_same_model(resumed["last_checkpoint"], full["last_checkpoint"])
-    _assert_same_model(resumed["best_checkpoint"], full["best_checkpoint"])
+    _assert_same_model(resumed["checkpoints"]["last"], full["checkpoints"]["last"])
+    _assert_same_model(resumed["checkpoints"]["best"], full["checkpoints"]["best"])
 
 
 # ---------------------------------------------------------------- launcher errors fail fast
@@ -353,9 +354,9 @@ def test_resnet_example_trains_and_reuses_the_redis_cache(
     cache = RedisSampleCache(client, namespace)
     cache.clear()
     try:
-        summary = run_in_process(exp)
-        assert summary["epochs"] == 1 and math.isfinite(summary["final_train_loss"])
-        model = load_checkpoint(summary["last_checkpoint"])["model"]
+        summary = run_in_process(exp).to_dict()
+        assert summary["num_epochs"] == 1 and math.isfinite(summary["final_train_loss"])
+        model = load_checkpoint(summary["checkpoints"]["last"])["model"]
         assert tuple(model["conv1.weight"].shape) == (64, 3, 3, 3)  # CIFAR-style stem
         assert tuple(model["fc.weight"].shape) == (2, 512)
         keys = list(client.scan_iter(match=f"tinyexp:cache:{namespace}:*"))
@@ -371,8 +372,8 @@ def test_resnet_example_trains_and_reuses_the_redis_cache(
         assert again.data_version == first.data_version  # the same pixels, byte for byte
         assert again.counts == first.counts == {"train": 18, "val": 2, "test": 4}
 
-        report = exp.evaluate(summary["best_checkpoint"], "test")
-        assert report["split"] == "test" and 0.0 <= report["accuracy"] <= 1.0
+        report = exp.evaluate(summary["checkpoints"]["best"], "test")
+        assert report.split == "test" and 0.0 <= report.value <= 1.0
     finally:
         cache.clear()
         client.close()

@@ -77,7 +77,8 @@ def test_two_local_processes_end_with_identical_weights(tiny_prepared, tmp_path)
     # DDP kept the replicas in lockstep: bit-identical weights on both ranks...
     assert r0["model_sha256"] == r1["model_sha256"]
     # ...and rank 0 saved exactly those weights.
-    assert state_fingerprint(load_checkpoint(r0["last_checkpoint"])["model"]) == r0["model_sha256"]
+    last = r0["checkpoints"]["last"]
+    assert state_fingerprint(load_checkpoint(last)["model"]) == r0["model_sha256"]
     assert not multiprocessing.active_children()
 
 

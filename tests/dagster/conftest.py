@@ -15,15 +15,21 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import instance_for_test
 
-from tests.dagster.support import PIPELINE, Pipeline, dagster_resources, run_config
-from tinyexp_dagster.assets import ASSET_CHECKS, ASSETS
+from tests.dagster.support import (
+    ASSET_CHECKS,
+    ASSETS,
+    PIPELINE,
+    Pipeline,
+    dagster_resources,
+    run_config,
+)
 
 
 @pytest.fixture(scope="session")
 def pipeline(
     ray_cluster, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Pipeline]:
-    """`training_pipeline`'s assets and checks, materialized once on 1 epoch."""
+    """`mnist_training_pipeline`'s assets and checks, materialized once on 1 epoch."""
     storage_root = tmp_path_factory.mktemp("pipeline-storage")
     resources = dagster_resources(storage_root, redis_url)
     with instance_for_test() as instance:

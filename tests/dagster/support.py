@@ -10,16 +10,30 @@ from typing import Any
 
 import dagster as dg
 
-from tinyexp_dagster.assets import ASSET_CHECKS, ASSETS
+from tinyexp_dagster import pipeline_defs
 from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 
+NAME = "mnist"  # the project's default pipeline, as tinyexp_dagster/defs/mnist declares it
 PIPELINE = ["prepared_dataset", "trained_model", "model_checkpoint", "model_evaluation"]
 TINY_OVERRIDES = ["train_cfg.num_epochs=1"]
 # One epoch reaches ~0.9 test accuracy; the blocking accuracy check must not fail the fixture.
 TINY_CONFIG: dict[str, dict[str, Any]] = {
     "trained_model": {"overrides": TINY_OVERRIDES},
-    "model_evaluation": {"min_accuracy": 0.5},
+    "model_evaluation": {"threshold": 0.5},
 }
+MNIST_DEFS = pipeline_defs(NAME, "tinyexp_core.examples.mnist_exp:Exp", metric_threshold=0.9)
+ASSETS = list(MNIST_DEFS.assets)
+ASSET_CHECKS = list(MNIST_DEFS.asset_checks)
+
+
+def key(asset: str) -> dg.AssetKey:
+    """`mnist/<asset>`."""
+    return dg.AssetKey([NAME, asset])
+
+
+def op(asset: str) -> str:
+    """The op name of `mnist/<asset>` (run config keys)."""
+    return f"{NAME}__{asset}"
 
 
 def dagster_resources(storage_root: Path | str, redis_url: str) -> dict[str, Any]:
@@ -38,20 +52,23 @@ def run_config(selection: Sequence[str], **ops: dict[str, Any]) -> dict[str, Any
     for asset in selection:
         fields = {**TINY_CONFIG.get(asset, {}), **ops.get(asset, {})}
         if fields:
-            config[asset] = {"config": fields}
+            config[op(asset)] = {"config": fields}
     return {"ops": config}
 
 
 def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetMaterialization]:
-    """The run's materializations by asset name (the last one per asset)."""
+    """The run's materializations by asset name without the pipeline prefix (the last one
+    per asset)."""
     return {
-        event.asset_key.to_user_string(): event.materialization
+        event.asset_key.path[-1]: event.materialization
         for event in result.get_asset_materialization_events()
     }
 
 
 def step_failures(result: dg.ExecuteInProcessResult, step: str) -> list[dg.DagsterEvent]:
-    return [e for e in result.all_events if e.is_step_failure and e.step_key == step]
+    """Failures of the step of `mnist/<step>` (or of the step named `step`)."""
+    steps = {step, op(step)}
+    return [e for e in result.all_events if e.is_step_failure and e.step_key in steps]
 
 
 def error_chain(event: dg.DagsterEvent) -> str:
@@ -101,7 +118,9 @@ class Pipeline:
         names = [] if isinstance(selection, dg.AssetSelection) else list(selection)
         return dg.materialize(
             [*ASSETS, *ASSET_CHECKS],
-            selection=selection if isinstance(selection, dg.AssetSelection) else names,
+            selection=selection
+            if isinstance(selection, dg.AssetSelection)
+            else [key(n) for n in names],
             instance=self.instance,
             resources={**self.resources, **(resources or {})},
             run_config=run_config(names, **ops),
@@ -110,6 +129,16 @@ class Pipeline:
 
     def latest(self, asset: str) -> dg.AssetMaterialization:
         """The instance's latest materialization of `asset`."""
-        event = self.instance.get_latest_materialization_event(dg.AssetKey(asset))
+        event = self.instance.get_latest_materialization_event(key(asset))
         assert event is not None and event.asset_materialization is not None
         return event.asset_materialization
+
+
+def _asset(asset: str) -> dg.AssetsDefinition:
+    [found] = [a for a in ASSETS if a.key == key(asset)]
+    return found
+
+
+# The mnist pipeline's assets, for `dg.materialize([...])`.
+prepared_dataset = _asset("prepared_dataset")
+trained_model = _asset("trained_model")

@@ -150,7 +150,7 @@ def parse_markdown_matrix(text: str) -> list[list[int]]:
 
 def test_asset_checks_passed_in_the_pipeline(pipeline: Pipeline) -> None:
     evaluations = {e.check_name: e for e in pipeline.result.get_asset_check_evaluations()}
-    assert sorted(evaluations) == ["checkpoint_integrity", "dataset_sanity", "minimum_accuracy"]
+    assert sorted(evaluations) == ["checkpoint_integrity", "dataset_sanity", "minimum_metric"]
     assert all(e.passed for e in evaluations.values())
 
 
@@ -158,7 +158,7 @@ def test_progress_in_redis(pipeline: Pipeline) -> None:
     """Rank 0 reported under the Dagster run id; the run ended `succeeded`."""
     run = read_run(make_client(pipeline.redis_url), pipeline.result.run_id)
     assert run["status"] == "succeeded"
-    assert run["asset"] == "trained_model"
+    assert run["asset"] == "mnist/trained_model"
     assert run["world_size"] == "2"
     assert run["num_epochs"] == "1"
     assert run["last_checkpoint"].startswith(str(pipeline.storage_root / "runs"))

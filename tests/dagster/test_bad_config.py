@@ -1,7 +1,7 @@
 """Must-show 3: a bad training config fails `trained_model` before training starts, once
 (no retry), with a message naming the problem, and leaves the storage root untouched.
 
-The whole `training_pipeline` selection runs against the session's storage root, which holds
+The whole `mnist_training_pipeline` selection runs against the session's storage root, which holds
 a prepared dataset, a training run and a promoted model: `prepared_dataset` reuses its
 directory as it is, and nothing else is written, so every file keeps its mtime and size."""
 
@@ -105,7 +105,7 @@ def test_bad_config_fails_before_training(
     attempts = [
         e
         for e in result.all_events
-        if e.step_key == "trained_model" and (e.is_step_start or e.is_step_restarted)
+        if e.step_key == "mnist__trained_model" and (e.is_step_start or e.is_step_restarted)
     ]
     assert len(attempts) == 1, "the asset's RetryPolicy must not retry a config failure"
     assert not [e for e in result.all_events if e.is_step_up_for_retry]

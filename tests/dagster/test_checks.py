@@ -14,17 +14,19 @@ import pytest
 from dagster._core.test_utils import instance_for_test
 
 from tests.dagster.support import (
+    ASSET_CHECKS,
+    ASSETS,
     Pipeline,
     dagster_resources,
     error_chain,
     flipped_byte,
+    key,
     materializations,
     step_failures,
 )
-from tinyexp_dagster.assets import ASSET_CHECKS, ASSETS
 from tinyexp_dagster.assets.checks import checkpoint_integrity, dataset_sanity
 
-INTEGRITY = dg.AssetCheckKey(dg.AssetKey("model_checkpoint"), "checkpoint_integrity")
+INTEGRITY = dg.AssetCheckKey(dg.AssetKey(["mnist", "model_checkpoint"]), "checkpoint_integrity")
 
 
 def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
@@ -80,17 +82,17 @@ def test_dataset_sanity_blocks_training(redis_url: str, tmp_path: Path) -> None:
     assets = [*ASSETS, *ASSET_CHECKS]
     with instance_for_test() as instance:
         first = dg.materialize(
-            assets, selection=["prepared_dataset"], instance=instance, resources=resources
+            assets, selection=[key("prepared_dataset")], instance=instance, resources=resources
         )
         assert check_evaluations(first)["dataset_sanity"].passed
-        dataset = Path(first.asset_value("prepared_dataset")["path"])
+        dataset = Path(first.asset_value(key("prepared_dataset"))["path"])
         with flipped_byte(dataset / "train.pt"):
             second = dg.materialize(
                 assets,
-                selection=["prepared_dataset", "trained_model"],
+                selection=[key("prepared_dataset"), key("trained_model")],
                 instance=instance,
                 resources=resources,
-                run_config={"ops": {"trained_model": {"config": {"overrides": ["x.y=1"]}}}},
+                run_config={"ops": {"mnist__trained_model": {"config": {"overrides": ["x.y=1"]}}}},
                 raise_on_error=False,
             )
     evaluation = check_evaluations(second)["dataset_sanity"]
@@ -99,9 +101,10 @@ def test_dataset_sanity_blocks_training(redis_url: str, tmp_path: Path) -> None:
     assert "train.pt" in evaluation.description
     assert not second.success
     # Blocked: had trained_model started, its bad override would have failed it instead.
-    assert "trained_model" not in {e.step_key for e in second.all_events if e.is_step_start}
+    started = {e.step_key for e in second.all_events if e.is_step_start}
+    assert "mnist__trained_model" not in started
     assert not step_failures(second, "trained_model")
-    assert len(step_failures(second, "prepared_dataset_dataset_sanity")) == 1
+    assert len(step_failures(second, "mnist__prepared_dataset_dataset_sanity")) == 1
 
 
 # ---------------------------------------------------------------- checkpoint_integrity
@@ -165,31 +168,31 @@ def test_checkpoint_integrity_through_dagster(pipeline: Pipeline) -> None:
     assert "is corrupt: sha256" in evaluation.description
 
 
-# ---------------------------------------------------------------- minimum_accuracy
+# ---------------------------------------------------------------- minimum_metric
 
 
-def test_minimum_accuracy_passes(pipeline: Pipeline) -> None:
-    result = pipeline.materialize(["model_evaluation"], model_evaluation={"min_accuracy": 0.5})
+def test_minimum_metric_passes(pipeline: Pipeline) -> None:
+    result = pipeline.materialize(["model_evaluation"], model_evaluation={"threshold": 0.5})
     assert result.success
-    evaluation = check_evaluations(result)["minimum_accuracy"]
+    evaluation = check_evaluations(result)["minimum_metric"]
     assert evaluation.passed
     accuracy = materializations(result)["model_evaluation"].metadata["accuracy"].value
     assert evaluation.metadata["accuracy"].value == accuracy >= 0.5
-    assert ">= minimum 0.5000" in evaluation.description
+    assert ">= threshold 0.5000" in evaluation.description
 
 
-def test_minimum_accuracy_fails_and_blocks(pipeline: Pipeline) -> None:
+def test_minimum_metric_fails_and_blocks(pipeline: Pipeline) -> None:
     """Below the threshold: the check fails with ERROR severity and, being blocking, fails
     the step and the run (Dagster 1.13 has recorded the materialization by then)."""
     result = pipeline.materialize(
-        ["model_evaluation"], raise_on_error=False, model_evaluation={"min_accuracy": 0.999}
+        ["model_evaluation"], raise_on_error=False, model_evaluation={"threshold": 0.999}
     )
-    evaluation = check_evaluations(result)["minimum_accuracy"]
+    evaluation = check_evaluations(result)["minimum_metric"]
     assert not evaluation.passed
     assert evaluation.severity == dg.AssetCheckSeverity.ERROR
-    assert "< minimum 0.9990" in evaluation.description
-    assert evaluation.metadata["min_accuracy"].value == 0.999
+    assert "not >= threshold 0.9990" in evaluation.description
+    assert evaluation.metadata["threshold"].value == 0.999
     assert not result.success
     (failure,) = step_failures(result, "model_evaluation")
     errors = error_chain(failure)
-    assert "DagsterAssetCheckFailedError" in errors and "minimum_accuracy" in errors, errors
+    assert "DagsterAssetCheckFailedError" in errors and "minimum_metric" in errors, errors

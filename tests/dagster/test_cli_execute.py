@@ -1,4 +1,4 @@
-"""Must-show 2: `dagster job execute -m tinyexp_dagster.definitions -j training_pipeline -c`
+"""Must-show 2: `dagster job execute -m tinyexp_dagster.definitions -j mnist_training_pipeline -c`
 applies the YAML's overrides; the effective config is in the `trained_model` metadata of the
 instance under DAGSTER_HOME. One real subprocess, which starts (and stops) its own Ray."""
 
@@ -17,11 +17,11 @@ from tinyexp_core.redis_client import make_client
 
 RUN_CONFIG = {
     "ops": {
-        "trained_model": {
+        "mnist__trained_model": {
             "config": {"overrides": ["optimizer_cfg.lr=0.002", "train_cfg.num_epochs=1"]}
         },
         # one epoch is ~0.9 accurate; the blocking accuracy check is not what is tested here
-        "model_evaluation": {"config": {"min_accuracy": 0.5}},
+        "mnist__model_evaluation": {"config": {"threshold": 0.5}},
     }
 }
 
@@ -48,7 +48,7 @@ def test_job_execute_applies_overrides(tmp_path: Path, redis_url: str) -> None:
         "-m",
         "tinyexp_dagster.definitions",
         "-j",
-        "training_pipeline",
+        "mnist_training_pipeline",
         "-c",
         str(config),
     ]
@@ -59,7 +59,7 @@ def test_job_execute_applies_overrides(tmp_path: Path, redis_url: str) -> None:
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (run,) = instance.get_runs()
-        assert run.job_name == "training_pipeline"
+        assert run.job_name == "mnist_training_pipeline"
         assert run.status == dg.DagsterRunStatus.SUCCESS
         trained = latest(instance, "trained_model")
         evaluation = latest(instance, "model_evaluation")
@@ -76,6 +76,6 @@ def test_job_execute_applies_overrides(tmp_path: Path, redis_url: str) -> None:
 
 
 def latest(instance: dg.DagsterInstance, asset: str) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    event = instance.get_latest_materialization_event(dg.AssetKey(["mnist", asset]))
     assert event is not None and event.asset_materialization is not None
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}

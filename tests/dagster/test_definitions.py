@@ -20,8 +20,14 @@ PIPELINE = ["prepared_dataset", "trained_model", "model_checkpoint", "model_eval
 CHECKS = {
     "dataset_sanity": "prepared_dataset",
     "checkpoint_integrity": "model_checkpoint",
-    "minimum_accuracy": "model_evaluation",
+    "minimum_metric": "model_evaluation",
 }
+
+
+def key(asset: str) -> dg.AssetKey:
+    return dg.AssetKey(["mnist", asset])
+
+
 HEAVY_MODULES = ["torch", "ray", "torchvision", "sklearn", "pandas"]
 
 
@@ -34,35 +40,36 @@ def test_defs_is_loadable() -> None:
 @pytest.mark.parametrize(
     ("job", "assets"),
     [
-        ("training_pipeline", PIPELINE),
-        ("retrain_job", PIPELINE[1:]),
-        ("evaluate_job", ["model_evaluation"]),
+        ("mnist_training_pipeline", PIPELINE),
+        ("mnist_retrain_job", PIPELINE[1:]),
+        ("mnist_evaluate_job", ["model_evaluation"]),
     ],
 )
 def test_job_resolves_to_its_selection(job: str, assets: list[str]) -> None:
     job_def = defs.resolve_job_def(job)
     assert job_def.description
     layer = job_def.asset_layer
-    assert {k.to_user_string() for k in layer.executable_asset_keys} == set(assets)
+    assert {k.to_user_string() for k in layer.executable_asset_keys} == {
+        f"mnist/{a}" for a in assets
+    }
     checks = {k.name for k in layer.asset_graph.asset_check_keys}
     assert checks == {name for name, asset in CHECKS.items() if asset in assets}
+    assert job_def.tags["tinyexp/pipeline"] == "mnist"
 
 
 def test_every_asset_is_described_and_versioned() -> None:
-    specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
+    specs = {spec.key.path[-1]: spec for spec in defs.resolve_all_asset_specs()}
     assert set(specs) == set(PIPELINE)
     for name, spec in specs.items():
         assert spec.description and "\n" not in spec.description.strip(), name
         assert spec.code_version, name
-        assert spec.group_name == "training", name
+        assert spec.group_name == "mnist", name
     graph = defs.resolve_asset_graph()
-    assert list(graph.get(dg.AssetKey("model_evaluation")).parent_keys) == [
-        dg.AssetKey("model_checkpoint")
-    ]
-    assert {k.name: k.asset_key.to_user_string() for k in graph.asset_check_keys} == CHECKS
-    for key in graph.asset_check_keys:
-        spec = graph.get_check_spec(key)
-        assert spec.description and spec.blocking, key
+    assert list(graph.get(key("model_evaluation")).parent_keys) == [key("model_checkpoint")]
+    assert {k.name: k.asset_key.path[-1] for k in graph.asset_check_keys} == CHECKS
+    for check_key in graph.asset_check_keys:
+        spec = graph.get_check_spec(check_key)
+        assert spec.description and spec.blocking, check_key
 
 
 def test_loading_definitions_is_light(tmp_path: Path) -> None:
@@ -74,7 +81,7 @@ def test_loading_definitions_is_light(tmp_path: Path) -> None:
         import dagster
         start = time.perf_counter()
         from tinyexp_dagster.definitions import defs
-        for job in ("training_pipeline", "retrain_job", "evaluate_job"):
+        for job in ("mnist_training_pipeline", "mnist_retrain_job", "mnist_evaluate_job"):
             defs.resolve_job_def(job)
         defs.resolve_asset_graph()
         print(json.dumps({{

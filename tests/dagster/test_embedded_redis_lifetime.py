@@ -24,12 +24,11 @@ import pytest
 import redis
 from dagster._core.test_utils import instance_for_test
 
-from tests.dagster.support import materializations, run_config
+from tests.dagster.support import ASSET_CHECKS, ASSETS, key, materializations, run_config
 from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError
 from tinyexp_core.progress import read_progress
 from tinyexp_core.redis_client import classify_redis_error, make_client
 from tinyexp_core.redis_server import ENV_IDLE_STOP_S, EmbeddedRedis
-from tinyexp_dagster.assets import ASSET_CHECKS, ASSETS
 from tinyexp_dagster.cli import main as cli_main
 from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 from tinyexp_dagster.sensors import stalled_training_sensor, training_progress_sensor
@@ -67,7 +66,7 @@ def _train(instance: dg.DagsterInstance, root: Path) -> str:
     """Materialize the dataset and the model on `root`; return the Dagster run id."""
     result = dg.materialize(
         [*ASSETS, *ASSET_CHECKS],
-        selection=SELECTION,
+        selection=[key(asset) for asset in SELECTION],
         instance=instance,
         resources=_resources(root),
         run_config=run_config(SELECTION),

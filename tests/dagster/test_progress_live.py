@@ -1,6 +1,6 @@
 """Live progress end to end (issue 4, must-show 1 and 3).
 
-1. A real `training_pipeline` run (`dagster job execute` in a subprocess, its own local Ray,
+1. A real `mnist_training_pipeline` run (`dagster job execute` in a subprocess, its own local Ray,
    SQLite under a temporary DAGSTER_HOME) reports progress to Redis while the test ticks
    `training_progress_sensor` against the same Dagster instance and records its
    observations, as the daemon would: `trained_model` gets observations with increasing
@@ -36,9 +36,9 @@ TICK_EVERY_S = 0.5
 
 RUN_CONFIG = {
     "ops": {
-        "trained_model": {"config": {"overrides": ["train_cfg.num_epochs=3"]}},
+        "mnist__trained_model": {"config": {"overrides": ["train_cfg.num_epochs=3"]}},
         # the accuracy gate is not what this test is about
-        "model_evaluation": {"config": {"min_accuracy": 0.0}},
+        "mnist__model_evaluation": {"config": {"threshold": 0.0}},
     }
 }
 
@@ -76,7 +76,14 @@ def test_trained_model_is_observed_live_during_training_pipeline(redis_url, tmp_
     cursor = _tick_and_record(instance, None, resources)  # follow from the stream's end
 
     command = [sys.executable, "-m", "dagster", "job", "execute"]
-    command += ["-m", "tinyexp_dagster.definitions", "-j", "training_pipeline", "-c", str(config)]
+    command += [
+        "-m",
+        "tinyexp_dagster.definitions",
+        "-j",
+        "mnist_training_pipeline",
+        "-c",
+        str(config),
+    ]
     log_path = tmp_path / "dagster.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -97,7 +104,9 @@ def test_trained_model_is_observed_live_during_training_pipeline(redis_url, tmp_
     [success] = instance.get_records_for_run(
         run.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS
     ).records
-    records = instance.fetch_observations(dg.AssetKey("trained_model"), 100, ascending=True)
+    records = instance.fetch_observations(
+        dg.AssetKey(["mnist", "trained_model"]), 100, ascending=True
+    )
     ours = [
         (record.timestamp, record.asset_observation.metadata)
         for record in records.records
@@ -130,7 +139,7 @@ def test_training_finishes_when_redis_stops_mid_run(tmp_path, digits_prepared, m
     monkeypatch.setattr(RedisProgressReporter, "checkpoint", checkpoint_then_stop_redis)
     monkeypatch.setenv("TINYEXP_PROGRESS_URL", url)
     monkeypatch.setenv("TINYEXP_PROGRESS_RUN_ID", run_id)
-    monkeypatch.setenv("TINYEXP_ASSET", "trained_model")
+    monkeypatch.setenv("TINYEXP_ASSET", "mnist/trained_model")
     overrides = [
         "launcher=mp",
         f"output_root={tmp_path / 'runs'}",
@@ -147,10 +156,10 @@ def test_training_finishes_when_redis_stops_mid_run(tmp_path, digits_prepared, m
     # Progress was flowing until the outage; then training carried on without it.
     assert seen_before_stop["status"] == "running"
     assert seen_before_stop["last_checkpoint"].endswith("last.pt")
-    assert summary["epochs"] == 3
+    assert summary.num_epochs == 3
     assert any(f"progress store {url} unavailable" in w for w in warnings)
-    verify_checkpoint(summary["last_checkpoint"])
-    assert load_checkpoint(summary["last_checkpoint"])["epoch"] == 2
+    verify_checkpoint(summary.checkpoints.last)
+    assert load_checkpoint(summary.checkpoints.last)["epoch"] == 2
 
     monkeypatch.setenv("TINYEXP_REDIS_URL", url)
     capsys.readouterr()  # drop the training log

@@ -13,13 +13,12 @@ import pytest
 import yaml
 from dagster._core.test_utils import instance_for_test
 
-from tests.dagster.support import materializations
+from tests.dagster.support import materializations, prepared_dataset, trained_model
 from tinyexp_core.checkpoint import load_checkpoint
 from tinyexp_core.config import build_exp
 from tinyexp_core.experiment import ProgressCfg
 from tinyexp_core.progress import read_run, run_key
 from tinyexp_core.redis_client import make_client
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 
 COLLECTIVE_TIMEOUT_S = 123.0  # the resource's, not the default 300
@@ -64,7 +63,7 @@ def one_worker_run(ray_cluster, redis_url, tmp_path_factory) -> dict[str, Any]:
             [prepared_dataset, trained_model],
             instance=instance,
             resources=resources,
-            run_config={"ops": {"trained_model": {"config": train}}},
+            run_config={"ops": {"mnist__trained_model": {"config": train}}},
         )
         assert result.success
         mat = materializations(result)["trained_model"]

@@ -14,8 +14,7 @@ import torch
 from dagster._core.test_utils import instance_for_test
 from dagster._serdes import serialize_value
 
-from tests.dagster.support import materializations
-from tinyexp_dagster.assets import ASSETS
+from tests.dagster.support import ASSETS, materializations
 from tinyexp_dagster.assets.common import config_hash
 from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 
@@ -61,8 +60,8 @@ def test_materialization_with_passwords_in_overrides_shows_them_nowhere(
     small_data = ["data_cfg.source=synthetic", "data_cfg.num_samples=64"]
     run_config = {
         "ops": {
-            "prepared_dataset": {"config": {"overrides": [*small_data, *secret_overrides]}},
-            "trained_model": {
+            "mnist__prepared_dataset": {"config": {"overrides": [*small_data, *secret_overrides]}},
+            "mnist__trained_model": {
                 "config": {"overrides": ["train_cfg.num_epochs=1", *secret_overrides]}
             },
         }
@@ -70,7 +69,10 @@ def test_materialization_with_passwords_in_overrides_shows_them_nowhere(
     with instance_for_test() as instance:
         result = dg.materialize(
             ASSETS,
-            selection=["prepared_dataset", "trained_model"],
+            selection=[
+                dg.AssetKey(["mnist", "prepared_dataset"]),
+                dg.AssetKey(["mnist", "trained_model"]),
+            ],
             instance=instance,
             resources=resources,
             run_config=run_config,
@@ -83,7 +85,7 @@ def test_materialization_with_passwords_in_overrides_shows_them_nowhere(
         ]
         effective = meta["effective_config"].value
         assert effective["progress_cfg"]["url"] == url.replace(SECRET, "***")
-        value = result.output_for_node("trained_model")
+        value = result.output_for_node("mnist__trained_model")
         assert SECRET not in repr(value)
         assert f"progress_cfg.url={url.replace(SECRET, '***')}" in value["overrides"]
 

@@ -37,17 +37,19 @@ from tinyexp_dagster.definitions import defs
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 from tinyexp_dagster.sensors import (
     STALLED_RUN_TAG,
-    accuracy_regression_sensor,
-    min_accuracy,
-    retrain_on_new_data_sensor,
+    evaluation_key,
     stall_action,
     stall_after_s,
     stalled_training_sensor,
     training_progress_sensor,
 )
-from tinyexp_dagster.sensors.accuracy_regression import evaluation_key
 
-NO_NEW = "No new materialization events found for asset key AssetKey(['{}'])"  # Dagster's
+NO_NEW = "No new materialization events found for asset key AssetKey(['mnist', '{}'])"  # Dagster's
+retrain_on_new_data_sensor = defs.resolve_sensor_def("mnist_retrain_on_new_data_sensor")
+metric_regression_sensor = defs.resolve_sensor_def("mnist_metric_regression_sensor")
+PREPARED = dg.AssetKey(["mnist", "prepared_dataset"])
+TRAINED = dg.AssetKey(["mnist", "trained_model"])
+EVALUATION = dg.AssetKey(["mnist", "model_evaluation"])
 STALE_S = 1000.0  # heartbeat age of a stalled run in these tests (threshold: 60 s)
 
 
@@ -141,7 +143,7 @@ def down_resources(tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def pipeline_job() -> dg.JobDefinition:
-    return defs.resolve_job_def("training_pipeline")
+    return defs.resolve_job_def("mnist_training_pipeline")
 
 
 def tick(
@@ -165,7 +167,7 @@ def ours(data: Any, run_id: str) -> list[dg.AssetObservation]:
 
 
 def start_run(
-    redis_url: str, run_id: str, *, heartbeat: float, asset: str = "trained_model"
+    redis_url: str, run_id: str, *, heartbeat: float, asset: str = "mnist/trained_model"
 ) -> RedisProgressReporter:
     """A run in Redis: registered, at epoch 0 step 5 with an ETA, last heartbeat at
     `heartbeat` (the reporter's clock stays there)."""
@@ -184,7 +186,9 @@ def dagster_run(
     status: dg.DagsterRunStatus = dg.DagsterRunStatus.STARTED,
     **kwargs: Any,
 ) -> dg.DagsterRun:
-    config = {"ops": {"trained_model": {"config": {"overrides": ["train_cfg.num_epochs=3"]}}}}
+    config = {
+        "ops": {"mnist__trained_model": {"config": {"overrides": ["train_cfg.num_epochs=3"]}}}
+    }
     return instance.create_run_for_job(job, run_config=config, status=status, **kwargs)
 
 
@@ -217,11 +221,11 @@ def test_progress_events_become_observations_once(
     first = tick(training_progress_sensor, instance, cursor, resources)
     [obs] = ours(first, rid)
     assert not ours(first, other), "a run of no trained_model asset is not observed"
-    assert obs.asset_key == dg.AssetKey("trained_model")
+    assert obs.asset_key == dg.AssetKey(["mnist", "trained_model"])
     meta = {k: v.value for k, v in obs.metadata.items()}
     assert meta["epoch"] == 1 and meta["num_epochs"] == 3 and meta["event"] == "epoch_end"
     assert meta["train_loss"] == 1.25 and meta["val_accuracy"] == 0.5
-    assert meta["best_val_accuracy"] == 0.5 and meta["last_checkpoint"] == "/runs/x/last.pt"
+    assert meta["best_metric"] == 0.5 and meta["last_checkpoint"] == "/runs/x/last.pt"
     assert meta["eta_s"] >= 0, "a running run's observation carries its ETA"
     assert first.cursor == stream_end(client)
 
@@ -385,15 +389,19 @@ def test_terminate_action_requests_one_resume_run(
         assert TerminatingRunLauncher.terminated[-1] == run.run_id
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
         assert request.run_key == f"stall:{run.run_id}:{heartbeat}"
-        assert request.job_name in (None, "retrain_job")
+        assert request.job_name is None  # the stalled pipeline's assets, selected by key
+        assert set(request.asset_selection) == {
+            dg.AssetKey(["mnist", a])
+            for a in ("trained_model", "model_checkpoint", "model_evaluation")
+        }
         assert request.tags[RESUME_RUN_DIR_TAG] == run.run_id
         assert request.tags[STALLED_RUN_TAG] == run.run_id
-        train = request.run_config["ops"]["trained_model"]["config"]
+        train = request.run_config["ops"]["mnist__trained_model"]["config"]
         assert train == {"overrides": ["train_cfg.num_epochs=3"], "resume": "auto"}
         assert set(request.run_config["ops"]) <= {
-            "trained_model",
-            "model_checkpoint",
-            "model_evaluation",
+            "mnist__trained_model",
+            "mnist__model_checkpoint",
+            "mnist__model_evaluation",
         }
 
         again = tick(stalled_training_sensor, instance, first.cursor, resources)
@@ -419,36 +427,34 @@ def test_no_resume_when_the_run_cannot_be_terminated(
 def test_stall_settings_come_from_the_environment(monkeypatch):
     monkeypatch.delenv("TINYEXP_STALL_AFTER_S", raising=False)
     monkeypatch.delenv("TINYEXP_STALL_ACTION", raising=False)
-    monkeypatch.delenv("TINYEXP_MIN_ACCURACY", raising=False)
-    assert (stall_after_s(), stall_action(), min_accuracy()) == (600.0, "report", 0.9)
+    assert (stall_after_s(), stall_action()) == (600.0, "report")
     for name, bad in [
         ("TINYEXP_STALL_AFTER_S", "soon"),
         ("TINYEXP_STALL_AFTER_S", "-5"),
         ("TINYEXP_STALL_ACTION", "kill"),
-        ("TINYEXP_MIN_ACCURACY", "1.5"),
     ]:
         with monkeypatch.context() as env:
             env.setenv(name, bad)
             with pytest.raises(ConfigValueError, match=name):
-                (stall_after_s(), stall_action(), min_accuracy())
+                (stall_after_s(), stall_action())
 
 
-# ---------------------------------------------------------------- retrain_on_new_data_sensor
+# ---------------------------------------------------------------- mnist_retrain_on_new_data_sensor
 
 
 def prepared(instance: dg.DagsterInstance, version: str) -> None:
     """A prepared_dataset materialization as the asset records it (DataVersion + metadata)."""
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
-            "prepared_dataset",
+            PREPARED,
             metadata={"data_version": version},
             tags={"dagster/data_version": version},
         )
     )
 
 
-def latest_storage_id(instance: dg.DagsterInstance, key: str) -> int:
-    return instance.fetch_materializations(dg.AssetKey(key), limit=1).records[0].storage_id
+def latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
+    return instance.fetch_materializations(key, limit=1).records[0].storage_id
 
 
 def test_retrain_once_per_new_data_version(instance):
@@ -460,7 +466,7 @@ def test_retrain_once_per_new_data_version(instance):
     first = tick(retrain_on_new_data_sensor, instance)
     requests += first.run_requests
     assert [r.run_key for r in first.run_requests] == ["data:v1"]
-    assert first.cursor == str(latest_storage_id(instance, "prepared_dataset"))
+    assert first.cursor == str(latest_storage_id(instance, PREPARED))
 
     # Dagster's asset-sensor cursor: nothing new, so the tick skips and keeps it.
     second = tick(retrain_on_new_data_sensor, instance, first.cursor)
@@ -471,7 +477,7 @@ def test_retrain_once_per_new_data_version(instance):
     prepared(instance, "v1")  # the same data, prepared again
     third = tick(retrain_on_new_data_sensor, instance, second.cursor)
     requests += third.run_requests
-    assert third.skip_message == "prepared_dataset rematerialized with the same data version v1"
+    assert third.skip_message == "mnist/prepared_dataset rematerialized with the same version v1"
     assert int(third.cursor) > int(second.cursor)
 
     prepared(instance, "v2")
@@ -479,14 +485,15 @@ def test_retrain_once_per_new_data_version(instance):
     requests += fourth.run_requests
     assert [r.run_key for r in requests] == ["data:v1", "data:v2"]
     assert fourth.run_requests[0].tags["tinyexp/data_version"] == "v2"
+    assert retrain_on_new_data_sensor.job_name == "mnist_retrain_job"
 
 
 def test_no_retrain_for_data_a_training_run_prepared(instance, pipeline_job):
-    """training_pipeline prepares and trains in one run: its new data version is trained on
-    already (or about to be), both mid-run and after trained_model is materialized."""
+    """mnist_training_pipeline prepares and trains in one run: its new data version is
+    trained on already (or about to be), both mid-run and after trained_model exists."""
     run = dagster_run(instance, pipeline_job)
     materialization = dg.AssetMaterialization(
-        "prepared_dataset", metadata={"data_version": "v3"}, tags={"dagster/data_version": "v3"}
+        PREPARED, metadata={"data_version": "v3"}, tags={"dagster/data_version": "v3"}
     )
     event = DagsterEvent(
         event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
@@ -496,106 +503,104 @@ def test_no_retrain_for_data_a_training_run_prepared(instance, pipeline_job):
     instance.report_dagster_event(event, run_id=run.run_id, log_level=logging.INFO)
     data = tick(retrain_on_new_data_sensor, instance)
     assert not data.run_requests
-    assert data.skip_message == f"data version v3 came from run {run.run_id}, which trains on it"
+    assert data.skip_message == f"data version v3 came from run {run.run_id}, which trains"
 
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
-            "trained_model", tags={"dagster/input_data_version/prepared_dataset": "v4"}
+            TRAINED, tags={"dagster/input_data_version/mnist/prepared_dataset": "v4"}
         )
     )
     prepared(instance, "v4")
     data = tick(retrain_on_new_data_sensor, instance, data.cursor)
-    assert data.skip_message == "trained_model is already trained on data version v4"
+    assert data.skip_message == "mnist/trained_model is already trained on data version v4"
 
 
-@pytest.mark.filterwarnings("ignore::dagster.BetaWarning")  # Output(data_version=...)
-def test_retrain_on_new_data_against_real_materializations(instance):
-    """Stub assets with the real keys and the real assets' data-version behaviour."""
-
-    @dg.asset(name="prepared_dataset")
-    def stub_prepared(context: dg.AssetExecutionContext) -> dg.Output[dict]:
-        version = context.run.tags["version"]
-        return dg.Output(
-            {}, metadata={"data_version": version}, data_version=dg.DataVersion(version)
+def test_another_pipelines_data_does_not_trigger_this_one(instance):
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            dg.AssetKey(["tabular", "prepared_dataset"]),
+            tags={"dagster/data_version": "t1"},
         )
-
-    dg.materialize([stub_prepared], instance=instance, tags={"version": "v5"})
-    first = tick(retrain_on_new_data_sensor, instance)
-    assert [r.run_key for r in first.run_requests] == ["data:v5"]
-    dg.materialize([stub_prepared], instance=instance, tags={"version": "v5"})
-    second = tick(retrain_on_new_data_sensor, instance, first.cursor)
-    assert not second.run_requests and "same data version v5" in second.skip_message
+    )
+    data = tick(retrain_on_new_data_sensor, instance)
+    assert not data.run_requests
+    assert data.skip_message == NO_NEW.format("prepared_dataset")
 
 
-# ---------------------------------------------------------------- accuracy_regression_sensor
+# ---------------------------------------------------------------- mnist_metric_regression_sensor
 
 
 def evaluation(instance: dg.DagsterInstance, accuracy: float | None) -> int:
     metadata = {"split": "test"} if accuracy is None else {"accuracy": accuracy, "split": "test"}
-    instance.report_runless_asset_event(
-        dg.AssetMaterialization("model_evaluation", metadata=metadata)
-    )
-    return (
-        instance.fetch_materializations(dg.AssetKey("model_evaluation"), limit=1)
-        .records[0]
-        .storage_id
-    )
+    instance.report_runless_asset_event(dg.AssetMaterialization(EVALUATION, metadata=metadata))
+    return instance.fetch_materializations(EVALUATION, limit=1).records[0].storage_id
 
 
 def key_of(instance: dg.DagsterInstance, storage_id: int) -> str:
     """The sensor's name for the evaluation stored under `storage_id`."""
-    records_filter = dg.AssetRecordsFilter(
-        asset_key=dg.AssetKey("model_evaluation"), storage_ids=[storage_id]
-    )
+    records_filter = dg.AssetRecordsFilter(asset_key=EVALUATION, storage_ids=[storage_id])
     [record] = instance.fetch_materializations(records_filter, limit=1).records
     return evaluation_key(record.event_log_entry)
 
 
-def test_accuracy_regression_requests_once_per_evaluation(instance, monkeypatch):
-    monkeypatch.delenv("TINYEXP_MIN_ACCURACY", raising=False)
-    assert tick(accuracy_regression_sensor, instance).skip_message == (
+def test_metric_regression_requests_once_per_evaluation(instance):
+    """The mnist pipeline's threshold (defs.yaml): accuracy >= 0.9."""
+    assert tick(metric_regression_sensor, instance).skip_message == (
         NO_NEW.format("model_evaluation")
     )
     good = evaluation(instance, 0.95)
-    data = tick(accuracy_regression_sensor, instance)
-    assert data.skip_message == "accuracy 0.9500 >= minimum 0.9000"
+    data = tick(metric_regression_sensor, instance)
+    assert data.skip_message == "accuracy 0.9500 >= threshold 0.9000"
     assert data.cursor == str(good)
 
     bad = evaluation(instance, 0.5)
-    first = tick(accuracy_regression_sensor, instance, data.cursor)
-    assert [r.run_key for r in first.run_requests] == [f"acc:{key_of(instance, bad)}"]
+    first = tick(metric_regression_sensor, instance, data.cursor)
+    assert [r.run_key for r in first.run_requests] == [f"metric:{key_of(instance, bad)}"]
     assert first.cursor == str(bad)
-    second = tick(accuracy_regression_sensor, instance, first.cursor)
+    second = tick(metric_regression_sensor, instance, first.cursor)
     assert not second.run_requests
     assert second.skip_message == NO_NEW.format("model_evaluation")
     assert second.cursor == first.cursor
 
-    monkeypatch.setenv("TINYEXP_MIN_ACCURACY", "0.99")
-    stricter = evaluation(instance, 0.95)
-    third = tick(accuracy_regression_sensor, instance, second.cursor)
-    assert [r.run_key for r in third.run_requests] == [f"acc:{key_of(instance, stricter)}"]
-    assert key_of(instance, stricter) != key_of(instance, bad)
-
     missing = evaluation(instance, None)
-    fourth = tick(accuracy_regression_sensor, instance, third.cursor)
-    assert fourth.skip_message == (
-        f"model_evaluation {key_of(instance, missing)} has no accuracy metadata"
+    third = tick(metric_regression_sensor, instance, second.cursor)
+    assert third.skip_message == (
+        f"mnist/model_evaluation {key_of(instance, missing)} has no accuracy metadata"
     )
 
 
 def test_no_retrain_loop_after_a_retrain_this_sensor_requested(instance):
-    @dg.asset(name="model_evaluation")
+    @dg.asset(key=EVALUATION)
     def stub_evaluation() -> dg.Output[dict]:
         return dg.Output({}, metadata={"accuracy": 0.5})
 
     result = dg.materialize(
         [stub_evaluation],
         instance=instance,
-        tags={"dagster/sensor_name": "accuracy_regression_sensor"},
+        tags={"dagster/sensor_name": "mnist_metric_regression_sensor"},
     )
-    data = tick(accuracy_regression_sensor, instance)
+    data = tick(metric_regression_sensor, instance)
     assert not data.run_requests
     assert data.skip_message == (
-        f"accuracy 0.5000 < minimum 0.9000 after the retrain this sensor requested "
+        f"accuracy 0.5000 fails threshold 0.9000 after the retrain this sensor requested "
         f"(run {result.run_id}); not retraining again"
     )
+
+
+def test_lower_is_better_for_a_min_metric(instance):
+    """A regressor's rmse: above the threshold is the regression."""
+    from tinyexp_dagster import pipeline_defs
+
+    tabular = pipeline_defs(
+        "tabular", "tinyexp_core.examples.tabular_exp:Exp", metric_threshold=60.0
+    )
+    [sensor] = [s for s in tabular.sensors if s.name == "tabular_metric_regression_sensor"]
+    key = dg.AssetKey(["tabular", "model_evaluation"])
+    instance.report_runless_asset_event(dg.AssetMaterialization(key, metadata={"rmse": 50.0}))
+    good = tick(sensor, instance)
+    assert good.skip_message == "rmse 50.0000 <= threshold 60.0000"
+    instance.report_runless_asset_event(dg.AssetMaterialization(key, metadata={"rmse": 70.0}))
+    bad = tick(sensor, instance, good.cursor)
+    [request] = bad.run_requests
+    assert request.tags["tinyexp/rmse"] == "70.0000"
+    assert sensor.job_name == "tabular_retrain_job"

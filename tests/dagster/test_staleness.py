@@ -31,7 +31,7 @@ def resolver(pipeline: Pipeline) -> CachingStaleStatusResolver:
 
 def statuses(pipeline: Pipeline) -> dict[str, StaleStatus]:
     status = resolver(pipeline)
-    return {asset: status.get_status(dg.AssetKey(asset)) for asset in PIPELINE}
+    return {asset: status.get_status(dg.AssetKey(["mnist", asset])) for asset in PIPELINE}
 
 
 def version_of(result: dg.ExecuteInProcessResult, asset: str) -> str:
@@ -39,9 +39,9 @@ def version_of(result: dg.ExecuteInProcessResult, asset: str) -> str:
 
 
 def root_cause(pipeline: Pipeline, asset: str) -> tuple[StaleCauseCategory, str]:
-    (cause,) = resolver(pipeline).get_stale_root_causes(dg.AssetKey(asset))
+    (cause,) = resolver(pipeline).get_stale_root_causes(dg.AssetKey(["mnist", asset]))
     assert cause.dependency is None  # the root is the dependency's own new data version
-    return cause.category, cause.key.asset_key.to_user_string()
+    return cause.category, cause.key.asset_key.path[-1]
 
 
 def test_training_config_change_marks_downstream_stale(pipeline: Pipeline) -> None:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 MODULE = "tinyexp_dagster.definitions"
 PIPELINE = ["prepared_dataset", "trained_model", "model_checkpoint", "model_evaluation"]
-QUICK = {"ops": {"trained_model": {"config": {"overrides": ["train_cfg.num_epochs=1"]}}}}
+QUICK = {"ops": {"mnist__trained_model": {"config": {"overrides": ["train_cfg.num_epochs=1"]}}}}
 
 
 def _write(path: Path, config: dict) -> Path:
@@ -34,7 +34,7 @@ def _assert_pipeline_run(instance, run_id: str) -> None:
     run = instance.get_run_by_id(run_id)
     assert run.status == dg.DagsterRunStatus.SUCCESS, run_failure_report(instance, run_id)
     for asset in PIPELINE:
-        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        event = instance.get_latest_materialization_event(dg.AssetKey(["mnist", asset]))
         assert event is not None and event.run_id == run_id, (
             f"{asset}'s latest materialization is not from run {run_id}"
         )
@@ -52,16 +52,18 @@ def test_job_execute_then_asset_materialize(
 
     quick = _write(tmp_path / "quick.yaml", QUICK)
     job = run_cli(
-        dagster_cmd("job", "execute", "-m", MODULE, "-j", "training_pipeline", "-c", str(quick)),
+        dagster_cmd(
+            "job", "execute", "-m", MODULE, "-j", "mnist_training_pipeline", "-c", str(quick)
+        ),
         deployment.env,
         log_path=deployment.logs / "job-execute.log",
     )
     assert job.returncode == 0, _output_tail(job)
     with deployment.instance() as instance:
         (run,) = instance.get_runs()
-        assert run.job_name == "training_pipeline"
+        assert run.job_name == "mnist_training_pipeline"
         _assert_pipeline_run(instance, run.run_id)
-        trained = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
+        trained = instance.get_latest_materialization_event(dg.AssetKey(["mnist", "trained_model"]))
         assert trained.asset_materialization.metadata["epochs"].value == 1
     progress = read_run(make_client(redis_url), run.run_id)
     assert progress.get("status") == "succeeded", f"progress of {run.run_id}: {progress}"
@@ -79,7 +81,7 @@ def test_job_execute_then_asset_materialize(
         runs = instance.get_runs()
         assert len(runs) == 2, [r.job_name for r in runs]
         second = runs[0]  # newest first
-        assert set(second.asset_selection or ()) == {dg.AssetKey(a) for a in PIPELINE}
+        assert set(second.asset_selection or ()) == {dg.AssetKey(["mnist", a]) for a in PIPELINE}
         _assert_pipeline_run(instance, second.run_id)
 
 
@@ -92,11 +94,18 @@ def test_bad_config_fails_with_the_config_error(deployment: E2EDeployment, tmp_p
 
     unknown_field = _write(
         tmp_path / "unknown_field.yaml",
-        {"ops": {"trained_model": {"config": {"num_epochs": 1}}}},
+        {"ops": {"mnist__trained_model": {"config": {"num_epochs": 1}}}},
     )
     result = run_cli(
         dagster_cmd(
-            "job", "execute", "-m", MODULE, "-j", "training_pipeline", "-c", str(unknown_field)
+            "job",
+            "execute",
+            "-m",
+            MODULE,
+            "-j",
+            "mnist_training_pipeline",
+            "-c",
+            str(unknown_field),
         ),
         deployment.env,
         timeout_s=240,
@@ -107,11 +116,11 @@ def test_bad_config_fails_with_the_config_error(deployment: E2EDeployment, tmp_p
 
     unknown_key = _write(
         tmp_path / "unknown_key.yaml",
-        {"ops": {"trained_model": {"config": {"overrides": ["train_cfg.num_epoch=1"]}}}},
+        {"ops": {"mnist__trained_model": {"config": {"overrides": ["train_cfg.num_epoch=1"]}}}},
     )
     result = run_cli(
         dagster_cmd(
-            "job", "execute", "-m", MODULE, "-j", "training_pipeline", "-c", str(unknown_key)
+            "job", "execute", "-m", MODULE, "-j", "mnist_training_pipeline", "-c", str(unknown_key)
         ),
         deployment.env,
         timeout_s=240,

@@ -25,12 +25,14 @@ pytestmark = pytest.mark.e2e
 
 MODULE = "tinyexp_dagster.definitions"
 NEW_DATA_SENSOR = "retrain_on_new_data_sensor"
-ACCURACY_SENSOR = "accuracy_regression_sensor"
+ACCURACY_SENSOR = "mnist_metric_regression_sensor"
 # Also on by default while the scenario runs; their ticks must not fail either.
 PROGRESS_SENSORS = ("training_progress_sensor", "stalled_training_sensor")
 SENSOR_NAME_TAG = "dagster/sensor_name"
-QUICK = {"ops": {"trained_model": {"config": {"overrides": ["train_cfg.num_epochs=1"]}}}}
-NEW_DATA = {"ops": {"prepared_dataset": {"config": {"overrides": ["data_cfg.test_fraction=0.25"]}}}}
+QUICK = {"ops": {"mnist__trained_model": {"config": {"overrides": ["train_cfg.num_epochs=1"]}}}}
+NEW_DATA = {
+    "ops": {"mnist__prepared_dataset": {"config": {"overrides": ["data_cfg.test_fraction=0.25"]}}}
+}
 SENSOR_INTERVAL_S = 30  # minimum_interval_seconds of both sensors
 RUN_TIMEOUT_S = 420  # one retrain_job (5 epochs, Ray start) on a loaded 2-core machine
 
@@ -76,7 +78,7 @@ def _sensor_runs(instance, sensor: str) -> list:
 def _data_version(instance) -> str:
     import dagster as dg
 
-    event = instance.get_latest_materialization_event(dg.AssetKey("prepared_dataset"))
+    event = instance.get_latest_materialization_event(dg.AssetKey(["mnist", "prepared_dataset"]))
     return str(event.asset_materialization.metadata["data_version"].value)
 
 
@@ -171,7 +173,7 @@ def test_sensors_launch_one_retrain_each(deployment: E2EDeployment, tmp_path: Pa
     deployment.env.update({"TINYEXP_MIN_ACCURACY": "0.999", "TINYEXP_NUM_WORKERS": "1"})
 
     # The baseline: a model trained on the default data version, before the daemon runs.
-    _cli(deployment, "baseline", f"job execute -m {MODULE} -j training_pipeline -c {quick}")
+    _cli(deployment, "baseline", f"job execute -m {MODULE} -j mnist_training_pipeline -c {quick}")
 
     daemon_started = time.time()
     daemon = ManagedProcess(
@@ -199,9 +201,11 @@ def test_sensors_launch_one_retrain_each(deployment: E2EDeployment, tmp_path: Pa
             new_version = _data_version(instance)
             assert new_version != baseline_version
             retrain_a = scenario.wait_run_requested(NEW_DATA_SENSOR)
-            assert retrain_a.job_name == "retrain_job"
+            assert retrain_a.job_name == "mnist_retrain_job"
             scenario.wait_success(retrain_a.run_id)
-            trained = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
+            trained = instance.get_latest_materialization_event(
+                dg.AssetKey(["mnist", "trained_model"])
+            )
             assert trained.run_id == retrain_a.run_id
             assert (
                 trained.asset_materialization.tags.get(
@@ -213,7 +217,7 @@ def test_sensors_launch_one_retrain_each(deployment: E2EDeployment, tmp_path: Pa
             # (b) The accuracy sensor starts stopped; a user turns it on.
             _cli(deployment, "sensor-start", f"sensor start -w workspace.yaml {ACCURACY_SENSOR}")
             retrain_b = scenario.wait_run_requested(ACCURACY_SENSOR)
-            assert retrain_b.job_name == "retrain_job"
+            assert retrain_b.job_name == "mnist_retrain_job"
             scenario.wait_success(retrain_b.run_id)
 
             # One request each: later ticks see nothing new, or the retrain's own result.
@@ -238,13 +242,13 @@ def test_nightly_schedule_tick_requests_retrain(deployment: E2EDeployment) -> No
 
     from tinyexp_dagster.definitions import defs
 
-    schedule = defs.resolve_schedule_def("nightly_retrain_schedule")
-    assert schedule.job_name == "retrain_job"
+    schedule = defs.resolve_schedule_def("mnist_retrain_schedule")
+    assert schedule.job_name == "mnist_retrain_job"
     tick_time = dt.datetime(2026, 1, 15, 2, 0, tzinfo=dt.timezone.utc)
     with deployment.instance() as instance:
         context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick_time)
         result = schedule.evaluate_tick(context)
     assert result.skip_message is None
     (request,) = result.run_requests
-    assert request.job_name in (None, "retrain_job")
+    assert request.job_name in (None, "mnist_retrain_job")
     assert request.tags.get("tinyexp/trigger") == "schedule"

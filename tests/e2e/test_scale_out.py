@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 POSTGRES_ENV = "TINYEXP_TEST_POSTGRES_URL"
 DEPLOY_CONFIG = REPO_ROOT / "deploy" / "postgres" / "dagster.yaml"
 PIPELINE = ["prepared_dataset", "trained_model", "model_checkpoint", "model_evaluation"]
-QUICK = {"ops": {"trained_model": {"config": {"overrides": ["train_cfg.num_epochs=1"]}}}}
+QUICK = {"ops": {"mnist__trained_model": {"config": {"overrides": ["train_cfg.num_epochs=1"]}}}}
 RUNS_QUERY = "{ runsOrError { ... on Runs { results { runId status jobName } } } }"
 
 
@@ -71,7 +71,9 @@ def test_pipeline_on_postgres_ray_head_and_redis_url(
             "DAGSTER_POSTGRES_URL": dagster_postgres_url(database_url),
         }
         started = time.time()
-        command = f"job execute -m tinyexp_dagster.definitions -j training_pipeline -c {quick}"
+        command = (
+            f"job execute -m tinyexp_dagster.definitions -j mnist_training_pipeline -c {quick}"
+        )
         result = run_cli(
             dagster_cmd(*command.split()),
             env,
@@ -81,7 +83,7 @@ def test_pipeline_on_postgres_ray_head_and_redis_url(
 
         # Dagster state went to Postgres, nowhere else.
         runs = _query(database_url, "SELECT run_id, status, pipeline_name FROM runs")
-        assert len(runs) == 1 and runs[0][1:] == ("SUCCESS", "training_pipeline"), runs
+        assert len(runs) == 1 and runs[0][1:] == ("SUCCESS", "mnist_training_pipeline"), runs
         run_id = runs[0][0]
         materialized = _query(
             database_url,
@@ -89,7 +91,7 @@ def test_pipeline_on_postgres_ray_head_and_redis_url(
             "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND run_id = %s",
             (run_id,),
         )
-        assert sorted(json.loads(key)[0] for (key,) in materialized) == sorted(PIPELINE)
+        assert sorted(json.loads(key)[-1] for (key,) in materialized) == sorted(PIPELINE)
         assert not list(deployment.home.glob("**/*.db")), "SQLite storage was created"
 
         # The training ran on the head: its logs hold the run process's Ray driver and the

@@ -106,9 +106,9 @@ def test_materialize_all_from_the_asset_graph(
             (run,) = wait_for(
                 launched, timeout_s=120, what="a run launched from the UI", context=dev.tail
             )
-            assert set(run.asset_selection or ()) == {dg.AssetKey(a) for a in PIPELINE}, (
-                f"the UI launched a run for {run.asset_selection}, not the whole pipeline"
-            )
+            assert set(run.asset_selection or ()) == {
+                dg.AssetKey(["mnist", a]) for a in PIPELINE
+            }, f"the UI launched a run for {run.asset_selection}, not the whole pipeline"
 
             def finished():
                 dev.check_alive()
@@ -127,10 +127,12 @@ def test_materialize_all_from_the_asset_graph(
                 f"{run_failure_report(instance, run.run_id)}\n{dev.tail()}"
             )
             for asset in PIPELINE:
-                event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+                event = instance.get_latest_materialization_event(dg.AssetKey(["mnist", asset]))
                 assert event is not None, f"{asset} has no materialization in the instance"
                 assert event.run_id == run.run_id, f"{asset} was materialized by another run"
-            trained = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
+            trained = instance.get_latest_materialization_event(
+                dg.AssetKey(["mnist", "trained_model"])
+            )
             metadata = trained.asset_materialization.metadata
             assert metadata["workers"].value == 2 and metadata["epochs"].value >= 1
 

@@ -89,22 +89,23 @@ class ReliabilityExp(MnistExp):
                 fh.write(json.dumps(record) + "\n")
         return row
 
-    def _save_epoch(self, acc, manager, model, optimizer, scheduler, row, history, reporter):
+    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter):
+        epoch = history[-1].epoch
         armed = (
             acc.is_main_process
             and self.fault
-            and row["epoch"] >= self.fault_epoch
+            and epoch >= self.fault_epoch
             and take_fault(self.fault_marker)
         )
         if armed and self.fault.startswith("crash"):
             self._crash_while_saving(manager.last_path)
-        super()._save_epoch(acc, manager, model, optimizer, scheduler, row, history, reporter)
+        best = super()._save_epoch(acc, manager, model, optimizer, scheduler, history, reporter)
         if not armed:
-            return
+            return best
         if self.fault == "truncate_last":
             with open(manager.last_path, "r+b") as fh:
                 fh.truncate(os.path.getsize(manager.last_path) // 2)
-        raise InjectedFailure(f"injected failure after epoch {row['epoch']}")
+        raise InjectedFailure(f"injected failure after epoch {epoch}")
 
     def _crash_while_saving(self, last_path: str) -> None:
         """SIGKILL this rank at the chosen point of the next write of last.pt."""

@@ -16,8 +16,7 @@ from typing import Any
 import dagster as dg
 import psutil
 
-from tinyexp_dagster.assets import ASSET_CHECKS, ASSETS
-from tinyexp_dagster.jobs import JOBS
+from tinyexp_dagster import pipeline_defs
 from tinyexp_dagster.resources import (
     RayDDPResource,
     RedisProgressResource,
@@ -27,6 +26,8 @@ from tinyexp_dagster.resources import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXP = "tests.reliability.exps:ReliabilityExp"
+NAME = "mnist"  # the pipeline's name: the project's default, on the test experiment
+PIPELINE = pipeline_defs(NAME, EXP, metric_threshold=0.9)  # as defs/mnist/defs.yaml
 LAUNCHER_ACTORS = {"_RankWorker", "_LogSink"}
 # Small and quick: the default digits data, 2 ranks x 1 CPU, step reports every 5 steps.
 FAST = ["train_cfg.log_every_n_steps=5", "data_cfg.batch_size=64"]
@@ -63,13 +64,9 @@ def resources(storage_root: str | Path, redis_url: str | None, **ray_config: Any
 
 
 def build_defs(storage_root: str | Path, redis_url: str | None, **ray_config: Any):
-    """The project's assets, checks and jobs on test resources (in-process executor)."""
-    return dg.Definitions(
-        assets=ASSETS,
-        asset_checks=ASSET_CHECKS,
-        jobs=JOBS,
-        resources=resources(storage_root, redis_url, **ray_config),
-        executor=dg.in_process_executor,
+    """The test experiment's pipeline (named `mnist`) on test resources."""
+    return dg.Definitions.merge(
+        PIPELINE, dg.Definitions(resources=resources(storage_root, redis_url, **ray_config))
     )
 
 
@@ -79,30 +76,33 @@ def training_pipeline_job() -> dg.JobDefinition:
     Dagster caches a reconstructed definition per process, so the storage root and Redis
     are `EnvVar`s, read when each run starts, not when the definition is built.
     """
-    return dg.Definitions(
-        assets=ASSETS,
-        asset_checks=ASSET_CHECKS,
-        jobs=JOBS,
-        resources={
-            "ray": HookedRayResource(num_workers=2, num_cpus_per_worker=1.0),
-            "redis": RedisProgressResource(url=dg.EnvVar(ENV_REDIS)),
-            "storage": StorageResource(root=dg.EnvVar(ENV_STORAGE)),
-            "io_manager": RunScopedJSONIOManager(
-                storage=StorageResource(root=dg.EnvVar(ENV_STORAGE))
-            ),
-        },
-        executor=dg.in_process_executor,
-    ).resolve_job_def("training_pipeline")
+    return dg.Definitions.merge(
+        PIPELINE,
+        dg.Definitions(
+            resources={
+                "ray": HookedRayResource(num_workers=2, num_cpus_per_worker=1.0),
+                "redis": RedisProgressResource(url=dg.EnvVar(ENV_REDIS)),
+                "storage": StorageResource(root=dg.EnvVar(ENV_STORAGE)),
+                "io_manager": RunScopedJSONIOManager(
+                    storage=StorageResource(root=dg.EnvVar(ENV_STORAGE))
+                ),
+            }
+        ),
+    ).resolve_job_def(f"{NAME}_training_pipeline")
 
 
 def train_config(overrides: Iterable[str] = (), **fields: Any) -> dict[str, Any]:
-    return {
-        "ops": {
-            "trained_model": {
-                "config": {"experiment": EXP, "overrides": [*FAST, *overrides], **fields}
-            }
-        }
-    }
+    return {"ops": {op("trained_model"): {"config": {"overrides": [*FAST, *overrides], **fields}}}}
+
+
+def op(asset: str) -> str:
+    """The op (and step) name of `mnist/<asset>`."""
+    return f"{NAME}__{asset}"
+
+
+def key(asset: str) -> dg.AssetKey:
+    """`mnist/<asset>`."""
+    return dg.AssetKey([NAME, asset])
 
 
 def events(instance: dg.DagsterInstance, run_id: str, *types: dg.DagsterEventType) -> list:
@@ -135,12 +135,13 @@ def log_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     return [e.user_message or "" for e in instance.all_logs(run_id)]
 
 
-def materialization_metadata(instance: dg.DagsterInstance, run_id: str, key: str) -> dict:
+def materialization_metadata(instance: dg.DagsterInstance, run_id: str, asset: str) -> dict:
+    """Metadata of the run's materialization of `mnist/<asset>`."""
     for entry in events(instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION):
         mat = entry.dagster_event.event_specific_data.materialization
-        if mat.asset_key == dg.AssetKey(key):
+        if mat.asset_key == key(asset):
             return {k: v.value for k, v in mat.metadata.items()}
-    raise AssertionError(f"no materialization of {key} in run {run_id}")
+    raise AssertionError(f"no materialization of {asset} in run {run_id}")
 
 
 # ---------------------------------------------------------------- Ray and processes
@@ -270,3 +271,13 @@ def snapshot(root: str | Path, exclude: Iterable[str] = ()) -> dict[str, tuple[i
             stat = path.stat()
             out[rel] = (stat.st_size, stat.st_mtime_ns)
     return out
+
+
+def _asset(asset: str) -> dg.AssetsDefinition:
+    [found] = [a for a in PIPELINE.assets if a.key == key(asset)]
+    return found
+
+
+# The test experiment's assets, for `dg.materialize([...])`.
+prepared_dataset = _asset("prepared_dataset")
+trained_model = _asset("trained_model")

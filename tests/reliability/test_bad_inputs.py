@@ -29,15 +29,16 @@ from tests.reliability.support import (
     events,
     new_placement_groups,
     placement_group_states,
+    prepared_dataset,
     redis_client,
     resources,
     snapshot,
     step_errors,
     train_config,
+    trained_model,
     training_pipeline_job,
 )
 from tinyexp_core.progress import read_run
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Case:
     dataset: list[str] = field(default_factory=list)  # prepared_dataset's overrides
     redis: str = "good"  # good | malformed | wrong-password
     how: str = "materialize"  # materialize | reexecute | subprocess
-    step: str = "trained_model"
+    step: str = "mnist__trained_model"
     expect: str = ""
 
 
@@ -90,7 +91,7 @@ CASES = {
     ),
     "missing dataset files": Case(
         dataset=["data_cfg.source=mnist", "data_cfg.root=/nonexistent"],
-        step="prepared_dataset",
+        step="mnist__prepared_dataset",
         expect="invalid dataset: dataset file missing: /nonexistent/train-images-idx3-ubyte",
     ),
     "malformed Redis URL": Case(
@@ -138,7 +139,7 @@ _UNREACHABLE = """
 import json, sys, time
 import dagster as dg
 from tests.reliability.support import resources, step_errors, train_config
-from tinyexp_dagster.assets import prepared_dataset, trained_model
+from tests.reliability.support import prepared_dataset, trained_model
 
 storage, redis_url, home = sys.argv[1:4]
 with dg.instance_for_test(temp_dir=home) as instance:
@@ -194,7 +195,7 @@ def test_bad_input_is_rejected_before_compute(name, populated, redis_url, passwo
     pgs_before = placement_group_states()
     config = train_config(case.overrides, **case.train)
     if case.dataset:
-        config["ops"]["prepared_dataset"] = {"config": {"overrides": case.dataset}}
+        config["ops"]["mnist__prepared_dataset"] = {"config": {"overrides": case.dataset}}
 
     if case.how == "subprocess":
         outcome = _unreachable_ray(populated, redis_url)
@@ -213,7 +214,7 @@ def test_bad_input_is_rejected_before_compute(name, populated, redis_url, passwo
             instance,
             run_config=config,
             reexecution_options=dg.ReexecutionOptions(
-                parent_run_id=populated.parent, step_selection=["trained_model"]
+                parent_run_id=populated.parent, step_selection=["mnist__trained_model"]
             ),
         )
     else:

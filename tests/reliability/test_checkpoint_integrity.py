@@ -20,15 +20,16 @@ from tests.reliability.support import (
     FAST,
     log_messages,
     materialization_metadata,
+    prepared_dataset,
     resources,
     step_errors,
     train_config,
+    trained_model,
 )
 from tinyexp_core.checkpoint import CheckpointManager, load_checkpoint, sha256_file
 from tinyexp_core.config import build_exp
 from tinyexp_core.exceptions import CheckpointCorruptError, WorkerFailedError
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 
 
 def _launch(run_root: Path, run_id: str, prepared: str, *overrides: str) -> tuple[dict, list]:
@@ -117,7 +118,7 @@ def test_altered_checkpoints_fall_back_to_the_newest_valid_one(
     for name in ("last.pt", "epoch_0001.pt"):
         _flip_byte(checkpoints / name)  # same size, other bytes: only sha256 can tell
     summary, lines = _launch(run_dir.parent, "resumed", digits_prepared, "train_cfg.num_epochs=3")
-    assert summary["resumed_from"] == str(checkpoints / "epoch_0000.pt")
+    assert summary.resumed_from == str(checkpoints / "epoch_0000.pt")
     fallbacks = [line for line in lines if "is unusable" in line]
     assert len(fallbacks) == 2, fallbacks
     assert f"{checkpoints / 'last.pt'} is unusable (sha256: expected" in fallbacks[0]
@@ -126,7 +127,7 @@ def test_altered_checkpoints_fall_back_to_the_newest_valid_one(
     assert f"falling back to {checkpoints / 'epoch_0000.pt'}" in fallbacks[1]
     # Epoch 1's only checkpoints were bad, so it is trained again; epoch 0 is not.
     assert [t["epoch"] for t in read_trace(run_dir)] == [1, 2]
-    assert summary["epochs"] == 3
+    assert summary.num_epochs == 3
 
 
 def test_no_valid_checkpoint_fails_clearly_and_touches_nothing(
@@ -188,6 +189,6 @@ def test_a_crash_while_writing_never_leaves_a_file_that_verifies(
     assert "epoch_0001.pt" not in names
 
     summary, _ = _launch(run_root, "crash", digits_prepared, "train_cfg.num_epochs=2")
-    assert summary["resumed_from"] == state[0]
-    assert summary["epochs"] == 2
+    assert summary.resumed_from == state[0]
+    assert summary.num_epochs == 2
     assert [t["epoch"] for t in read_trace(run_root / "crash")] == [0, 1, 1]

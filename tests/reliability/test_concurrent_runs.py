@@ -1,7 +1,7 @@
 """Item 6: two training runs at once (different configs) do not interfere: each has its own
 rendezvous port, progress key, run directory and promoted checkpoint.
 
-Two `dagster job execute` processes run `training_pipeline` against one DAGSTER_HOME, one
+Two `dagster job execute` processes run `mnist_training_pipeline` against one DAGSTER_HOME, one
 storage root and one Redis, both on the session's Ray (RAY_ADDRESS): 2 ranks x 0.5 CPU
 each, so both jobs fit on its 2 CPUs at the same time. Both promote under one model name,
 the case where one run could overwrite the other's file.
@@ -31,7 +31,7 @@ CONFIGS = {
 
 def _config_file(tmp_path: Path, name: str) -> Path:
     config = _train_config(CONFIGS[name], num_workers=2, num_cpus_per_worker=0.5)
-    config["ops"]["model_checkpoint"] = {"config": {"model_name": "shared_name"}}
+    config["ops"]["mnist__model_checkpoint"] = {"config": {"model_name": "shared_name"}}
     path = tmp_path / f"run-{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -50,8 +50,8 @@ def test_two_concurrent_runs_do_not_interfere(ray_cluster, redis_url, storage, i
     dagster = str(Path(sys.executable).with_name("dagster"))
     procs = {
         name: subprocess.Popen(
-            [dagster, "job", "execute", "-m", "tinyexp_dagster.definitions"]
-            + ["-j", "training_pipeline", "-c", str(_config_file(tmp_path, name))],
+            [dagster, "job", "execute", "-m", "tests.reliability.location"]
+            + ["-j", "mnist_training_pipeline", "-c", str(_config_file(tmp_path, name))],
             cwd=REPO_ROOT,
             env=env,
             stdout=open(tmp_path / f"run-{name}.log", "wb"),

@@ -26,7 +26,7 @@ from tinyexp_dagster.resources import RunScopedJSONIOManager, StorageResource
 
 def _config(lr: str) -> dict:
     config = train_config(["train_cfg.num_epochs=1", f"optimizer_cfg.lr={lr}"])
-    config["ops"]["model_evaluation"] = {"config": {"min_accuracy": 0.0}}
+    config["ops"]["mnist__model_evaluation"] = {"config": {"threshold": 0.0}}
     return config
 
 
@@ -46,7 +46,7 @@ def test_a_reexecuted_step_reads_its_own_runs_upstream_value(
         instance,
         run_config=_config("0.001"),
         reexecution_options=dg.ReexecutionOptions(
-            parent_run_id=first.run_id, step_selection=["model_checkpoint"]
+            parent_run_id=first.run_id, step_selection=["mnist__model_checkpoint"]
         ),
     )
     assert again.success

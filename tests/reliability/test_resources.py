@@ -15,17 +15,18 @@ from tests.reliability.support import (
     eventually,
     new_placement_groups,
     placement_group_states,
+    prepared_dataset,
     resources,
     step_errors,
     train_config,
+    trained_model,
 )
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 
 
 def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
     start = events(instance, run_id, dg.DagsterEventType.STEP_START)
     end = events(instance, run_id, dg.DagsterEventType.STEP_FAILURE)
-    train_start = [e for e in start if e.step_key == "trained_model"][0]
+    train_start = [e for e in start if e.step_key == "mnist__trained_model"][0]
     return end[-1].timestamp - train_start.timestamp
 
 

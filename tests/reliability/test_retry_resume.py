@@ -14,14 +14,15 @@ from tests.reliability.support import (
     ENV_REDIS,
     ENV_STORAGE,
     materialization_metadata,
+    prepared_dataset,
     redis_client,
     resources,
     step_errors,
     train_config,
+    trained_model,
     training_pipeline_job,
 )
 from tinyexp_core.progress import read_run
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 
 
 def _fault(tmp_path: Path, failures: int, epoch: int) -> list[str]:

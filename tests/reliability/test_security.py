@@ -25,15 +25,16 @@ from tests.reliability.support import (
     FAST,
     REDIS_PASSWORD,
     REPO_ROOT,
+    prepared_dataset,
     redis_client,
     resources,
     train_config,
+    trained_model,
 )
 from tinyexp_core.checkpoint import load_checkpoint, save_checkpoint
 from tinyexp_core.config import build_exp
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_core.progress import read_run
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 from tinyexp_dagster.resources import RedisProgressResource
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -82,7 +83,7 @@ def test_resume_refuses_a_pickle_payload_even_with_a_valid_sidecar(
 
     summary, lines = _launch(run_root, digits_prepared, "train_cfg.num_epochs=2")
     assert not marker.exists(), "the payload ran while resuming"
-    assert summary["resumed_from"] == str(checkpoints / "epoch_0000.pt")
+    assert summary.resumed_from == str(checkpoints / "epoch_0000.pt")
     (warning,) = [line for line in lines if "is unusable" in line]
     assert f"{last} is unusable (torch.load failed: UnpicklingError" in warning
     assert f"falling back to {checkpoints / 'epoch_0000.pt'}" in warning

@@ -1,4 +1,4 @@
-"""Item 9: 20 consecutive `retrain_job` runs in one Dagster instance leave no growing number
+"""Item 9: 20 consecutive `mnist_retrain_job` runs in one Dagster instance leave no growing number
 of processes, open files or live Redis keys (finished runs' keys expire).
 
 The runs execute in this process on the session's Ray (as a Dagster run worker that keeps
@@ -20,11 +20,11 @@ from tests.reliability.support import (
     eventually,
     new_placement_groups,
     placement_group_states,
+    prepared_dataset,
     redis_client,
     train_config,
 )
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, DEFAULT_TTL_S, EVENTS_STREAM, run_key
-from tinyexp_dagster.assets import prepared_dataset
 
 NUM_RUNS = 20
 WARMUP = 5
@@ -46,12 +46,14 @@ def test_twenty_retrain_runs_leak_nothing(ray_cluster, redis_url, storage, insta
         instance=instance,
         resources=defs.resources,
         run_config={
-            "ops": {"prepared_dataset": {"config": {"overrides": ["data_cfg.num_samples=600"]}}}
+            "ops": {
+                "mnist__prepared_dataset": {"config": {"overrides": ["data_cfg.num_samples=600"]}}
+            }
         },
     )
-    job = defs.resolve_job_def("retrain_job")
+    job = defs.resolve_job_def("mnist_retrain_job")
     config = train_config(["train_cfg.num_epochs=1"])
-    config["ops"]["model_evaluation"] = {"config": {"min_accuracy": 0.0}}
+    config["ops"]["mnist__model_evaluation"] = {"config": {"threshold": 0.0}}
     client = redis_client(redis_url)
     pgs_before = placement_group_states()
     me = psutil.Process()

@@ -1,14 +1,14 @@
 """Item 3: terminating a run from Dagster stops training, removes the actors and the
 placement group, and marks the run `cancelled` in Redis.
 
-The run goes the way of a run started and stopped in the UI: the project's own
-`tinyexp_dagster.definitions` is loaded by a gRPC code server (a subprocess), the run is
-launched with the GraphQL `launchPipelineExecution` mutation (DefaultRunLauncher: the code
-server starts a run worker process), and stopped with the GraphQL `terminateRun` mutation,
-which the UI's Terminate button sends: run coordinator -> DefaultRunLauncher.terminate ->
-the code server's CancelExecution -> an interrupt in the run worker, raised inside the
-`trained_model` step. The run worker connects to the session's Ray (RAY_ADDRESS), so the
-actors it starts are visible here.
+The run goes the way of a run started and stopped in the UI: `tests.reliability.location`
+(the test experiment as the `mnist` pipeline) is loaded by a gRPC code server (a
+subprocess), the run is launched with the GraphQL `launchPipelineExecution` mutation
+(DefaultRunLauncher: the code server starts a run worker process), and stopped with the
+GraphQL `terminateRun` mutation, which the UI's Terminate button sends: run coordinator ->
+DefaultRunLauncher.terminate -> the code server's CancelExecution -> an interrupt in the
+run worker, raised inside the `trained_model` step. The run worker connects to the
+session's Ray (RAY_ADDRESS), so the actors it starts are visible here.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_terminate_from_dagster_stops_training_and_cleans_up(
     monkeypatch.setenv("TINYEXP_CPUS_PER_WORKER", "1")
     pgs_before = placement_group_states()
     target = ModuleTarget(
-        module_name="tinyexp_dagster.definitions",
+        module_name="tests.reliability.location",
         attribute=None,
         working_directory=str(REPO_ROOT),
         location_name="tinyexp",
@@ -96,7 +96,7 @@ def test_terminate_from_dagster_stops_training_and_cleans_up(
     with WorkspaceProcessContext(instance, target) as process:
         context = process.create_request_context()
         params = {
-            "selector": infer_job_selector(context, "training_pipeline"),
+            "selector": infer_job_selector(context, "mnist_training_pipeline"),
             "runConfigData": train_config(["train_cfg.num_epochs=50"]),
             "mode": "default",
         }
@@ -145,10 +145,10 @@ def test_terminate_from_dagster_stops_training_and_cleans_up(
     # The step failed once, on Dagster's interrupt, and was not retried (a retry would
     # start training again in a terminated run); nothing after prepared_dataset ran.
     failures = events(instance, run_id, dg.DagsterEventType.STEP_FAILURE)
-    assert [e.step_key for e in failures] == ["trained_model"]
+    assert [e.step_key for e in failures] == ["mnist__trained_model"]
     error = failures[0].dagster_event.event_specific_data.error
     assert "the run was terminated" in error.message, error
     assert "DagsterExecutionInterruptedError" in str(error), error
     assert not events(instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     materialized = events(instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
-    assert [e.dagster_event.asset_key.path for e in materialized] == [["prepared_dataset"]]
+    assert [e.dagster_event.asset_key.path for e in materialized] == [["mnist", "prepared_dataset"]]

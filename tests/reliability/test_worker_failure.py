@@ -18,16 +18,17 @@ from tests.reliability.support import (
     new_placement_groups,
     pid_alive,
     placement_group_states,
+    prepared_dataset,
     redis_client,
     resources,
     step_errors,
     train_config,
+    trained_model,
 )
 from tinyexp_core.config import build_exp
 from tinyexp_core.exceptions import WorkerFailedError
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, read_run
-from tinyexp_dagster.assets import prepared_dataset, trained_model
 
 
 def test_sigkill_of_one_rank_fails_the_step_and_leaves_nothing(
@@ -57,7 +58,7 @@ def test_sigkill_of_one_rank_fails_the_step_and_leaves_nothing(
         dg.DagsterEventType.STEP_UP_FOR_RETRY,
         dg.DagsterEventType.STEP_FAILURE,
     )
-    assert [e.step_key for e in ends] == ["trained_model", "trained_model"]
+    assert [e.step_key for e in ends] == ["mnist__trained_model", "mnist__trained_model"]
     delays = [end.timestamp - kill["time"] for end, kill in zip(ends, killer.kills, strict=True)]
     assert all(0 < d < 60 for d in delays), delays
     print(f"timing: kill -> step failure per attempt {[round(d, 1) for d in delays]} s")

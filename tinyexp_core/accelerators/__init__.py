@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from ..exceptions import ConfigValueError, UnknownAcceleratorTypeError
-from .base import Accelerator, TorchDistributedAccelerator
-from .cpu import CPUAccelerator
-from .ddp import DDPAccelerator
+
+if TYPE_CHECKING:
+    from .base import Accelerator
 
 AcceleratorName = Literal["auto", "cpu", "ddp", "hf"]
 ACCELERATORS: tuple[str, ...] = get_args(AcceleratorName)
@@ -26,12 +26,22 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # accelerate is optional: import HFAccelerator only when asked for.
-    if name == "HFAccelerator":
-        from .hf import HFAccelerator
+# Imported on first use: torch (cpu, ddp) and accelerate (hf) load only when a run builds
+# an accelerator, so importing an experiment's config (AcceleratorCfg) stays light.
+_LAZY = {
+    "Accelerator": "base",
+    "TorchDistributedAccelerator": "base",
+    "CPUAccelerator": "cpu",
+    "DDPAccelerator": "ddp",
+    "HFAccelerator": "hf",
+}
 
-        return HFAccelerator
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(name)
 
 
@@ -44,8 +54,12 @@ def build_accelerator(
 
         kind = "ddp" if torch.cuda.is_available() else "cpu"
     if kind == "cpu":
+        from .cpu import CPUAccelerator
+
         return CPUAccelerator(timeout_s=timeout_s, mixed_precision=mixed_precision)
     if kind == "ddp":
+        from .ddp import DDPAccelerator
+
         return DDPAccelerator(timeout_s=timeout_s, mixed_precision=mixed_precision)
     if kind == "hf":
         from .hf import HFAccelerator

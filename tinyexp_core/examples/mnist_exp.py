@@ -12,17 +12,21 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from typing import Any, ClassVar, Literal
 
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.accelerators import AcceleratorCfg
+from tinyexp_core.contract import (
+    Checkpoints,
+    EpochRecord,
+    EvalResult,
+    PreparedData,
+    PrimaryMetric,
+    TrainResult,
+)
 from tinyexp_core.exceptions import ConfigValueError, RunStoppedError
 from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT, TinyExp
-from tinyexp_core.metrics import classification_report, confusion_matrix
+from tinyexp_core.lazy import lazy_module
 from tinyexp_core.recipe import reporting, resolve_resume, tracking
 from tinyexp_core.step_checkpoint import (
     DataPosition,
@@ -33,30 +37,17 @@ from tinyexp_core.step_checkpoint import (
 from tinyexp_core.stop import StopAgreement, stop_on_signals, stop_reason
 from tinyexp_core.timing import mark
 
-
-class Net(nn.Module):
-    """The classic PyTorch MNIST CNN (two convs, two dropouts, two linear layers)."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.25) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(2 * dropout)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1(x))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = torch.flatten(self.dropout1(x), 1)
-        x = self.dropout2(F.relu(self.fc1(x)))
-        return self.fc2(x)  # logits
+# torch loads when training starts, not when the class is imported (Dagster imports it to
+# build the launchpad's config schema).
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 
 @dataclass(repr=False)
 class Exp(TinyExp):
     """Image classification with DDP: data, model, optimizer, schedule and the loop."""
+
+    primary_metric: ClassVar[PrimaryMetric] = PrimaryMetric("accuracy", "max")
 
     exp_name: str = "mnist_exp"
 
@@ -133,7 +124,9 @@ class Exp(TinyExp):
             if not 0.0 <= self.dropout < 0.5:
                 raise ConfigValueError("dropout", self.dropout, "a probability in [0, 0.5)")
 
-        def build_module(self, in_channels: int = 1) -> nn.Module:
+        def build_module(self, in_channels: int = 1) -> torch.nn.Module:
+            from tinyexp_core.examples.nets import Net
+
             return Net(self.num_classes, in_channels, self.dropout)
 
     @dataclass
@@ -204,11 +197,12 @@ class Exp(TinyExp):
     train_cfg: TrainCfg = field(default_factory=TrainCfg)
 
     # ------------------------------------------------------------------ data
-    def prepare_data(self, storage_root: str):
-        """Prepare the configured source under `<storage_root>/datasets`; returns the manifest."""
-        return self.data_cfg.build_prepared_dataset(
+    def prepare_data(self, storage_root: str) -> PreparedData:
+        """Prepare the configured source under `<storage_root>/datasets`; returns its manifest."""
+        manifest = self.data_cfg.build_prepared_dataset(
             os.path.join(storage_root, "datasets"), seed=self.seed
         )
+        return PreparedData.from_dict(manifest.to_dict())
 
     def _ensure_prepared(self, accelerator: Any) -> None:
         """Rank 0 prepares the data when no prepared path is given; the others wait."""
@@ -228,15 +222,15 @@ class Exp(TinyExp):
         return int(read_manifest(self.data_cfg.prepared_path).shape[0])
 
     # ------------------------------------------------------------------ train
-    def train(self) -> dict[str, Any]:
-        """Train with the configured accelerator; returns the run summary (rank 0's view)."""
+    def train(self) -> TrainResult:
+        """Train with the configured accelerator; returns the run (rank 0's view)."""
         accelerator = self.accelerator_cfg.build_accelerator()
         try:
             return self._train(accelerator)
         finally:
             accelerator.destroy()
 
-    def _train(self, acc: Any) -> dict[str, Any]:
+    def _train(self, acc: Any) -> TrainResult:
         run_dir = self.ensure_run_dir()
         logger = self.logger_cfg.build_logger(run_dir, distributed_rank=acc.rank)
         if acc.is_main_process:
@@ -257,7 +251,8 @@ class Exp(TinyExp):
         optimizer = self.optimizer_cfg.build_optimizer(model.parameters())
         scheduler = self.lr_scheduler_cfg.build_lr_scheduler(optimizer)
         state = resolve_resume(self.resume_from, self.checkpoint_cfg, run_dir, logger)
-        position, step, history, resumed_from = DataPosition(), 0, [], ""
+        position, step, resumed_from = DataPosition(), 0, ""
+        history: list[EpochRecord] = []
         if state is not None:
             path, payload = state
             ckpt.restore(payload, model=model, optimizer=optimizer, scheduler=scheduler, path=path)
@@ -270,7 +265,8 @@ class Exp(TinyExp):
                 path=path,
             )
             step = payload["step"]
-            history = list((payload.get("extra") or {}).get("history", []))
+            saved = (payload.get("extra") or {}).get("history", [])
+            history = [EpochRecord.from_dict(r) for r in saved]
             resumed_from = path
             logger.info(
                 f"resumed from {path} at epoch {position.epoch}, "
@@ -317,42 +313,59 @@ class Exp(TinyExp):
                 writer.submit(state)
 
         started = time.perf_counter()
+        first_new = len(history)
         with reporting(reporter), tracking(tracker), writer, stop_on_signals():
             for epoch in range(position.epoch, num_epochs):
-                row = self._train_one_epoch(
+                record = self._train_one_epoch(
                     acc, model, optimizer, train_loader, epoch, step, reporter, logger,
                     start=position, after_step=after_step,
                 )  # fmt: skip
-                step = row["step"]
+                step = record.step
                 position = DataPosition(epoch=epoch + 1)
                 scheduler.step()
                 reporter.heartbeat()  # validation can be long; it is not a stall
-                row.update(self._validate(acc, model, val_loader_data))
-                history.append(row)
-                tracker.log(row, step=epoch)
-                self._save_epoch(acc, manager, model, optimizer, scheduler, row, history, reporter)
+                val = self._validate(acc, model, val_loader_data)
+                record.val_loss, record.metrics = val["loss"], {"accuracy": val["accuracy"]}
+                history.append(record)
+                tracker.log(record.to_row(), step=epoch)
+                best = self._save_epoch(
+                    acc, manager, model, optimizer, scheduler, history, reporter
+                )
                 reporter.epoch_end(
                     epoch=epoch,
-                    loss=row["train_loss"],
+                    loss=record.train_loss,
                     metrics={
-                        "val_accuracy": row["val_accuracy"],
-                        "val_loss": row["val_loss"],
-                        "best_metric": max(h["val_accuracy"] for h in history),
+                        "val_accuracy": val["accuracy"],
+                        "val_loss": val["loss"],
+                        "best_metric": best,
                     },
                 )
                 logger.info(
-                    f"epoch {epoch + 1}/{num_epochs} train_loss {row['train_loss']:.4f} "
-                    f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} "
-                    f"{row['samples_per_s']:.0f} samples/s"
+                    f"epoch {epoch + 1}/{num_epochs} train_loss {record.train_loss:.4f} "
+                    f"val_loss {val['loss']:.4f} val_accuracy {val['accuracy']:.4f} "
+                    f"{record.samples_per_s:.0f} samples/s"
                 )
-        summary = self._summary(run_dir, manager, history, resumed_from, acc, started)
-        summary.update(tracker.finish(summary))  # the W&B run id and directory, if tracked
-        return summary
+        trained_now = [r.samples_per_s for r in history[first_new:]]
+        result = TrainResult(
+            run_id=self.run_id,
+            run_dir=run_dir,
+            checkpoints=Checkpoints(best=str(manager.best_path), last=str(manager.last_path)),
+            history=history,
+            primary_metric=self.primary_metric,
+            wall_time_s=time.perf_counter() - started,
+            world_size=acc.world_size,
+            config=self.config_dict(),
+            resumed_from=resumed_from,
+            samples_per_s=sum(trained_now) / len(trained_now) if trained_now else math.nan,
+        )
+        # the W&B run id and directory, if tracked
+        result.tracker.update(tracker.finish(result.to_dict()))
+        return result
 
     def _train_one_epoch(
         self, acc, model, optimizer, loader, epoch, step, reporter, logger, *,
         start: DataPosition | None = None, after_step=None,
-    ) -> dict:  # fmt: skip
+    ) -> EpochRecord:  # fmt: skip
         """One epoch (from `start` when resuming mid-epoch); `after_step(step, position)`
         runs after each optimizer step (stop requests, periodic step checkpoints)."""
         position = start or DataPosition(epoch=epoch)
@@ -389,14 +402,15 @@ class Exp(TinyExp):
                 after_step(step, DataPosition(epoch, i + 1, float(loss_sum), seen))
         elapsed = time.perf_counter() - t0
         totals = acc.reduce_sum(torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64))
-        return {
-            "epoch": epoch,
-            "step": step,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": float(totals[0] / max(float(totals[1]), 1.0)),
-            "samples_per_s": float(totals[1]) / max(elapsed, 1e-9),
-            "epoch_time_s": elapsed,
-        }
+        return EpochRecord(
+            epoch=epoch,
+            step=step,
+            train_loss=float(totals[0] / max(float(totals[1]), 1.0)),
+            val_loss=math.nan,  # filled in by validation
+            lr=optimizer.param_groups[0]["lr"],
+            samples_per_s=float(totals[1]) / max(elapsed, 1e-9),
+            epoch_time_s=elapsed,
+        )
 
     def _step_checkpoint(
         self, acc, model, optimizer, scheduler, position, step, num_steps, history
@@ -413,7 +427,7 @@ class Exp(TinyExp):
             step=step,
             config=self.config_dict(),
             exp_class=self.exp_class,
-            extra={"history": history},
+            extra={"history": [r.to_dict() for r in history]},
             position=position.to_dict(
                 num_steps=num_steps, world_size=acc.world_size, sampler_seed=self.seed
             ),
@@ -435,7 +449,7 @@ class Exp(TinyExp):
         x, y = load_split(self.data_cfg.prepared_path, split)
         return x[acc.rank :: acc.world_size], y[acc.rank :: acc.world_size]
 
-    def _predict(self, model: nn.Module, x: torch.Tensor, device: torch.device):
+    def _predict(self, model: torch.nn.Module, x: torch.Tensor, device: torch.device):
         """Logits for uint8 images, in batches, normalized like the training data."""
         cfg = self.data_cfg
         outs = []
@@ -445,7 +459,7 @@ class Exp(TinyExp):
                 outs.append(model(batch.sub_(cfg.mean).div_(cfg.std)).float().cpu())
         return torch.cat(outs) if outs else torch.empty(0, self.module_cfg.num_classes)
 
-    def _validate(self, acc: Any, model: nn.Module, data) -> dict[str, float]:
+    def _validate(self, acc: Any, model: torch.nn.Module, data) -> dict[str, float]:
         x, y = data
         model.eval()
         logits = self._predict(model, x, acc.device)
@@ -455,57 +469,36 @@ class Exp(TinyExp):
             torch.tensor([float(loss), float(correct), float(len(y))], dtype=torch.float64)
         )
         count = max(float(totals[2]), 1.0)
-        return {"val_loss": float(totals[0]) / count, "val_accuracy": float(totals[1]) / count}
+        return {"loss": float(totals[0]) / count, "accuracy": float(totals[1]) / count}
 
-    def _save_epoch(
-        self, acc, manager, model, optimizer, scheduler, row, history, reporter
-    ) -> None:
-        is_best = row["val_accuracy"] >= max(h["val_accuracy"] for h in history)
+    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter) -> float:
+        """Rank 0 writes last.pt (and best.pt); every rank waits. Returns the best accuracy."""
+        record = history[-1]
+        metric = self.primary_metric
+        best = metric.best(r.metric(metric.name) for r in history)
         if acc.is_main_process:
             state = ckpt.build_checkpoint(
                 model=acc.unwrap_model(model),
                 optimizer=optimizer,
                 scheduler=scheduler,
-                epoch=row["epoch"],
-                step=row["step"],
+                epoch=record.epoch,
+                step=record.step,
                 config=self.config_dict(),
-                metrics={k: float(v) for k, v in row.items()},
+                metrics={"train_loss": record.train_loss, **record.metrics},
                 exp_class=self.exp_class,
-                extra={"history": history},
+                extra={"history": [r.to_dict() for r in history]},
             )
+            is_best = metric.is_at_least_as_good(record.metric(metric.name), best)
             paths = manager.save(state, is_best=is_best)
-            best = max(h["val_accuracy"] for h in history)
-            reporter.checkpoint(path=paths["last"], epoch=row["epoch"], best_metric=best)
+            reporter.checkpoint(path=paths["last"], epoch=record.epoch, best_metric=best)
         acc.wait_for_everyone()
-
-    def _summary(self, run_dir, manager, history, resumed_from, acc, started) -> dict[str, Any]:
-        best = max(history, key=lambda h: h["val_accuracy"]) if history else {}
-        trained_now = [h for h in history if h.get("samples_per_s")]
-        return {
-            "run_id": self.run_id,
-            "run_dir": run_dir,
-            "epochs": len(history),
-            "final_train_loss": history[-1]["train_loss"] if history else float("nan"),
-            "best_val_accuracy": best.get("val_accuracy", float("nan")),
-            "best_epoch": best.get("epoch", -1),
-            "samples_per_s": (
-                sum(h["samples_per_s"] for h in trained_now) / len(trained_now)
-                if trained_now
-                else 0.0
-            ),
-            "wall_time_s": time.perf_counter() - started,
-            "world_size": acc.world_size,
-            "resumed_from": resumed_from,
-            "last_checkpoint": str(manager.last_path),
-            "best_checkpoint": str(manager.best_path),
-            "history": history,
-            "config": self.config_dict(),
-        }
+        return best
 
     # ------------------------------------------------------------------ evaluate
-    def evaluate(self, checkpoint_path: str, split: str = "test") -> dict[str, Any]:
+    def evaluate(self, checkpoint_path: str, split: str = "test") -> EvalResult:
         """Load a checkpoint FILE (verified) and report metrics on a prepared split."""
         from tinyexp_core.data import load_split
+        from tinyexp_core.metrics import classification_report, confusion_matrix
 
         if not checkpoint_path:
             raise ConfigValueError("resume_from", checkpoint_path, "a checkpoint path to evaluate")
@@ -521,10 +514,25 @@ class Exp(TinyExp):
         report = classification_report(
             confusion_matrix(logits.argmax(1), y, self.module_cfg.num_classes)
         )
-        report["loss"] = float(F.cross_entropy(logits, y)) if len(y) else float("nan")
-        report["split"] = split
-        report["checkpoint"] = str(checkpoint_path)
-        return report
+        return EvalResult(
+            checkpoint=str(checkpoint_path),
+            split=split,
+            primary_metric=self.primary_metric,
+            metrics={"accuracy": report["accuracy"]},
+            loss=float(F.cross_entropy(logits, y)) if len(y) else math.nan,
+            num_samples=report["num_samples"],
+            per_class=report["per_class"],
+            confusion_matrix=report["confusion_matrix"],
+        )
+
+
+def __getattr__(name: str) -> Any:
+    # `Net` moved to `examples.nets` (a torch import); kept importable from here.
+    if name == "Net":
+        from tinyexp_core.examples.nets import Net
+
+        return Net
+    raise AttributeError(name)
 
 
 if __name__ == "__main__":

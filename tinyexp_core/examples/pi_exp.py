@@ -10,12 +10,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from tinyexp_core.accelerators import AcceleratorCfg
 from tinyexp_core.exceptions import ConfigValueError
 from tinyexp_core.experiment import TinyExp
 from tinyexp_core.launchers.runtime import get_log_forwarder
+from tinyexp_core.lazy import lazy_module
+
+torch = lazy_module("torch")  # loaded when the run starts, not on import
 
 
 @dataclass(repr=False)

@@ -12,11 +12,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch.nn as nn
-
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.exceptions import ConfigValueError
 from tinyexp_core.experiment import ENV_PROGRESS_URL, check_redis_url
+from tinyexp_core.lazy import lazy_module
+
+nn = lazy_module("torch.nn")  # loaded when the model is built, not on import
 
 ENV_CACHE_URL = "TINYEXP_CACHE_URL"
 

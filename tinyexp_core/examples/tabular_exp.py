@@ -18,11 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.accelerators import AcceleratorCfg
 from tinyexp_core.contract import (
@@ -36,24 +31,13 @@ from tinyexp_core.contract import (
 from tinyexp_core.exceptions import ConfigValueError
 from tinyexp_core.experiment import ENV_ASSET, TinyExp
 from tinyexp_core.launchers.runtime import get_log_forwarder
+from tinyexp_core.lazy import lazy_module
 from tinyexp_core.recipe import main_process_first, reporting, resolve_resume
 
-
-class MLP(nn.Module):
-    """Linear -> ReLU -> Dropout per hidden layer, then one linear output (the prediction)."""
-
-    def __init__(self, num_features: int, hidden_sizes: list[int], dropout: float) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = num_features
-        for size in hidden_sizes:
-            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+# torch loads when training starts, not when the class is imported (Dagster imports it to
+# build the launchpad's config schema).
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 
 @dataclass(repr=False)
@@ -115,7 +99,9 @@ class Exp(TinyExp):
             if not 0.0 <= self.dropout < 1.0:
                 raise ConfigValueError("dropout", self.dropout, "a probability in [0, 1)")
 
-        def build_module(self, num_features: int) -> nn.Module:
+        def build_module(self, num_features: int) -> torch.nn.Module:
+            from tinyexp_core.examples.nets import MLP
+
             return MLP(num_features, list(self.hidden_sizes), self.dropout)
 
     @dataclass
@@ -185,6 +171,8 @@ class Exp(TinyExp):
             torch.set_num_threads(threads)  # the process may go on with other work
 
     def _train(self, acc: Any) -> TrainResult:
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
         from tinyexp_core.data.tabular import load_tabular_split
 
         started = time.perf_counter()

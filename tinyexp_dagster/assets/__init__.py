@@ -1,21 +1,21 @@
-"""The pipeline: prepared_dataset -> trained_model -> model_checkpoint -> model_evaluation."""
+"""A pipeline's assets, built per experiment by factories (`build_*`):
+`<name>/prepared_dataset -> <name>/trained_model -> <name>/model_checkpoint ->
+<name>/model_evaluation`, and their checks. `tinyexp_dagster.pipeline_defs` assembles them."""
 
-from .checkpoint import model_checkpoint
-from .checks import model_checkpoint_integrity, prepared_dataset_sanity
-from .dataset import prepared_dataset
-from .evaluation import model_evaluation
-from .training import trained_model
-
-ASSETS = [prepared_dataset, trained_model, model_checkpoint, model_evaluation]
-ASSET_CHECKS = [prepared_dataset_sanity, model_checkpoint_integrity]
+from .checkpoint import build_model_checkpoint
+from .checks import build_checkpoint_integrity, build_dataset_sanity
+from .common import PipelineSpec
+from .dataset import build_prepared_dataset
+from .evaluation import MIN_METRIC_CHECK, build_model_evaluation
+from .training import build_trained_model
 
 __all__ = [
-    "ASSETS",
-    "ASSET_CHECKS",
-    "model_checkpoint",
-    "model_checkpoint_integrity",
-    "model_evaluation",
-    "prepared_dataset",
-    "prepared_dataset_sanity",
-    "trained_model",
+    "MIN_METRIC_CHECK",
+    "PipelineSpec",
+    "build_checkpoint_integrity",
+    "build_dataset_sanity",
+    "build_model_checkpoint",
+    "build_model_evaluation",
+    "build_prepared_dataset",
+    "build_trained_model",
 ]

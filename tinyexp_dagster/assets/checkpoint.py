@@ -1,4 +1,4 @@
-"""`model_checkpoint`: the run's best checkpoint, verified and promoted to models/."""
+"""`<name>/model_checkpoint`: the run's best checkpoint, verified and promoted to models/."""
 
 from pathlib import Path
 from typing import Any
@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from ..resources import StorageResource
-from .common import GROUP
+from .common import PipelineSpec
 
 
 class CheckpointConfig(dg.Config):
@@ -37,33 +37,62 @@ def promote(source: str, target_dir: Path) -> tuple[Path, str]:
     return target, sha
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"pytorch"})
-def model_checkpoint(
+def build_model_checkpoint(spec: PipelineSpec) -> dg.AssetsDefinition:
+    """The pipeline's promotion asset: the training run's best checkpoint, versioned."""
+
+    @dg.asset(
+        key=spec.key("model_checkpoint"),
+        group_name=spec.name,
+        code_version="1",
+        kinds={"pytorch"},
+        ins={"trained_model": dg.AssetIn(spec.key("trained_model"))},
+        description=f"{spec.name}: the best checkpoint, sha256-verified, copied to "
+        "models/<name>/<version>/model.pt.",
+    )
+    def model_checkpoint(
+        context: dg.AssetExecutionContext,
+        config: CheckpointConfig,
+        trained_model: dict[str, Any],
+        storage: StorageResource,
+    ) -> dg.Output[dict[str, Any]]:
+        return promote_run(context, config, trained_model, storage)
+
+    return model_checkpoint
+
+
+def promote_run(
     context: dg.AssetExecutionContext,
     config: CheckpointConfig,
     trained_model: dict[str, Any],
     storage: StorageResource,
 ) -> dg.Output[dict[str, Any]]:
-    """The best checkpoint, sha256-verified, copied to models/<name>/<version>/model.pt."""
+    """Promote the TrainResult's best checkpoint; the value names the file and its source."""
+    from tinyexp_core.contract import TrainResult
+
+    result = TrainResult.from_dict(trained_model)
     name = config.model_name or trained_model["exp_name"]
-    version = trained_model["run_id"]
-    target, sha = promote(trained_model["best_checkpoint"], storage.models_dir() / name / version)
-    context.log.info(f"promoted {trained_model['best_checkpoint']} to {target}")
+    best = result.checkpoints.best
+    target, sha = promote(best, storage.models_dir() / name / result.run_id)
+    context.log.info(f"promoted {best} to {target}")
+    metric = result.primary_metric
     value = {
         **{k: trained_model[k] for k in ("experiment", "overrides", "dataset_path", "config_hash")},
         "path": str(target),
         "sha256": sha,
         "name": name,
-        "version": version,
-        "source_run": trained_model["run_id"],
+        "version": result.run_id,
+        "source_run": result.run_id,
+        "primary_metric": metric.to_dict(),
+        "val_value": trained_model["best_value"],
     }
     metadata = {
         "model_path": dg.MetadataValue.path(str(target)),
         "sha256": sha,
         "size_bytes": target.stat().st_size,
-        "source_run": trained_model["run_id"],
-        "source_checkpoint": dg.MetadataValue.path(trained_model["best_checkpoint"]),
-        "val_accuracy": trained_model["best_val_accuracy"],
+        "source_run": result.run_id,
+        "source_checkpoint": dg.MetadataValue.path(best),
+        f"val_{metric.name}": trained_model["best_value"],
         "config_hash": trained_model["config_hash"],
     }
+    metadata = {k: v for k, v in metadata.items() if v is not None}
     return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(sha[:16]))

@@ -4,37 +4,72 @@ from typing import Any
 
 import dagster as dg
 
-from .checkpoint import model_checkpoint
-from .dataset import prepared_dataset
+from .common import PipelineSpec
 
 
 def dataset_sanity(value: dict[str, Any]) -> dg.AssetCheckResult:
-    """Every split non-empty, every class present in train, no NaN, files match sha256."""
-    import torch
+    """Every split non-empty, every class present in train (classification), every file of
+    the manifest present with its recorded sha256. The manifest is re-read from disk (any
+    experiment's PreparedData format), not taken from the asset value."""
+    import json
+    from pathlib import Path
 
-    from tinyexp_core.data import load_split, read_manifest
-    from tinyexp_core.exceptions import DatasetError
+    from tinyexp_core.contract import ContractError, PreparedData
+    from tinyexp_core.files import sha256_file
 
-    problems: list[str] = []
+    manifest = Path(value["path"]) / "manifest.json"
     try:
-        manifest = read_manifest(value["path"])
-        for split in ("train", "val", "test"):
-            x, y = load_split(value["path"], split)  # verifies sha256
-            if len(y) == 0:
-                problems.append(f"split {split} is empty")
-            if x.is_floating_point() and bool(torch.isnan(x).any()):
-                problems.append(f"split {split} has NaN values")
-        empty = [c for c, n in enumerate(manifest.class_histogram["train"]) if n == 0]
-        if empty:
-            problems.append(f"classes with no training sample: {empty}")
-    except DatasetError as err:
-        problems.append(str(err))
-        manifest = None
+        prepared = PreparedData.from_dict(json.loads(manifest.read_text(encoding="utf-8")))
+    except (OSError, ValueError, ContractError) as err:
+        return _failed(f"{manifest} is unreadable: {type(err).__name__}: {err}")
+    prepared.path = str(manifest.parent)
+    problems: list[str] = []
+    for split, count in prepared.counts.items():
+        if count == 0:
+            problems.append(f"split {split} is empty")
+    for name, info in prepared.files.items():
+        path = manifest.parent / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif info.get("sha256") and sha256_file(path) != info["sha256"]:
+            problems.append(f"{name} does not match its sha256")
+    empty = [c for c, n in enumerate(prepared.class_histogram.get("train", [])) if n == 0]
+    if prepared.num_classes and empty:
+        problems.append(f"classes with no training sample: {empty}")
+    if not problems:
+        problems += _nan_problems(prepared)
     return dg.AssetCheckResult(
         passed=not problems,
         severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(problems) or "splits non-empty, all classes present, sha256 ok",
-        metadata={"counts": dg.MetadataValue.json(manifest.counts if manifest else {})},
+        description="; ".join(problems) or "splits non-empty, classes present, sha256 ok",
+        metadata={"counts": dg.MetadataValue.json(prepared.counts)},
+    )
+
+
+def _nan_problems(prepared: Any) -> list[str]:
+    """NaN in an image dataset's float tensors (the digits/MNIST format); other formats
+    are checked by their own loaders."""
+    import torch
+
+    from tinyexp_core.data import load_split
+    from tinyexp_core.exceptions import DatasetError
+
+    if not prepared.num_classes:
+        return []
+    problems = []
+    try:
+        for split in prepared.counts:
+            x, _ = load_split(prepared.path, split)
+            if x.is_floating_point() and bool(torch.isnan(x).any()):
+                problems.append(f"split {split} has NaN values")
+    except (DatasetError, OSError, KeyError) as err:
+        problems.append(str(err))
+    return problems
+
+
+def _failed(problem: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=False, severity=dg.AssetCheckSeverity.ERROR, description=problem
     )
 
 
@@ -59,13 +94,31 @@ def checkpoint_integrity(value: dict[str, Any]) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=prepared_dataset, blocking=True, name="dataset_sanity")
-def prepared_dataset_sanity(prepared_dataset: dict[str, Any]) -> dg.AssetCheckResult:
-    """Dataset sanity: no empty split or class, no NaN, files match the manifest."""
-    return dataset_sanity(prepared_dataset)
+def build_dataset_sanity(spec: PipelineSpec) -> dg.AssetChecksDefinition:
+    """`dataset_sanity` on `<name>/prepared_dataset` (blocking)."""
+
+    @dg.asset_check(
+        asset=spec.key("prepared_dataset"),
+        blocking=True,
+        name="dataset_sanity",
+        description="Dataset sanity: no empty split or class, files match the manifest.",
+    )
+    def prepared_dataset_sanity(prepared_dataset: dict[str, Any]) -> dg.AssetCheckResult:
+        return dataset_sanity(prepared_dataset)
+
+    return prepared_dataset_sanity
 
 
-@dg.asset_check(asset=model_checkpoint, blocking=True, name="checkpoint_integrity")
-def model_checkpoint_integrity(model_checkpoint: dict[str, Any]) -> dg.AssetCheckResult:
-    """Checkpoint integrity: the promoted file loads and its sha256 matches."""
-    return checkpoint_integrity(model_checkpoint)
+def build_checkpoint_integrity(spec: PipelineSpec) -> dg.AssetChecksDefinition:
+    """`checkpoint_integrity` on `<name>/model_checkpoint` (blocking)."""
+
+    @dg.asset_check(
+        asset=spec.key("model_checkpoint"),
+        blocking=True,
+        name="checkpoint_integrity",
+        description="Checkpoint integrity: the promoted file loads and its sha256 matches.",
+    )
+    def model_checkpoint_integrity(model_checkpoint: dict[str, Any]) -> dg.AssetCheckResult:
+        return checkpoint_integrity(model_checkpoint)
+
+    return model_checkpoint_integrity

@@ -3,6 +3,7 @@
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -10,7 +11,41 @@ import dagster as dg
 from tinyexp_core.redaction import redact_overrides, redact_text
 
 DEFAULT_EXPERIMENT = "tinyexp_core.examples.mnist_exp:Exp"
-GROUP = "training"
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """One pipeline: its name (asset key prefix, group, job and trigger prefix), the
+    experiment class and its import path, and the pipeline's own overrides (applied first)."""
+
+    name: str
+    experiment: str  # `package.module:Class`
+    exp_cls: type
+    overrides: tuple[str, ...] = ()
+    # The experiment with the pipeline's overrides: the launchpad's `exp` defaults, and what
+    # a run's `exp` value is compared with (so an untouched field keeps the pipeline's value).
+    defaults: Any = None
+
+    def key(self, asset: str) -> dg.AssetKey:
+        """`<name>/<asset>`."""
+        return dg.AssetKey([self.name, asset])
+
+    @property
+    def primary_metric(self) -> Any:
+        """The experiment's PrimaryMetric, or None (a `run()`-only experiment)."""
+        return getattr(self.exp_cls, "primary_metric", None)
+
+    def overrides_for(self, exp_value: Any, run_overrides: Sequence[str]) -> list[str]:
+        """The pipeline's overrides, then the typed `exp` value's changes, then the run's."""
+        from tinyexp_core.exceptions import ConfigError
+
+        from ..schema import exp_overrides
+
+        try:
+            typed = exp_overrides(self.exp_cls, exp_value, defaults=self.defaults)
+        except ConfigError as err:
+            raise config_failure(err) from None
+        return [*self.overrides, *typed, *run_overrides]
 
 
 def build_experiment(experiment: str, overrides: Sequence[str], forced: Sequence[str] = ()) -> Any:

@@ -1,4 +1,4 @@
-"""`prepared_dataset`: the experiment's data source, split and written with a manifest."""
+"""`<name>/prepared_dataset`: the experiment's data source, split and written with a manifest."""
 
 from typing import Any
 
@@ -6,53 +6,80 @@ import dagster as dg
 from pydantic import Field
 
 from ..resources import StorageResource
-from .common import DEFAULT_EXPERIMENT, GROUP, build_experiment, config_failure, table
+from ..schema import with_exp_field
+from .common import PipelineSpec, build_experiment, config_failure, table
+
+# The dataset op's `exp`: the data section and the seed (which draws the split), no more.
+DATA_FIELDS = ("data_cfg", "seed")
 
 
 class DatasetConfig(dg.Config):
-    """Which experiment's data to prepare; `overrides` use the CLI's key=value syntax."""
+    """Overrides of the experiment's data config, in the CLI's key=value syntax."""
 
-    experiment: str = Field(
-        default=DEFAULT_EXPERIMENT, description="the experiment class, `package.module:Class`"
-    )
     overrides: list[str] = Field(
-        default=[], description="experiment overrides (data_cfg.*) in the CLI's key=value syntax"
+        default=[],
+        description="experiment overrides (data_cfg.*) in the CLI's key=value syntax, "
+        "applied after `exp`",
     )
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"pytorch"})
-def prepared_dataset(
-    context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource
-) -> dg.Output[dict[str, Any]]:
-    """Train/val/test tensors with a sha256 manifest, versioned by content."""
-    from tinyexp_core.exceptions import DatasetError
+def build_prepared_dataset(spec: PipelineSpec) -> dg.AssetsDefinition:
+    """The pipeline's dataset asset: `exp.prepare_data(storage_root)` -> PreparedData."""
+    config_cls = with_exp_field(
+        DatasetConfig,
+        spec.exp_cls,
+        include=DATA_FIELDS,
+        defaults=spec.defaults,
+        name=f"{spec.name}_DatasetConfig",
+    )
 
-    exp = build_experiment(config.experiment, config.overrides)
-    try:
-        manifest = exp.prepare_data(str(storage.resolved_root()))
-    except DatasetError as err:
-        raise config_failure(err, "invalid dataset") from None
-    context.log.info(f"prepared {manifest.source} v{manifest.data_version} at {manifest.path}")
-    histogram = [
-        {"class": c, **{split: manifest.class_histogram[split][c] for split in manifest.counts}}
-        for c in range(manifest.num_classes)
-    ]
-    value = {
-        "path": manifest.path,
-        "data_version": manifest.data_version,
-        "source": manifest.source,
-        "num_classes": manifest.num_classes,
-    }
+    @dg.asset(
+        key=spec.key("prepared_dataset"),
+        group_name=spec.name,
+        code_version="1",
+        kinds={"pytorch"},
+        description=f"{spec.name}: train/val/test data with a sha256 manifest, versioned by "
+        "content.",
+    )
+    def prepared_dataset(
+        context: dg.AssetExecutionContext, config: config_cls, storage: StorageResource
+    ) -> dg.Output[dict[str, Any]]:
+        from tinyexp_core.contract import PreparedData
+        from tinyexp_core.exceptions import DatasetError
+
+        exp = build_experiment(spec.experiment, spec.overrides_for(config.exp, config.overrides))
+        try:
+            prepared = exp.prepare_data(str(storage.resolved_root()))
+        except DatasetError as err:
+            raise config_failure(err, "invalid dataset") from None
+        if not isinstance(prepared, PreparedData):  # an older manifest type with to_dict()
+            prepared = PreparedData.from_dict(prepared.to_dict())
+        context.log.info(f"prepared {prepared.source} v{prepared.data_version} at {prepared.path}")
+        return dg.Output(
+            prepared.to_dict(),
+            metadata=dataset_metadata(prepared),
+            data_version=dg.DataVersion(prepared.data_version),
+        )
+
+    return prepared_dataset
+
+
+def dataset_metadata(prepared: Any) -> dict[str, Any]:
+    """Path, version, counts per split, sha256 per file, class histogram (classification)."""
     metadata: dict[str, Any] = {
-        "dataset_path": dg.MetadataValue.path(manifest.path),
-        "data_version": manifest.data_version,
-        "source": manifest.source,
-        "num_classes": manifest.num_classes,
-        "shape": str(manifest.shape),
-        "class_histogram": table(histogram),
-        "sha256": dg.MetadataValue.json(
-            {name: info["sha256"] for name, info in manifest.files.items()}
-        ),
+        "dataset_path": dg.MetadataValue.path(prepared.path),
+        "data_version": prepared.data_version,
+        "source": prepared.source,
+        "num_classes": prepared.num_classes,
+        "shape": str(prepared.shape),
+        "sha256": dg.MetadataValue.json({k: v.get("sha256") for k, v in prepared.files.items()}),
     }
-    metadata.update({f"samples_{split}": n for split, n in manifest.counts.items()})
-    return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(manifest.data_version))
+    if prepared.num_classes and prepared.class_histogram:
+        splits = list(prepared.class_histogram)
+        histogram = [
+            {"class": c, **{split: prepared.class_histogram[split][c] for split in splits}}
+            for c in range(prepared.num_classes)
+        ]
+        metadata["class_histogram"] = table(histogram)
+    metadata.update({f"samples_{split}": n for split, n in prepared.counts.items()})
+    return metadata

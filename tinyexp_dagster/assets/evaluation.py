@@ -1,24 +1,133 @@
-"""`model_evaluation`: the promoted checkpoint, loaded from its file, on the test split."""
+"""`<name>/model_evaluation`: the promoted checkpoint, loaded from its file, on a split.
+
+Scored with the experiment's own `evaluate()` and primary metric (`accuracy`/max,
+`rmse`/min, ...); with a threshold, the blocking `minimum_metric` check compares the
+primary metric with it in the metric's direction."""
 
 from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
 
-from .common import GROUP, build_experiment, table
+from .common import PipelineSpec, build_experiment, table
 
-MIN_ACCURACY_CHECK = "minimum_accuracy"
+MIN_METRIC_CHECK = "minimum_metric"
 
 
 class EvaluationConfig(dg.Config):
-    """Which split to score, and the accuracy below which the model is not good."""
+    """Which split to score."""
 
     split: Literal["train", "val", "test"] = Field(
         default="test", description="the prepared dataset's split to score"
     )
-    min_accuracy: float = Field(
-        default=0.9,
-        description="accuracy below which the blocking minimum_accuracy check fails",
+
+
+def build_model_evaluation(spec: PipelineSpec, threshold: float | None) -> dg.AssetsDefinition:
+    """The pipeline's evaluation asset; with `threshold`, its blocking minimum-metric check
+    (the threshold is in the primary metric's units; a run can change it in the config)."""
+    metric = spec.primary_metric
+    config_cls = EvaluationConfig
+    checks = []
+    if threshold is not None:
+        bound = ">=" if metric.direction == "max" else "<="
+        config_cls = _with_threshold(spec, threshold, bound)
+        checks = [
+            dg.AssetCheckSpec(
+                MIN_METRIC_CHECK,
+                asset=spec.key("model_evaluation"),
+                blocking=True,
+                description=f"{metric.name} on the scored split is {bound} the threshold "
+                f"({threshold:g} unless the run sets another).",
+            )
+        ]
+
+    @dg.asset(
+        key=spec.key("model_evaluation"),
+        group_name=spec.name,
+        code_version="1",
+        kinds={"pytorch"},
+        check_specs=checks,
+        ins={"model_checkpoint": dg.AssetIn(spec.key("model_checkpoint"))},
+        description=f"{spec.name}: {metric.name} ({metric.direction}) and loss of the "
+        "promoted model, loaded from its file.",
+    )
+    def model_evaluation(
+        context: dg.AssetExecutionContext, config: config_cls, model_checkpoint: dict[str, Any]
+    ):
+        result = evaluate_checkpoint(spec, model_checkpoint, config.split)
+        context.log.info(
+            f"{config.split} {metric.name} {result.value:.4f} of {model_checkpoint['path']}"
+        )
+        yield dg.Output(result.to_dict(), metadata=evaluation_metadata(result, model_checkpoint))
+        if threshold is not None:
+            yield metric_check(result, config.threshold)
+
+    return model_evaluation
+
+
+def _with_threshold(spec: PipelineSpec, threshold: float, bound: str) -> type[dg.Config]:
+    import pydantic
+
+    name = spec.primary_metric.name
+    return pydantic.create_model(
+        f"{spec.name}_EvaluationConfig",
+        __base__=EvaluationConfig,
+        threshold=(
+            float,
+            Field(
+                default=threshold,
+                description=f"the blocking minimum_metric check passes when {name} {bound} this",
+            ),
+        ),
+    )
+
+
+def evaluate_checkpoint(spec: PipelineSpec, checkpoint: dict[str, Any], split: str) -> Any:
+    """The experiment's EvalResult of the promoted file on `split`."""
+    from tinyexp_core.contract import EvalResult
+    from tinyexp_core.timing import mark
+
+    path = checkpoint["dataset_path"]
+    forced = [f"data_cfg.prepared_path={path}"] if path else []  # else its own data
+    exp = build_experiment(checkpoint["experiment"], checkpoint["overrides"], forced)
+    mark("evaluate_start")
+    result = exp.evaluate(checkpoint["path"], split)
+    mark("evaluate_end")
+    return result if isinstance(result, EvalResult) else EvalResult.from_dict(result)
+
+
+def evaluation_metadata(result: Any, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Every scalar metric by name, loss, samples, the file, per-class table and confusion
+    matrix (classification)."""
+    metadata: dict[str, Any] = {
+        "primary_metric": f"{result.primary_metric.name} ({result.primary_metric.direction})",
+        **{name: value for name, value in result.to_dict()["metrics"].items() if value is not None},
+        "loss": result.to_dict()["loss"],
+        "num_samples": result.num_samples,
+        "split": result.split,
+        "checkpoint": dg.MetadataValue.path(checkpoint["path"]),
+        "checkpoint_sha256": checkpoint["sha256"],
+    }
+    if result.per_class:
+        metadata["per_class"] = table(result.per_class)
+    if result.confusion_matrix:
+        matrix = confusion_markdown(result.confusion_matrix)
+        metadata["confusion_matrix"] = dg.MetadataValue.md(matrix)
+    return {k: v for k, v in metadata.items() if v is not None}
+
+
+def metric_check(result: Any, threshold: float) -> dg.AssetCheckResult:
+    """Whether the primary metric meets `threshold` in its direction (NaN never does)."""
+    metric = result.primary_metric
+    passed = metric.passes(result.value, threshold)
+    bound = ">=" if metric.direction == "max" else "<="
+    verdict = bound if passed else f"not {bound}"
+    return dg.AssetCheckResult(
+        check_name=MIN_METRIC_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={metric.name: result.to_dict()["value"], "threshold": threshold},
+        description=f"{metric.name} {result.value:.4f} {verdict} threshold {threshold:.4f}",
     )
 
 
@@ -29,68 +138,3 @@ def confusion_markdown(matrix: list[list[int]]) -> str:
     frame = pd.DataFrame(matrix)
     frame.index.name = "true \\ pred"
     return frame.to_markdown()
-
-
-@dg.asset(
-    group_name=GROUP,
-    code_version="1",
-    kinds={"pytorch"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            MIN_ACCURACY_CHECK,
-            asset="model_evaluation",
-            blocking=True,
-            description="Accuracy on the test split is at least `min_accuracy`.",
-        )
-    ],
-)
-def model_evaluation(
-    context: dg.AssetExecutionContext, config: EvaluationConfig, model_checkpoint: dict[str, Any]
-):
-    """Accuracy, loss, per-class precision/recall and confusion matrix of the promoted model."""
-    exp = build_experiment(
-        model_checkpoint["experiment"],
-        model_checkpoint["overrides"],
-        [f"data_cfg.prepared_path={model_checkpoint['dataset_path']}"],
-    )
-    from tinyexp_core.timing import mark
-
-    mark("evaluate_start")
-    report = exp.evaluate(model_checkpoint["path"], config.split)
-    mark("evaluate_end")
-    context.log.info(
-        f"{config.split} accuracy {report['accuracy']:.4f} of {model_checkpoint['path']}"
-    )
-    value = {
-        "accuracy": report["accuracy"],
-        "loss": report["loss"],
-        "split": config.split,
-        "checkpoint": model_checkpoint["path"],
-        "sha256": model_checkpoint["sha256"],
-        "num_samples": report["num_samples"],
-    }
-    yield dg.Output(
-        value,
-        metadata={
-            "accuracy": report["accuracy"],
-            "loss": report["loss"],
-            "num_samples": report["num_samples"],
-            "split": config.split,
-            "checkpoint": dg.MetadataValue.path(model_checkpoint["path"]),
-            "checkpoint_sha256": model_checkpoint["sha256"],
-            "per_class": table(report["per_class"]),
-            "confusion_matrix": dg.MetadataValue.md(confusion_markdown(report["confusion_matrix"])),
-            "min_accuracy": config.min_accuracy,
-        },
-    )
-    passed = report["accuracy"] >= config.min_accuracy
-    yield dg.AssetCheckResult(
-        check_name=MIN_ACCURACY_CHECK,
-        passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"accuracy": report["accuracy"], "min_accuracy": config.min_accuracy},
-        description=(
-            f"accuracy {report['accuracy']:.4f} "
-            f"{'>=' if passed else '<'} minimum {config.min_accuracy:.4f}"
-        ),
-    )

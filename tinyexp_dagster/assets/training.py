@@ -1,4 +1,8 @@
-"""`trained_model`: DDP training of the experiment on Ray, resumable across retries."""
+"""`<name>/trained_model`: DDP training of the experiment on Ray, resumable across retries.
+
+Two shapes, by what the experiment implements: `train()` -> a TrainResult (checkpoints,
+history, primary metric), read by the checkpoint and evaluation assets; only `run()`
+(TinyExp 0.0.1 style) -> the run's output directory and `run()`'s return value."""
 
 from typing import Any, Literal, get_args
 
@@ -9,14 +13,8 @@ from tinyexp_core.redaction import redact_overrides
 
 from ..resources import RayDDPResource, RedisProgressResource, StorageResource
 from ..resources.ray import RayAccelerator
-from .common import (
-    DEFAULT_EXPERIMENT,
-    GROUP,
-    build_experiment,
-    config_failure,
-    config_hash,
-    table,
-)
+from ..schema import with_exp_field
+from .common import PipelineSpec, build_experiment, config_failure, config_hash, table
 
 Resume = Literal["auto", "never"]
 RESUME_CHOICES: tuple[str, ...] = get_args(Resume)
@@ -28,14 +26,13 @@ RESUME_RUN_DIR_TAG = "tinyexp/resume_run_dir"
 
 class TrainConfig(dg.Config):
     """Orchestration of one training run. Hyperparameters live in the experiment and are
-    changed with `overrides` (`optimizer_cfg.lr=0.01`, as on the command line); what is
-    decided here reaches the experiment as overrides too, so the run record states it."""
+    changed with `exp` (typed) or `overrides` (`optimizer_cfg.lr=0.01`, as on the command
+    line; applied after `exp`); what is decided here reaches the experiment as overrides
+    too, so the run record states it."""
 
-    experiment: str = Field(
-        default=DEFAULT_EXPERIMENT, description="the experiment class, `package.module:Class`"
-    )
     overrides: list[str] = Field(
-        default=[], description="experiment overrides in the CLI's key=value syntax"
+        default=[],
+        description="experiment overrides in the CLI's key=value syntax, applied after `exp`",
     )
     num_workers: int | None = Field(
         default=None, description="DDP ranks for this run; unset: the Ray resource's"
@@ -71,43 +68,91 @@ class TrainConfig(dg.Config):
         }
 
 
-@dg.asset(
-    group_name=GROUP,
-    code_version="1",
-    kinds={"pytorch", "ray"},
-    retry_policy=dg.RetryPolicy(max_retries=1, delay=2),
-)
-def trained_model(
-    context: dg.AssetExecutionContext,
-    config: TrainConfig,
-    prepared_dataset: dict[str, Any],
-    ray: RayDDPResource,
-    redis: RedisProgressResource,
-    storage: StorageResource,
-) -> dg.Output[dict[str, Any]]:
-    """DDP training on Ray workers; checkpoints under runs/<run_id>/checkpoints."""
+def build_trained_model(
+    spec: PipelineSpec, *, with_dataset: bool, trains: bool
+) -> dg.AssetsDefinition:
+    """The pipeline's training asset; `with_dataset`: it reads `<name>/prepared_dataset`
+    (the experiment implements `prepare_data`), else the experiment reads its own data;
+    `trains`: `train()` returns a TrainResult, else `run()`'s value is recorded as is."""
+    config_cls = with_exp_field(
+        TrainConfig, spec.exp_cls, defaults=spec.defaults, name=f"{spec.name}_TrainConfig"
+    )
+    what = "DDP training on Ray workers; checkpoints under runs/<run_id>/checkpoints."
+    if not trains:
+        what = "run() on Ray workers (TinyExp 0.0.1 style); records the output directory."
+    decorator = dg.asset(
+        key=spec.key("trained_model"),
+        group_name=spec.name,
+        code_version="1",
+        kinds={"pytorch", "ray"},
+        retry_policy=dg.RetryPolicy(max_retries=1, delay=2),
+        description=f"{spec.name}: {what}",
+        ins={"prepared_dataset": dg.AssetIn(spec.key("prepared_dataset"))} if with_dataset else {},
+    )
+    output = _output if trains else _run_output
+
+    def body(context, config, dataset, ray, redis, storage) -> dg.Output[dict[str, Any]]:
+        exp, summary = _train(context, spec, config, dataset, ray, redis, storage, trains)
+        return output(spec, config, dataset, summary, exp)
+
+    if with_dataset:
+
+        @decorator
+        def trained_model(
+            context: dg.AssetExecutionContext,
+            config: config_cls,
+            prepared_dataset: dict[str, Any],
+            ray: RayDDPResource,
+            redis: RedisProgressResource,
+            storage: StorageResource,
+        ) -> dg.Output[dict[str, Any]]:
+            return body(context, config, prepared_dataset, ray, redis, storage)
+
+        return trained_model
+
+    @decorator
+    def trained_model_own_data(
+        context: dg.AssetExecutionContext,
+        config: config_cls,
+        ray: RayDDPResource,
+        redis: RedisProgressResource,
+        storage: StorageResource,
+    ) -> dg.Output[dict[str, Any]]:
+        return body(context, config, None, ray, redis, storage)
+
+    return trained_model_own_data
+
+
+def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
+    """Build the experiment with the run's overrides, run it on the Ray ranks; returns
+    (experiment, rank 0's result)."""
     from tinyexp_core.exceptions import TinyExpError, WorkerFailedError, is_retryable
     from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT
     from tinyexp_core.timing import mark
 
-    forced = _forced(context, config, prepared_dataset, storage, redis)
-    exp = build_experiment(
-        config.experiment, config.overrides, [*forced, *_ray_forced(context, config, ray)]
-    )
+    user = spec.overrides_for(config.exp, config.overrides)
+    forced = _forced(context, config, dataset, storage, redis, trains)
+    forced += _ray_forced(context, spec, config, ray)
+    exp = build_experiment(spec.experiment, user, forced)
     try:
         progress = redis.for_run(str(storage.resolved_root()), context.run.run_id, log=context.log)
-        identity = {ENV_ASSET: "trained_model", ENV_ATTEMPT: str(context.retry_number + 1)}
-        spec = ray.spec(exp, env={**identity, **progress.env()})
+        # The progress hash names the full asset key, so the shared progress sensor puts
+        # its observations on this pipeline's trained_model.
+        identity = {
+            ENV_ASSET: context.asset_key.to_user_string(),
+            ENV_ATTEMPT: str(context.retry_number + 1),
+        }
+        launch = ray.spec(exp, env={**identity, **progress.env()})
     except TinyExpError as err:  # a bad URL or password, a request no cluster can hold
         raise config_failure(err) from None
     context.log.info(
-        f"training {config.experiment} on {exp.num_workers} Ray workers, "
-        f"overrides {redact_overrides(config.overrides) or 'none'}, run dir {exp.get_run_dir()}"
+        f"training {spec.experiment} on {exp.num_workers} Ray workers, "
+        f"overrides {redact_overrides(user) or 'none'}, run dir {exp.get_run_dir()}"
     )
     mark("launch_start")  # for the benchmarks (a no-op without a timing file)
     try:
         with progress.kept_in_use():
-            summary = ray.run(exp, spec, log=context.log.info)[0]
+            summary = ray.run(exp, launch, log=context.log.info)[0]
         mark("launch_end")
     except Exception as err:
         by_rank = isinstance(err, WorkerFailedError)  # else no rank ever ran: nothing to mark
@@ -128,15 +173,16 @@ def trained_model(
                 allow_retries=False,
             ) from err
         raise
-    return _output(config, prepared_dataset, summary, exp.num_workers)
+    return exp, summary
 
 
 def _forced(
     context: dg.AssetExecutionContext,
     config: TrainConfig,
-    dataset: dict[str, Any],
+    dataset: dict[str, Any] | None,
     storage: StorageResource,
     redis: RedisProgressResource,
+    trains: bool,
 ) -> list[str]:
     """The run's identity, paths and progress settings, as experiment overrides."""
     # Retries and re-executions share the root run's directory, so they can resume; so does
@@ -144,34 +190,31 @@ def _forced(
     run_dir_id = (
         context.run.root_run_id or context.run.tags.get(RESUME_RUN_DIR_TAG) or context.run.run_id
     )
-    return [
+    forced = [
         "mode=train",
         f"output_root={storage.runs_dir()}",
         f"run_id={run_dir_id}",
-        f"data_cfg.prepared_path={dataset['path']}",
-        f"resume_from={'auto' if config.resume == 'auto' else ''}",
         *redis.overrides(),
     ]
+    if dataset is not None:
+        forced.append(f"data_cfg.prepared_path={dataset['path']}")
+    if trains:  # a run()-only experiment resumes (or not) by itself
+        forced.append(f"resume_from={'auto' if config.resume == 'auto' else ''}")
+    return forced
 
 
 def _ray_forced(
-    context: dg.AssetExecutionContext, config: TrainConfig, ray: RayDDPResource
+    context: dg.AssetExecutionContext, spec: PipelineSpec, config: TrainConfig, ray: RayDDPResource
 ) -> list[str]:
     """Workers, resources, accelerator and timeout: this run's choices over the resource's."""
     import dataclasses
 
-    from tinyexp_core.config import load_exp_class
-    from tinyexp_core.exceptions import ConfigError
-
-    try:
-        fields = {f.name for f in dataclasses.fields(load_exp_class(config.experiment))}
-    except ConfigError as err:
-        raise config_failure(err) from None
+    fields = {f.name for f in dataclasses.fields(spec.exp_cls)}
     choices = config.orchestration()
     has_accelerator_cfg = "accelerator_cfg" in fields
     if not has_accelerator_cfg and (choices["accelerator"] or ray.accelerator) != "auto":
         context.log.warning(
-            f"{config.experiment} has no accelerator_cfg: the accelerator setting "
+            f"{spec.experiment} has no accelerator_cfg: the accelerator setting "
             f"{choices['accelerator'] or ray.accelerator!r} does not reach it"
         )
     return ray.overrides(**choices, has_accelerator_cfg=has_accelerator_cfg)
@@ -187,50 +230,88 @@ def _termination_requested(context: dg.AssetExecutionContext) -> bool:
 
 
 def _output(
-    config: TrainConfig, dataset: dict[str, Any], summary: dict[str, Any], workers: int
+    spec: PipelineSpec,
+    config: TrainConfig,
+    dataset: dict[str, Any] | None,
+    summary: Any,
+    exp: Any,
 ) -> dg.Output[dict[str, Any]]:
-    digest = config_hash(config.experiment, config.overrides, dataset["data_version"])
-    history = summary["history"]
+    """The TrainResult as the asset's value (plus what the downstream assets need)."""
+    from tinyexp_core.contract import TrainResult
+
+    result = summary if isinstance(summary, TrainResult) else TrainResult.from_dict(summary)
+    user = redact_overrides(spec.overrides_for(config.exp, config.overrides))
+    data_version = dataset["data_version"] if dataset else ""
+    digest = config_hash(spec.experiment, user, data_version)
+    metric = result.primary_metric
     value = {
-        "experiment": config.experiment,
-        "overrides": redact_overrides(config.overrides),
+        **result.to_dict(),
+        "experiment": spec.experiment,
+        "overrides": user,
         "config_hash": digest,
-        "dataset_path": dataset["path"],
-        "data_version": dataset["data_version"],
-        "run_id": summary["run_id"],
-        "run_dir": summary["run_dir"],
-        "best_checkpoint": summary["best_checkpoint"],
-        "last_checkpoint": summary["last_checkpoint"],
-        "best_val_accuracy": summary["best_val_accuracy"],
-        "exp_name": summary["config"].get("exp_name", "model"),
+        "dataset_path": dataset["path"] if dataset else "",
+        "data_version": data_version,
+        "exp_name": result.config.get("exp_name", spec.name),
     }
-    per_epoch = [
-        {
-            "epoch": int(h["epoch"]) + 1,
-            "train_loss": round(h["train_loss"], 5),
-            "val_loss": round(h["val_loss"], 5),
-            "val_accuracy": round(h["val_accuracy"], 5),
-            "lr": h["lr"],
-            "samples_per_s": round(h["samples_per_s"], 1),
-        }
-        for h in history
-    ]
     metadata = {
-        "epochs": summary["epochs"],
-        "final_train_loss": summary["final_train_loss"],
-        "best_val_accuracy": summary["best_val_accuracy"],
-        "samples_per_s": summary["samples_per_s"],
-        "wall_time_s": summary["wall_time_s"],
-        "workers": workers,
-        "world_size": summary["world_size"],
-        "resumed_from": summary["resumed_from"] or "none",
-        "per_epoch": table(per_epoch),
-        "overrides": dg.MetadataValue.json(redact_overrides(config.overrides)),
-        "effective_config": dg.MetadataValue.json(summary["config"]),
+        "epochs": result.num_epochs,
+        "primary_metric": f"{metric.name} ({metric.direction})",
+        f"best_val_{metric.name}": value["best_value"],
+        "final_train_loss": value["final_train_loss"],
+        "samples_per_s": value["samples_per_s"],
+        "wall_time_s": value["wall_time_s"],
+        "workers": exp.num_workers,
+        "world_size": result.world_size,
+        "resumed_from": result.resumed_from or "none",
+        "per_epoch": table([_rounded_row(r.to_row()) for r in result.history]),
+        "overrides": dg.MetadataValue.json(user),
+        "effective_config": dg.MetadataValue.json(result.config),
         "config_hash": digest,
-        "run_dir": dg.MetadataValue.path(summary["run_dir"]),
-        "best_checkpoint": dg.MetadataValue.path(summary["best_checkpoint"]),
+        "run_dir": dg.MetadataValue.path(result.run_dir),
+        "best_checkpoint": dg.MetadataValue.path(result.checkpoints.best),
     }
-    if summary.get("wandb_dir"):  # the W&B run, when wandb_cfg.enable_wandb=true
-        metadata["wandb_dir"] = dg.MetadataValue.path(summary["wandb_dir"])
+    if result.tracker.get("wandb_dir"):  # the W&B run, when wandb_cfg.enable_wandb=true
+        metadata["wandb_dir"] = dg.MetadataValue.path(result.tracker["wandb_dir"])
+    metadata = {k: v for k, v in metadata.items() if v is not None}
+    return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(digest))
+
+
+def _rounded_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}
+    out["epoch"] = int(row["epoch"]) + 1  # 1-based, as the logs and observations
+    return out
+
+
+def _run_output(
+    spec: PipelineSpec,
+    config: TrainConfig,
+    dataset: dict[str, Any] | None,
+    summary: Any,
+    exp: Any,
+) -> dg.Output[dict[str, Any]]:
+    """A `run()`-only experiment: its output directory and `run()`'s (JSON-safe) return."""
+    import json
+
+    user = redact_overrides(spec.overrides_for(config.exp, config.overrides))
+    digest = config_hash(spec.experiment, user, "")
+    returned = json.loads(json.dumps(summary, default=str))
+    if not isinstance(returned, dict):
+        returned = {"value": returned}
+    value = {
+        "experiment": spec.experiment,
+        "overrides": user,
+        "config_hash": digest,
+        "run_id": exp.run_id,
+        "run_dir": exp.get_run_dir(),
+        "returned": returned,
+        "config": exp.config_dict(),
+    }
+    metadata = {
+        "run_dir": dg.MetadataValue.path(value["run_dir"]),
+        "workers": exp.num_workers,
+        "overrides": dg.MetadataValue.json(user),
+        "effective_config": dg.MetadataValue.json(value["config"]),
+        "returned": dg.MetadataValue.json(returned),
+        "config_hash": digest,
+    }
     return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(digest))

@@ -1,4 +1,4 @@
-"""What the sensors share: asset keys and tags, settings from the environment, and access to
+"""What the sensors share: settings from the environment, and access to
 the progress store (an outage becomes a `SkipReason`, rejected credentials raise)."""
 
 import os
@@ -13,17 +13,11 @@ from tinyexp_core.redis_server import find_redis_url
 
 from ..resources import RedisProgressResource, StorageResource
 
-TRAINED_MODEL = dg.AssetKey("trained_model")
-PREPARED_DATASET = dg.AssetKey("prepared_dataset")
-MODEL_EVALUATION = dg.AssetKey("model_evaluation")
-
 ENV_REDIS_URL = "TINYEXP_REDIS_URL"  # where definitions.py takes the resource's URL from
 ENV_STALL_AFTER_S = "TINYEXP_STALL_AFTER_S"
 DEFAULT_STALL_AFTER_S = 600.0
 ENV_STALL_ACTION = "TINYEXP_STALL_ACTION"
 STALL_ACTIONS = ("report", "terminate")
-ENV_MIN_ACCURACY = "TINYEXP_MIN_ACCURACY"
-DEFAULT_MIN_ACCURACY = 0.9
 
 
 # ---------------------------------------------------------------- environment
@@ -43,14 +37,6 @@ def stall_action() -> str:
     if action not in STALL_ACTIONS:
         raise ConfigValueError(ENV_STALL_ACTION, action, STALL_ACTIONS)
     return action
-
-
-def min_accuracy() -> float:
-    """Accuracy below which a new evaluation requests a retrain."""
-    value = _env_number(ENV_MIN_ACCURACY, DEFAULT_MIN_ACCURACY)
-    if not 0.0 <= value <= 1.0:
-        raise ConfigValueError(ENV_MIN_ACCURACY, value, "a fraction in [0, 1]")
-    return value
 
 
 def _env_number(name: str, default: float) -> float:

@@ -19,25 +19,26 @@ from tinyexp_core.progress import (
 )
 
 from ..assets.training import RESUME_RUN_DIR_TAG
-from ..jobs import PIPELINE, retrain_job
 from ..resources import RedisProgressResource, StorageResource
 from .common import stall_action, stall_after_s, with_store
 
 STALLED_RUN_TAG = "tinyexp/stalled_run"
 _RUNS_PER_QUERY = 500  # bounds the run-id list of one run-storage query
-_STALL_FIELDS = ("heartbeat", "status", "epoch", "step")  # what a stall check reads
+_STALL_FIELDS = ("heartbeat", "status", "epoch", "step", "asset")  # what a stall check reads
 # What the progress hash calls a run that Dagster shows as finished.
 _DAGSTER_FINAL = {
     dg.DagsterRunStatus.SUCCESS: "succeeded",
     dg.DagsterRunStatus.FAILURE: "failed",
     dg.DagsterRunStatus.CANCELED: "cancelled",
 }
-_RETRAIN_OPS = tuple(PIPELINE[1:])  # the asset ops of retrain_job
+# What a resume run rematerializes: the stalled pipeline's assets after its dataset.
+_RETRAIN_ASSETS = ("trained_model", "model_checkpoint", "model_evaluation")
 
 
 @dg.sensor(
     name="stalled_training_sensor",
-    job=retrain_job,
+    # Shared by every pipeline: a resume run selects the stalled pipeline's own assets.
+    target=dg.AssetSelection.all(),
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Marks running trainings without a recent heartbeat as stalled.",
@@ -47,7 +48,7 @@ def stalled_training_sensor(
 ):
     """A run Dagster shows as STARTED whose heartbeat is older than `TINYEXP_STALL_AFTER_S` is
     marked `stalled` and logged; with `TINYEXP_STALL_ACTION=terminate` it is also terminated
-    and a `retrain_job` run resumes from its last checkpoint (run key
+    and a run of its pipeline's retraining assets resumes from its last checkpoint (run key
     `stall:<run_id>:<heartbeat>`, so one request per stall). Active runs that Dagster shows as
     finished leave the active set with their real final status. Runs this Dagster instance
     does not know (standalone CLI runs) are left alone."""
@@ -75,7 +76,8 @@ def _stall_tick(
             # Not a run of this instance (a standalone run, another deployment's), or
             # queued, starting or canceling: Dagster is still deciding.
             continue
-        stall = _stall_of(context, client, RunProgress.parse(run_id, progress[run_id]), after_s)
+        parsed = RunProgress.parse(run_id, progress[run_id])
+        stall = _stall_of(context, client, parsed, after_s)
         if stall is None:
             continue
         key, age = stall
@@ -85,7 +87,7 @@ def _stall_tick(
         notes.append(f"run {run_id} stalled ({age:.0f} s without heartbeat)")
         run = context.instance.get_run_by_id(run_id) if action == "terminate" else None
         if run is not None:
-            request = _terminate_and_resume(context, run, key)
+            request = _terminate_and_resume(context, run, key, parsed.asset)
             requests.extend([request] if request is not None else [])
     cursor = json.dumps({"stalls": sorted(stalls)})
     if requests:
@@ -177,7 +179,7 @@ def _set_status_if(
 
 
 def _terminate_and_resume(
-    context: dg.SensorEvaluationContext, run: dg.DagsterRun, stall_key: str
+    context: dg.SensorEvaluationContext, run: dg.DagsterRun, stall_key: str, asset: str | None
 ) -> dg.RunRequest | None:
     """Terminate the stalled run; if that worked, a retrain_job run that continues its
     run directory (and so its last checkpoint). Without a confirmed termination no resume is
@@ -195,18 +197,26 @@ def _terminate_and_resume(
         return None
     context.log.warning(f"terminated stalled run {run.run_id}; requesting a resume run")
     run_dir = run.root_run_id or run.tags.get(RESUME_RUN_DIR_TAG) or run.run_id
+    # `<name>/trained_model` (from the progress hash) names the stalled run's pipeline.
+    # The stalled run's own selection, when Dagster recorded it, holds only assets that exist.
+    prefix = dg.AssetKey.from_user_string(asset or "trained_model").path[:-1]
+    selection = [k for k in run.asset_selection or () if k.path[-1] in _RETRAIN_ASSETS]
     return dg.RunRequest(
         run_key=stall_key,
+        asset_selection=selection or [dg.AssetKey([*prefix, n]) for n in _RETRAIN_ASSETS],
         run_config=resume_run_config(run.run_config),
         tags={RESUME_RUN_DIR_TAG: run_dir, STALLED_RUN_TAG: run.run_id},
     )
 
 
 def resume_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The stalled run's config for retrain_job's ops (same overrides), with resume=auto."""
+    """The stalled run's config for its retraining ops (same `exp` and overrides), with
+    resume=auto. Op names are the asset keys joined by `__` (`mnist__trained_model`)."""
     ops = dict((run_config or {}).get("ops") or {})
-    kept = {name: ops[name] for name in _RETRAIN_OPS if name in ops}
-    train = dict(kept.get("trained_model") or {})
-    train["config"] = {**(train.get("config") or {}), "resume": "auto"}
-    kept["trained_model"] = train
+    kept = {op: ops[op] for op in ops if op.rsplit("__", 1)[-1] in _RETRAIN_ASSETS}
+    train_ops = [op for op in kept if op.rsplit("__", 1)[-1] == "trained_model"]
+    for op in train_ops:
+        train = dict(kept[op] or {})
+        train["config"] = {**(train.get("config") or {}), "resume": "auto"}
+        kept[op] = train
     return {"ops": kept}

@@ -1,4 +1,5 @@
-"""`training_progress_sensor`: progress events in Redis -> observations of `trained_model`."""
+"""`training_progress_sensor`: progress events in Redis -> observations of each run's
+`<name>/trained_model` (shared by every pipeline: the progress hash names the asset key)."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -15,8 +16,9 @@ from tinyexp_core.progress import (
 )
 
 from ..resources import RedisProgressResource, StorageResource
-from .common import TRAINED_MODEL, with_store
+from .common import with_store
 
+TRAINED_MODEL = "trained_model"  # the last part of every pipeline's training asset key
 MAX_EVENTS_PER_TICK = 500  # a backlog is worked off over several ticks, in order
 _OBSERVED_EVENTS = ("epoch_end", "finished", "failed")
 _EVENT_OWN_FIELDS = ("event", "run_id", "epoch", "loss", "status", "error", "path")
@@ -26,14 +28,16 @@ _EVENT_OWN_FIELDS = ("event", "run_id", "epoch", "loss", "status", "error", "pat
     name="training_progress_sensor",
     minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Turns training progress events in Redis into observations of trained_model.",
+    description="Turns training progress events in Redis into observations of each "
+    "pipeline's <name>/trained_model.",
 )
 def training_progress_sensor(
     context: dg.SensorEvaluationContext, redis: RedisProgressResource, storage: StorageResource
 ):
-    """Each new `epoch_end` / `finished` / `failed` event of a `trained_model` run becomes an
-    `AssetObservation` on `trained_model` (epoch, losses, accuracy, ETA, run), so the asset page
-    shows live progress. The cursor is the last stream id handled: each event is seen once."""
+    """Each new `epoch_end` / `finished` / `failed` event of a training run becomes an
+    `AssetObservation` on the asset its progress hash names (`<name>/trained_model`: epoch,
+    losses, metrics, ETA, run), so the asset page shows live progress. The cursor is the
+    last stream id handled: each event is seen once."""
     return with_store(redis, storage, lambda client: _progress_tick(client, context.cursor))
 
 
@@ -58,7 +62,7 @@ def _progress_tick(client: redis_py.Redis, cursor: str | None) -> dg.SensorResul
             continue
         if run_id not in runs:
             runs[run_id] = read_progress(client, run_id)
-        if runs[run_id].asset == TRAINED_MODEL.to_user_string():
+        if _is_training_asset(runs[run_id].asset):
             observations.append(progress_observation(fields, runs[run_id]))
     new_cursor = events[-1][0]
     if not observations:
@@ -70,8 +74,13 @@ def _progress_tick(client: redis_py.Redis, cursor: str | None) -> dg.SensorResul
     return dg.SensorResult(asset_events=observations, cursor=new_cursor)
 
 
+def _is_training_asset(asset: str | None) -> bool:
+    return bool(asset) and dg.AssetKey.from_user_string(asset).path[-1] == TRAINED_MODEL
+
+
 def progress_observation(event: Mapping[str, str], run: RunProgress) -> dg.AssetObservation:
-    """An observation of `trained_model` from one progress event and the run's current progress.
+    """An observation of the run's asset (`<name>/trained_model`, from its progress hash)
+    from one progress event and the run's current progress.
 
     `epoch` is 1-based, like the per-epoch table of the materialization.
     """
@@ -83,7 +92,7 @@ def progress_observation(event: Mapping[str, str], run: RunProgress) -> dg.Asset
         metadata["num_epochs"] = run.num_epochs
         metadata["train_loss"] = parse_number(event.get("loss"))
         metrics = {k: parse_number(v) for k, v in event.items() if k not in _EVENT_OWN_FIELDS}
-        metrics["best_val_accuracy"] = metrics.pop("best_metric", None)
+        metrics["best_metric"] = metrics.pop("best_metric", None)  # the primary metric's
         metadata.update(metrics)
         if not run.finished:
             metadata["eta_s"] = _rounded(run.eta_s)
@@ -92,13 +101,14 @@ def progress_observation(event: Mapping[str, str], run: RunProgress) -> dg.Asset
     else:
         metadata["status"] = event.get("status", kind)
         metadata["error"] = event.get("error") or None
-        metadata["best_val_accuracy"] = run.best_metric
+        metadata["best_metric"] = run.best_metric
         description = f"run {run_id} {metadata['status']}"
     metadata["samples_per_s"] = _rounded(run.samples_per_s)
     if run.last_checkpoint:
         metadata["last_checkpoint"] = dg.MetadataValue.path(run.last_checkpoint)
     metadata = {k: v for k, v in metadata.items() if v is not None}
-    return dg.AssetObservation(asset_key=TRAINED_MODEL, description=description, metadata=metadata)
+    key = dg.AssetKey.from_user_string(run.asset or TRAINED_MODEL)
+    return dg.AssetObservation(asset_key=key, description=description, metadata=metadata)
 
 
 def _rounded(value: float | None) -> float | None:

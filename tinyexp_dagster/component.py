@@ -1,0 +1,51 @@
+"""`TinyExpPipeline`: a Dagster Component that declares one experiment's pipeline in YAML.
+
+```yaml
+# <project>/defs/<folder>/defs.yaml
+type: tinyexp_dagster.TinyExpPipeline
+attributes:
+  name: tabular
+  experiment: my_models.regressor:Exp
+  overrides: ["train_cfg.num_epochs=5"]
+  metric_threshold: 60.0        # rmse <= 60 (the experiment's primary metric and direction)
+  retrain_cron: "0 3 * * *"
+  retrain_timezone: Europe/Paris
+```
+
+Its definitions are `tinyexp_dagster.pipeline_defs(...)` with the same arguments. (No
+`from __future__ import annotations` here: Dagster reads the field types to build the
+YAML schema.)
+"""
+
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from .schedules import DEFAULT_RETRAIN_CRON, DEFAULT_RETRAIN_TIMEZONE
+
+
+@dataclass
+class TinyExpPipeline(dg.Component, dg.Resolvable):
+    """One TinyExp experiment as a pipeline: `<name>/prepared_dataset`, `<name>/trained_model`,
+    `<name>/model_checkpoint`, `<name>/model_evaluation` (what the experiment implements),
+    their checks, `<name>_*` jobs, retraining sensors and schedule."""
+
+    name: str  # asset key prefix, group, and prefix of the jobs and triggers
+    experiment: str  # the experiment class, `package.module:Class`
+    overrides: list[str] = field(default_factory=list)  # applied before each run's config
+    metric_threshold: float | None = None  # in the primary metric; None: no check, no sensor
+    retrain_cron: str = DEFAULT_RETRAIN_CRON  # `<name>_retrain_schedule` (created STOPPED)
+    retrain_timezone: str = DEFAULT_RETRAIN_TIMEZONE  # an IANA name
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        """`pipeline_defs(...)` with this component's attributes."""
+        from .pipeline import pipeline_defs
+
+        return pipeline_defs(
+            self.name,
+            self.experiment,
+            self.overrides,
+            metric_threshold=self.metric_threshold,
+            retrain_cron=self.retrain_cron,
+            retrain_timezone=self.retrain_timezone,
+        )

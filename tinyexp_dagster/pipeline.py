@@ -1,0 +1,153 @@
+"""`pipeline_defs()`: one experiment -> its prefixed assets, checks, jobs and triggers.
+
+`<name>/prepared_dataset -> <name>/trained_model -> <name>/model_checkpoint ->
+<name>/model_evaluation`. What a pipeline holds follows what the experiment class
+implements (a method counts when the subclass overrides TinyExp's):
+
+- `prepare_data` -> `<name>/prepared_dataset` + `dataset_sanity` and
+  `<name>_retrain_on_new_data_sensor`; without it the experiment reads its own data;
+- `train` (returns TrainResult) -> `<name>/trained_model`, `<name>/model_checkpoint` +
+  `checkpoint_integrity`;
+- `evaluate` (returns EvalResult) -> `<name>/model_evaluation`, `<name>_evaluate_job`; with
+  `metric_threshold`, the `minimum_metric` check and `<name>_metric_regression_sensor`;
+- only `run()` (TinyExp 0.0.1), or a `train()` without `primary_metric` -> one
+  `<name>/trained_model` that runs `run()` on the Ray ranks, streams rank 0's log into the
+  step log and records the output directory and `run()`'s return value.
+
+Always: `<name>_training_pipeline`, `<name>_retrain_job`, `<name>_retrain_schedule` (STOPPED)
+and the shared `training_progress_sensor` / `stalled_training_sensor`.
+
+Composition: the shared sensors are module-level objects that every pipeline's Definitions
+lists; `dg.Definitions.merge` keeps one definition per name when they are the same object,
+so they are included once however many pipelines merge. Resources are not part of a
+pipeline: a code location adds `tinyexp_dagster.default_resources()` once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import dagster as dg
+
+from tinyexp_core.exceptions import ConfigValueError
+
+from .assets import (
+    PipelineSpec,
+    build_checkpoint_integrity,
+    build_dataset_sanity,
+    build_model_checkpoint,
+    build_model_evaluation,
+    build_prepared_dataset,
+    build_trained_model,
+)
+from .jobs import build_jobs
+from .schedules import DEFAULT_RETRAIN_CRON, DEFAULT_RETRAIN_TIMEZONE, build_retrain_schedule
+from .sensors import (
+    SHARED_SENSORS,
+    build_metric_regression_sensor,
+    build_retrain_on_new_data_sensor,
+)
+
+__all__ = ["pipeline_defs"]
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def pipeline_defs(
+    name: str,
+    experiment: str | type,
+    overrides: Sequence[str] = (),
+    *,
+    metric_threshold: float | None = None,
+    retrain_cron: str = DEFAULT_RETRAIN_CRON,
+    retrain_timezone: str = DEFAULT_RETRAIN_TIMEZONE,
+) -> dg.Definitions:
+    """The Definitions of one experiment's pipeline, every name prefixed by `name`.
+
+    - `experiment`: the TinyExp subclass or its import path `package.module:Class` (imported
+      now: keep its module-level imports light, torch inside methods).
+    - `overrides`: the pipeline's own experiment overrides (`key=value`), applied before a
+      run's typed `exp` config and its `overrides`.
+    - `metric_threshold`: in the experiment's primary metric, compared in its direction
+      (`accuracy` >= 0.9, `rmse` <= 60): the blocking `minimum_metric` check's default and
+      the regression sensor's threshold. None: neither exists.
+    - `retrain_cron`, `retrain_timezone`: `<name>_retrain_schedule` (created STOPPED).
+
+    Raises ConfigValueError naming the argument when the experiment lacks what an option
+    needs, or a name is not a valid Dagster name.
+    """
+    spec = _spec(name, experiment, overrides)
+    has = {m: _implements(spec.exp_cls, m) for m in ("prepare_data", "train", "evaluate", "run")}
+    # A train() without a primary metric returns no TrainResult to promote or rank: the
+    # pipeline runs it like a run()-only experiment.
+    has["train"] = has["train"] and spec.primary_metric is not None
+    _check_pieces(spec, has, metric_threshold)
+    assets, checks = [], []
+    if has["prepare_data"]:
+        assets.append(build_prepared_dataset(spec))
+        checks.append(build_dataset_sanity(spec))
+    assets.append(build_trained_model(spec, with_dataset=has["prepare_data"], trains=has["train"]))
+    if has["train"]:
+        assets.append(build_model_checkpoint(spec))
+        checks.append(build_checkpoint_integrity(spec))
+    if has["train"] and has["evaluate"]:
+        assets.append(build_model_evaluation(spec, metric_threshold))
+    names = [a.key.path[-1] for a in assets]
+    jobs = build_jobs(name, names)
+    sensors = list(SHARED_SENSORS)
+    if has["prepare_data"]:
+        training = jobs["training"].name
+        sensors.append(build_retrain_on_new_data_sensor(name, jobs["retrain"], training))
+    if metric_threshold is not None:
+        metric = spec.primary_metric
+        sensors.append(
+            build_metric_regression_sensor(name, metric, metric_threshold, jobs["retrain"])
+        )
+    schedule = build_retrain_schedule(name, jobs["retrain"], retrain_cron, retrain_timezone)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=list(jobs.values()),
+        sensors=sensors,
+        schedules=[schedule],
+    )
+
+
+def _spec(name: str, experiment: str | type, overrides: Sequence[str]) -> PipelineSpec:
+    from tinyexp_core.config import build_exp, load_exp_class
+
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigValueError("name", name, "letters, digits and _, starting with a letter")
+    if isinstance(overrides, str):
+        raise ConfigValueError("overrides", overrides, "a list of key=value strings")
+    if isinstance(experiment, str):
+        exp_cls, path = load_exp_class(experiment), experiment
+    else:
+        exp_cls, path = experiment, f"{experiment.__module__}:{experiment.__qualname__}"
+    defaults = build_exp(exp_cls, list(overrides)) if overrides else exp_cls()
+    return PipelineSpec(
+        name=name,
+        experiment=path,
+        exp_cls=exp_cls,
+        overrides=tuple(overrides),
+        defaults=defaults,
+    )
+
+
+def _implements(exp_cls: type, method: str) -> bool:
+    """Whether the experiment class overrides the TinyExp base's `method`."""
+    from tinyexp_core.experiment import TinyExp
+
+    return getattr(exp_cls, method, None) is not getattr(TinyExp, method, None)
+
+
+def _check_pieces(spec: PipelineSpec, has: dict[str, bool], threshold: float | None) -> None:
+    """One line naming what is missing, at definition time (before any run touches Ray)."""
+    what = f"{spec.experiment}"
+    if not (has["train"] or has["run"] or _implements(spec.exp_cls, "train")):
+        allowed = "a TinyExp subclass implementing train() or run()"
+        raise ConfigValueError("experiment", what, allowed)
+    if threshold is not None and not (has["train"] and has["evaluate"]):
+        allowed = f"none: {what} has no primary_metric, train() and evaluate() to check"
+        raise ConfigValueError("metric_threshold", threshold, allowed)
