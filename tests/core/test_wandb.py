@@ -103,25 +103,27 @@ def test_enable_wandb_records_config_epochs_and_final_metrics(
             "train_cfg.num_epochs=2",
         ],
     )
-    summary = exp.run()
+    result = exp.run()
+    summary = result.to_dict()
 
-    run_dir = Path(summary["run_dir"])
-    wandb_dir = Path(summary["wandb_dir"])
+    run_dir = Path(result.run_dir)
+    wandb_dir = Path(result.tracker["wandb_dir"])
     assert wandb_dir.parent == run_dir / "wandb"  # <run_dir>/wandb/offline-run-<time>-<id>
     assert wandb_dir.name.startswith("offline-run-")
-    records = read_wandb_records(wandb_dir / f"run-{summary['wandb_run_id']}.wandb")
+    records = read_wandb_records(wandb_dir / f"run-{result.tracker['wandb_run_id']}.wandb")
     by_type: dict[str, list] = {}
     for record in records:
         by_type.setdefault(record.WhichOneof("record_type"), []).append(record)
 
-    assert by_type["run"][0].run.run_id == summary["wandb_run_id"]
+    assert by_type["run"][0].run.run_id == result.tracker["wandb_run_id"]
     config = {i.key: json.loads(i.value_json) for i in by_type["run"][0].run.config.update}
     assert config["wandb_cfg"]["enable_wandb"] is True
     assert config["train_cfg"]["num_epochs"] == 2
 
     rows = [_items(r.history.item) for r in by_type["history"]]
-    assert len(rows) == len(summary["history"]) == 2
-    for row, expected in zip(rows, summary["history"], strict=True):
+    expected_rows = [record.to_row() for record in result.history]
+    assert len(rows) == len(expected_rows) == 2
+    for row, expected in zip(rows, expected_rows, strict=True):
         assert row["_step"] == expected["epoch"]
         for key in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr"):
             assert row[key] == pytest.approx(expected[key]), key
@@ -129,7 +131,7 @@ def test_enable_wandb_records_config_epochs_and_final_metrics(
     final: dict = {}
     for record in by_type["summary"]:
         final.update(_items(record.summary.update))
-    assert final["best_val_accuracy"] == pytest.approx(summary["best_val_accuracy"])
+    assert final["best_value"] == pytest.approx(result.best_value)
     assert final["final_train_loss"] == pytest.approx(summary["final_train_loss"])
     assert no_network == []  # offline: not one connection to the W&B server address
 
@@ -145,6 +147,6 @@ def test_wandb_off_by_default_leaves_no_trace(tmp_path: Path) -> None:
             "train_cfg.num_epochs=1",
         ],
     )
-    summary = exp.run()
-    assert "wandb_dir" not in summary and "wandb_run_id" not in summary
-    assert not (Path(summary["run_dir"]) / "wandb").exists()
+    result = exp.run()
+    assert result.tracker == {}
+    assert not (Path(result.run_dir) / "wandb").exists()
