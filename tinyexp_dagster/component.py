@@ -34,6 +34,8 @@ class TinyExpPipeline(dg.Component, dg.Resolvable):
     experiment: str  # the experiment class, `package.module:Class`
     overrides: list[str] = field(default_factory=list)  # applied before each run's config
     metric_threshold: float | None = None  # in the primary metric; None: no check, no sensor
+    # the regression sensor's own threshold (retrain before the check fails); None: the above
+    retrain_threshold: float | None = None
     retrain_cron: str = DEFAULT_RETRAIN_CRON  # `<name>_retrain_schedule` (created STOPPED)
     retrain_timezone: str = DEFAULT_RETRAIN_TIMEZONE  # an IANA name
 
@@ -46,6 +48,7 @@ class TinyExpPipeline(dg.Component, dg.Resolvable):
             self.experiment,
             self.overrides,
             metric_threshold=self.metric_threshold,
+            retrain_threshold=self.retrain_threshold,
             retrain_cron=self.retrain_cron,
             retrain_timezone=self.retrain_timezone,
         )

@@ -60,6 +60,7 @@ def pipeline_defs(
     overrides: Sequence[str] = (),
     *,
     metric_threshold: float | None = None,
+    retrain_threshold: float | None = None,
     retrain_cron: str = DEFAULT_RETRAIN_CRON,
     retrain_timezone: str = DEFAULT_RETRAIN_TIMEZONE,
 ) -> dg.Definitions:
@@ -72,6 +73,8 @@ def pipeline_defs(
     - `metric_threshold`: in the experiment's primary metric, compared in its direction
       (`accuracy` >= 0.9, `rmse` <= 60): the blocking `minimum_metric` check's default and
       the regression sensor's threshold. None: neither exists.
+    - `retrain_threshold`: the regression sensor's own threshold, when retraining should
+      start before the check fails (retrain below 0.95, gate at 0.9). None: `metric_threshold`.
     - `retrain_cron`, `retrain_timezone`: `<name>_retrain_schedule` (created STOPPED).
 
     Raises ConfigValueError naming the argument when the experiment lacks what an option
@@ -82,7 +85,9 @@ def pipeline_defs(
     # A train() without a primary metric returns no TrainResult to promote or rank: the
     # pipeline runs it like a run()-only experiment.
     has["train"] = has["train"] and spec.primary_metric is not None
-    _check_pieces(spec, has, metric_threshold)
+    _check_pieces(spec, has, "metric_threshold", metric_threshold)
+    _check_pieces(spec, has, "retrain_threshold", retrain_threshold)
+    retrain_at = metric_threshold if retrain_threshold is None else retrain_threshold
     assets, checks = [], []
     if has["prepare_data"]:
         assets.append(build_prepared_dataset(spec))
@@ -99,11 +104,9 @@ def pipeline_defs(
     if has["prepare_data"]:
         training = jobs["training"].name
         sensors.append(build_retrain_on_new_data_sensor(name, jobs["retrain"], training))
-    if metric_threshold is not None:
+    if retrain_at is not None:
         metric = spec.primary_metric
-        sensors.append(
-            build_metric_regression_sensor(name, metric, metric_threshold, jobs["retrain"])
-        )
+        sensors.append(build_metric_regression_sensor(name, metric, retrain_at, jobs["retrain"]))
     schedule = build_retrain_schedule(name, jobs["retrain"], retrain_cron, retrain_timezone)
     return dg.Definitions(
         assets=assets,
@@ -142,7 +145,9 @@ def _implements(exp_cls: type, method: str) -> bool:
     return getattr(exp_cls, method, None) is not getattr(TinyExp, method, None)
 
 
-def _check_pieces(spec: PipelineSpec, has: dict[str, bool], threshold: float | None) -> None:
+def _check_pieces(
+    spec: PipelineSpec, has: dict[str, bool], option: str, threshold: float | None
+) -> None:
     """One line naming what is missing, at definition time (before any run touches Ray)."""
     what = f"{spec.experiment}"
     if not (has["train"] or has["run"] or _implements(spec.exp_cls, "train")):
@@ -150,4 +155,4 @@ def _check_pieces(spec: PipelineSpec, has: dict[str, bool], threshold: float | N
         raise ConfigValueError("experiment", what, allowed)
     if threshold is not None and not (has["train"] and has["evaluate"]):
         allowed = f"none: {what} has no primary_metric, train() and evaluate() to check"
-        raise ConfigValueError("metric_threshold", threshold, allowed)
+        raise ConfigValueError(option, threshold, allowed)

@@ -23,8 +23,7 @@ from .helpers import (
 
 pytestmark = pytest.mark.e2e
 
-MODULE = "tinyexp_dagster.definitions"
-NEW_DATA_SENSOR = "retrain_on_new_data_sensor"
+NEW_DATA_SENSOR = "mnist_retrain_on_new_data_sensor"
 ACCURACY_SENSOR = "mnist_metric_regression_sensor"
 # Also on by default while the scenario runs; their ticks must not fail either.
 PROGRESS_SENSORS = ("training_progress_sensor", "stalled_training_sensor")
@@ -33,6 +32,23 @@ QUICK = {"ops": {"mnist__trained_model": {"config": {"overrides": ["train_cfg.nu
 NEW_DATA = {
     "ops": {"mnist__prepared_dataset": {"config": {"overrides": ["data_cfg.test_fraction=0.25"]}}}
 }
+# The deployment's code location: the project's mnist pipeline, except that every evaluation
+# is a regression (accuracy 0.999 is out of reach) while the blocking check passes.
+LOCATION = """
+import dagster as dg
+
+from tinyexp_dagster import default_resources, pipeline_defs
+
+defs = dg.Definitions.merge(
+    pipeline_defs(
+        "mnist",
+        "tinyexp_core.examples.mnist_exp:Exp",
+        metric_threshold=0.0,
+        retrain_threshold=0.999,
+    ),
+    dg.Definitions(resources=default_resources()),
+)
+"""
 SENSOR_INTERVAL_S = 30  # minimum_interval_seconds of both sensors
 RUN_TIMEOUT_S = 420  # one retrain_job (5 epochs, Ray start) on a loaded 2-core machine
 
@@ -160,25 +176,30 @@ def _cli(deployment: E2EDeployment, name: str, command: str) -> None:
 @pytest.mark.timeout(1200)
 def test_sensors_launch_one_retrain_each(deployment: E2EDeployment, tmp_path: Path) -> None:
     """(a) a new prepared_dataset data version -> one retrain_job; (b) an evaluation below
-    TINYEXP_MIN_ACCURACY -> one retrain_job, and the evaluation of that retrain (still
-    below) does not request another."""
+    the pipeline's retrain_threshold -> one retrain_job, and the evaluation of that retrain
+    (still below) does not request another."""
     import dagster as dg
 
     quick = tmp_path / "quick.yaml"
     quick.write_text(yaml.safe_dump(QUICK))
     new_data = tmp_path / "new_data.yaml"
     new_data.write_text(yaml.safe_dump(NEW_DATA))
-    # Unreachable on purpose, so every evaluation is a regression; one worker keeps the
-    # retrains the sensors launch cheap.
-    deployment.env.update({"TINYEXP_MIN_ACCURACY": "0.999", "TINYEXP_NUM_WORKERS": "1"})
+    location = tmp_path / "location.py"
+    location.write_text(LOCATION)
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        yaml.safe_dump({"load_from": [{"python_file": {"relative_path": location.name}}]})
+    )
+    # One worker keeps the retrains the sensors launch cheap.
+    deployment.env.update({"TINYEXP_NUM_WORKERS": "1"})
 
     # The baseline: a model trained on the default data version, before the daemon runs.
-    _cli(deployment, "baseline", f"job execute -m {MODULE} -j mnist_training_pipeline -c {quick}")
+    _cli(deployment, "baseline", f"job execute -f {location} -j mnist_training_pipeline -c {quick}")
 
     daemon_started = time.time()
     daemon = ManagedProcess(
         "dagster-daemon",
-        daemon_cmd("run", "-w", "workspace.yaml"),
+        daemon_cmd("run", "-w", str(workspace)),
         deployment.env,
         deployment.logs / "dagster-daemon.log",
     )
@@ -196,7 +217,7 @@ def test_sensors_launch_one_retrain_each(deployment: E2EDeployment, tmp_path: Pa
             _cli(
                 deployment,
                 "new-data",
-                f"asset materialize -m {MODULE} --select prepared_dataset -c {new_data}",
+                f"asset materialize -f {location} --select mnist/prepared_dataset -c {new_data}",
             )
             new_version = _data_version(instance)
             assert new_version != baseline_version
@@ -215,7 +236,7 @@ def test_sensors_launch_one_retrain_each(deployment: E2EDeployment, tmp_path: Pa
             ), "the retrain did not train on the new data version"
 
             # (b) The accuracy sensor starts stopped; a user turns it on.
-            _cli(deployment, "sensor-start", f"sensor start -w workspace.yaml {ACCURACY_SENSOR}")
+            _cli(deployment, "sensor-start", f"sensor start -w {workspace} {ACCURACY_SENSOR}")
             retrain_b = scenario.wait_run_requested(ACCURACY_SENSOR)
             assert retrain_b.job_name == "mnist_retrain_job"
             scenario.wait_success(retrain_b.run_id)
