@@ -141,7 +141,7 @@ def test_materialize_all_from_the_asset_graph(
             _graph_screenshot(page, base, graph_png)
 
             page.set_viewport_size(ASSET_PAGE_VIEWPORT)
-            page.goto(f"{base}/assets/trained_model", wait_until="domcontentloaded")
+            page.goto(f"{base}/assets/mnist/trained_model", wait_until="domcontentloaded")
             page.get_by_text("best_val_accuracy", exact=True).first.wait_for()
             page.get_by_text("per_epoch", exact=True).first.wait_for()
             page.screenshot(path=str(artifacts_dir / "trained_model.png"))
