@@ -147,7 +147,7 @@ def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
         raise config_failure(err) from None
     context.log.info(
         f"training {spec.experiment} on {exp.num_workers} Ray workers, "
-        f"overrides {redact_overrides(user) or 'none'}, run dir {exp.get_run_dir()}"
+        f"overrides {redact_overrides(user) or 'none'}, run dir {_run_dir(exp, trains)}"
     )
     mark("launch_start")  # for the benchmarks (a no-op without a timing file)
     try:
@@ -190,9 +190,13 @@ def _forced(
     run_dir_id = (
         context.run.root_run_id or context.run.tags.get(RESUME_RUN_DIR_TAG) or context.run.run_id
     )
+    # A run()-only experiment writes where it likes under output_root (TinyExp 0.0.1:
+    # `<output_root>/<ClassName>/log.txt`): the run's directory is its output_root, so runs
+    # do not share one, and it is the directory the asset records.
+    output_root = storage.runs_dir() if trains else storage.runs_dir() / run_dir_id
     forced = [
         "mode=train",
-        f"output_root={storage.runs_dir()}",
+        f"output_root={output_root}",
         f"run_id={run_dir_id}",
         *redis.overrides(),
     ]
@@ -201,6 +205,17 @@ def _forced(
     if trains:  # a run()-only experiment resumes (or not) by itself
         forced.append(f"resume_from={'auto' if config.resume == 'auto' else ''}")
     return forced
+
+
+def _run_dir(exp: Any, trains: bool) -> str:
+    """The run's directory: `<output_root>/<run_id>` for a trainer; a run()-only
+    experiment's own output_root (created, so the recorded path exists)."""
+    if trains:
+        return exp.get_run_dir()
+    from pathlib import Path
+
+    Path(exp.output_root).mkdir(parents=True, exist_ok=True)
+    return exp.output_root
 
 
 def _ray_forced(
@@ -217,7 +232,24 @@ def _ray_forced(
             f"{spec.experiment} has no accelerator_cfg: the accelerator setting "
             f"{choices['accelerator'] or ray.accelerator!r} does not reach it"
         )
-    return ray.overrides(**choices, has_accelerator_cfg=has_accelerator_cfg)
+    decided = ray.overrides(**choices, has_accelerator_cfg=has_accelerator_cfg)
+    if not has_accelerator_cfg:
+        return decided
+    # An experiment may bring its own AcceleratorCfg (TinyExp 0.0.1's has `accelerator`
+    # only): the keys it lacks are not sent, which would fail as unknown keys.
+    known = {f.name for f in dataclasses.fields(spec.defaults.accelerator_cfg)}
+    kept = []
+    for override in decided:
+        key = override.partition("=")[0]
+        if key.startswith("accelerator_cfg.") and key.partition(".")[2] not in known:
+            if key == "accelerator_cfg.collective_timeout_s" and config.collective_timeout_s:
+                context.log.warning(
+                    f"{spec.experiment}'s accelerator_cfg has no collective_timeout_s: "
+                    f"collective_timeout_s={config.collective_timeout_s} does not reach it"
+                )
+            continue
+        kept.append(override)
+    return kept
 
 
 def _termination_requested(context: dg.AssetExecutionContext) -> bool:
@@ -302,7 +334,7 @@ def _run_output(
         "overrides": user,
         "config_hash": digest,
         "run_id": exp.run_id,
-        "run_dir": exp.get_run_dir(),
+        "run_dir": _run_dir(exp, trains=False),
         "returned": returned,
         "config": exp.config_dict(),
     }
