@@ -71,7 +71,14 @@ def test_job_execute_then_asset_materialize(
 
     materialize = run_cli(
         dagster_cmd(
-            "asset", "materialize", "-m", MODULE, "--select", "*model_evaluation", "-c", str(quick)
+            "asset",
+            "materialize",
+            "-m",
+            MODULE,
+            "--select",
+            "*mnist/model_evaluation",
+            "-c",
+            str(quick),
         ),
         deployment.env,
         log_path=deployment.logs / "asset-materialize.log",

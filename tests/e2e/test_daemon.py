@@ -230,7 +230,7 @@ def test_sensors_launch_one_retrain_each(deployment: E2EDeployment, tmp_path: Pa
             assert trained.run_id == retrain_a.run_id
             assert (
                 trained.asset_materialization.tags.get(
-                    "dagster/input_data_version/prepared_dataset"
+                    "dagster/input_data_version/mnist/prepared_dataset"
                 )
                 == new_version
             ), "the retrain did not train on the new data version"
