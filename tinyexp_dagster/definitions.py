@@ -17,7 +17,7 @@ from tinyexp_core.timing import mark
 from .resources.defaults import default_resources
 
 defs = dg.Definitions.merge(
-    dg.load_from_defs_folder(project_root=Path(__file__).resolve().parent.parent),
+    dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent),
     dg.Definitions(resources=default_resources()),
 )
 
