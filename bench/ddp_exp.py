@@ -74,14 +74,14 @@ class TurnTakingMnistExp(MnistExp):
     turn_me: str = "tinyexp"
     turn_next: str = "bare"
 
-    def _train(self, acc: Any) -> dict[str, Any]:
+    def _train(self, acc: Any) -> Any:
         try:
             return super()._train(acc)
         finally:
             if self.turn_file and acc.is_main_process and getattr(self, "_holding", False):
                 self._turns().hand_over()
 
-    def _train_one_epoch(self, acc, model, optimizer, loader, epoch, step, reporter, logger):
+    def _train_one_epoch(self, acc, model, optimizer, loader, epoch, step, reporter, logger, **kw):
         if self.turn_file:
             if acc.is_main_process:
                 if getattr(self, "_holding", False):
@@ -90,13 +90,15 @@ class TurnTakingMnistExp(MnistExp):
                 self._holding = True
             acc.wait_for_everyone()
         start_cpu = time.thread_time()
-        row = super()._train_one_epoch(acc, model, optimizer, loader, epoch, step, reporter, logger)
+        record = super()._train_one_epoch(
+            acc, model, optimizer, loader, epoch, step, reporter, logger, **kw
+        )
         if self.turn_file and acc.is_main_process:
             # The samples per CPU-second of the loop's thread, for bench.training_overhead.
-            samples = row["samples_per_s"] * row["epoch_time_s"]
+            samples = record.samples_per_s * record.epoch_time_s
             with open(f"{self.turn_file}.{self.turn_me}.cpu", "a") as f:
                 f.write(f"{samples / (time.thread_time() - start_cpu)}\n")
-        return row
+        return record
 
     def _turns(self):
         from bench.bare_loop import Turns

@@ -64,8 +64,9 @@ class StepSlice:
         self._epoch = 0
         self._batches: Iterator[Any] = iter(())
 
-    def set_epoch(self, epoch: int) -> None:
-        """Ignored: the underlying loader's epochs advance as it runs out."""
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Ignored: the underlying loader's epochs advance as it runs out (the benchmark
+        never resumes mid-epoch, so `start_step` is always 0)."""
 
     def __len__(self) -> int:
         return self.num_steps
