@@ -4,18 +4,40 @@
   wait, then the others do the same work, which finds the result and returns at once.
 - `resolve_resume`: which checkpoint `resume_from` names (`auto`, a file, a run directory).
 - `reporting`: the progress reporter's lifecycle: a final status on every exit, then close.
+- `resume_run`: restore what `resolve_resume` found; where the loop continues (mid-epoch
+  from a step checkpoint, with this rank's RNG).
+- `StepCheckpoints`: the loop's `after_step` hook: checkpoint-then-stop on a stop request,
+  and periodic step checkpoints (`checkpoint_cfg.every_n_steps` / `every_s`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tinyexp_core.contract import EpochRecord
+from tinyexp_core.step_checkpoint import (
+    DataPosition,
+    StepCheckpointWriter,
+    gather_objects,
+    resume_position,
+    rng_state,
+)
+from tinyexp_core.stop import StopAgreement, stop_on_signals, stop_reason
+
 T = TypeVar("T")
 
-__all__ = ["main_process_first", "reporting", "resolve_resume"]
+__all__ = [
+    "Resumed",
+    "StepCheckpoints",
+    "main_process_first",
+    "reporting",
+    "resolve_resume",
+    "resume_run",
+]
 
 
 def main_process_first(accelerator: Any, work: Callable[[], T]) -> T:
@@ -59,6 +81,141 @@ def resolve_resume(
             raise
         logger.warning(f"{err}; falling back to {found[0]}")
         return found
+
+
+@dataclass
+class Resumed:
+    """Where a run continues: its data position, global step, history so far and the file."""
+
+    position: DataPosition = field(default_factory=DataPosition)
+    step: int = 0  # global optimizer steps done
+    history: list[EpochRecord] = field(default_factory=list)
+    path: str = ""  # the checkpoint resumed from; "" for a fresh start
+
+
+def resume_run(
+    found: tuple[str, dict[str, Any]] | None,
+    *,
+    accelerator: Any,
+    num_steps: int,
+    model: Any,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    logger: Any,
+) -> Resumed:
+    """Load `resolve_resume`'s (path, state) into the model, optimizer and scheduler.
+
+    An epoch checkpoint continues at the next epoch; a step checkpoint inside its epoch,
+    with this rank's RNG restored (`num_steps`: batches per epoch, which must match).
+    """
+    from tinyexp_core import checkpoint as ckpt
+
+    if found is None:
+        return Resumed()
+    path, state = found
+    ckpt.restore(state, model=model, optimizer=optimizer, scheduler=scheduler, path=path)
+    position = resume_position(
+        state,
+        rank=accelerator.rank,
+        world_size=accelerator.world_size,
+        num_steps=num_steps,
+        path=path,
+    )
+    saved = (state.get("extra") or {}).get("history", [])
+    step = int(state["step"])
+    logger.info(
+        f"resumed from {path} at epoch {position.epoch}, "
+        f"step {position.step_in_epoch} of it, global step {step}"
+    )
+    return Resumed(position, step, [EpochRecord.from_dict(r) for r in saved], path)
+
+
+class StepCheckpoints:
+    """The training loop's `after_step(step, position)`: stops and periodic step checkpoints.
+
+    After each optimizer step the ranks agree (`StopAgreement`) whether to stop or save. A
+    save snapshots the state and writes it in the background; a stop writes it now (rank 0),
+    waits for every rank, and raises `RunStoppedError` on all of them. `fields()` returns
+    the checkpoint's own fields (`model`, `optimizer`, `scheduler`, `config`, `exp_class`,
+    `extra`: see `checkpoint.build_checkpoint`); epoch, step, position and every rank's RNG
+    are added here. Enter it around the epoch loop: inside, SIGTERM/SIGINT request a stop,
+    and a write in flight finishes before the loop's exit goes on.
+    """
+
+    def __init__(
+        self,
+        accelerator: Any,
+        manager: Any,
+        *,
+        checkpoint_cfg: Any,
+        num_steps: int,
+        sampler_seed: int,
+        fields: Callable[[], dict[str, Any]],
+        reporter: Any,
+        logger: Any,
+    ) -> None:
+        self._acc = accelerator
+        self._num_steps = num_steps
+        self._sampler_seed = sampler_seed
+        self._fields = fields
+        self._logger = logger
+        self._stopper = StopAgreement(
+            accelerator,
+            every_n_steps=checkpoint_cfg.every_n_steps,
+            every_s=checkpoint_cfg.every_s,
+        )
+        self._writer = StepCheckpointWriter(
+            manager, on_saved=lambda p, s: reporter.checkpoint(path=p, epoch=s["epoch"])
+        )
+        self._stack = contextlib.ExitStack()
+
+    def __call__(self, step: int, position: DataPosition) -> None:
+        stop, save = self._stopper.poll(step)
+        if not (stop or save):
+            return
+        state = self.build(position, step)  # a collective: every rank takes part
+        if stop:
+            self._stop(state, step)
+        elif state is not None:
+            self._writer.submit(state)
+
+    def build(self, position: DataPosition, step: int) -> dict[str, Any] | None:
+        """The step checkpoint dict on rank 0 (None elsewhere); a collective."""
+        from tinyexp_core import checkpoint as ckpt
+
+        ranks = gather_objects(self._acc, (position, rng_state()))
+        if not self._acc.is_main_process:
+            return None
+        return ckpt.build_checkpoint(
+            **self._fields(),
+            epoch=position.epoch,
+            step=step,
+            position=position.to_dict(
+                num_steps=self._num_steps,
+                world_size=self._acc.world_size,
+                sampler_seed=self._sampler_seed,
+                ranks=[here for here, _ in ranks],
+            ),
+            rng_ranks=[rng for _, rng in ranks],
+        )
+
+    def _stop(self, state: dict[str, Any] | None, step: int) -> None:
+        """Rank 0 writes the stop checkpoint, every rank waits for it, then all raise."""
+        from tinyexp_core.exceptions import RunStoppedError
+
+        path = self._writer.save_now(state) if state is not None else ""
+        self._acc.wait_for_everyone()
+        if self._acc.is_main_process:
+            self._logger.warning(f"stopped at step {step} ({stop_reason()}); checkpoint {path}")
+        raise RunStoppedError(path, step, stop_reason())
+
+    def __enter__(self) -> StepCheckpoints:
+        self._stack.enter_context(self._writer)
+        self._stack.enter_context(stop_on_signals())
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._stack.__exit__(*exc)
 
 
 @contextlib.contextmanager

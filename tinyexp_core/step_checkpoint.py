@@ -4,8 +4,9 @@ A step checkpoint is the ordinary checkpoint dict (`checkpoint.build_checkpoint`
 more keys, so a resumed run continues mid-epoch and ends with the same weights:
 
 - `position`: `{"epoch", "step_in_epoch", "num_steps", "world_size", "sampler_seed",
-  "loss_sum", "seen"}`: the epoch in progress, how many of its batches are done, and the
-  epoch's running loss sum and sample count (so its history row matches too).
+  "loss_sum", "seen", "ranks"}`: the epoch in progress, how many of its batches are done,
+  and the epoch's running loss sum and sample count, rank 0's and (`ranks`) every rank's,
+  so the interrupted epoch's history row matches too.
 - `rng_ranks`: one dict per rank (`torch`, `cuda`, `numpy`, `python`), rank order.
 
 `StepCheckpointWriter` snapshots the state on the step (tensors copied to CPU) and writes
@@ -31,6 +32,7 @@ torch = lazy_module("torch")  # loaded on first use: experiment modules import t
 __all__ = [
     "DataPosition",
     "StepCheckpointWriter",
+    "gather_objects",
     "gather_rng_states",
     "resume_position",
     "rng_state",
@@ -69,9 +71,8 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def gather_rng_states(accelerator: Any) -> list[dict[str, Any]]:
-    """Every rank's `rng_state()`, rank order (a collective: call it on every rank)."""
-    local = rng_state()
+def gather_objects(accelerator: Any, local: Any) -> list[Any]:
+    """Every rank's `local` (picklable), rank order (a collective: call it on every rank)."""
     if getattr(accelerator, "world_size", 1) <= 1:
         return [local]
     import torch.distributed as dist
@@ -79,6 +80,11 @@ def gather_rng_states(accelerator: Any) -> list[dict[str, Any]]:
     states: list[Any] = [None] * accelerator.world_size
     dist.all_gather_object(states, local)
     return states
+
+
+def gather_rng_states(accelerator: Any) -> list[dict[str, Any]]:
+    """Every rank's `rng_state()`, rank order (a collective: call it on every rank)."""
+    return gather_objects(accelerator, rng_state())
 
 
 def snapshot(obj: Any) -> Any:
@@ -103,9 +109,17 @@ class DataPosition:
     loss_sum: float = 0.0
     seen: int = 0
 
-    def to_dict(self, *, num_steps: int, world_size: int, sampler_seed: int) -> dict[str, Any]:
-        """The checkpoint's `position` entry."""
-        return {
+    def to_dict(
+        self,
+        *,
+        num_steps: int,
+        world_size: int,
+        sampler_seed: int,
+        ranks: list[DataPosition] | None = None,
+    ) -> dict[str, Any]:
+        """The checkpoint's `position` entry; `ranks`: every rank's position (rank order),
+        whose loss sums differ (each rank sums its own batches)."""
+        out = {
             "epoch": int(self.epoch),
             "step_in_epoch": int(self.step_in_epoch),
             "num_steps": int(num_steps),
@@ -114,6 +128,9 @@ class DataPosition:
             "loss_sum": float(self.loss_sum),
             "seen": int(self.seen),
         }
+        if ranks is not None:
+            out["ranks"] = [{"loss_sum": float(r.loss_sum), "seen": int(r.seen)} for r in ranks]
+        return out
 
 
 def resume_position(
@@ -140,11 +157,13 @@ def resume_position(
             label, f"rng_ranks holds {len(ranks)} ranks' states, expected {world_size}"
         )
     restore_rng(ranks[rank])
+    # This rank's own loss sums; a checkpoint without `ranks` holds rank 0's only.
+    sums = (position.get("ranks") or [position] * world_size)[rank]
     return DataPosition(
         epoch=int(position["epoch"]),
         step_in_epoch=int(position["step_in_epoch"]),
-        loss_sum=float(position["loss_sum"]),
-        seen=int(position["seen"]),
+        loss_sum=float(sums["loss_sum"]),
+        seen=int(sums["seen"]),
     )
 
 

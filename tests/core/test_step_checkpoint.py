@@ -133,6 +133,17 @@ def test_resume_position_restores_rng_and_checks_the_world():
     assert resume_position({"epoch": 2}, rank=0, world_size=1, num_steps=9).epoch == 3
 
 
+def test_each_rank_resumes_with_its_own_loss_sums():
+    ranks = [DataPosition(1, 4, 2.5, 64), DataPosition(1, 4, 3.25, 60)]
+    entry = ranks[0].to_dict(num_steps=9, world_size=2, sampler_seed=0, ranks=ranks)
+    state = {"epoch": 1, "position": entry, "rng_ranks": [rng_state(), rng_state()]}
+    for rank, mine in enumerate(ranks):
+        assert resume_position(state, rank=rank, world_size=2, num_steps=9) == mine
+    # A checkpoint written before `ranks` existed holds rank 0's sums only.
+    del entry["ranks"]
+    assert resume_position(state, rank=1, world_size=2, num_steps=9) == ranks[0]
+
+
 class _FakeAcc:
     world_size = 1
 

@@ -7,7 +7,9 @@
   attempt and that no completed epoch was trained twice;
 - injected faults, armed by a marker file that holds how many more attempts should fail
   (each fault decrements it, so a retry or re-execution then succeeds):
-  `fault=raise` raises after saving epoch >= `fault_epoch`; `fault=crash_mid_write` and
+  `fault=raise` raises after saving epoch >= `fault_epoch`; `fault=reject` raises a
+  non-retryable error there instead (the step fails once, as for a deterministic fault);
+  `fault=crash_mid_write` and
   `fault=crash_after_replace` SIGKILL rank 0 while it writes `last.pt` of `fault_epoch`
   (half the bytes written, or the data renamed into place but no sidecar yet);
   `fault=truncate_last` truncates `last.pt` on disk after saving and then raises.
@@ -25,6 +27,7 @@ from typing import Any, Literal
 
 from tinyexp_core.accelerators import AcceleratorCfg
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
+from tinyexp_core.exceptions import TinyExpError
 from tinyexp_core.experiment import TinyExp
 
 TRACE_FILE = "trace.jsonl"
@@ -32,6 +35,12 @@ TRACE_FILE = "trace.jsonl"
 
 class InjectedFailure(RuntimeError):
     """The failure a test asked for."""
+
+
+class InjectedRejection(TinyExpError):
+    """A failure a test asked for that another attempt would meet again (not retried)."""
+
+    retryable = False
 
 
 def take_fault(marker: str) -> bool:
@@ -64,7 +73,9 @@ class ReliabilityExp(MnistExp):
     """The MNIST example with an epoch trace and injectable faults (see the module doc)."""
 
     exp_name: str = "reliability"
-    fault: Literal["", "raise", "crash_mid_write", "crash_after_replace", "truncate_last"] = ""
+    fault: Literal[
+        "", "raise", "reject", "crash_mid_write", "crash_after_replace", "truncate_last"
+    ] = ""
     fault_epoch: int = 0
     fault_marker: str = ""  # file holding how many more attempts fail
 
@@ -105,6 +116,8 @@ class ReliabilityExp(MnistExp):
         if self.fault == "truncate_last":
             with open(manager.last_path, "r+b") as fh:
                 fh.truncate(os.path.getsize(manager.last_path) // 2)
+        if self.fault == "reject":
+            raise InjectedRejection(f"injected non-retryable failure after epoch {epoch}")
         raise InjectedFailure(f"injected failure after epoch {epoch}")
 
     def _crash_while_saving(self, last_path: str) -> None:

@@ -24,17 +24,11 @@ from tinyexp_core.contract import (
     PrimaryMetric,
     TrainResult,
 )
-from tinyexp_core.exceptions import ConfigValueError, RunStoppedError
+from tinyexp_core.exceptions import ConfigValueError
 from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT, TinyExp
 from tinyexp_core.lazy import lazy_module
-from tinyexp_core.recipe import reporting, resolve_resume, tracking
-from tinyexp_core.step_checkpoint import (
-    DataPosition,
-    StepCheckpointWriter,
-    gather_rng_states,
-    resume_position,
-)
-from tinyexp_core.stop import StopAgreement, stop_on_signals, stop_reason
+from tinyexp_core.recipe import StepCheckpoints, reporting, resolve_resume, resume_run, tracking
+from tinyexp_core.step_checkpoint import DataPosition
 from tinyexp_core.timing import mark
 
 # torch loads when training starts, not when the class is imported (Dagster imports it to
@@ -250,28 +244,17 @@ class Exp(TinyExp):
         model = self.module_cfg.build_module(self._in_channels())
         optimizer = self.optimizer_cfg.build_optimizer(model.parameters())
         scheduler = self.lr_scheduler_cfg.build_lr_scheduler(optimizer)
-        state = resolve_resume(self.resume_from, self.checkpoint_cfg, run_dir, logger)
-        position, step, resumed_from = DataPosition(), 0, ""
-        history: list[EpochRecord] = []
-        if state is not None:
-            path, payload = state
-            ckpt.restore(payload, model=model, optimizer=optimizer, scheduler=scheduler, path=path)
-            # Mid-epoch (a step checkpoint): this rank's RNG comes back too.
-            position = resume_position(
-                payload,
-                rank=acc.rank,
-                world_size=acc.world_size,
-                num_steps=len(train_loader),
-                path=path,
-            )
-            step = payload["step"]
-            saved = (payload.get("extra") or {}).get("history", [])
-            history = [EpochRecord.from_dict(r) for r in saved]
-            resumed_from = path
-            logger.info(
-                f"resumed from {path} at epoch {position.epoch}, "
-                f"step {position.step_in_epoch} of it, global step {step}"
-            )
+        # Mid-epoch (a step checkpoint), this rank's RNG comes back too.
+        resumed = resume_run(
+            resolve_resume(self.resume_from, self.checkpoint_cfg, run_dir, logger),
+            accelerator=acc,
+            num_steps=len(train_loader),
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            logger=logger,
+        )
+        position, step, history = resumed.position, resumed.step, resumed.history
         if acc.is_main_process:
             # Written once a resumed checkpoint fits: a config the checkpoints in this run
             # dir reject must not replace the description of those checkpoints.
@@ -289,32 +272,29 @@ class Exp(TinyExp):
         tracker = self.wandb_cfg.build_tracker(
             run_dir, config=self.config_dict(), name=self.run_id, is_main_process=acc.rank == 0
         )
-        stopper = StopAgreement(
+        # After each step: a stop request (checkpoint, then stop) or a periodic step
+        # checkpoint; the dict below is what it saves, plus position and every rank's RNG.
+        after_step = StepCheckpoints(
             acc,
-            every_n_steps=self.checkpoint_cfg.every_n_steps,
-            every_s=self.checkpoint_cfg.every_s,
+            manager,
+            checkpoint_cfg=self.checkpoint_cfg,
+            num_steps=len(train_loader),
+            sampler_seed=self.seed,
+            fields=lambda: {
+                "model": acc.unwrap_model(model),
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "config": self.config_dict(),
+                "exp_class": self.exp_class,
+                "extra": {"history": [r.to_dict() for r in history]},
+            },
+            reporter=reporter,
+            logger=logger,
         )
-        writer = StepCheckpointWriter(
-            manager, on_saved=lambda p, s: reporter.checkpoint(path=p, epoch=s["epoch"])
-        )
-
-        def after_step(step: int, here: DataPosition) -> None:
-            """A stop, or a periodic step checkpoint, once the ranks agree on it."""
-            stop, save = stopper.poll(step)
-            if not (stop or save):
-                return
-            # Gathers every rank's RNG, so every rank takes part; rank 0 gets the dict.
-            state = self._step_checkpoint(
-                acc, model, optimizer, scheduler, here, step, len(train_loader), history
-            )
-            if stop:
-                self._stop(acc, writer, state, step, logger)
-            elif state is not None:
-                writer.submit(state)
 
         started = time.perf_counter()
         first_new = len(history)
-        with reporting(reporter), tracking(tracker), writer, stop_on_signals():
+        with reporting(reporter), tracking(tracker), after_step:
             for epoch in range(position.epoch, num_epochs):
                 record = self._train_one_epoch(
                     acc, model, optimizer, train_loader, epoch, step, reporter, logger,
@@ -355,7 +335,7 @@ class Exp(TinyExp):
             wall_time_s=time.perf_counter() - started,
             world_size=acc.world_size,
             config=self.config_dict(),
-            resumed_from=resumed_from,
+            resumed_from=resumed.path,
             samples_per_s=sum(trained_now) / len(trained_now) if trained_now else math.nan,
         )
         # the W&B run id and directory, if tracked
@@ -411,36 +391,6 @@ class Exp(TinyExp):
             samples_per_s=float(totals[1]) / max(elapsed, 1e-9),
             epoch_time_s=elapsed,
         )
-
-    def _step_checkpoint(
-        self, acc, model, optimizer, scheduler, position, step, num_steps, history
-    ) -> dict | None:
-        """The step-level checkpoint dict on rank 0 (None elsewhere); a collective."""
-        rng_ranks = gather_rng_states(acc)
-        if not acc.is_main_process:
-            return None
-        return ckpt.build_checkpoint(
-            model=acc.unwrap_model(model),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            epoch=position.epoch,
-            step=step,
-            config=self.config_dict(),
-            exp_class=self.exp_class,
-            extra={"history": [r.to_dict() for r in history]},
-            position=position.to_dict(
-                num_steps=num_steps, world_size=acc.world_size, sampler_seed=self.seed
-            ),
-            rng_ranks=rng_ranks,
-        )
-
-    def _stop(self, acc, writer, state, step, logger) -> None:
-        """Rank 0 writes the stop checkpoint, every rank waits for it, then all raise."""
-        path = writer.save_now(state) if state is not None else ""
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            logger.warning(f"stopped at step {step} ({stop_reason()}); checkpoint {path}")
-        raise RunStoppedError(path, step, stop_reason())
 
     def _eval_shard(self, split: str, acc: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's disjoint slice of a split (no padding, so counts are exact)."""

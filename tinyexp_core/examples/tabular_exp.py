@@ -12,6 +12,7 @@ and `primary_metric`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -32,7 +33,14 @@ from tinyexp_core.exceptions import ConfigValueError
 from tinyexp_core.experiment import ENV_ASSET, TinyExp
 from tinyexp_core.launchers.runtime import get_log_forwarder
 from tinyexp_core.lazy import lazy_module
-from tinyexp_core.recipe import main_process_first, reporting, resolve_resume
+from tinyexp_core.recipe import (
+    StepCheckpoints,
+    main_process_first,
+    reporting,
+    resolve_resume,
+    resume_run,
+)
+from tinyexp_core.step_checkpoint import DataPosition
 
 # torch loads when training starts, not when the class is imported (Dagster imports it to
 # build the launchpad's config schema).
@@ -193,7 +201,15 @@ class Exp(TinyExp):
         sampler = DistributedSampler(
             train_set, num_replicas=acc.world_size, rank=acc.rank, shuffle=True, seed=self.seed
         )
-        loader = DataLoader(train_set, batch_size=self.data_cfg.batch_size, sampler=sampler)
+        # Its own generator: iterating a DataLoader draws a seed from the global RNG
+        # otherwise, which a run resumed mid-epoch (RNG restored after that draw) would
+        # draw again, shifting every dropout mask after it.
+        loader = DataLoader(
+            train_set,
+            batch_size=self.data_cfg.batch_size,
+            sampler=sampler,
+            generator=torch.Generator(),
+        )
         x_val, y_val = load_tabular_split(data.path, "val")
         x_val, y_val = x_val[acc.rank :: acc.world_size], y_val[acc.rank :: acc.world_size]
 
@@ -201,15 +217,17 @@ class Exp(TinyExp):
         torch.manual_seed(self.seed)
         model = self.module_cfg.build_module(data.shape[0])
         optimizer = self.optimizer_cfg.build_optimizer(model.parameters())
-        history: list[EpochRecord] = []
-        start_epoch, step, resumed_from = 0, 0, ""
-        found = resolve_resume(self.resume_from, self.checkpoint_cfg, run_dir, logger)
-        if found is not None:
-            resumed_from, state = found
-            ckpt.restore(state, model=model, optimizer=optimizer, path=resumed_from)
-            start_epoch, step = state["epoch"] + 1, state["step"]
-            history = [EpochRecord.from_dict(r) for r in state["extra"]["history"]]
-            logger.info(f"resumed from {resumed_from} at epoch {start_epoch}")
+        # An epoch checkpoint continues at the next epoch; a step checkpoint inside its
+        # epoch, with this rank's RNG as it was at that step.
+        resumed = resume_run(
+            resolve_resume(self.resume_from, self.checkpoint_cfg, run_dir, logger),
+            accelerator=acc,
+            num_steps=len(loader),
+            model=model,
+            optimizer=optimizer,
+            logger=logger,
+        )
+        position, step, history = resumed.position, resumed.step, resumed.history
         if acc.is_main_process:
             self.dump_config(run_dir)  # after the resume check: the checkpoints' description
             logger.info("effective config:\n" + self.config_yaml())
@@ -225,12 +243,34 @@ class Exp(TinyExp):
             world_size=acc.world_size,
             attempt=int(os.environ.get("TINYEXP_ATTEMPT", "1")),
         )
+        # After each step: a stop request (checkpoint, then stop) or a periodic step
+        # checkpoint; the dict below is what it saves, plus position and every rank's RNG.
+        after_step = StepCheckpoints(
+            acc,
+            manager,
+            checkpoint_cfg=self.checkpoint_cfg,
+            num_steps=len(loader),
+            sampler_seed=self.seed,
+            fields=lambda: {
+                "model": acc.unwrap_model(model),
+                "optimizer": optimizer,
+                "config": self.config_dict(),
+                "exp_class": self.exp_class,
+                "extra": {"history": [r.to_dict() for r in history]},
+            },
+            reporter=reporter,
+            logger=logger,
+        )
 
         first_new = len(history)
-        with reporting(reporter):
-            for epoch in range(start_epoch, self.train_cfg.num_epochs):
-                record = self._train_one_epoch(acc, model, optimizer, loader, epoch, step, reporter)
+        with reporting(reporter), after_step:
+            for epoch in range(position.epoch, self.train_cfg.num_epochs):
+                record = self._train_one_epoch(
+                    acc, model, optimizer, loader, epoch, step, reporter,
+                    start=position, after_step=after_step,
+                )  # fmt: skip
                 step = record.step
+                position = DataPosition(epoch=epoch + 1)
                 reporter.heartbeat()  # validation is part of the epoch, not a stall
                 model.eval()
                 sums = self._error_sums(model, x_val, y_val, target_mean, target_std, acc.device)
@@ -260,7 +300,7 @@ class Exp(TinyExp):
             wall_time_s=time.perf_counter() - started,
             world_size=acc.world_size,
             config=self.config_dict(),
-            resumed_from=resumed_from,
+            resumed_from=resumed.path,
             samples_per_s=sum(trained_now) / len(trained_now) if trained_now else math.nan,
         )
         if acc.is_main_process:
@@ -268,15 +308,24 @@ class Exp(TinyExp):
             logger.info(f"best val rmse {result.best_value:.2f} at epoch {best_epoch}")
         return result
 
-    def _train_one_epoch(self, acc, model, optimizer, loader, epoch, step, reporter) -> EpochRecord:
-        """One pass over this rank's shard; the record's losses are averaged over all ranks."""
-        # Seeded per epoch and rank: a run resumed at an epoch boundary sees the same
-        # batches and dropout masks as an uninterrupted one.
-        torch.manual_seed(self.seed + 1000 * epoch + acc.rank)
-        loader.sampler.set_epoch(epoch)
+    def _train_one_epoch(
+        self, acc, model, optimizer, loader, epoch, step, reporter, *,
+        start: DataPosition | None = None, after_step=None,
+    ) -> EpochRecord:  # fmt: skip
+        """One pass over this rank's shard (from `start` when resuming mid-epoch); the
+        record's losses are averaged over all ranks. `after_step(step, position)` runs after
+        each optimizer step (stop requests, periodic step checkpoints)."""
+        position = start or DataPosition(epoch=epoch)
+        if position.step_in_epoch == 0:
+            # Seeded per epoch and rank: a run resumed at an epoch boundary sees the same
+            # dropout masks as an uninterrupted one (mid-epoch, the checkpoint's RNG does).
+            torch.manual_seed(self.seed + 1000 * epoch + acc.rank)
+        loader.sampler.set_epoch(epoch)  # the order depends on seed and epoch only
         model.train()
-        loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-        for i, (x, y) in enumerate(loader):
+        loss_sum, seen, t0 = position.loss_sum, position.seen, time.perf_counter()
+        # Mid-epoch, the batches done before the stop are drawn and dropped (in memory: cheap).
+        batches = itertools.islice(enumerate(loader), position.step_in_epoch, None)
+        for i, (x, y) in batches:
             x, y = x.to(acc.device), y.to(acc.device)
             with acc.autocast():
                 loss = F.mse_loss(model(x).float(), y)  # on standardized targets
@@ -290,6 +339,8 @@ class Exp(TinyExp):
                 rate = seen * acc.world_size / max(time.perf_counter() - t0, 1e-9)
                 lr = optimizer.param_groups[0]["lr"]
                 reporter.step(epoch=epoch, step=i, loss=loss.item(), lr=lr, samples_per_s=rate)
+            if after_step is not None:
+                after_step(step, DataPosition(epoch, i + 1, loss_sum, seen))
         elapsed = time.perf_counter() - t0
         totals = acc.reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64))
         return EpochRecord(

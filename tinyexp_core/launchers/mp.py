@@ -179,9 +179,10 @@ class _LocalWorld:
                 if isinstance(outcome, WorkerFailedError):
                     raise self._dead_peer(pending) or outcome
                 results[rank] = outcome
-        stopped = [r for r in results.values() if isinstance(r, RunStoppedError)]
+        # Rank order, not arrival order: rank 0's names the checkpoint it wrote.
+        stopped = [results[r] for r in sorted(results) if isinstance(results[r], RunStoppedError)]
         if stopped:
-            raise stopped[0]  # rank 0's first: it names the checkpoint it wrote
+            raise stopped[0]
         return [results[r] for r in range(self.size)]
 
     def _pass_on_stop(self) -> None:

@@ -126,8 +126,14 @@ def build_trained_model(
 def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
     """Build the experiment with the run's overrides, run it on the Ray ranks; returns
     (experiment, rank 0's result)."""
-    from tinyexp_core.exceptions import TinyExpError, WorkerFailedError, is_retryable
+    from tinyexp_core.exceptions import (
+        RunStoppedError,
+        TinyExpError,
+        WorkerFailedError,
+        is_retryable,
+    )
     from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT
+    from tinyexp_core.stop import clear_stop
     from tinyexp_core.timing import mark
 
     user = spec.overrides_for(config.exp, config.overrides)
@@ -154,6 +160,16 @@ def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
         with progress.kept_in_use():
             summary = ray.run(exp, launch, log=context.log.info)[0]
         mark("launch_end")
+    except RunStoppedError as err:
+        # A stop was asked for in this process (`tinyexp_core.stop.request_stop`): rank 0
+        # wrote a step checkpoint. A retry would train again in a run someone stopped.
+        clear_stop()  # the request is spent: a later step or run in this process starts clean
+        progress.mark("cancelled", str(err))
+        raise dg.Failure(
+            f"training stopped: {err}; resume=auto continues from its checkpoint",
+            metadata={"checkpoint": err.checkpoint, "step": err.step},
+            allow_retries=False,
+        ) from err
     except Exception as err:
         by_rank = isinstance(err, WorkerFailedError)  # else no rank ever ran: nothing to mark
         if by_rank:
