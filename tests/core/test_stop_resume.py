@@ -146,6 +146,13 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_matches(
     _assert_same_weights(
         root / run_id / "checkpoints" / "last.pt", full / "full" / "checkpoints" / "last.pt"
     )
+    # The interrupted epoch's train loss too: every rank resumed with its own loss sums.
+    assert _train_losses(root / run_id) == _train_losses(full / "full")
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    history = ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["extra"]["history"]
+    return [row["train_loss"] for row in history]
 
 
 def test_ray_launcher_passes_a_stop_request_to_its_ranks(ray_cluster, prepared, tmp_path):
