@@ -180,7 +180,7 @@ class StackReport:
 
     def summary(self) -> str:
         got = len(self.ranks) - len(self.unreachable)
-        text = f"stacks of {got}/{len(self.ranks)} rank(s) in {self.elapsed_s:.1f} s"
+        text = f"stacks of {got}/{len(self.ranks)} rank(s) in {self.elapsed_s:.2f} s"
         if self.unreachable:
             missing = "; ".join(f"rank {r.rank}: {r.error}" for r in self.unreachable)
             text += f"; not collected: {missing}"
