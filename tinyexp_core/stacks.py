@@ -97,6 +97,24 @@ def install_dump_handler(path: str | os.PathLike[str]) -> str:
     return str(path)
 
 
+def release_dump_handler() -> None:
+    """Unregister the dump handler; its file goes when nothing was dumped into it (and
+    its `stacks/` folder when empty), so a finished run directory keeps only real dumps."""
+    global _dump_file_handle
+    handle, _dump_file_handle = _dump_file_handle, None
+    if handle is None:
+        return
+    with contextlib.suppress(Exception):
+        faulthandler.unregister(DUMP_SIGNAL)
+    with contextlib.suppress(Exception):
+        handle.close()
+        path = Path(handle.name)
+        if path.stat().st_size == 0:
+            path.unlink()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only if empty
+
+
 def announce_rank(
     url: str, run_id: str, rank: int, *, run_dir: str, attempt: int = 1, ttl_s: int
 ) -> RankProcess:

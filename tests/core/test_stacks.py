@@ -108,3 +108,19 @@ def test_a_finished_run_takes_its_rank_registrations_with_it(redis_url, client, 
     reporter.close()
     assert 0 < client.ttl(ranks_key(run_id)) <= 30
     client.delete(f"tinyexp:run:{run_id}")
+
+
+def test_an_unused_dump_file_goes_when_the_rank_ends(tmp_path):
+    """A rank that ended without a dump leaves no `stacks/` behind in its run directory (a
+    rejected run must not change the run directory it tried to resume)."""
+    from tinyexp_core.stacks import announce_rank, release_dump_handler
+
+    me = announce_rank("", "r", 0, run_dir=str(tmp_path), ttl_s=60)
+    assert Path(me.dump_file).is_file() and me.pid == os.getpid()
+    release_dump_handler()
+    assert not (tmp_path / "stacks").exists()
+
+    me = announce_rank("", "r", 0, run_dir=str(tmp_path), ttl_s=60)
+    os.kill(os.getpid(), signal.SIGUSR2)
+    release_dump_handler()
+    assert "test_an_unused_dump_file_goes_when_the_rank_ends" in Path(me.dump_file).read_text()

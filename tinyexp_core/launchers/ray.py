@@ -275,6 +275,7 @@ class _RankWorker:
                 return exp.run()
         finally:
             set_log_forwarder(None)
+            _release_announcement()
 
 
 def _announce(exp: Any, rank: int) -> None:
@@ -284,6 +285,13 @@ def _announce(exp: Any, rank: int) -> None:
         return  # an experiment with its own progress config: nothing to register with
     with contextlib.suppress(Exception):  # diagnosis must never fail a run
         progress.announce_rank(exp.ensure_run_id(), rank=rank, run_dir=exp.get_run_dir())
+
+
+def _release_announcement() -> None:
+    from ..stacks import release_dump_handler
+
+    with contextlib.suppress(Exception):  # cleanup must never mask the run's outcome
+        release_dump_handler()
 
 
 def _python_path() -> str:
