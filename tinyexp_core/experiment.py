@@ -95,6 +95,22 @@ class ProgressCfg:
             url, run_id, throttle_s=self.throttle_s, ttl_s=self.finished_ttl_s
         )
 
+    def announce_rank(self, run_id: str, *, rank: int, run_dir: str) -> None:
+        """Register this rank process (host, pid) in the progress store and install its
+        stack dump, so a hung run can be diagnosed (`tinyexp_core.stacks`); best effort."""
+        from .stacks import announce_rank
+
+        url = (self.url or os.environ.get(ENV_PROGRESS_URL, "")) if self.enabled else ""
+        attempt = os.environ.get(ENV_ATTEMPT, "1")
+        announce_rank(
+            url,
+            os.environ.get(ENV_PROGRESS_RUN_ID) or run_id,
+            rank,
+            run_dir=run_dir,
+            attempt=int(attempt) if attempt.isdigit() else 1,
+            ttl_s=self.finished_ttl_s,
+        )
+
 
 @dataclass(repr=False)
 class TinyExp:

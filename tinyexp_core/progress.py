@@ -7,6 +7,9 @@ Keys (see docs/DESIGN.md, "Progress in Redis"):
 - `tinyexp:events`: capped stream of `epoch_end`, `checkpoint`, `finished` and `failed`
   events; every entry has the fields `event` and `run_id`.
 - `tinyexp:runs:active`: set of the run ids in flight.
+- `tinyexp:run:<run_id>:ranks` (hash rank -> JSON: host, pid, ...) and
+  `tinyexp:run:<run_id>:stacks` (JSON): who the ranks are, and every rank's stack as the
+  stall sensor recorded it (`tinyexp_core.stacks`); they expire with the run's hash.
 
 Conventions: `epoch` and `step` are 0-based indices of the epoch and of the step within it
 that just completed; `num_steps` counts the steps of one epoch.
@@ -37,13 +40,29 @@ STATUSES = ("starting", "running", "succeeded", "failed", "cancelled", "stalled"
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 EVENT_TYPES = ("epoch_end", "checkpoint", "finished", "failed")
 DEFAULT_TTL_S = 7 * 24 * 3600
-_ERROR_MAX_CHARS = 4000  # the error field is a summary; the full traceback lives in the run log
+ERROR_MAX_CHARS = 4000  # the error field is a summary; the full traceback lives in the run log
 _EVENT_FIELDS = ("event", "run_id", "epoch", "loss")
 
 
 def run_key(run_id: str) -> str:
     """Redis key of one run's progress hash."""
     return f"{RUN_KEY_PREFIX}{run_id}"
+
+
+def ranks_key(run_id: str) -> str:
+    """Redis hash of a run's rank processes (rank -> JSON: host, pid; `tinyexp_core.stacks`)."""
+    return f"{run_key(run_id)}:ranks"
+
+
+def stacks_key(run_id: str) -> str:
+    """Redis string with a run's last stack record (JSON), written by the stall sensor."""
+    return f"{run_key(run_id)}:stacks"
+
+
+def _expire_run(pipe: Pipeline, run_id: str, ttl_s: int) -> None:
+    """Give a finished run's keys (hash, rank registrations, stacks) one TTL."""
+    for key in (run_key(run_id), ranks_key(run_id), stacks_key(run_id)):
+        pipe.expire(key, ttl_s)
 
 
 def new_run_id() -> str:
@@ -268,7 +287,7 @@ class RedisProgressReporter:
         """Write the final status, leave the active set, set a TTL, add a finished/failed event."""
         if status not in FINAL_STATUSES:
             raise InvalidRunStatusError(status, FINAL_STATUSES)
-        error = error[-_ERROR_MAX_CHARS:]
+        error = error[-ERROR_MAX_CHARS:]
         fields = {"status": status, "error": error, "heartbeat": _float(self._clock())}
         kind = "failed" if status == "failed" else "finished"
         event = {"event": kind, "run_id": self.run_id, "status": status, "error": error}
@@ -276,7 +295,7 @@ class RedisProgressReporter:
         def build(pipe: Pipeline) -> None:
             pipe.hset(self.key, mapping=fields)
             pipe.srem(ACTIVE_RUNS_KEY, self.run_id)
-            pipe.expire(self.key, self._ttl_s)
+            _expire_run(pipe, self.run_id, self._ttl_s)
             pipe.xadd(EVENTS_STREAM, event, maxlen=self._maxlen, approximate=True)
 
         # The last word of a run is worth one bounded attempt even inside a backoff window:
@@ -513,21 +532,40 @@ def _next_stream_id(stream_id: str) -> str:
 
 
 def mark_status(
-    client: redis.Redis, run_id: str, status: str, error: str = "", *, ttl_s: int = DEFAULT_TTL_S
-) -> None:
-    """Set a run's status from outside the trainer (the stalled sensor, termination).
+    client: redis.Redis,
+    run_id: str,
+    status: str,
+    error: str = "",
+    *,
+    ttl_s: int = DEFAULT_TTL_S,
+    only_if_active: bool = False,
+) -> bool:
+    """Set a run's status from outside the trainer (the stalled sensor, termination);
+    returns whether it was written. `only_if_active`: leave a run that already left the
+    active set alone (someone recorded its final status first: that one stands).
 
-    A final status also removes the run from the active set and gives its key a TTL.
+    A final status also removes the run from the active set and gives its keys a TTL.
     Redis errors propagate: callers (sensors) decide what to do.
     """
     if status not in STATUSES:
         raise InvalidRunStatusError(status, STATUSES)
     fields = {"status": status}
     if error:
-        fields["error"] = error[-_ERROR_MAX_CHARS:]
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(run_key(run_id), mapping=fields)
-    if status in FINAL_STATUSES:
-        pipe.srem(ACTIVE_RUNS_KEY, run_id)
-        pipe.expire(run_key(run_id), ttl_s)
-    pipe.execute()
+        fields["error"] = error[-ERROR_MAX_CHARS:]
+    for _ in range(5):  # WATCH fails when any run joins or leaves the set meanwhile
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                if only_if_active:
+                    pipe.watch(ACTIVE_RUNS_KEY)
+                    if not pipe.sismember(ACTIVE_RUNS_KEY, run_id):
+                        return False
+                    pipe.multi()
+                pipe.hset(run_key(run_id), mapping=fields)
+                if status in FINAL_STATUSES:
+                    pipe.srem(ACTIVE_RUNS_KEY, run_id)
+                    _expire_run(pipe, run_id, ttl_s)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue
+    return False

@@ -20,22 +20,27 @@ from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializa
 from dagster._core.launcher import RunLauncher
 from dagster._serdes import ConfigurableClass
 
+from tests.hung_process import WAIT_FUNCTION, hung_rank
 from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError
 from tinyexp_core.progress import (
     ACTIVE_RUNS_KEY,
     EVENTS_STREAM,
     RedisProgressReporter,
     active_run_ids,
+    ranks_key,
     read_events,
     read_run,
     run_key,
+    stacks_key,
 )
 from tinyexp_core.redis_client import make_client
 from tinyexp_core.redis_server import RedisClusterManager, free_port
+from tinyexp_core.stacks import RankStack, StackReport
 from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
 from tinyexp_dagster.definitions import defs
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 from tinyexp_dagster.sensors import (
+    STALLED_AT_TAG,
     STALLED_RUN_TAG,
     evaluation_key,
     stall_action,
@@ -396,6 +401,7 @@ def test_terminate_action_requests_one_resume_run(
         }
         assert request.tags[RESUME_RUN_DIR_TAG] == run.run_id
         assert request.tags[STALLED_RUN_TAG] == run.run_id
+        assert request.tags[STALLED_AT_TAG] == "0:5", "where it hung, for the same-step rule"
         train = request.run_config["ops"]["mnist__trained_model"]["config"]
         assert train == {"overrides": ["train_cfg.num_epochs=3"], "resume": "auto"}
         assert set(request.run_config["ops"]) <= {
@@ -422,6 +428,118 @@ def test_no_resume_when_the_run_cannot_be_terminated(
     assert not data.run_requests
     assert read_run(client, run.run_id)["status"] == "stalled"
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+
+
+def _engine_events(instance: dg.DagsterInstance, run_id: str) -> list[Any]:
+    return [
+        r.dagster_event
+        for r in instance.all_logs(run_id)
+        if r.dagster_event is not None
+        and r.dagster_event.event_type == DagsterEventType.ENGINE_EVENT
+    ]
+
+
+def test_a_stall_records_every_ranks_stack_on_the_run(
+    redis_url, client, track, instance, resources, pipeline_job, stall_env, tmp_path
+):
+    """Two real rank processes (one SIGSTOPped, one missing from a world of 3): the engine
+    event on the run holds one stack per reachable rank and names the missing one; the
+    progress store holds the same record."""
+    import os
+    import signal
+
+    run = dagster_run(instance, pipeline_job)
+    track(run.run_id)
+    start_run(redis_url, run.run_id, heartbeat=time.time() - STALE_S)
+    client.hset(run_key(run.run_id), "world_size", "3")
+    try:
+        with (
+            hung_rank(redis_url, run.run_id, 0, tmp_path),
+            hung_rank(redis_url, run.run_id, 1, tmp_path) as stopped,
+        ):
+            os.kill(stopped.pid, signal.SIGSTOP)
+            data = tick(stalled_training_sensor, instance, None, resources)
+    finally:
+        client.delete(ranks_key(run.run_id))
+    assert f"run {run.run_id} stalled" in data.skip_message
+    [event] = [e for e in _engine_events(instance, run.run_id) if "every rank's stack" in e.message]
+    assert "at epoch 0 step 5" in event.message and "stacks of 2/3 rank(s)" in event.message
+    meta = {k: v.value for k, v in event.event_specific_data.metadata.items()}
+    assert meta["position"] == "epoch 0 step 5"
+    for rank in (0, 1):
+        assert WAIT_FUNCTION in meta[f"rank_{rank}"], meta[f"rank_{rank}"]
+    assert f"pid {stopped.pid}, state T (stopped)): via py-spy --nonblocking" in meta["rank_1"]
+    assert "rank 2" in meta["collected"] and "never registered" in meta["rank_2"]
+    record = json.loads(client.get(stacks_key(run.run_id)))
+    client.delete(stacks_key(run.run_id))
+    assert (record["epoch"], record["step"], record["verdict"]) == (0, 5, "")
+    assert [r["rank"] for r in record["report"]["ranks"]] == [0, 1, 2]
+    assert WAIT_FUNCTION in record["report"]["ranks"][1]["stack"]
+
+
+FAKE_STACK = "Thread 7 (idle): MainThread\n    allreduce (fake_gloo.py:12)"
+
+
+@pytest.fixture
+def fake_stacks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Replace py-spy with a canned report (one rank); records the calls."""
+    calls: list[Any] = []
+
+    def collect(ranks, *, world_size=None, budget_s=0.0):
+        calls.append((list(ranks), world_size))
+        rank = RankStack(0, "host-a", 123, "py-spy", FAKE_STACK)
+        return StackReport(ranks=[rank], collected_at=time.time(), elapsed_s=0.1, host="host-a")
+
+    monkeypatch.setattr("tinyexp_dagster.sensors.hang.collect_stacks", collect)
+    return calls
+
+
+@pytest.mark.parametrize("first_stall", ["0:5", "0:3"], ids=["same step", "another step"])
+def test_a_resume_run_hanging_at_the_same_step_again_is_failed_not_resumed(
+    redis_url, client, track, resources, pipeline_job, stall_env, fake_stacks, first_stall
+):
+    """The resume run of a run that stalled at `first_stall` stalls at epoch 0 step 5: at the
+    same step it is terminated and failed (Dagster and the progress store name the step and
+    carry the stacks), with no third attempt; at another step it is resumed again."""
+    stall_env.setenv("TINYEXP_STALL_ACTION", "terminate")
+    launcher = {"module": __name__, "class": TerminatingRunLauncher.__name__}
+    tags = {STALLED_RUN_TAG: "first-run", STALLED_AT_TAG: first_stall, RESUME_RUN_DIR_TAG: "r"}
+    with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
+        run = dagster_run(instance, pipeline_job, tags=tags)
+        track(run.run_id)
+        start_run(redis_url, run.run_id, heartbeat=time.time() - STALE_S)
+        data = tick(stalled_training_sensor, instance, None, resources)
+        assert fake_stacks, "stacks are collected before acting"
+        assert TerminatingRunLauncher.terminated[-1] == run.run_id
+        progress = read_run(client, run.run_id)
+        client.delete(stacks_key(run.run_id))
+        if first_stall != "0:5":
+            [request] = data.run_requests
+            assert request.tags[STALLED_AT_TAG] == "0:5"
+            assert request.tags[STALLED_RUN_TAG] == run.run_id
+            assert progress["status"] == "stalled"
+            return
+        assert not data.run_requests, "no third attempt"
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        verdict = f"run {run.run_id} stalled again at epoch 0 step 5, where run first-run"
+        failures = [
+            r.dagster_event.message
+            for r in instance.all_logs(run.run_id)
+            if r.dagster_event is not None
+            and r.dagster_event.event_type == DagsterEventType.RUN_FAILURE
+        ]
+        assert any(verdict in m for m in failures), failures
+        [event] = [
+            e for e in _engine_events(instance, run.run_id) if "every rank's stack" in e.message
+        ]
+        error = event.event_specific_data.error
+        assert verdict in event.message and error.cls_name == "RepeatedStall"
+        assert "allreduce (fake_gloo.py:12)" in "".join(error.stack)
+        assert "allreduce (fake_gloo.py:12)" in event.event_specific_data.metadata["rank_0"].value
+        assert progress["status"] == "failed"
+        assert verdict in progress["error"] and "allreduce (fake_gloo.py:12)" in progress["error"]
+        assert run.run_id not in active_run_ids(client)
+        assert client.ttl(run_key(run.run_id)) > 0
 
 
 def test_stall_settings_come_from_the_environment(monkeypatch):

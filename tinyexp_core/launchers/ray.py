@@ -264,6 +264,7 @@ class _RankWorker:
 
     def run(self, exp: Any, env: dict[str, str], log_sink: Any, num_threads: int) -> Any:
         os.environ.update(env)
+        _announce(exp, int(env["RANK"]))
         import torch
 
         torch.set_num_threads(max(1, num_threads))
@@ -274,6 +275,23 @@ class _RankWorker:
                 return exp.run()
         finally:
             set_log_forwarder(None)
+            _release_announcement()
+
+
+def _announce(exp: Any, rank: int) -> None:
+    """Register the rank (host, pid) and its stack dump, for the stall sensor's diagnosis."""
+    progress = getattr(exp, "progress_cfg", None)
+    if progress is None or not hasattr(progress, "announce_rank"):
+        return  # an experiment with its own progress config: nothing to register with
+    with contextlib.suppress(Exception):  # diagnosis must never fail a run
+        progress.announce_rank(exp.ensure_run_id(), rank=rank, run_dir=exp.get_run_dir())
+
+
+def _release_announcement() -> None:
+    from ..stacks import release_dump_handler
+
+    with contextlib.suppress(Exception):  # cleanup must never mask the run's outcome
+        release_dump_handler()
 
 
 def _python_path() -> str:

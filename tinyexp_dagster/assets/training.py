@@ -180,7 +180,8 @@ def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
             ) from None
         raise
     except BaseException as err:  # Dagster termination, KeyboardInterrupt
-        progress.mark("cancelled", type(err).__name__)
+        # A verdict written before the termination (the stall sensor's `failed`) stands.
+        progress.mark("cancelled", type(err).__name__, only_if_active=True)
         if _termination_requested(context):
             # The in-process executor retries an interrupted step under its RetryPolicy,
             # which would start training again in a run the user terminated.
@@ -269,11 +270,13 @@ def _ray_forced(
 
 
 def _termination_requested(context: dg.AssetExecutionContext) -> bool:
-    """Whether someone asked Dagster to terminate this run (UI, GraphQL, the instance)."""
+    """Whether someone asked Dagster to terminate this run (UI, GraphQL, the instance), or
+    terminated it and marked it failed (the stall sensor, after a second hang at one step)."""
     run = context.instance.get_run_by_id(context.run.run_id)
     return run is not None and run.status in (
         dg.DagsterRunStatus.CANCELING,
         dg.DagsterRunStatus.CANCELED,
+        dg.DagsterRunStatus.FAILURE,
     )
 
 

@@ -31,9 +31,10 @@ class RunProgress:
             env[ENV_PROGRESS_URL] = self.url
         return env
 
-    def mark(self, status: str, error: str = "") -> None:
+    def mark(self, status: str, error: str = "", *, only_if_active: bool = False) -> None:
         """Best effort: record a final status that the ranks could not write themselves
-        (killed, cancelled, failed before they registered)."""
+        (killed, cancelled, failed before they registered); `only_if_active`: unless a
+        final status is there already (the stall sensor's verdict)."""
         if not self.url:
             return
         from tinyexp_core.progress import mark_status
@@ -42,7 +43,14 @@ class RunProgress:
         with contextlib.suppress(Exception):
             client = make_client(self.url, socket_timeout_s=self.socket_timeout_s)
             try:
-                mark_status(client, self.run_id, status, error, ttl_s=self.finished_ttl_s)
+                mark_status(
+                    client,
+                    self.run_id,
+                    status,
+                    error,
+                    ttl_s=self.finished_ttl_s,
+                    only_if_active=only_if_active,
+                )
             finally:
                 client.close()
 

@@ -29,7 +29,12 @@ configuration error, not an outage.
 from .common import stall_action, stall_after_s
 from .metric_regression import build_metric_regression_sensor, evaluation_key
 from .retrain_on_new_data import build_retrain_on_new_data_sensor, data_version
-from .stalled_training import STALLED_RUN_TAG, resume_run_config, stalled_training_sensor
+from .stalled_training import (
+    STALLED_AT_TAG,
+    STALLED_RUN_TAG,
+    resume_run_config,
+    stalled_training_sensor,
+)
 from .training_progress import MAX_EVENTS_PER_TICK, progress_observation, training_progress_sensor
 
 SHARED_SENSORS = [training_progress_sensor, stalled_training_sensor]
@@ -37,6 +42,7 @@ SHARED_SENSORS = [training_progress_sensor, stalled_training_sensor]
 __all__ = [
     "MAX_EVENTS_PER_TICK",
     "SHARED_SENSORS",
+    "STALLED_AT_TAG",
     "STALLED_RUN_TAG",
     "build_metric_regression_sensor",
     "build_retrain_on_new_data_sensor",

@@ -1,5 +1,6 @@
 """`stalled_training_sensor`: running trainings without a recent heartbeat -> `stalled`,
-optionally terminated and resumed from their last checkpoint."""
+with every rank's Python stack recorded on the run, then optionally terminated and resumed
+from their last checkpoint; a resume run that hangs at the same step again is failed."""
 
 import json
 import time
@@ -17,14 +18,20 @@ from tinyexp_core.progress import (
     read_runs,
     run_key,
 )
+from tinyexp_core.stacks import StackReport
 
 from ..assets.training import RESUME_RUN_DIR_TAG
 from ..resources import RedisProgressResource, StorageResource
+from . import hang
 from .common import stall_action, stall_after_s, with_store
 
 STALLED_RUN_TAG = "tinyexp/stalled_run"
+# `<epoch>:<step>` where the stalled run hung, on its resume run: a second hang there fails.
+STALLED_AT_TAG = "tinyexp/stalled_at"
+_STACKS_BUDGET_S = 30.0  # stack collection per tick (a tick must end well within a minute)
 _RUNS_PER_QUERY = 500  # bounds the run-id list of one run-storage query
-_STALL_FIELDS = ("heartbeat", "status", "epoch", "step", "asset")  # what a stall check reads
+# What a stall check reads of the progress hash.
+_STALL_FIELDS = ("heartbeat", "status", "epoch", "step", "asset", "world_size")
 # What the progress hash calls a run that Dagster shows as finished.
 _DAGSTER_FINAL = {
     dg.DagsterRunStatus.SUCCESS: "succeeded",
@@ -47,11 +54,13 @@ def stalled_training_sensor(
     context: dg.SensorEvaluationContext, redis: RedisProgressResource, storage: StorageResource
 ):
     """A run Dagster shows as STARTED whose heartbeat is older than `TINYEXP_STALL_AFTER_S` is
-    marked `stalled` and logged; with `TINYEXP_STALL_ACTION=terminate` it is also terminated
-    and a run of its pipeline's retraining assets resumes from its last checkpoint (run key
-    `stall:<run_id>:<heartbeat>`, so one request per stall). Active runs that Dagster shows as
-    finished leave the active set with their real final status. Runs this Dagster instance
-    does not know (standalone CLI runs) are left alone."""
+    marked `stalled` and logged, and every rank's Python stack is recorded on it (py-spy;
+    see `hang.py`); with `TINYEXP_STALL_ACTION=terminate` it is also terminated and a run of
+    its pipeline's retraining assets resumes from its last checkpoint (run key
+    `stall:<run_id>:<heartbeat>`, so one request per stall), unless the run is itself such a
+    resume run and hangs at the step its predecessor hung at: then it is failed instead.
+    Active runs that Dagster shows as finished leave the active set with their real final
+    status. Runs this Dagster instance does not know (standalone CLI runs) are left alone."""
     after_s, action = stall_after_s(), stall_action()
     return with_store(redis, storage, lambda client: _stall_tick(context, client, after_s, action))
 
@@ -66,6 +75,7 @@ def _stall_tick(
     active = active_run_ids(client)
     started, ended = _dagster_runs(context.instance, active)
     progress = read_runs(client, sorted(started), fields=_STALL_FIELDS)
+    stacks_until = time.monotonic() + _STACKS_BUDGET_S
     for run_id in active:
         if run_id in ended:
             final = _DAGSTER_FINAL[ended[run_id].status]
@@ -81,14 +91,17 @@ def _stall_tick(
         if stall is None:
             continue
         key, age = stall
-        stalls.append(key)
         if key in handled:
+            stalls.append(key)
             continue  # this stall was reported (and acted on) by an earlier tick
+        budget = stacks_until - time.monotonic()
+        if budget <= 1:
+            notes.append(f"run {run_id} stalled; its stacks and action wait for the next tick")
+            continue  # not in the cursor: the next tick handles it
+        stalls.append(key)
         notes.append(f"run {run_id} stalled ({age:.0f} s without heartbeat)")
-        run = context.instance.get_run_by_id(run_id) if action == "terminate" else None
-        if run is not None:
-            request = _terminate_and_resume(context, run, key, parsed.asset)
-            requests.extend([request] if request is not None else [])
+        request = _act_on_stall(context, client, parsed, key, age, action, budget)
+        requests.extend([request] if request is not None else [])
     cursor = json.dumps({"stalls": sorted(stalls)})
     if requests:
         return dg.SensorResult(run_requests=requests, cursor=cursor)
@@ -146,6 +159,56 @@ def _stall_of(
     return key, age
 
 
+def _act_on_stall(
+    context: dg.SensorEvaluationContext,
+    client: redis_py.Redis,
+    progress: RunProgress,
+    key: str,
+    age: float,
+    action: str,
+    budget_s: float,
+) -> dg.RunRequest | None:
+    """Record every rank's stack on the run, then act: report only; terminate and resume;
+    or, for a resume run that hangs where its predecessor hung, terminate and fail it."""
+    run = context.instance.get_run_by_id(progress.run_id)
+    report = hang.collect(client, progress, budget_s)
+    where = hang.position(progress)
+    repeated = run is not None and run.tags.get(STALLED_AT_TAG) == where
+    verdict = ""
+    if action == "terminate" and repeated:
+        verdict = (
+            f"run {progress.run_id} stalled again at {hang.describe(where)}, where run "
+            f"{run.tags.get(STALLED_RUN_TAG, '?')} stalled before: not resumed a third time."
+        )
+    hang.attach(context.instance, client, run, progress, report, age_s=age, verdict=verdict)
+    context.log.warning(f"run {progress.run_id}: {report.summary()}")
+    if action != "terminate" or run is None:
+        return None
+    if verdict:
+        _fail_repeated_stall(context, client, run, report, verdict)
+        return None
+    return _terminate_and_resume(context, run, key, progress.asset, where)
+
+
+def _fail_repeated_stall(
+    context: dg.SensorEvaluationContext,
+    client: redis_py.Redis,
+    run: dg.DagsterRun,
+    report: StackReport,
+    verdict: str,
+) -> None:
+    """Terminate the run and mark it failed, in Dagster (the run's failure names the step)
+    and in the progress store (`failed`, the error naming the step and carrying the stacks).
+    A run that cannot be terminated stays `stalled`: it may still be training."""
+    if not _terminate(context, run):
+        context.log.warning(f"{verdict} It could not be terminated; not marked failed")
+        return
+    # After the termination request: an interrupted run that is FAILURE stays FAILURE.
+    context.instance.report_run_failed(run, message=verdict)
+    mark_status(client, run.run_id, "failed", hang.failure_text(verdict, report, run.run_id))
+    context.log.error(verdict)
+
+
 def _or_unknown(value: int | None) -> str:
     return "?" if value is None else str(value)
 
@@ -178,18 +241,27 @@ def _set_status_if(
     return True
 
 
-def _terminate_and_resume(
-    context: dg.SensorEvaluationContext, run: dg.DagsterRun, stall_key: str, asset: str | None
-) -> dg.RunRequest | None:
-    """Terminate the stalled run; if that worked, a retrain_job run that continues its
-    run directory (and so its last checkpoint). Without a confirmed termination no resume is
-    requested: two trainers must not write one run directory."""
+def _terminate(context: dg.SensorEvaluationContext, run: dg.DagsterRun) -> bool:
+    """Ask Dagster to terminate the run; whether it confirmed."""
     try:
-        terminated = context.instance.run_coordinator.cancel_run(run.run_id)
+        return bool(context.instance.run_coordinator.cancel_run(run.run_id))
     except Exception as err:  # a run launcher that cannot terminate raises instead of saying so
         context.log.warning(f"could not terminate stalled run {run.run_id}: {err}")
-        terminated = False
-    if not terminated:
+        return False
+
+
+def _terminate_and_resume(
+    context: dg.SensorEvaluationContext,
+    run: dg.DagsterRun,
+    stall_key: str,
+    asset: str | None,
+    where: str,
+) -> dg.RunRequest | None:
+    """Terminate the stalled run; if that worked, a retrain_job run that continues its
+    run directory (and so its last checkpoint), tagged with where this one hung. Without a
+    confirmed termination no resume is requested: two trainers must not write one run
+    directory."""
+    if not _terminate(context, run):
         context.log.warning(
             f"stalled run {run.run_id} was not terminated (its run launcher cannot); "
             "no resume run requested"
@@ -205,7 +277,7 @@ def _terminate_and_resume(
         run_key=stall_key,
         asset_selection=selection or [dg.AssetKey([*prefix, n]) for n in _RETRAIN_ASSETS],
         run_config=resume_run_config(run.run_config),
-        tags={RESUME_RUN_DIR_TAG: run_dir, STALLED_RUN_TAG: run.run_id},
+        tags={RESUME_RUN_DIR_TAG: run_dir, STALLED_RUN_TAG: run.run_id, STALLED_AT_TAG: where},
     )
 
 
