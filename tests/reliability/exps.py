@@ -89,7 +89,7 @@ class ReliabilityExp(MnistExp):
                 fh.write(json.dumps(record) + "\n")
         return row
 
-    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter):
+    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter, **kw):
         epoch = history[-1].epoch
         armed = (
             acc.is_main_process
@@ -99,7 +99,9 @@ class ReliabilityExp(MnistExp):
         )
         if armed and self.fault.startswith("crash"):
             self._crash_while_saving(manager.last_path)
-        best = super()._save_epoch(acc, manager, model, optimizer, scheduler, history, reporter)
+        best = super()._save_epoch(
+            acc, manager, model, optimizer, scheduler, history, reporter, **kw
+        )
         if not armed:
             return best
         if self.fault == "truncate_last":

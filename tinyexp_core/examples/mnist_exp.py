@@ -253,6 +253,7 @@ class Exp(TinyExp):
         state = resolve_resume(self.resume_from, self.checkpoint_cfg, run_dir, logger)
         position, step, resumed_from = DataPosition(), 0, ""
         history: list[EpochRecord] = []
+        tracked: dict[str, Any] = {}  # the tracker run the checkpoint continues
         if state is not None:
             path, payload = state
             ckpt.restore(payload, model=model, optimizer=optimizer, scheduler=scheduler, path=path)
@@ -265,8 +266,9 @@ class Exp(TinyExp):
                 path=path,
             )
             step = payload["step"]
-            saved = (payload.get("extra") or {}).get("history", [])
-            history = [EpochRecord.from_dict(r) for r in saved]
+            extra = payload.get("extra") or {}
+            history = [EpochRecord.from_dict(r) for r in extra.get("history", [])]
+            tracked = dict(extra.get("tracker") or {})
             resumed_from = path
             logger.info(
                 f"resumed from {path} at epoch {position.epoch}, "
@@ -287,8 +289,14 @@ class Exp(TinyExp):
             attempt=int(os.environ.get(ENV_ATTEMPT, "1")),
         )
         tracker = self.wandb_cfg.build_tracker(
-            run_dir, config=self.config_dict(), name=self.run_id, is_main_process=acc.rank == 0
+            run_dir,
+            config=self.config_dict(),
+            name=self.run_id,
+            is_main_process=acc.rank == 0,
+            resume=tracked,
         )
+        # Every checkpoint names the tracker run, so a resume continues it.
+        tracked = tracker.resume_state()
         stopper = StopAgreement(
             acc,
             every_n_steps=self.checkpoint_cfg.every_n_steps,
@@ -305,8 +313,9 @@ class Exp(TinyExp):
                 return
             # Gathers every rank's RNG, so every rank takes part; rank 0 gets the dict.
             state = self._step_checkpoint(
-                acc, model, optimizer, scheduler, here, step, len(train_loader), history
-            )
+                acc, model, optimizer, scheduler, here, step, len(train_loader), history,
+                tracked=tracked,
+            )  # fmt: skip
             if stop:
                 self._stop(acc, writer, state, step, logger)
             elif state is not None:
@@ -327,9 +336,10 @@ class Exp(TinyExp):
                 val = self._validate(acc, model, val_loader_data)
                 record.val_loss, record.metrics = val["loss"], {"accuracy": val["accuracy"]}
                 history.append(record)
-                tracker.log(record.to_row(), step=epoch)
+                # At the global optimizer step: a resumed run's rows follow its checkpoint's.
+                tracker.log(record.to_row(), step=record.step)
                 best = self._save_epoch(
-                    acc, manager, model, optimizer, scheduler, history, reporter
+                    acc, manager, model, optimizer, scheduler, history, reporter, tracked=tracked
                 )
                 reporter.epoch_end(
                     epoch=epoch,
@@ -413,8 +423,9 @@ class Exp(TinyExp):
         )
 
     def _step_checkpoint(
-        self, acc, model, optimizer, scheduler, position, step, num_steps, history
-    ) -> dict | None:
+        self, acc, model, optimizer, scheduler, position, step, num_steps, history, *,
+        tracked: dict | None = None,
+    ) -> dict | None:  # fmt: skip
         """The step-level checkpoint dict on rank 0 (None elsewhere); a collective."""
         rng_ranks = gather_rng_states(acc)
         if not acc.is_main_process:
@@ -427,7 +438,7 @@ class Exp(TinyExp):
             step=step,
             config=self.config_dict(),
             exp_class=self.exp_class,
-            extra={"history": [r.to_dict() for r in history]},
+            extra={"history": [r.to_dict() for r in history], "tracker": dict(tracked or {})},
             position=position.to_dict(
                 num_steps=num_steps, world_size=acc.world_size, sampler_seed=self.seed
             ),
@@ -471,8 +482,12 @@ class Exp(TinyExp):
         count = max(float(totals[2]), 1.0)
         return {"loss": float(totals[0]) / count, "accuracy": float(totals[1]) / count}
 
-    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter) -> float:
-        """Rank 0 writes last.pt (and best.pt); every rank waits. Returns the best accuracy."""
+    def _save_epoch(
+        self, acc, manager, model, optimizer, scheduler, history, reporter, *,
+        tracked: dict | None = None,
+    ) -> float:  # fmt: skip
+        """Rank 0 writes last.pt (and best.pt); every rank waits. Returns the best accuracy.
+        `tracked`: the tracker run to continue on resume (`tracker.resume_state()`)."""
         record = history[-1]
         metric = self.primary_metric
         best = metric.best(r.metric(metric.name) for r in history)
@@ -486,7 +501,7 @@ class Exp(TinyExp):
                 config=self.config_dict(),
                 metrics={"train_loss": record.train_loss, **record.metrics},
                 exp_class=self.exp_class,
-                extra={"history": [r.to_dict() for r in history]},
+                extra={"history": [r.to_dict() for r in history], "tracker": dict(tracked or {})},
             )
             is_best = metric.is_at_least_as_good(record.metric(metric.name), best)
             paths = manager.save(state, is_best=is_best)
