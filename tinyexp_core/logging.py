@@ -170,17 +170,29 @@ class WandbCfg:
         return wandb.init(**kwargs)
 
     def build_tracker(
-        self, run_dir: str, *, config: dict[str, Any], name: str, is_main_process: bool = True
+        self,
+        run_dir: str,
+        *,
+        config: dict[str, Any],
+        name: str,
+        is_main_process: bool = True,
+        resume: dict[str, Any] | None = None,
     ) -> Any:
         """A W&B run under `<run_dir>/wandb` on the main process when enabled, else a no-op.
 
         The tracker's `log(row, step)` records a history row and `finish(summary)` the final
-        metrics, returning `wandb_run_id` and `wandb_dir` for the run summary.
+        metrics, returning `wandb_run_id` and `wandb_dir` for the run summary. `resume` is a
+        checkpoint's tracker state (`tracker.resume_state()`): its W&B run is continued.
         """
         from .tracking import NullTracker, start_wandb_run
 
         if not (self.enable_wandb and is_main_process) or self.mode == "disabled":
             return NullTracker()
         return start_wandb_run(
-            project=self.project, mode=self.mode, run_dir=run_dir, name=name, config=config
+            project=self.project,
+            mode=self.mode,
+            run_dir=run_dir,
+            name=name,
+            config=config,
+            run_id=str((resume or {}).get("wandb_run_id") or ""),
         )

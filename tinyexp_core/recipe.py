@@ -91,6 +91,7 @@ class Resumed:
     step: int = 0  # global optimizer steps done
     history: list[EpochRecord] = field(default_factory=list)
     path: str = ""  # the checkpoint resumed from; "" for a fresh start
+    tracked: dict[str, Any] = field(default_factory=dict)  # the tracker run to continue
 
 
 def resume_run(
@@ -127,7 +128,9 @@ def resume_run(
         f"resumed from {path} at epoch {position.epoch}, "
         f"step {position.step_in_epoch} of it, global step {step}"
     )
-    return Resumed(position, step, [EpochRecord.from_dict(r) for r in saved], path)
+    history = [EpochRecord.from_dict(r) for r in saved]
+    tracked = dict((state.get("extra") or {}).get("tracker") or {})
+    return Resumed(position, step, history, path, tracked)
 
 
 class StepCheckpoints:

@@ -4,6 +4,11 @@
 and a `NullTracker` everywhere else, so a training loop calls `log` and `finish` without
 asking which one it holds. The W&B run lives under `<run_dir>/wandb`; in the default
 offline mode nothing leaves the machine and no credentials are needed.
+
+A run that resumes from a checkpoint continues the W&B run that wrote it: the checkpoint
+carries `resume_state()` (`{"wandb_run_id": ...}`) and the resumed run passes it back to
+`build_tracker(..., resume=...)`, which opens the same run id with `resume="allow"`. Rows
+are logged at the global optimizer step, so the resumed rows follow the checkpoint's step.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ class NullTracker:
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """Record nothing."""
 
+    def resume_state(self) -> dict[str, str]:
+        """No run to continue."""
+        return {}
+
     def finish(self, summary: dict[str, Any] | None = None, *, failed: bool = False) -> dict:
         """Nothing to close; no run to record."""
         return {}
@@ -53,6 +62,10 @@ class WandbTracker:
     def run_dir(self) -> str:
         """The W&B run's own directory (`<run_dir>/wandb/offline-run-...` when offline)."""
         return str(Path(self._run.dir).parent)
+
+    def resume_state(self) -> dict[str, str]:
+        """What a checkpoint stores so that a resumed run continues this W&B run."""
+        return {"wandb_run_id": self.run_id}
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """One history row (numbers and strings of `metrics`) at `step`."""
@@ -82,9 +95,17 @@ class WandbTracker:
 
 
 def start_wandb_run(
-    *, project: str, mode: str, run_dir: str, name: str, config: dict[str, Any]
+    *,
+    project: str,
+    mode: str,
+    run_dir: str,
+    name: str,
+    config: dict[str, Any],
+    run_id: str = "",
 ) -> WandbTracker:
-    """Start a W&B run under `<run_dir>/wandb` that captures nothing but what is logged."""
+    """Start a W&B run under `<run_dir>/wandb` that captures nothing but what is logged;
+    with `run_id`, continue that run (`resume="allow"`: offline, the id is kept and the
+    rows go to a new `offline-run-*` folder, which a sync appends to the same run)."""
     import wandb
 
     # wandb.init does not create `dir`, and falls back to a temp dir without it.
@@ -105,5 +126,7 @@ def start_wandb_run(
         config=config,
         settings=settings,
         reinit="create_new",
+        id=run_id or None,
+        resume="allow" if run_id else None,
     )
     return WandbTracker(run)

@@ -3,10 +3,13 @@
 tinyexp-dagster summary [--pipeline mnist]  latest primary metric, checkpoint, how to open the UI
 tinyexp-dagster redis url|stop   the embedded Redis under the storage root
 tinyexp-dagster progress [RUN_ID] live training progress from Redis (`--once`: one snapshot)
+tinyexp-dagster resume RUN_ID    run again what a terminated or failed run left, from its checkpoint
 
 The progress view reads `TINYEXP_REDIS_URL`, else the embedded Redis of `--storage-root`.
 Exit status of `progress`: 0 done (the run succeeded, or no run is active any more),
 1 the run failed, was cancelled or is unknown, 3 no progress store or Redis unreachable.
+Exit status of `resume`: 0 the resume run succeeded, 1 it failed, 2 RUN_ID cannot be resumed
+(unknown, still in progress, succeeded, or no valid checkpoint in its run directory).
 """
 
 from __future__ import annotations
@@ -52,6 +55,29 @@ def cmd_summary(args: argparse.Namespace) -> int:
     print(f"sha256: {ck_meta['sha256'].value}")
     print("open the UI: make dev, then http://127.0.0.1:3000 (same DAGSTER_HOME)")
     return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Launch the run that continues RUN_ID from its last valid checkpoint; wait for it."""
+    import dagster as dg
+
+    from .resume import ResumeRefused, execute_resume, plan_resume
+
+    instance = dg.DagsterInstance.get()
+    try:
+        plan = plan_resume(instance, args.run_id, args.storage_root)
+        print(
+            f"resuming run {args.run_id} ({plan.run.job_name}, {plan.run.status.value}) "
+            f"from {plan.checkpoint}",
+            flush=True,
+        )
+        result = execute_resume(instance, plan)
+    except ResumeRefused as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    status = instance.get_run_by_id(result.run_id).status.value
+    print(f"run {result.run_id} {status} (resumed from run {args.run_id})")
+    return 0 if result.success else EXIT_RUN_FAILED
 
 
 def cmd_redis(args: argparse.Namespace) -> int:
@@ -211,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     progress.add_argument("--once", action="store_true", help="print one snapshot and exit")
     progress.add_argument("--interval", type=_positive_float, default=1.0, help="refresh, s")
     progress.set_defaults(func=cmd_progress)
+    resume = sub.add_parser(
+        "resume", help="continue a terminated or failed run from its last checkpoint"
+    )
+    resume.add_argument("run_id", help="the Dagster run id to continue")
+    resume.set_defaults(func=cmd_resume)
     return parser
 
 

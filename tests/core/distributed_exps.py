@@ -81,8 +81,10 @@ class CollectivesExp(TinyExp):
 class FingerprintedMnistExp(MnistExp):
     """The MNIST example, also returning each rank's final model fingerprint."""
 
-    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter):
-        best = super()._save_epoch(acc, manager, model, optimizer, scheduler, history, reporter)
+    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter, **kw):
+        best = super()._save_epoch(
+            acc, manager, model, optimizer, scheduler, history, reporter, **kw
+        )
         self._fingerprint = state_fingerprint(acc.unwrap_model(model))
         return best
 

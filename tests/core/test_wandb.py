@@ -7,11 +7,16 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.config import build_exp
+from tinyexp_core.examples.mnist_exp import Exp as MnistExp
+from tinyexp_core.exceptions import RunStoppedError
+from tinyexp_core.stop import clear_stop, request_stop
 
 # The .wandb transaction log: a 7-byte header (":W&B", magic 0xBEE1, version 0), then
 # LevelDB-log framing in 32 KiB blocks (record header: crc32, length, type), each record
@@ -124,7 +129,7 @@ def test_enable_wandb_records_config_epochs_and_final_metrics(
     expected_rows = [record.to_row() for record in result.history]
     assert len(rows) == len(expected_rows) == 2
     for row, expected in zip(rows, expected_rows, strict=True):
-        assert row["_step"] == expected["epoch"]
+        assert row["_step"] == expected["step"]  # the global optimizer step
         for key in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr"):
             assert row[key] == pytest.approx(expected[key]), key
 
@@ -150,3 +155,74 @@ def test_wandb_off_by_default_leaves_no_trace(tmp_path: Path) -> None:
     result = exp.run()
     assert result.tracker == {}
     assert not (Path(result.run_dir) / "wandb").exists()
+
+
+@dataclass(repr=False)
+class StopAtStepExp(MnistExp):
+    """The MNIST example that asks itself to stop after global step `stop_at_step`, the way
+    a SIGTERM handler or a Ray launcher would (`request_stop`)."""
+
+    stop_at_step: int = 0
+
+    def _train_one_epoch(self, *args, after_step=None, **kwargs):
+        def stop_then_poll(step, here):
+            if step == self.stop_at_step:
+                request_stop("test: stop mid-epoch")
+            after_step(step, here)
+
+        return super()._train_one_epoch(*args, after_step=stop_then_poll, **kwargs)
+
+
+def _history_steps(path: Path) -> list[int]:
+    return [
+        int(_items(r.history.item)["_step"])
+        for r in read_wandb_records(path)
+        if r.WhichOneof("record_type") == "history"
+    ]
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list
+) -> None:
+    """Stopped mid-epoch 1 (step checkpoint), resumed with resume_from=auto: the W&B run id
+    comes from the checkpoint, and every row the resumed run logs is after its step."""
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    args = [
+        "wandb_cfg.enable_wandb=true",
+        f"output_root={tmp_path / 'runs'}",
+        "run_id=wandb-resume",
+        f"data_cfg.data_root={tmp_path / 'data'}",
+        "data_cfg.source=synthetic",
+        "data_cfg.num_samples=96",
+        "data_cfg.batch_size=8",
+        "train_cfg.num_epochs=2",
+    ]
+    exp = build_exp(f"{__name__}:StopAtStepExp", [*args, "stop_at_step=13"])
+    try:
+        with pytest.raises(RunStoppedError) as stopped:
+            exp.run()
+    finally:
+        clear_stop()
+    stop_ckpt = ckpt.load_checkpoint(stopped.value.checkpoint)
+    position = stop_ckpt["position"]
+    assert position["epoch"] == 1 and 0 < position["step_in_epoch"] < position["num_steps"]
+    assert stop_ckpt["step"] == 13
+    first_id = stop_ckpt["extra"]["tracker"]["wandb_run_id"]
+    # the epoch checkpoint of epoch 0 names the same run
+    epoch0 = ckpt.load_checkpoint(Path(exp.get_run_dir()) / "checkpoints" / "epoch_0000.pt")
+    assert epoch0["extra"]["tracker"] == {"wandb_run_id": first_id}
+
+    resumed = build_exp(f"{__name__}:StopAtStepExp", [*args, "resume_from=auto"]).run()
+    assert resumed.resumed_from.endswith("last.pt")
+    assert resumed.tracker["wandb_run_id"] == first_id
+
+    folders = sorted((Path(resumed.run_dir) / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2, folders  # one per process that ran, one W&B run id
+    before, after = (_history_steps(f / f"run-{first_id}.wandb") for f in folders)
+    num_steps = position["num_steps"]
+    assert before == [num_steps]  # epoch 0's row, logged before the stop
+    assert after == [2 * num_steps]  # epoch 1's row, after the resume
+    assert min(after) > stop_ckpt["step"] and min(after) > max(before)
+    final = ckpt.load_checkpoint(resumed.checkpoints.last)
+    assert final["extra"]["tracker"] == {"wandb_run_id": first_id}
+    assert no_network == []

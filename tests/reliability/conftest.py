@@ -21,6 +21,23 @@ def instance(tmp_path: Path):
 
 
 @pytest.fixture
+def launching_instance(tmp_path: Path):
+    """A SQLite instance that launches submitted runs at once (DefaultRunCoordinator), as
+    the daemon would after dequeuing them; cancel_run is DefaultRunLauncher.terminate in
+    both cases once a run has started."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    overrides = {
+        "run_coordinator": {
+            "module": "dagster._core.run_coordinator",
+            "class": "DefaultRunCoordinator",
+        }
+    }
+    with dg.instance_for_test(temp_dir=str(home), overrides=overrides) as inst:
+        yield inst
+
+
+@pytest.fixture
 def storage(storage_root: Path, digits_prepared: str) -> Path:
     """A storage root whose `datasets/` already holds the session's prepared digits, so
     `prepared_dataset` finds it valid and reuses it instead of preparing it again."""

@@ -12,7 +12,9 @@
   `fault=crash_mid_write` and
   `fault=crash_after_replace` SIGKILL rank 0 while it writes `last.pt` of `fault_epoch`
   (half the bytes written, or the data renamed into place but no sidecar yet);
-  `fault=truncate_last` truncates `last.pt` on disk after saving and then raises.
+  `fault=truncate_last` truncates `last.pt` on disk after saving and then raises;
+  `fault=raise_at_step` raises on rank 0 after global step `fault_step` (mid-epoch: the
+  retry resumes from the last step checkpoint of `checkpoint_cfg.every_n_steps`).
 """
 
 from __future__ import annotations
@@ -74,13 +76,29 @@ class ReliabilityExp(MnistExp):
 
     exp_name: str = "reliability"
     fault: Literal[
-        "", "raise", "reject", "crash_mid_write", "crash_after_replace", "truncate_last"
+        "",
+        "raise",
+        "reject",
+        "crash_mid_write",
+        "crash_after_replace",
+        "truncate_last",
+        "raise_at_step",
     ] = ""
     fault_epoch: int = 0
+    fault_step: int = 0  # fault=raise_at_step: the global step after which rank 0 raises
     fault_marker: str = ""  # file holding how many more attempts fail
 
     def _train_one_epoch(self, acc, model, optimizer, loader, epoch, step, reporter, logger, **kw):
         started = time.time()
+        after = kw.get("after_step")
+        if self.fault == "raise_at_step" and acc.is_main_process and after is not None:
+
+            def after_then_fail(step: int, here: Any) -> None:
+                after(step, here)
+                if step == self.fault_step and take_fault(self.fault_marker):
+                    raise InjectedFailure(f"injected failure after step {step}")
+
+            kw["after_step"] = after_then_fail
         row = super()._train_one_epoch(
             acc, model, optimizer, loader, epoch, step, reporter, logger, **kw
         )
@@ -100,17 +118,19 @@ class ReliabilityExp(MnistExp):
                 fh.write(json.dumps(record) + "\n")
         return row
 
-    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter):
+    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter, **kw):
         epoch = history[-1].epoch
         armed = (
             acc.is_main_process
-            and self.fault
+            and self.fault not in ("", "raise_at_step")
             and epoch >= self.fault_epoch
             and take_fault(self.fault_marker)
         )
         if armed and self.fault.startswith("crash"):
             self._crash_while_saving(manager.last_path)
-        best = super()._save_epoch(acc, manager, model, optimizer, scheduler, history, reporter)
+        best = super()._save_epoch(
+            acc, manager, model, optimizer, scheduler, history, reporter, **kw
+        )
         if not armed:
             return best
         if self.fault == "truncate_last":

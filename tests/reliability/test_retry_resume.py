@@ -1,18 +1,21 @@
 """Item 2: a RetryPolicy retry and a manual re-execution of a failed run resume from the last
 valid checkpoint; no completed epoch is trained again and the epoch count matches an
-uninterrupted run (bit-equality of a resumed run with an uninterrupted one is shown in
-tests/core/test_distributed.py::test_resume_matches_uninterrupted_run)."""
+uninterrupted run. A failure mid-epoch resumes from the last step checkpoint, inside the
+epoch, to the weights of a run that never failed (bit-equality at epoch boundaries is also
+shown in tests/core/test_distributed.py::test_resume_matches_uninterrupted_run)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from tests.reliability.exps import read_trace
 from tests.reliability.support import (
     ENV_REDIS,
     ENV_STORAGE,
+    log_messages,
     materialization_metadata,
     prepared_dataset,
     redis_client,
@@ -105,3 +108,56 @@ def test_manual_reexecution_of_a_failed_run_resumes(
     assert meta["epochs"] == 4 and _per_epoch(meta) == [1, 2, 3, 4]
     promoted = materialization_metadata(instance, again.run_id, "model_checkpoint")
     assert promoted["source_run"] == first.run_id
+
+
+@pytest.mark.slow
+def test_retry_of_a_failure_mid_epoch_resumes_from_the_step_checkpoint(
+    ray_cluster, redis_url, storage, instance, tmp_path
+):
+    """Rank 0 fails after global step 18 (inside epoch 1) of a run that writes a step
+    checkpoint every 4 steps; the RetryPolicy retry continues from step 16, inside the
+    epoch, and ends with the weights (torch.equal) of a run that never failed."""
+    import torch
+
+    from tinyexp_core import checkpoint as ckpt
+
+    base = ["train_cfg.num_epochs=2", "checkpoint_cfg.every_n_steps=4", "seed=3"]
+    marker = tmp_path / "fail-marker"
+    marker.write_text("1")
+    fault = ["fault=raise_at_step", "fault_step=18", f"fault_marker={marker}"]
+    assets = [prepared_dataset, trained_model]
+    result = dg.materialize(
+        assets,
+        instance=instance,
+        resources=resources(storage, redis_url),
+        run_config=train_config([*base, *fault]),
+    )
+    assert result.success
+    (retry_error,) = step_errors(instance, result.run_id)
+    assert "injected failure after step 18" in retry_error
+
+    run_dir = storage / "runs" / result.run_id
+    checkpoints = run_dir / "checkpoints"
+    state = ckpt.load_checkpoint(checkpoints / "step_000000016.pt")  # the one resumed from
+    position = state["position"]
+    assert position["epoch"] == 1 and 0 < position["step_in_epoch"] < position["num_steps"]
+    resumed = f"at epoch 1, step {position['step_in_epoch']} of it, global step 16"
+    assert any(resumed in m for m in log_messages(instance, result.run_id)), resumed
+    meta = materialization_metadata(instance, result.run_id, "trained_model")
+    assert meta["resumed_from"] == str(checkpoints / "last.pt")
+    assert meta["epochs"] == 2 and _per_epoch(meta) == [1, 2]
+    # Epoch 0 trained once (attempt 1); epoch 1 finished by the retry.
+    trace = read_trace(run_dir)
+    assert [(t["epoch"], t["attempt"]) for t in trace] == [(0, 1), (1, 2)]
+
+    full = dg.materialize(
+        assets,
+        instance=instance,
+        resources=resources(storage, redis_url),
+        run_config=train_config(base),
+    )
+    assert full.success
+    ours = ckpt.load_checkpoint(checkpoints / "last.pt")["model"]
+    theirs = ckpt.load_checkpoint(storage / "runs" / full.run_id / "checkpoints" / "last.pt")
+    different = [k for k in ours if not torch.equal(ours[k], theirs["model"][k])]
+    assert not different, f"tensors differ after the retry: {different}"

@@ -55,23 +55,6 @@ mutation($runId: String!) {
 """
 
 
-@pytest.fixture
-def launching_instance(tmp_path):
-    """A SQLite instance that launches submitted runs at once (DefaultRunCoordinator), as
-    the daemon would after dequeuing them; cancel_run is DefaultRunLauncher.terminate in
-    both cases once a run has started."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    overrides = {
-        "run_coordinator": {
-            "module": "dagster._core.run_coordinator",
-            "class": "DefaultRunCoordinator",
-        }
-    }
-    with dg.instance_for_test(temp_dir=str(home), overrides=overrides) as inst:
-        yield inst
-
-
 @pytest.mark.timeout(300)
 def test_terminate_from_dagster_stops_training_and_cleans_up(
     ray_cluster, redis_url, storage, launching_instance, monkeypatch

@@ -255,6 +255,7 @@ class Exp(TinyExp):
             logger=logger,
         )
         position, step, history = resumed.position, resumed.step, resumed.history
+        tracked = resumed.tracked  # the tracker run the checkpoint continues
         if acc.is_main_process:
             # Written once a resumed checkpoint fits: a config the checkpoints in this run
             # dir reject must not replace the description of those checkpoints.
@@ -270,8 +271,14 @@ class Exp(TinyExp):
             attempt=int(os.environ.get(ENV_ATTEMPT, "1")),
         )
         tracker = self.wandb_cfg.build_tracker(
-            run_dir, config=self.config_dict(), name=self.run_id, is_main_process=acc.rank == 0
+            run_dir,
+            config=self.config_dict(),
+            name=self.run_id,
+            is_main_process=acc.rank == 0,
+            resume=tracked,
         )
+        # Every checkpoint names the tracker run, so a resume continues it.
+        tracked = tracker.resume_state()
         # After each step: a stop request (checkpoint, then stop) or a periodic step
         # checkpoint; the dict below is what it saves, plus position and every rank's RNG.
         after_step = StepCheckpoints(
@@ -286,7 +293,10 @@ class Exp(TinyExp):
                 "scheduler": scheduler,
                 "config": self.config_dict(),
                 "exp_class": self.exp_class,
-                "extra": {"history": [r.to_dict() for r in history]},
+                "extra": {
+                    "history": [r.to_dict() for r in history],
+                    "tracker": dict(tracked),
+                },
             },
             reporter=reporter,
             logger=logger,
@@ -307,9 +317,10 @@ class Exp(TinyExp):
                 val = self._validate(acc, model, val_loader_data)
                 record.val_loss, record.metrics = val["loss"], {"accuracy": val["accuracy"]}
                 history.append(record)
-                tracker.log(record.to_row(), step=epoch)
+                # At the global optimizer step: a resumed run's rows follow its checkpoint's.
+                tracker.log(record.to_row(), step=record.step)
                 best = self._save_epoch(
-                    acc, manager, model, optimizer, scheduler, history, reporter
+                    acc, manager, model, optimizer, scheduler, history, reporter, tracked=tracked
                 )
                 reporter.epoch_end(
                     epoch=epoch,
@@ -421,8 +432,12 @@ class Exp(TinyExp):
         count = max(float(totals[2]), 1.0)
         return {"loss": float(totals[0]) / count, "accuracy": float(totals[1]) / count}
 
-    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter) -> float:
-        """Rank 0 writes last.pt (and best.pt); every rank waits. Returns the best accuracy."""
+    def _save_epoch(
+        self, acc, manager, model, optimizer, scheduler, history, reporter, *,
+        tracked: dict | None = None,
+    ) -> float:  # fmt: skip
+        """Rank 0 writes last.pt (and best.pt); every rank waits. Returns the best accuracy.
+        `tracked`: the tracker run to continue on resume (`tracker.resume_state()`)."""
         record = history[-1]
         metric = self.primary_metric
         best = metric.best(r.metric(metric.name) for r in history)
@@ -436,7 +451,7 @@ class Exp(TinyExp):
                 config=self.config_dict(),
                 metrics={"train_loss": record.train_loss, **record.metrics},
                 exp_class=self.exp_class,
-                extra={"history": [r.to_dict() for r in history]},
+                extra={"history": [r.to_dict() for r in history], "tracker": dict(tracked or {})},
             )
             is_best = metric.is_at_least_as_good(record.metric(metric.name), best)
             paths = manager.save(state, is_best=is_best)
