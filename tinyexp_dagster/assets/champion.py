@@ -73,6 +73,7 @@ def gate(
     log: Any = None,
 ) -> dg.AssetCheckResult:
     """Compare `new` (the model_checkpoint value) with the champion; move the alias or not."""
+    from tinyexp_core.checkpoint import verify_checkpoint
     from tinyexp_core.contract import PrimaryMetric
     from tinyexp_core.exceptions import TinyExpError
 
@@ -92,10 +93,11 @@ def gate(
         if champion == version:
             return _result(True, meta, champion, f"{version} is the champion already")
         try:
+            verify_checkpoint(new["path"])  # a damaged file never becomes champion
             new_value = float(score(new))
             old_value = math.nan if champion is None else float(score(registry.version(champion)))
         except (TinyExpError, OSError) as err:
-            problem = f"cannot score {type(err).__name__}: {err}"
+            problem = f"{version} not compared, champion unchanged: {type(err).__name__}: {err}"
             return _result(False, meta, champion, problem)
         meta[f"new_{metric.name}"] = _finite(new_value)
         if champion is not None:

@@ -89,7 +89,7 @@ def champion_and_other(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The champion's version record, and the version to compare it with: the new one when
     it is not the champion, else the champion it replaced (None for the first)."""
-    from ..registry import ModelRegistry
+    from ..registry import ModelRegistry, UnknownModelError
 
     registry = ModelRegistry(storage.models_dir(), new["name"])
     version = registry.champion_version()
@@ -100,12 +100,14 @@ def champion_and_other(
             allow_retries=False,
         )
     champion = registry.version(version)
-    if new["version"] != version:
-        return champion, registry.version(new["version"])
     moves = [m for m in registry.history() if m["version"] == version and m.get("previous")]
-    if not moves:
+    other = (
+        new["version"] if new["version"] != version else (moves[-1]["previous"] if moves else None)
+    )
+    try:
+        return champion, None if other is None else registry.version(other)
+    except UnknownModelError:  # a version registered before version.json existed
         return champion, None
-    return champion, registry.version(moves[-1]["previous"])
 
 
 def comparison_markdown(
