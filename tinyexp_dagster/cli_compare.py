@@ -181,7 +181,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from .curves import plot_curves
 
         path = plot_curves(
-            [(f"A {a.reference}", a.rows), (f"B {b.reference}", b.rows)], a.metric, args.plot
+            [(f"A {a.reference[:12]}", a.rows), (f"B {b.reference[:12]}", b.rows)],
+            a.metric,
+            args.plot,
         )
         print(f"curves: {path}")
     return 0

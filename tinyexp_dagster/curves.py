@@ -39,8 +39,13 @@ def plot_curves(
         metrics.plot(epochs, _series(rows, f"val_{metric}"), "-o", color=color, label=label)
     losses.set(title="loss", xlabel="epoch", ylabel="loss")
     metrics.set(title=f"validation {metric}", xlabel="epoch", ylabel=metric)
+    last = max((row["epoch"] for _, rows in runs for row in rows), default=1)
     for axes in (losses, metrics):
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlim(0.5, last + 0.5)  # whole epochs, even for a 1-epoch run
+        if last <= 20:
+            axes.set_xticks(range(1, last + 1))
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     figure.tight_layout()
