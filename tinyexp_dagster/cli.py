@@ -1,6 +1,9 @@
 """`tinyexp-dagster`: the pipeline's console command.
 
-tinyexp-dagster summary [--pipeline mnist]  latest primary metric, checkpoint, how to open the UI
+tinyexp-dagster summary [--pipeline mnist]  latest primary metric, champion, how to open the UI
+tinyexp-dagster models NAME      model versions and the champion (see cli_models.py)
+tinyexp-dagster promote NAME VERSION --reason TEXT   move the champion alias by hand
+tinyexp-dagster compare A B [--plot PATH]   two runs: config diff, metric deltas, epochs
 tinyexp-dagster redis url|stop   the embedded Redis under the storage root
 tinyexp-dagster progress [RUN_ID] live training progress from Redis (`--once`: one snapshot)
 tinyexp-dagster resume RUN_ID    run again what a terminated or failed run left, from its checkpoint
@@ -22,6 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .cli_compare import add_compare_command
+from .cli_models import add_model_commands
 from .resources.storage import default_storage_root
 
 if TYPE_CHECKING:
@@ -35,24 +40,24 @@ _STALE_HEARTBEAT_S = 10.0  # show the heartbeat's age from this age on
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    """Print a pipeline's latest evaluation (its primary metric) and promoted checkpoint."""
+    """Print a pipeline's latest evaluation (its primary metric) of the champion checkpoint."""
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
     name = args.pipeline
     evaluation = instance.get_latest_materialization_event(dg.AssetKey([name, "model_evaluation"]))
-    checkpoint = instance.get_latest_materialization_event(dg.AssetKey([name, "model_checkpoint"]))
-    if evaluation is None or checkpoint is None:
+    if evaluation is None:
         print(
             f"no {name}/model_evaluation materialization yet: run `make run` first", file=sys.stderr
         )
         return 1
     ev_meta = evaluation.asset_materialization.metadata
-    ck_meta = checkpoint.asset_materialization.metadata
     metric = str(ev_meta["primary_metric"].value).split(" ")[0]  # "accuracy (max)"
     print(f"{name} {metric} ({ev_meta['split'].value} split): {ev_meta[metric].value:.4f}")
-    print(f"checkpoint: {ck_meta['model_path'].value}")
-    print(f"sha256: {ck_meta['sha256'].value}")
+    if "champion_version" in ev_meta:
+        print(f"champion: {ev_meta['champion_version'].value}")
+    print(f"checkpoint: {ev_meta['checkpoint'].value}")
+    print(f"sha256: {ev_meta['checkpoint_sha256'].value}")
     print("open the UI: make dev, then http://127.0.0.1:3000 (same DAGSTER_HOME)")
     return 0
 
@@ -242,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("run_id", help="the Dagster run id to continue")
     resume.set_defaults(func=cmd_resume)
+    add_model_commands(sub)
+    add_compare_command(sub)
     return parser
 
 

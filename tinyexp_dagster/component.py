@@ -38,6 +38,9 @@ class TinyExpPipeline(dg.Component, dg.Resolvable):
     retrain_threshold: float | None = None
     retrain_cron: str = DEFAULT_RETRAIN_CRON  # `<name>_retrain_schedule` (created STOPPED)
     retrain_timezone: str = DEFAULT_RETRAIN_TIMEZONE  # an IANA name
+    # how much worse (primary metric, validation split) a new version may be and still
+    # become champion; >= 0
+    champion_tolerance: float = 0.0
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """`pipeline_defs(...)` with this component's attributes."""
@@ -51,4 +54,5 @@ class TinyExpPipeline(dg.Component, dg.Resolvable):
             retrain_threshold=self.retrain_threshold,
             retrain_cron=self.retrain_cron,
             retrain_timezone=self.retrain_timezone,
+            champion_tolerance=self.champion_tolerance,
         )

@@ -7,7 +7,7 @@ implements (a method counts when the subclass overrides TinyExp's):
 - `prepare_data` -> `<name>/prepared_dataset` + `dataset_sanity` and
   `<name>_retrain_on_new_data_sensor`; without it the experiment reads its own data;
 - `train` (returns TrainResult) -> `<name>/trained_model`, `<name>/model_checkpoint` +
-  `checkpoint_integrity`;
+  `checkpoint_integrity` and the blocking `champion_gate` (moves the `champion` alias);
 - `evaluate` (returns EvalResult) -> `<name>/model_evaluation`, `<name>_evaluate_job`; with
   `metric_threshold`, the `minimum_metric` check and `<name>_metric_regression_sensor`;
 - only `run()` (TinyExp 0.0.1), or a `train()` without `primary_metric` -> one
@@ -34,6 +34,7 @@ from tinyexp_core.exceptions import ConfigValueError
 
 from .assets import (
     PipelineSpec,
+    build_champion_gate,
     build_checkpoint_integrity,
     build_dataset_sanity,
     build_model_checkpoint,
@@ -63,6 +64,7 @@ def pipeline_defs(
     retrain_threshold: float | None = None,
     retrain_cron: str = DEFAULT_RETRAIN_CRON,
     retrain_timezone: str = DEFAULT_RETRAIN_TIMEZONE,
+    champion_tolerance: float = 0.0,
 ) -> dg.Definitions:
     """The Definitions of one experiment's pipeline, every name prefixed by `name`.
 
@@ -76,6 +78,8 @@ def pipeline_defs(
     - `retrain_threshold`: the regression sensor's own threshold, when retraining should
       start before the check fails (retrain below 0.95, gate at 0.9). None: `metric_threshold`.
     - `retrain_cron`, `retrain_timezone`: `<name>_retrain_schedule` (created STOPPED).
+    - `champion_tolerance`: in the primary metric's units, >= 0: how much worse than the
+      champion (on the validation split) a new version may be and still become champion.
 
     Raises ConfigValueError naming the argument when the experiment lacks what an option
     needs, or a name is not a valid Dagster name.
@@ -87,6 +91,7 @@ def pipeline_defs(
     has["train"] = has["train"] and spec.primary_metric is not None
     _check_pieces(spec, has, "metric_threshold", metric_threshold)
     _check_pieces(spec, has, "retrain_threshold", retrain_threshold)
+    tolerance = _check_tolerance(champion_tolerance)
     retrain_at = metric_threshold if retrain_threshold is None else retrain_threshold
     assets, checks = [], []
     if has["prepare_data"]:
@@ -96,6 +101,7 @@ def pipeline_defs(
     if has["train"]:
         assets.append(build_model_checkpoint(spec))
         checks.append(build_checkpoint_integrity(spec))
+        checks.append(build_champion_gate(spec, tolerance, evaluates=has["evaluate"]))
     if has["train"] and has["evaluate"]:
         assets.append(build_model_evaluation(spec, metric_threshold))
     names = [a.key.path[-1] for a in assets]
@@ -136,6 +142,16 @@ def _spec(name: str, experiment: str | type, overrides: Sequence[str]) -> Pipeli
         overrides=tuple(overrides),
         defaults=defaults,
     )
+
+
+def _check_tolerance(tolerance: float) -> float:
+    import math
+
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
+        raise ConfigValueError("champion_tolerance", tolerance, "a number >= 0")
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise ConfigValueError("champion_tolerance", tolerance, "a finite number >= 0")
+    return float(tolerance)
 
 
 def _implements(exp_cls: type, method: str) -> bool:

@@ -103,6 +103,13 @@ def test_trained_model(mats: dict[str, dg.AssetMaterialization], pipeline: Pipel
     assert meta["best_checkpoint"] == str(run_dir / "checkpoints" / "best.pt")
     for name in ("best.pt", "last.pt"):
         assert (run_dir / "checkpoints" / name).is_file()
+    # learning curves: a PNG in the run directory, and each epoch's values as numbers
+    curves = Path(meta["learning_curves"])
+    assert curves == run_dir / "learning_curves.png"
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 5000
+    assert meta["val_accuracy_epoch_001"] == row["val_accuracy"]
+    assert meta["train_loss_epoch_001"] == row["train_loss"]
+    assert meta["val_loss_epoch_001"] == row["val_loss"]
 
 
 def test_model_checkpoint(mats: dict[str, dg.AssetMaterialization], pipeline: Pipeline) -> None:
@@ -110,7 +117,11 @@ def test_model_checkpoint(mats: dict[str, dg.AssetMaterialization], pipeline: Pi
     trained = values(mats["trained_model"])
     path = Path(meta["model_path"])
     run_id = pipeline.result.run_id
-    assert path == pipeline.storage_root / "models" / "mnist_exp" / run_id / "model.pt"
+    assert path == pipeline.storage_root / "models" / "mnist" / run_id / "model.pt"
+    assert meta["version"] == run_id and meta["model_name"] == "mnist"
+    record = json.loads((path.parent / "version.json").read_text())
+    assert record["sha256"] == meta["sha256"] and record["config_hash"] == meta["config_hash"]
+    assert record["data_version"] == values(mats["prepared_dataset"])["data_version"]
     assert meta["sha256"] == sha256_file(path)
     assert meta["size_bytes"] == path.stat().st_size > 0
     assert meta["source_run"] == run_id
@@ -150,7 +161,12 @@ def parse_markdown_matrix(text: str) -> list[list[int]]:
 
 def test_asset_checks_passed_in_the_pipeline(pipeline: Pipeline) -> None:
     evaluations = {e.check_name: e for e in pipeline.result.get_asset_check_evaluations()}
-    assert sorted(evaluations) == ["checkpoint_integrity", "dataset_sanity", "minimum_metric"]
+    assert sorted(evaluations) == [
+        "champion_gate",
+        "checkpoint_integrity",
+        "dataset_sanity",
+        "minimum_metric",
+    ]
     assert all(e.passed for e in evaluations.values())
 
 

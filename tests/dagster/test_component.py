@@ -27,6 +27,7 @@ ASSETS = {
 CHECKS = {
     ("mnist/prepared_dataset", "dataset_sanity"),
     ("mnist/model_checkpoint", "checkpoint_integrity"),
+    ("mnist/model_checkpoint", "champion_gate"),
     ("mnist/model_evaluation", "minimum_metric"),
 }
 JOBS = {"mnist_training_pipeline", "mnist_retrain_job", "mnist_evaluate_job"}
@@ -68,6 +69,7 @@ def test_component_from_attributes_equals_pipeline_defs() -> None:
         "metric_threshold": 60.0,
         "retrain_cron": "0 3 * * *",
         "retrain_timezone": "Europe/Paris",
+        "champion_tolerance": 2.5,
     }
     component = TinyExpPipeline.from_attributes_dict(attributes=attributes)
     defs = dg.Definitions.merge(
@@ -78,6 +80,10 @@ def test_component_from_attributes_equals_pipeline_defs() -> None:
     assert schedule.execution_timezone == "Europe/Paris"
     sensor = defs.resolve_sensor_def("tabular_metric_regression_sensor")
     assert "rmse" in sensor.description and "<= 60" in sensor.description
+    gate = defs.get_asset_checks_def(
+        dg.AssetCheckKey(dg.AssetKey(["tabular", "model_checkpoint"]), "champion_gate")
+    )
+    assert "within 2.5" in gate.get_spec_for_check_key(next(iter(gate.check_keys))).description
 
 
 def test_dg_list_defs_lists_the_mnist_pipeline(tmp_path: Path) -> None:

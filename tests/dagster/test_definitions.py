@@ -20,6 +20,7 @@ PIPELINE = ["prepared_dataset", "trained_model", "model_checkpoint", "model_eval
 CHECKS = {
     "dataset_sanity": "prepared_dataset",
     "checkpoint_integrity": "model_checkpoint",
+    "champion_gate": "model_checkpoint",
     "minimum_metric": "model_evaluation",
 }
 
@@ -28,7 +29,7 @@ def key(asset: str) -> dg.AssetKey:
     return dg.AssetKey(["mnist", asset])
 
 
-HEAVY_MODULES = ["torch", "ray", "torchvision", "sklearn", "pandas"]
+HEAVY_MODULES = ["torch", "ray", "torchvision", "sklearn", "pandas", "matplotlib"]
 
 
 def test_defs_is_loadable() -> None:

@@ -33,7 +33,7 @@ NEW_DATA = {
     "ops": {"mnist__prepared_dataset": {"config": {"overrides": ["data_cfg.test_fraction=0.25"]}}}
 }
 # The deployment's code location: the project's mnist pipeline, except that every evaluation
-# is a regression (accuracy 0.999 is out of reach) while the blocking check passes.
+# is a regression (accuracy 0.999 is out of reach) while the blocking checks pass.
 LOCATION = """
 import dagster as dg
 
@@ -45,6 +45,7 @@ defs = dg.Definitions.merge(
         "tinyexp_core.examples.mnist_exp:Exp",
         metric_threshold=0.0,
         retrain_threshold=0.999,
+        champion_tolerance=1.0,  # each retrain becomes champion (the gate: test_champion.py)
     ),
     dg.Definitions(resources=default_resources()),
 )

@@ -9,6 +9,7 @@ the case where one run could overwrite the other's file.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def test_two_concurrent_runs_do_not_interfere(ray_cluster, redis_url, storage, i
     # Promotion: nothing was overwritten, and every promoted file holds exactly the best.pt
     # of the run its version folder names.
     models = storage / "models" / "shared_name"
-    versions = sorted(p.name for p in models.iterdir())
+    versions = sorted(p.name for p in models.iterdir() if p.is_dir())
     assert versions and set(versions) <= {id_a, id_b}, versions
     for version in versions:
         best = storage / "runs" / version / "checkpoints" / "best.pt"
@@ -113,3 +114,8 @@ def test_two_concurrent_runs_do_not_interfere(ray_cluster, redis_url, storage, i
     }
     assert sources == {id_a: id_a, id_b: id_b}
     assert versions == sorted([id_a, id_b])
+    # both gates ran under the alias lock: two moves logged, the champion one of the two
+    # (this location's tolerance lets every version in: tests/reliability/support.py)
+    history = [json.loads(line) for line in (models / "champion_history.jsonl").open()]
+    assert sorted(m["version"] for m in history) == sorted([id_a, id_b])
+    assert json.loads((models / "champion.json").read_text())["version"] == history[-1]["version"]

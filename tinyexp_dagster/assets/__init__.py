@@ -2,6 +2,7 @@
 `<name>/prepared_dataset -> <name>/trained_model -> <name>/model_checkpoint ->
 <name>/model_evaluation`, and their checks. `tinyexp_dagster.pipeline_defs` assembles them."""
 
+from .champion import CHAMPION_GATE_CHECK, build_champion_gate
 from .checkpoint import build_model_checkpoint
 from .checks import build_checkpoint_integrity, build_dataset_sanity
 from .common import PipelineSpec
@@ -10,6 +11,8 @@ from .evaluation import MIN_METRIC_CHECK, build_model_evaluation
 from .training import build_trained_model
 
 __all__ = [
+    "CHAMPION_GATE_CHECK",
+    "build_champion_gate",
     "MIN_METRIC_CHECK",
     "PipelineSpec",
     "build_checkpoint_integrity",

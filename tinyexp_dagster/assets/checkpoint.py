@@ -1,4 +1,6 @@
-"""`<name>/model_checkpoint`: the run's best checkpoint, verified and promoted to models/."""
+"""`<name>/model_checkpoint`: the run's best checkpoint, verified and registered as a model
+version (`models/<model>/<version>/model.pt` + `version.json`); the `champion` alias moves only
+through the `champion_gate` check (assets/champion.py) or `tinyexp-dagster promote`."""
 
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,12 @@ from .common import PipelineSpec
 
 
 class CheckpointConfig(dg.Config):
-    """Name under which the model is promoted (`models/<name>/<version>/model.pt`)."""
+    """Name under which the model version is registered (`models/<name>/<version>/`)."""
 
     model_name: str = Field(
-        default="", description="name of the promoted model; empty: the experiment's exp_name"
+        default="",
+        description="registry name of the model (its versions and champion); empty: the "
+        "pipeline's name",
     )
 
 
@@ -46,8 +50,8 @@ def build_model_checkpoint(spec: PipelineSpec) -> dg.AssetsDefinition:
         code_version="1",
         kinds={"pytorch"},
         ins={"trained_model": dg.AssetIn(spec.key("trained_model"))},
-        description=f"{spec.name}: the best checkpoint, sha256-verified, copied to "
-        "models/<name>/<version>/model.pt.",
+        description=f"{spec.name}: the best checkpoint, sha256-verified, registered as "
+        "version models/<name>/<version>/ (the champion_gate check decides the champion).",
     )
     def model_checkpoint(
         context: dg.AssetExecutionContext,
@@ -55,7 +59,7 @@ def build_model_checkpoint(spec: PipelineSpec) -> dg.AssetsDefinition:
         trained_model: dict[str, Any],
         storage: StorageResource,
     ) -> dg.Output[dict[str, Any]]:
-        return promote_run(context, config, trained_model, storage)
+        return promote_run(context, config, trained_model, storage, spec.name)
 
     return model_checkpoint
 
@@ -65,16 +69,42 @@ def promote_run(
     config: CheckpointConfig,
     trained_model: dict[str, Any],
     storage: StorageResource,
+    pipeline: str,
 ) -> dg.Output[dict[str, Any]]:
-    """Promote the TrainResult's best checkpoint; the value names the file and its source."""
+    """Register the TrainResult's best checkpoint as a version named by its run id; the value
+    names the file, its source and what the champion gate needs to rebuild the experiment."""
     from tinyexp_core.contract import TrainResult
 
+    from ..registry import ModelRegistry, now_iso
+
     result = TrainResult.from_dict(trained_model)
-    name = config.model_name or trained_model["exp_name"]
+    name = config.model_name or pipeline
+    registry = ModelRegistry(storage.models_dir(), name)
     best = result.checkpoints.best
-    target, sha = promote(best, storage.models_dir() / name / result.run_id)
-    context.log.info(f"promoted {best} to {target}")
+    target, sha = promote(best, registry.version_dir(result.run_id))
     metric = result.primary_metric
+    info = registry.write_version(
+        result.run_id,
+        {
+            "name": name,
+            "version": result.run_id,
+            "pipeline": pipeline,
+            "path": str(target),
+            "sha256": sha,
+            "primary_metric": metric.to_dict(),
+            "val_value": trained_model["best_value"],
+            "data_version": trained_model.get("data_version", ""),
+            "config_hash": trained_model["config_hash"],
+            "experiment": trained_model["experiment"],
+            "overrides": trained_model["overrides"],
+            "dataset_path": trained_model["dataset_path"],
+            "source_run": result.run_id,
+            "created": now_iso(),
+            "created_by": f"dagster run {context.run.run_id} ({pipeline}/model_checkpoint)",
+        },
+    )
+    context.log.info(f"registered {best} as {name} version {result.run_id} ({target})")
+    champion = registry.champion_version()
     value = {
         **{k: trained_model[k] for k in ("experiment", "overrides", "dataset_path", "config_hash")},
         "path": str(target),
@@ -84,15 +114,21 @@ def promote_run(
         "source_run": result.run_id,
         "primary_metric": metric.to_dict(),
         "val_value": trained_model["best_value"],
+        "data_version": info["data_version"],
     }
     metadata = {
         "model_path": dg.MetadataValue.path(str(target)),
         "sha256": sha,
         "size_bytes": target.stat().st_size,
+        "model_name": name,
+        "version": result.run_id,
         "source_run": result.run_id,
         "source_checkpoint": dg.MetadataValue.path(best),
         f"val_{metric.name}": trained_model["best_value"],
         "config_hash": trained_model["config_hash"],
+        "data_version": info["data_version"] or None,
+        # before the gate: the champion_gate check's result says whether it moved
+        "champion": "yes" if champion == result.run_id else f"no (champion: {champion or 'none'})",
     }
     metadata = {k: v for k, v in metadata.items() if v is not None}
     return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(sha[:16]))

@@ -1,4 +1,8 @@
-"""`<name>/model_evaluation`: the promoted checkpoint, loaded from its file, on a split.
+"""`<name>/model_evaluation`: the CHAMPION version, loaded from its file, on a split.
+
+The champion is read from the registry when the step runs (the `champion_gate` check moved
+it, or `tinyexp-dagster promote` did); the metadata compares it, as a markdown table, with
+the new version when the gate kept that one out, else with the champion it replaced.
 
 Scored with the experiment's own `evaluate()` and primary metric (`accuracy`/max,
 `rmse`/min, ...); with a threshold, the blocking `minimum_metric` check compares the
@@ -9,6 +13,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
+from ..resources import StorageResource
 from .common import PipelineSpec, build_experiment, table
 
 MIN_METRIC_CHECK = "minimum_metric"
@@ -49,20 +54,83 @@ def build_model_evaluation(spec: PipelineSpec, threshold: float | None) -> dg.As
         check_specs=checks,
         ins={"model_checkpoint": dg.AssetIn(spec.key("model_checkpoint"))},
         description=f"{spec.name}: {metric.name} ({metric.direction}) and loss of the "
-        "promoted model, loaded from its file.",
+        "champion model, loaded from its file, compared with the new version.",
     )
     def model_evaluation(
-        context: dg.AssetExecutionContext, config: config_cls, model_checkpoint: dict[str, Any]
+        context: dg.AssetExecutionContext,
+        config: config_cls,
+        model_checkpoint: dict[str, Any],
+        storage: StorageResource,
     ):
-        result = evaluate_checkpoint(spec, model_checkpoint, config.split)
+        champion, other = champion_and_other(storage, model_checkpoint)
+        # the data of this pipeline run (the champion may have been trained on older data)
+        scored = {**champion, "dataset_path": model_checkpoint["dataset_path"]}
+        result = evaluate_checkpoint(spec, scored, config.split)
         context.log.info(
-            f"{config.split} {metric.name} {result.value:.4f} of {model_checkpoint['path']}"
+            f"{config.split} {metric.name} {result.value:.4f} of champion "
+            f"{champion['version']} ({champion['path']})"
         )
-        yield dg.Output(result.to_dict(), metadata=evaluation_metadata(result, model_checkpoint))
+        metadata = evaluation_metadata(result, champion)
+        metadata["champion_version"] = champion["version"]
+        if other is not None:
+            scored_other = {**other, "dataset_path": model_checkpoint["dataset_path"]}
+            metadata["comparison"] = dg.MetadataValue.md(
+                comparison_markdown(spec, result, champion, scored_other, config.split)
+            )
+        yield dg.Output({**result.to_dict(), "version": champion["version"]}, metadata=metadata)
         if threshold is not None:
             yield metric_check(result, config.threshold)
 
     return model_evaluation
+
+
+def champion_and_other(
+    storage: StorageResource, new: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The champion's version record, and the version to compare it with: the new one when
+    it is not the champion, else the champion it replaced (None for the first)."""
+    from ..registry import ModelRegistry, UnknownModelError
+
+    registry = ModelRegistry(storage.models_dir(), new["name"])
+    version = registry.champion_version()
+    if version is None:
+        raise dg.Failure(
+            f"model {new['name']} has no champion yet: the champion_gate check of "
+            "model_checkpoint sets the first one",
+            allow_retries=False,
+        )
+    champion = registry.version(version)
+    moves = [m for m in registry.history() if m["version"] == version and m.get("previous")]
+    other = (
+        new["version"] if new["version"] != version else (moves[-1]["previous"] if moves else None)
+    )
+    try:
+        return champion, None if other is None else registry.version(other)
+    except UnknownModelError:  # a version registered before version.json existed
+        return champion, None
+
+
+def comparison_markdown(
+    spec: PipelineSpec, champion_result: Any, champion: dict[str, Any], other: dict, split: str
+) -> str:
+    """The champion vs another version on `split`: primary metric and loss, with deltas."""
+    from tinyexp_core.exceptions import TinyExpError
+
+    name = spec.primary_metric.name
+    try:
+        other_result = evaluate_checkpoint(spec, other, split)
+    except TinyExpError as err:
+        return f"{other['version']} could not be evaluated: {type(err).__name__}: {err}"
+    rows = [
+        (name, champion_result.value, other_result.value),
+        ("loss", champion_result.loss, other_result.loss),
+    ]
+    lines = [
+        f"| {split} | champion {champion['version']} | {other['version']} | champion - other |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {what} | {a:.4f} | {b:.4f} | {a - b:+.4f} |" for what, a, b in rows]
+    return "\n".join(lines)
 
 
 def _with_threshold(spec: PipelineSpec, threshold: float, bound: str) -> type[dg.Config]:
@@ -83,7 +151,7 @@ def _with_threshold(spec: PipelineSpec, threshold: float, bound: str) -> type[dg
 
 
 def evaluate_checkpoint(spec: PipelineSpec, checkpoint: dict[str, Any], split: str) -> Any:
-    """The experiment's EvalResult of the promoted file on `split`."""
+    """The experiment's EvalResult of a registered version's file on `split`."""
     from tinyexp_core.contract import EvalResult
     from tinyexp_core.timing import mark
 

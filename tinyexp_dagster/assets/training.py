@@ -11,6 +11,7 @@ from pydantic import Field
 
 from tinyexp_core.redaction import redact_overrides
 
+from ..curves import epoch_metadata
 from ..resources import RayDDPResource, RedisProgressResource, StorageResource
 from ..resources.ray import RayAccelerator
 from ..schema import with_exp_field
@@ -22,6 +23,7 @@ RESUME_CHOICES: tuple[str, ...] = get_args(Resume)
 TrainAccelerator = Literal["resource", RayAccelerator]
 # Tag of a run that continues another run's directory (set by stalled_training_sensor).
 RESUME_RUN_DIR_TAG = "tinyexp/resume_run_dir"
+CURVES_FILE = "learning_curves.png"  # in the run directory
 
 
 class TrainConfig(dg.Config):
@@ -93,7 +95,7 @@ def build_trained_model(
 
     def body(context, config, dataset, ray, redis, storage) -> dg.Output[dict[str, Any]]:
         exp, summary = _train(context, spec, config, dataset, ray, redis, storage, trains)
-        return output(spec, config, dataset, summary, exp)
+        return output(context, spec, config, dataset, summary, exp)
 
     if with_dataset:
 
@@ -281,6 +283,7 @@ def _termination_requested(context: dg.AssetExecutionContext) -> bool:
 
 
 def _output(
+    context: dg.AssetExecutionContext,
     spec: PipelineSpec,
     config: TrainConfig,
     dataset: dict[str, Any] | None,
@@ -295,6 +298,8 @@ def _output(
     data_version = dataset["data_version"] if dataset else ""
     digest = config_hash(spec.experiment, user, data_version)
     metric = result.primary_metric
+    rows = [_rounded_row(r.to_row()) for r in result.history]
+    curves = write_curves_best_effort(context, rows, metric.name, result.run_dir)
     value = {
         **result.to_dict(),
         "experiment": spec.experiment,
@@ -314,7 +319,9 @@ def _output(
         "workers": exp.num_workers,
         "world_size": result.world_size,
         "resumed_from": result.resumed_from or "none",
-        "per_epoch": table([_rounded_row(r.to_row()) for r in result.history]),
+        "per_epoch": table(rows),
+        "learning_curves": dg.MetadataValue.path(str(curves)) if curves else None,
+        **epoch_metadata(rows, metric.name),
         "overrides": dg.MetadataValue.json(user),
         "effective_config": dg.MetadataValue.json(result.config),
         "config_hash": digest,
@@ -327,6 +334,22 @@ def _output(
     return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(digest))
 
 
+def write_curves_best_effort(
+    context: dg.AssetExecutionContext, rows: list[dict[str, Any]], metric: str, run_dir: str
+) -> Any:
+    """`<run_dir>/learning_curves.png`, or None (with a warning) when it cannot be drawn: a
+    picture never fails a finished training."""
+    from pathlib import Path
+
+    from ..curves import plot_curves
+
+    try:
+        return plot_curves([("run", rows)], metric, Path(run_dir) / CURVES_FILE)
+    except Exception as err:  # matplotlib missing or broken, disk full: the run stands
+        context.log.warning(f"learning curves not drawn: {type(err).__name__}: {err}")
+        return None
+
+
 def _rounded_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}
     out["epoch"] = int(row["epoch"]) + 1  # 1-based, as the logs and observations
@@ -334,6 +357,7 @@ def _rounded_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_output(
+    context: dg.AssetExecutionContext,
     spec: PipelineSpec,
     config: TrainConfig,
     dataset: dict[str, Any] | None,
