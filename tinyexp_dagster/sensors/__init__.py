@@ -30,7 +30,12 @@ from .common import stall_action, stall_after_s
 from .metric_regression import build_metric_regression_sensor, evaluation_key
 from .retrain_on_new_data import build_retrain_on_new_data_sensor, data_version
 from .stalled_training import STALLED_RUN_TAG, resume_run_config, stalled_training_sensor
-from .training_progress import MAX_EVENTS_PER_TICK, progress_observation, training_progress_sensor
+from .training_progress import (
+    MAX_EVENTS_PER_TICK,
+    MAX_OBSERVATIONS_PER_TICK,
+    progress_observation,
+    training_progress_sensor,
+)
 
 SHARED_SENSORS = [training_progress_sensor, stalled_training_sensor]
 
@@ -42,6 +47,7 @@ __all__ = [
     "build_retrain_on_new_data_sensor",
     "data_version",
     "evaluation_key",
+    "MAX_OBSERVATIONS_PER_TICK",
     "progress_observation",
     "resume_run_config",
     "stall_action",
