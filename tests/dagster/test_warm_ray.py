@@ -154,3 +154,23 @@ def test_without_a_record_or_with_an_address_no_head_is_looked_for(tmp_path, mon
     assert log == []
     forced = RayDDPResource().overrides(address="127.0.0.1:6380")
     assert "ray_address=127.0.0.1:6380" in forced, "the run record states the address used"
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+def test_a_loopback_address_is_joined_in_loopback_mode_only_when_ray_listens_there_only(bind):
+    """`ray up`'s Ray listens on loopback only (its node is 127.0.0.1); a `ray start` head
+    given as 127.0.0.1:port listens everywhere (its node has the routable IP): joined as
+    before."""
+    import socket
+
+    from ray.util import get_node_ip_address
+
+    from tinyexp_core.launchers.ray import _answers_beyond_loopback
+
+    if bind == "0.0.0.0" and get_node_ip_address() == "127.0.0.1":
+        pytest.skip("this host has no routable address")
+    with socket.socket() as server:
+        server.bind((bind, 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        assert _answers_beyond_loopback(address) is (bind == "0.0.0.0")

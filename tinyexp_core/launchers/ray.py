@@ -167,7 +167,7 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
     if address:
         _check_reachable(address, connect_timeout_s)
         try:
-            if _is_loopback(address):
+            if _is_loopback(address) and not _answers_beyond_loopback(address):
                 _connect_loopback(address)
             else:
                 ray.init(address=address, log_to_driver=False, logging_level="WARNING")
@@ -200,6 +200,23 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
 def _is_loopback(address: str) -> bool:
     host = address.split("://", 1)[-1].rpartition(":")[0]
     return host in (LOCAL_HOST, "localhost")
+
+
+def _answers_beyond_loopback(address: str) -> bool:
+    """Whether the Ray at a loopback `address` also answers at this host's routable IP, as
+    a `ray start` head does (its node is registered under that IP, so a plain connect
+    works); a Ray started in loopback mode (`ray up`) answers on 127.0.0.1 only."""
+    from ray.util import get_node_ip_address
+
+    ip = get_node_ip_address()
+    port = int(address.rpartition(":")[2])
+    if ip == LOCAL_HOST:
+        return False
+    try:
+        with socket.create_connection((ip, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def _connect_loopback(address: str) -> None:
