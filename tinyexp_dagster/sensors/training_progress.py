@@ -20,10 +20,10 @@ from .common import with_store
 
 TRAINED_MODEL = "trained_model"  # the last part of every pipeline's training asset key
 MAX_EVENTS_PER_TICK = 500  # a backlog is worked off over several ticks, in order
-# The daemon writes each observation to the event log in its own transaction (5-10 ms on
-# SQLite or Postgres on a quiet disk, several times that under load), so a tick's cost is
-# set by the observations it emits, not the events it reads. 50 per 10 s tick: the newest
-# epoch of 5 runs a second; a busier stream builds a backlog the next ticks work off.
+# The daemon writes each observation to the event log in its own transaction (about 10 ms
+# each in bench.sensor_cost on 2 shared cores, several times that under load), so a tick's
+# cost is set by the observations it emits, not the events it reads. 50 per 10 s tick: the
+# newest epoch of 5 runs a second; a busier stream builds a backlog the next ticks work off.
 MAX_OBSERVATIONS_PER_TICK = 50
 _OBSERVED_EVENTS = ("epoch_end", "finished", "failed")
 _EVENT_OWN_FIELDS = ("event", "run_id", "epoch", "loss", "status", "error", "path")
