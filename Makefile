@@ -59,8 +59,9 @@ format: install ## ruff autofix and format
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-stop-services: install ## stop the embedded Redis started under the storage root
+stop-services: install ## stop the embedded Redis and the warm local Ray (`tinyexp-dagster ray up`) of the storage root
 	$(PY) -m tinyexp_dagster.cli redis stop
+	$(PY) -m tinyexp_dagster.cli ray down
 
 clean: ## remove run outputs (not .venv)
 	rm -rf .tinyexp .dagster_home output test-artifacts

@@ -40,12 +40,15 @@ SMOKE_ARGS = {
     "startup": ["--reps", "1", "--epochs", "1"],
     "torchrun_compare": ["--reps", "1", "--epochs", "2"],
     "orchestration": ["--reps", "1", "--epochs", "1"],
+    "step_checkpoint": ["--steps", "20", "--every", "5", "--trials", "2"],
+    "warm_start": ["--reps", "1", "--epochs", "1"],
 }
 
 
 # Longest first, so that parallel smoke lanes finish together (seconds seen in smoke runs).
-SMOKE_ORDER = ("startup", "torchrun_compare", "training_overhead", "ddp_scaling")
+SMOKE_ORDER = ("startup", "torchrun_compare", "warm_start", "training_overhead", "ddp_scaling")
 SMOKE_ORDER += ("orchestration", "progress_overhead", "input_pipeline", "sensor_cost")
+SMOKE_ORDER += ("step_checkpoint",)
 
 
 def run_one(name: str, directory: Path, extra: list[str], capture: bool) -> str:

@@ -33,6 +33,11 @@ BENCHMARKS = (
         "daemon-like tick at 1000 runs, SQLite on disk and Postgres (< 1 s)",
     ),
     (
+        "step_checkpoint",
+        "10. Step checkpoints on / off",
+        "step time, step checkpoints every 20 steps on / off (<= 1.02)",
+    ),
+    (
         "progress_overhead",
         "5. Progress reporting overhead",
         "step time, progress on / off (<= 1.01)",
@@ -56,6 +61,11 @@ BENCHMARKS = (
         "torchrun_compare",
         "9. The default path vs a plain torchrun script",
         "epoch-to-epoch speed, torchrun script / retrain_job (>= 0.95); whole job; first step",
+    ),
+    (
+        "warm_start",
+        "11. Warm start: retrain_job on a running Ray vs a torchrun script",
+        "first step, retrain_job on a warm Ray / torchrun script (<= 2.0)",
     ),
     (
         "orchestration",

@@ -51,14 +51,8 @@ whose spread asks for more says so there (raise `--reps`, or measure on a quiet 
 NOT_MEASURED = """\
 ## Not yet measured (TODO)
 
-These targets depend on features not built yet; no number is claimed for them.
+These targets depend on hardware this machine lacks; no number is claimed for them.
 
-- **Warm start**: a local Ray that outlives a run (`make dev`, `tinyexp-dagster ray up` /
-  `ray down`), reused by runs. Target: `retrain_job`'s time to first step with a warm Ray
-  <= 2x the torchrun script's (`bench.torchrun_compare` measures the cold one), and the
-  cold start <= 0.6x Ray Train's (`bench.startup`, item 3). **Not yet measured.**
-- **Step checkpoints** (`every_n_steps`, from the "stop safely" issue): step time with
-  step checkpoints on / off, target <= 1.02. **Not yet measured.**
 """
 GPU_TODO = """\
 - **GPU** (`bash bench/gpu_check.sh` on a CUDA machine, item 8): the examples on CUDA vs a
@@ -183,7 +177,7 @@ def render(found: Mapping[str, Mapping[str, Any]]) -> str:
     parts = [INTRO, "## Summary\n\n" + table(summary) + "\n"]
     parts += [section(name, title, found.get(name)) for name, title, _ in ordered]
     if "gpu_check" in found:
-        parts += [section("gpu_check", "8. GPU", found["gpu_check"]), NOT_MEASURED]
+        parts.append(section("gpu_check", "8. GPU", found["gpu_check"]))
     else:
         parts.append(NOT_MEASURED + GPU_TODO)
     parts.append(METHOD_NOTES)

@@ -20,7 +20,8 @@ Per run:
 - whole-job wall time, process spawn to exit, ours over torchrun's (no target; ours also
   promotes and evaluates);
 - time to first step, process spawn to rank 0's first optimizer step, ours over torchrun's
-  (no target here; the warm-start goal, <= 2x, waits for a Ray that outlives runs).
+  (no target here: this is the cold start; the warm-start goal, <= 2x on a Ray that
+  outlives runs, is `bench.warm_start`'s).
 
     .venv/bin/python -m bench.torchrun_compare [--reps 5] [--epochs 5]
 """

@@ -5,6 +5,7 @@ tinyexp-dagster models NAME      model versions and the champion (see cli_models
 tinyexp-dagster promote NAME VERSION --reason TEXT   move the champion alias by hand
 tinyexp-dagster compare A B [--plot PATH]   two runs: config diff, metric deltas, epochs
 tinyexp-dagster redis url|stop   the embedded Redis under the storage root
+tinyexp-dagster ray up|down|status   a local Ray on 127.0.0.1 that outlives runs (warm starts)
 tinyexp-dagster progress [RUN_ID] live training progress from Redis (`--once`: one snapshot)
 tinyexp-dagster resume RUN_ID    run again what a terminated or failed run left, from its checkpoint
 
@@ -102,6 +103,42 @@ def cmd_redis(args: argparse.Namespace) -> int:
     stopped = server.stop()
     print("stopped the embedded Redis" if stopped else "no embedded Redis was running")
     return 0
+
+
+def cmd_ray(args: argparse.Namespace) -> int:
+    """Start, stop or show the local Ray that runs on this storage root reuse."""
+    from tinyexp_core.exceptions import RayConnectionError
+    from tinyexp_core.launchers.ray_head import (
+        address_file,
+        live_head_address,
+        read_head,
+        start_head,
+        stop_head,
+    )
+
+    root = args.storage_root
+    if args.action == "up":
+        try:
+            head, started = start_head(root, num_cpus=args.num_cpus)
+        except RayConnectionError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        what = "started" if started else "already running:"
+        print(f"{what} local Ray at {head.address} (pid {head.pid}), recorded in "
+              f"{address_file(root)}; runs on this storage root reuse it until "
+              "`tinyexp-dagster ray down`")  # fmt: skip
+        return 0
+    if args.action == "down":
+        head = stop_head(root)
+        print("no local Ray was recorded" if head is None else f"stopped the local Ray at "
+              f"{head.address} (pid {head.pid})")  # fmt: skip
+        return 0
+    address, why = live_head_address(root)
+    if address:
+        print(f"local Ray at {address} (pid {read_head(root).pid}): runs reuse it")
+        return 0
+    print(why or f"no local Ray recorded in {address_file(root)}: runs start their own")
+    return 1
 
 
 def cmd_progress(args: argparse.Namespace) -> int:
@@ -237,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     redis = sub.add_parser("redis", help="the embedded Redis server")
     redis.add_argument("action", choices=("url", "stop"))
     redis.set_defaults(func=cmd_redis)
+    ray = sub.add_parser("ray", help="a local Ray that outlives runs (warm starts)")
+    ray.add_argument("action", choices=("up", "down", "status"))
+    ray.add_argument("--num-cpus", type=int, default=None, help="CPUs it offers (up; default: all)")
+    ray.set_defaults(func=cmd_ray)
     progress = sub.add_parser("progress", help="live training progress from Redis")
     progress.add_argument("run_id", nargs="?", help="a run id (default: every active run)")
     progress.add_argument("--once", action="store_true", help="print one snapshot and exit")

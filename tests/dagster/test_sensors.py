@@ -248,6 +248,65 @@ def test_progress_events_become_observations_once(
     assert again.cursor == second.cursor
 
 
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def test_a_backlog_over_the_cap_is_worked_off_over_ticks_without_loss_or_repeat(
+    redis_url, client, instance, resources, new_run_id, monkeypatch
+):
+    """More observable events than one tick may emit: each tick emits at most the cap, the
+    cursor moves only past what was observed, and after a few ticks every run's epoch ends
+    are accounted for once (observed, or folded into a newer one of the same run in the
+    same tick) and every outcome observed once."""
+    from tinyexp_dagster.sensors import training_progress
+
+    cap = 3
+    monkeypatch.setattr(training_progress, "MAX_OBSERVATIONS_PER_TICK", cap)
+    cursor = stream_end(client)
+    burst, *runs = [new_run_id() for _ in range(6)]
+    reporters = {rid: start_run(redis_url, rid, heartbeat=time.time()) for rid in runs}
+    reporters[burst] = start_run(redis_url, burst, heartbeat=time.time())
+    for epoch in range(3):  # one run's epoch ends back to back: folded into the newest
+        reporters[burst].epoch_end(epoch=epoch, loss=1.0 / (epoch + 1), metrics={})
+    for epoch in range(2):  # the others' interleaved: one observation each
+        for rid in runs:
+            reporters[rid].epoch_end(epoch=epoch, loss=0.5, metrics={"val_accuracy": 0.5})
+    for rid in [burst, *runs]:
+        reporters[rid].finish("succeeded")
+    last_ours = stream_end(client)
+    expected_epoch_ends = {burst: 3, **{rid: 2 for rid in runs}}
+    wanted = 1 + 2 * len(runs) + len(runs) + 1  # burst's epoch + others' epochs + outcomes
+
+    seen: dict[str, list[tuple[str, int | None, int]]] = {rid: [] for rid in expected_epoch_ends}
+    ticks = 0
+    while _stream_id(cursor) < _stream_id(last_ours):
+        assert ticks < 40, f"backlog not worked off after {ticks} ticks (cursor {cursor})"
+        data = tick(training_progress_sensor, instance, cursor, resources)
+        assert len(data.asset_events) <= cap, "a tick emitted more observations than the cap"
+        assert _stream_id(data.cursor) > _stream_id(cursor), "a tick with events must advance"
+        for obs in data.asset_events:
+            rid = obs.metadata["run_id"].value
+            if rid in seen:
+                meta = {k: v.value for k, v in obs.metadata.items()}
+                seen[rid].append(
+                    (meta["event"], meta.get("epoch"), meta.get("epoch_ends_folded_in", 0))
+                )
+        cursor, ticks = data.cursor, ticks + 1
+    assert ticks >= -(-wanted // cap), "the cap did not split the backlog over ticks"
+
+    for rid, observed in seen.items():
+        assert len(observed) == len(set(observed)), f"{rid}: an observation repeated"
+        epochs = [(epoch, folded) for event, epoch, folded in observed if event == "epoch_end"]
+        assert sum(1 + folded for _, folded in epochs) == expected_epoch_ends[rid], observed
+        assert max(epoch for epoch, _ in epochs) == expected_epoch_ends[rid], "newest epoch"
+        assert [e for e, _, _ in observed].count("finished") == 1, observed
+    assert seen[burst] == [("epoch_end", 3, 2), ("finished", None, 0)]
+    again = tick(training_progress_sensor, instance, last_ours, resources)
+    assert not [o for o in again.asset_events if o.metadata["run_id"].value in seen]
+
+
 def test_progress_without_a_store_or_with_redis_down(instance, down_resources, tmp_path):
     no_store = {"redis": RedisProgressResource(), "storage": StorageResource(root=str(tmp_path))}
     data = tick(training_progress_sensor, instance, "0-0", no_store)

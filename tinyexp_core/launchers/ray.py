@@ -34,7 +34,7 @@ from ..exceptions import (
     WorkerFailedError,
 )
 from ..stop import STOP_GRACE_S, stop_requested
-from ..timing import mark
+from ..timing import ENV_TIMING_FILE, mark
 from .runtime import forward_stdout, set_log_forwarder
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
@@ -167,7 +167,10 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
     if address:
         _check_reachable(address, connect_timeout_s)
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            if _is_loopback(address) and not _answers_beyond_loopback(address):
+                _connect_loopback(address)
+            else:
+                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         except Exception as err:
             raise RayConnectionError(address, f"{type(err).__name__}: {err}") from None
     else:
@@ -192,6 +195,53 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
         yield True
     finally:
         ray.shutdown()
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rpartition(":")[0]
+    return host in (LOCAL_HOST, "localhost")
+
+
+def _answers_beyond_loopback(address: str) -> bool:
+    """Whether the Ray at a loopback `address` also answers at this host's routable IP, as
+    a `ray start` head does (its node is registered under that IP, so a plain connect
+    works); a Ray started in loopback mode (`ray up`) answers on 127.0.0.1 only."""
+    from ray.util import get_node_ip_address
+
+    ip = get_node_ip_address()
+    port = int(address.rpartition(":")[2])
+    if ip == LOCAL_HOST:
+        return False
+    try:
+        with socket.create_connection((ip, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _connect_loopback(address: str) -> None:
+    """Join a Ray that runs on this machine's loopback (`tinyexp-dagster ray up`).
+
+    That Ray registered its node as 127.0.0.1 (`_loopback_only`), so this driver must too,
+    or it looks for a raylet at the host's routable IP. A local Ray started by `ray.init`
+    uses token authentication with the user's token file; Ray turns it on for `auto`
+    addresses only, so do as it does there when a token is available.
+    """
+    import ray
+
+    with _loopback_only():
+        with contextlib.suppress(ImportError):  # a Ray without token authentication
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        ray.init(
+            address=address,
+            _node_ip_address=LOCAL_HOST,
+            log_to_driver=False,
+            logging_level="WARNING",
+        )
 
 
 def _check_cluster_fits(spec: RayLaunchSpec) -> None:
@@ -350,7 +400,11 @@ class RayLauncher:
                 ) from None
             sink = ray.remote(num_cpus=0)(_LogSink).remote()
             runtime_env = dict(spec.runtime_env)
-            runtime_env.setdefault("env_vars", {}).setdefault("PYTHONPATH", _python_path())
+            env_vars = runtime_env.setdefault("env_vars", {})
+            env_vars.setdefault("PYTHONPATH", _python_path())
+            if os.environ.get(ENV_TIMING_FILE):
+                # A Ray this process did not start (a warm one) has its own environment.
+                env_vars.setdefault(ENV_TIMING_FILE, os.environ[ENV_TIMING_FILE])
             worker_cls = ray.remote(_RankWorker)
             for rank in range(spec.num_workers):
                 actors.append(

@@ -140,7 +140,7 @@ def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
 
     user = spec.overrides_for(config.exp, config.overrides)
     forced = _forced(context, config, dataset, storage, redis, trains)
-    forced += _ray_forced(context, spec, config, ray)
+    forced += _ray_forced(context, spec, config, ray, str(storage.resolved_root()))
     exp = build_experiment(spec.experiment, user, forced)
     try:
         progress = redis.for_run(str(storage.resolved_root()), context.run.run_id, log=context.log)
@@ -238,9 +238,14 @@ def _run_dir(exp: Any, trains: bool) -> str:
 
 
 def _ray_forced(
-    context: dg.AssetExecutionContext, spec: PipelineSpec, config: TrainConfig, ray: RayDDPResource
+    context: dg.AssetExecutionContext,
+    spec: PipelineSpec,
+    config: TrainConfig,
+    ray: RayDDPResource,
+    storage_root: str,
 ) -> list[str]:
-    """Workers, resources, accelerator and timeout: this run's choices over the resource's."""
+    """Workers, resources, accelerator and timeout: this run's choices over the resource's;
+    the Ray address, a warm local Ray's when one runs for the storage root."""
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(spec.exp_cls)}
@@ -251,7 +256,8 @@ def _ray_forced(
             f"{spec.experiment} has no accelerator_cfg: the accelerator setting "
             f"{choices['accelerator'] or ray.accelerator!r} does not reach it"
         )
-    decided = ray.overrides(**choices, has_accelerator_cfg=has_accelerator_cfg)
+    address = ray.run_address(storage_root, log=context.log.info)
+    decided = ray.overrides(**choices, address=address, has_accelerator_cfg=has_accelerator_cfg)
     if not has_accelerator_cfg:
         return decided
     # An experiment may bring its own AcceleratorCfg (TinyExp 0.0.1's has `accelerator`

@@ -14,10 +14,12 @@ RAY_ACCELERATORS: tuple[str, ...] = get_args(RayAccelerator)
 
 
 class RayDDPResource(dg.ConfigurableResource):
-    """DDP on Ray: a local Ray on 127.0.0.1 (started on demand, stopped after) by default,
-    an existing cluster with `address` (`auto`, `host:port`, `ray://host:port`) or
-    `$RAY_ADDRESS`. One actor per rank in a placement group; actors and the group are
-    removed on every exit path, including Dagster's termination.
+    """DDP on Ray: a local Ray on 127.0.0.1 by default: the one `tinyexp-dagster ray up`
+    keeps running for the storage root when it is live (a warm start; left running), else
+    one started for the run and stopped after; an existing cluster with `address` (`auto`,
+    `host:port`, `ray://host:port`) or `$RAY_ADDRESS`. One actor per rank in a placement
+    group; actors and the group are removed on every exit path, including Dagster's
+    termination.
 
     Its sizes and accelerator are defaults a run's config can replace; what a run ends up
     with reaches the experiment as overrides (`overrides()`), and the launch request is
@@ -26,7 +28,8 @@ class RayDDPResource(dg.ConfigurableResource):
     address: str | None = Field(
         default=None,
         description="Ray to run on: `auto`, `host:port` or `ray://host:port`; "
-        "unset: $RAY_ADDRESS, else a local Ray on 127.0.0.1 started for the run",
+        "unset: $RAY_ADDRESS, else the local Ray of `tinyexp-dagster ray up` when it runs, "
+        "else a local Ray on 127.0.0.1 started for the run",
     )
     num_workers: int = Field(
         default=2, description="DDP ranks, one Ray actor each (a run's config may replace it)"
@@ -56,9 +59,27 @@ class RayDDPResource(dg.ConfigurableResource):
         """The Ray address a run uses: `address`, else $RAY_ADDRESS, else "" (local Ray)."""
         return self.address or os.environ.get("RAY_ADDRESS", "")
 
+    def run_address(self, storage_root: str, log: Callable[[str], None] | None = None) -> str:
+        """The address a run uses: `resolved_address()`, else the live local Ray that
+        `tinyexp-dagster ray up` recorded under `storage_root` (a warm start), else ""
+        (a local Ray started for the run; a stale record is logged and ignored)."""
+        from tinyexp_core.launchers.ray_head import live_head_address
+
+        explicit = self.resolved_address()
+        if explicit:
+            return explicit
+        address, why = live_head_address(storage_root)
+        say = log or (lambda _: None)
+        if address:
+            say(f"warm start: reusing the local Ray at {address} (`tinyexp-dagster ray up`)")
+        elif why:
+            say(f"{why}; starting a local Ray for this run instead")
+        return address
+
     def overrides(
         self,
         *,
+        address: str | None = None,
         num_workers: int | None = None,
         num_cpus_per_worker: float | None = None,
         num_gpus_per_worker: float | None = None,
@@ -67,8 +88,9 @@ class RayDDPResource(dg.ConfigurableResource):
         has_accelerator_cfg: bool = True,
     ) -> list[str]:
         """What this resource decides for a run, as experiment overrides: each argument
-        replaces the resource's field when not None. An experiment without
-        `accelerator_cfg` gets no accelerator keys (it builds its own accelerator)."""
+        replaces the resource's field when not None (`address`: `resolved_address()`). An
+        experiment without `accelerator_cfg` gets no accelerator keys (it builds its own
+        accelerator)."""
 
         def pick(run: Any, own: Any) -> Any:
             return own if run is None else run
@@ -78,7 +100,7 @@ class RayDDPResource(dg.ConfigurableResource):
             f"num_workers={pick(num_workers, self.num_workers)}",
             f"num_cpus_per_worker={pick(num_cpus_per_worker, self.num_cpus_per_worker)}",
             f"num_gpus_per_worker={pick(num_gpus_per_worker, self.num_gpus_per_worker)}",
-            f"ray_address={self.resolved_address()}",
+            f"ray_address={self.resolved_address() if address is None else address}",
         ]
         if has_accelerator_cfg:
             decided += [

@@ -35,7 +35,12 @@ from .stalled_training import (
     resume_run_config,
     stalled_training_sensor,
 )
-from .training_progress import MAX_EVENTS_PER_TICK, progress_observation, training_progress_sensor
+from .training_progress import (
+    MAX_EVENTS_PER_TICK,
+    MAX_OBSERVATIONS_PER_TICK,
+    progress_observation,
+    training_progress_sensor,
+)
 
 SHARED_SENSORS = [training_progress_sensor, stalled_training_sensor]
 
@@ -48,6 +53,7 @@ __all__ = [
     "build_retrain_on_new_data_sensor",
     "data_version",
     "evaluation_key",
+    "MAX_OBSERVATIONS_PER_TICK",
     "progress_observation",
     "resume_run_config",
     "stall_action",

@@ -1,0 +1,176 @@
+"""The local Ray that outlives runs (`tinyexp-dagster ray up` / `down` / `status`): a run on
+the same storage root joins it instead of starting a Ray and leaves it running; `down`
+leaves no Ray process; a stale record falls back to a Ray started for the run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tinyexp_core.launchers.ray_head import address_file, live_head_address, read_head
+from tinyexp_core.redis_server import free_port
+from tinyexp_dagster import cli
+from tinyexp_dagster.resources import RayDDPResource
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+RAY_DAEMONS = ("raylet", "gcs_server")
+
+# A fresh process running one Ray job the way a Dagster run does (the resource picks the
+# address, the launcher runs): reports the address used and the Ray daemons under it.
+_RUN_PROBE = """
+import json, sys
+import psutil, ray
+from tinyexp_core.config import build_exp
+from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
+from tinyexp_dagster.resources import RayDDPResource
+
+log = []
+address = RayDDPResource().run_address(sys.argv[1], log=log.append)
+seen = {}
+
+def started(_):
+    seen["gcs"] = ray.get_runtime_context().gcs_address
+    seen["own_daemons"] = [p.name() for p in psutil.Process().children(recursive=True)
+                           if p.name() in ("raylet", "gcs_server")]
+
+launcher = RayLauncher(RayLaunchSpec(num_workers=1, address=address))
+launcher.on_started = started
+result = launcher.run(build_exp("tinyexp_core.examples.pi_exp:Exp", []))
+print(json.dumps({"address": address, "log": log, **seen, "world_size": result[0]["world_size"]}))
+"""
+
+
+def ray_cli(root: Path, *args: str) -> int:
+    return cli.main(["--storage-root", str(root), "ray", *args])
+
+
+def name_of(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:  # Ray's idle workers come and go
+        return ""
+
+
+def listening_ips(proc: psutil.Process) -> list[str]:
+    try:
+        conns = proc.net_connections(kind="inet")
+    except psutil.Error:
+        return []
+    return [c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN]
+
+
+def subtree(pid: int) -> list[psutil.Process]:
+    holder = psutil.Process(pid)
+    return [holder, *holder.children(recursive=True)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_up_is_reused_by_runs_and_down_leaves_no_ray_process(tmp_path, capsys):
+    root = tmp_path / "root"
+    assert ray_cli(root, "up", "--num-cpus", "2") == 0
+    head = read_head(root)
+    try:
+        assert head is not None and head.address.startswith("127.0.0.1:")
+        assert ray_cli(root, "up") == 0, "a second up reuses the running head"
+        assert "already running" in capsys.readouterr().out
+        assert read_head(root) == head
+        assert ray_cli(root, "status") == 0
+        procs = subtree(head.pid)
+        daemons = [p for p in procs if name_of(p) in RAY_DAEMONS]
+        assert sorted(name_of(p) for p in daemons) == sorted(RAY_DAEMONS), procs
+        listening = [(name_of(p), ip) for p in procs for ip in listening_ips(p)]
+        assert listening and all(ip in LOOPBACK for _, ip in listening), listening
+
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        for _ in range(2):  # two runs in a row: the head outlives each
+            proc = subprocess.run(
+                [sys.executable, "-c", _RUN_PROBE, str(root)],
+                capture_output=True,
+                text=True,
+                timeout=200,
+                cwd=REPO_ROOT,
+                env=env,
+            )
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            report = json.loads(proc.stdout.strip().splitlines()[-1])
+            assert report["address"] == head.address and report["gcs"] == head.address
+            assert "warm start" in report["log"][0]
+            assert report["own_daemons"] == [], "the run started a Ray of its own"
+            assert report["world_size"] == 1
+            assert all(p.is_running() for p in daemons), "the run stopped the running Ray"
+    finally:
+        assert ray_cli(root, "down") == 0
+    gone, alive = psutil.wait_procs(procs, timeout=30)
+    assert alive == [], [name_of(p) for p in alive]
+    assert not address_file(root).exists()
+    assert ray_cli(root, "status") == 1
+    assert ray_cli(root, "down") == 0  # nothing recorded: still fine
+
+
+def write_record(root: Path, pid: int) -> None:
+    address_file(root).parent.mkdir(parents=True, exist_ok=True)
+    record = {"address": f"127.0.0.1:{free_port()}", "pid": pid}
+    address_file(root).write_text(json.dumps(record))
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("holder", ["dead", "not_a_holder"])
+def test_a_stale_record_falls_back_to_a_ray_started_for_the_run(tmp_path, capsys, holder):
+    root = tmp_path / "root"
+    write_record(root, dead_pid() if holder == "dead" else os.getpid())
+    address, why = live_head_address(root)
+    assert address == "" and "is stale" in why
+    log: list[str] = []
+    assert RayDDPResource().run_address(str(root), log=log.append) == ""
+    assert len(log) == 1 and "stale" in log[0] and "starting a local Ray" in log[0]
+    assert ray_cli(root, "status") == 1
+    assert "stale" in capsys.readouterr().out
+    assert ray_cli(root, "down") == 0
+    assert not address_file(root).exists(), "down removes a stale record"
+    assert psutil.pid_exists(os.getpid()), "down never signals a process that is no holder"
+
+
+def test_without_a_record_or_with_an_address_no_head_is_looked_for(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    log: list[str] = []
+    assert RayDDPResource().run_address(str(tmp_path), log=log.append) == ""
+    assert log == [], "no record: nothing to say"
+    write_record(tmp_path, dead_pid())
+    explicit = RayDDPResource(address="ray://10.0.0.1:10001")
+    assert explicit.run_address(str(tmp_path), log=log.append) == "ray://10.0.0.1:10001"
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    assert RayDDPResource().run_address(str(tmp_path), log=log.append) == "auto"
+    assert log == []
+    forced = RayDDPResource().overrides(address="127.0.0.1:6380")
+    assert "ray_address=127.0.0.1:6380" in forced, "the run record states the address used"
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+def test_a_loopback_address_is_joined_in_loopback_mode_only_when_ray_listens_there_only(bind):
+    """`ray up`'s Ray listens on loopback only (its node is 127.0.0.1); a `ray start` head
+    given as 127.0.0.1:port listens everywhere (its node has the routable IP): joined as
+    before."""
+    import socket
+
+    from ray.util import get_node_ip_address
+
+    from tinyexp_core.launchers.ray import _answers_beyond_loopback
+
+    if bind == "0.0.0.0" and get_node_ip_address() == "127.0.0.1":
+        pytest.skip("this host has no routable address")
+    with socket.socket() as server:
+        server.bind((bind, 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        assert _answers_beyond_loopback(address) is (bind == "0.0.0.0")

@@ -1,0 +1,236 @@
+"""A local Ray that outlives runs (`tinyexp-dagster ray up` / `ray down`): warm starts.
+
+`start_head(root)` spawns a detached holder process (`python -m
+tinyexp_core.launchers.ray_head --root ROOT`) that starts a local Ray on 127.0.0.1 with the
+options a run's own local Ray gets (`ray_session`), records it in `<root>/ray/address`
+(JSON: the GCS address and the holder's pid) and waits for SIGTERM or SIGINT; then it shuts
+its Ray down and removes the file. A run on the same storage root finds the file
+(`live_head_address`), connects to that Ray instead of starting one, and leaves it running.
+A file whose holder is gone, or whose Ray does not answer, is stale: runs say so and start
+their own Ray as before. `stop_head` ends the holder (and with it its Ray processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..exceptions import RayConnectionError
+from ..files import atomic_write
+
+HEAD_DIR = "ray"  # under the storage root
+ADDRESS_FILE = "address"
+LOG_FILE = "head.log"
+_MODULE = "tinyexp_core.launchers.ray_head"
+START_TIMEOUT_S = 120.0  # Ray's own start-up on a busy 2-core machine takes 10-30 s
+STOP_TIMEOUT_S = 30.0
+_PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A recorded head: its GCS address (`127.0.0.1:port`) and the holder's pid."""
+
+    address: str
+    pid: int
+
+
+def head_dir(root: str | Path) -> Path:
+    return Path(root) / HEAD_DIR
+
+
+def address_file(root: str | Path) -> Path:
+    """`<root>/ray/address`: where `ray up` records the head and runs look for it."""
+    return head_dir(root) / ADDRESS_FILE
+
+
+def read_head(root: str | Path) -> RayHead | None:
+    """The head recorded under `root`, live or not; None when no file (or an unreadable one)."""
+    try:
+        data = json.loads(address_file(root).read_text())
+        return RayHead(address=str(data["address"]), pid=int(data["pid"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def why_not_live(head: RayHead) -> str:
+    """ "" when the holder runs and its Ray answers at the address, else what is wrong."""
+    if not _is_holder(head.pid):
+        return f"its holder process {head.pid} is gone"
+    host, _, port = head.address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=_PROBE_TIMEOUT_S):
+            return ""
+    except (OSError, ValueError) as err:
+        return f"nothing answers at {head.address} ({type(err).__name__}: {err})"
+
+
+def live_head_address(root: str | Path) -> tuple[str, str]:
+    """(address, "") of a live head under `root`; ("", why) for a stale file; ("", "")
+    when there is none."""
+    head = read_head(root)
+    if head is None:
+        if address_file(root).exists():
+            return "", f"{address_file(root)} is unreadable: ignored"
+        return "", ""
+    why = why_not_live(head)
+    if why:
+        return "", f"the local Ray recorded in {address_file(root)} is stale: {why}"
+    return head.address, ""
+
+
+def _is_holder(pid: int) -> bool:
+    """Whether `pid` is a running holder process (not a recycled pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return _MODULE.encode() in argv and state != "Z"
+
+
+@contextlib.contextmanager
+def _locked(root: str | Path) -> Iterator[None]:
+    """One `up` or `down` at a time per storage root."""
+    directory = head_dir(root)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def start_head(
+    root: str | Path, *, num_cpus: int | None = None, timeout_s: float = START_TIMEOUT_S
+) -> tuple[RayHead, bool]:
+    """Start the head of `root`, or reuse the live one; returns (head, started now)."""
+    root = Path(root).resolve()
+    with _locked(root):
+        head = read_head(root)
+        if head is not None and not why_not_live(head):
+            return head, False
+        address_file(root).unlink(missing_ok=True)  # stale: replaced below
+        cmd = [sys.executable, "-m", _MODULE, "--root", str(root)]
+        if num_cpus is not None:
+            cmd += ["--num-cpus", str(num_cpus)]
+        with open(head_dir(root) / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives this command and its terminal
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            head = read_head(root)
+            if head is not None and head.pid == proc.pid:
+                return head, True
+            if proc.poll() is not None:
+                raise RayConnectionError("local", f"the Ray head exited: {_log_tail(root)}")
+            time.sleep(0.2)
+        _end(proc.pid, STOP_TIMEOUT_S)
+        raise RayConnectionError("local", f"no Ray head within {timeout_s:g} s: {_log_tail(root)}")
+
+
+def stop_head(root: str | Path, *, timeout_s: float = STOP_TIMEOUT_S) -> RayHead | None:
+    """Stop the head of `root` (its Ray with it) and remove its file; returns the head that
+    was recorded (None when there was none). A stale file is removed."""
+    with _locked(root):
+        head = read_head(root)
+        if head is not None and _is_holder(head.pid):
+            _end(head.pid, timeout_s)
+        address_file(root).unlink(missing_ok=True)
+        return head
+
+
+def _end(pid: int, timeout_s: float) -> None:
+    """SIGTERM the holder (it shuts its Ray down), then SIGKILL its process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _is_holder(pid):
+        time.sleep(0.2)
+    if _is_holder(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # the holder leads its own session
+
+
+def _log_tail(root: Path, lines: int = 15) -> str:
+    try:
+        text = (head_dir(root) / LOG_FILE).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- the holder process
+
+
+def serve(root: Path, num_cpus: int | None) -> int:
+    """The holder: start Ray, record it, wait for SIGTERM/SIGINT, shut Ray down."""
+    import ray
+
+    from .ray import ENV_RAY_ADDRESS, LOCAL_HOST, _loopback_only
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.pop(ENV_RAY_ADDRESS, None)
+    with _loopback_only():
+        # The same options as the local Ray a run starts (ray_session), so a warm and a
+        # cold run get the same Ray.
+        ray.init(
+            address="local",
+            _node_ip_address=LOCAL_HOST,
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            object_store_memory=256 * 1024 * 1024,
+        )
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
+        signal.signal(sig, lambda *_: stop.append(True))
+    me = os.getpid()
+    try:
+        address = ray.get_runtime_context().gcs_address
+        record = json.dumps({"address": address, "pid": me, "started": time.time()})
+        atomic_write(address_file(root), lambda f: f.write(record.encode()))
+        print(f"Ray head at {address} (pid {me}) for {root}", flush=True)
+        while not stop:
+            time.sleep(0.5)
+    finally:
+        head = read_head(root)
+        if head is not None and head.pid == me:
+            address_file(root).unlink(missing_ok=True)
+        ray.shutdown()
+        print(f"Ray head (pid {me}) stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="hold a local Ray head for a storage root")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--num-cpus", type=int, default=None)
+    args = parser.parse_args(argv)
+    return serve(Path(args.root), args.num_cpus)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
