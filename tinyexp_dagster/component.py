@@ -10,6 +10,10 @@ attributes:
   metric_threshold: 60.0        # rmse <= 60 (the experiment's primary metric and direction)
   retrain_cron: "0 3 * * *"
   retrain_timezone: Europe/Paris
+  # optional: a sweep, one partition per trial (see docs/your-model.md)
+  # sweep: {optimizer_cfg.lr: [0.001, 0.003], module_cfg.dropout: [0.1, 0.25]}
+  # max_concurrent: 2
+  # early_stopping: {warmup_epochs: 1}
 ```
 
 Its definitions are `tinyexp_dagster.pipeline_defs(...)` with the same arguments. (No
@@ -18,6 +22,7 @@ YAML schema.)
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 
@@ -38,6 +43,10 @@ class TinyExpPipeline(dg.Component, dg.Resolvable):
     retrain_threshold: float | None = None
     retrain_cron: str = DEFAULT_RETRAIN_CRON  # `<name>_retrain_schedule` (created STOPPED)
     retrain_timezone: str = DEFAULT_RETRAIN_TIMEZONE  # an IANA name
+    # a grid {key: [values]} or {random: {params, num_trials, seed}}; None: no sweep
+    sweep: dict[str, Any] | None = None
+    max_concurrent: int | None = None  # a sweep's trainings at once; None: every trial
+    early_stopping: dict[str, Any] | None = None  # {warmup_epochs: E}; None: off
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """`pipeline_defs(...)` with this component's attributes."""
@@ -51,4 +60,7 @@ class TinyExpPipeline(dg.Component, dg.Resolvable):
             retrain_threshold=self.retrain_threshold,
             retrain_cron=self.retrain_cron,
             retrain_timezone=self.retrain_timezone,
+            sweep=self.sweep,
+            max_concurrent=self.max_concurrent,
+            early_stopping=self.early_stopping,
         )

@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from .common import PipelineSpec, build_experiment, table
+from .sweep import partitions_def
 
 MIN_METRIC_CHECK = "minimum_metric"
 
@@ -48,6 +49,7 @@ def build_model_evaluation(spec: PipelineSpec, threshold: float | None) -> dg.As
         kinds={"pytorch"},
         check_specs=checks,
         ins={"model_checkpoint": dg.AssetIn(spec.key("model_checkpoint"))},
+        partitions_def=partitions_def(spec),  # a sweep: each trial's model
         description=f"{spec.name}: {metric.name} ({metric.direction}) and loss of the "
         "promoted model, loaded from its file.",
     )

@@ -15,6 +15,7 @@ from tinyexp_core.progress import (
     read_progress,
 )
 
+from ..assets.sweep import LEADERBOARD, leaderboard_metadata
 from ..resources import RedisProgressResource, StorageResource
 from .common import with_store
 
@@ -36,8 +37,10 @@ def training_progress_sensor(
 ):
     """Each new `epoch_end` / `finished` / `failed` event of a training run becomes an
     `AssetObservation` on the asset its progress hash names (`<name>/trained_model`: epoch,
-    losses, metrics, ETA, run), so the asset page shows live progress. The cursor is the
-    last stream id handled: each event is seen once."""
+    losses, metrics, ETA, run), so the asset page shows live progress. A sweep trial's
+    event also refreshes `<name>/sweep_leaderboard` from the sweep's board in Redis: an
+    observation while trials train, a materialization once every trial has ended. The
+    cursor is the last stream id handled: each event is seen once."""
     return with_store(redis, storage, lambda client: _progress_tick(client, context.cursor))
 
 
@@ -55,7 +58,8 @@ def _progress_tick(client: redis_py.Redis, cursor: str | None) -> dg.SensorResul
     if not events:
         return dg.SkipReason(f"no new progress events after stream id {cursor}")
     runs: dict[str, RunProgress] = {}
-    observations = []
+    observations: list[Any] = []
+    boards: dict[str, str] = {}  # sweep board key -> the trials' asset
     for _, fields in events:
         run_id = fields.get("run_id", "")
         if fields.get("event") not in _OBSERVED_EVENTS:
@@ -64,6 +68,9 @@ def _progress_tick(client: redis_py.Redis, cursor: str | None) -> dg.SensorResul
             runs[run_id] = read_progress(client, run_id)
         if _is_training_asset(runs[run_id].asset):
             observations.append(progress_observation(fields, runs[run_id]))
+            if runs[run_id].fields.get("sweep"):
+                boards[runs[run_id].fields["sweep"]] = runs[run_id].asset
+    observations += [leaderboard_event(client, key, asset) for key, asset in boards.items()]
     new_cursor = events[-1][0]
     if not observations:
         return dg.SensorResult(
@@ -72,6 +79,26 @@ def _progress_tick(client: redis_py.Redis, cursor: str | None) -> dg.SensorResul
             cursor=new_cursor,
         )
     return dg.SensorResult(asset_events=observations, cursor=new_cursor)
+
+
+def leaderboard_event(
+    client: redis_py.Redis, board: str, asset: str
+) -> dg.AssetObservation | dg.AssetMaterialization:
+    """The sweep's leaderboard (`<name>/sweep_leaderboard`, beside the trials' asset) from
+    its board: an observation while trials run, a materialization once all have ended."""
+    from tinyexp_core.contract import PrimaryMetric
+    from tinyexp_core.sweep import SweepBoard
+
+    sweep = SweepBoard(client, board)
+    meta = sweep.meta()
+    metric = PrimaryMetric(meta.get("metric", "metric"), meta.get("direction", "max"))
+    metadata = leaderboard_metadata(sweep.rows(), metric)
+    key = dg.AssetKey([*dg.AssetKey.from_user_string(asset).path[:-1], LEADERBOARD])
+    if sweep.finished():
+        return dg.AssetMaterialization(
+            asset_key=key, description=f"sweep {board}: every trial ended", metadata=metadata
+        )
+    return dg.AssetObservation(asset_key=key, description=f"sweep {board}", metadata=metadata)
 
 
 def _is_training_asset(asset: str | None) -> bool:
