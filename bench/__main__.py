@@ -40,12 +40,13 @@ SMOKE_ARGS = {
     "startup": ["--reps", "1", "--epochs", "1"],
     "torchrun_compare": ["--reps", "1", "--epochs", "2"],
     "orchestration": ["--reps", "1", "--epochs", "1"],
+    "sweep": ["--reps", "1", "--epochs", "2", "--trials", "3", "--num-samples", "256"],
 }
 
 
 # Longest first, so that parallel smoke lanes finish together (seconds seen in smoke runs).
 SMOKE_ORDER = ("startup", "torchrun_compare", "training_overhead", "ddp_scaling")
-SMOKE_ORDER += ("orchestration", "progress_overhead", "input_pipeline", "sensor_cost")
+SMOKE_ORDER += ("sweep", "orchestration", "progress_overhead", "input_pipeline", "sensor_cost")
 
 
 def run_one(name: str, directory: Path, extra: list[str], capture: bool) -> str:

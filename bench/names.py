@@ -62,4 +62,9 @@ BENCHMARKS = (
         "7. Orchestration overhead of make run",
         "share of wall time outside the loops (no target)",
     ),
+    (
+        "sweep",
+        "10. Sweep: early stopping vs none",
+        "wall time with / without early stopping; best accuracy with / without (no target)",
+    ),
 )
