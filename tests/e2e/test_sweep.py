@@ -10,6 +10,7 @@ pipeline's `sweep_sweep_pool_sensor`, which the daemon runs when the location lo
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 import time
 from pathlib import Path
@@ -92,6 +93,26 @@ def _max_overlap(windows: list[tuple[float, float]]) -> int:
         running += delta
         peak = max(peak, running)
     return peak
+
+
+def _leaderboard_table(page, base: str):
+    """The leaderboard's table on the asset page (the Overview's latest materialization;
+    the Events view's selected event otherwise), once drawn."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for view in ("", "?view=events"):
+        page.goto(f"{base}/assets/{NAME}/sweep_leaderboard{view}", wait_until="domcontentloaded")
+        skip = page.get_by_role("button", name="Skip", exact=True)
+        with contextlib.suppress(PlaywrightTimeout):
+            skip.wait_for(state="visible", timeout=5_000)
+            skip.click()
+        table = page.locator("table").filter(has=page.locator("th", has_text="overrides"))
+        try:
+            table.first.wait_for(timeout=60_000)
+            return table.first
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError("no leaderboard table on the asset page (Overview or Events)")
 
 
 @pytest.mark.timeout(900)
@@ -187,17 +208,17 @@ def test_backfill_a_sweep_with_two_trainings_at_once(
                 try:
                     page = browser.new_page(viewport={"width": 1600, "height": 1100})
                     page.set_default_timeout(UI_TIMEOUT_MS)
-                    page.goto(
-                        f"http://127.0.0.1:{port}/assets/{NAME}/sweep_leaderboard",
-                        wait_until="domcontentloaded",
-                    )
-                    skip = page.get_by_role("button", name="Skip", exact=True)
-                    if skip.count():
-                        skip.first.click()
-                    page.get_by_text(rows[0]["trial"], exact=True).first.wait_for()
-                    for trial in partitions:
-                        assert page.get_by_text(trial, exact=True).count() >= 1, trial
-                    assert page.get_by_text("overrides", exact=True).count() >= 1
+                    table = _leaderboard_table(page, f"http://127.0.0.1:{port}")
+                    header = [h.strip() for h in table.locator("th").all_inner_texts()]
+                    assert header == [
+                        "rank", "trial", "status", "epoch", "metric", "best", "overrides"
+                    ], header  # fmt: skip
+                    shown = [
+                        [c.strip() for c in tr.locator("td").all_inner_texts()]
+                        for tr in table.locator("tbody tr").all()
+                    ]
+                    assert [r[1] for r in shown] == [r["trial"] for r in rows], shown
+                    assert {r[2] for r in shown} == {"finished"}, shown
                     page.screenshot(path=str(artifacts_dir / "sweep-leaderboard.png"))
                 finally:
                     browser.close()
