@@ -234,7 +234,7 @@ def leaderboard_metadata(rows: list[Mapping[str, Any]], metric: Any) -> dict[str
 
 
 def _number(value: Any) -> float:
-    return math.nan if value is None else float(value)
+    return math.nan if value is None else round(float(value), 4)  # a table to read
 
 
 def build_sweep_leaderboard(spec: PipelineSpec) -> dg.AssetsDefinition:
