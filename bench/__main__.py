@@ -42,12 +42,13 @@ SMOKE_ARGS = {
     "orchestration": ["--reps", "1", "--epochs", "1"],
     "step_checkpoint": ["--steps", "20", "--every", "5", "--trials", "2"],
     "warm_start": ["--reps", "1", "--epochs", "1"],
+    "sweep": ["--reps", "1", "--epochs", "2", "--trials", "3", "--num-samples", "256"],
 }
 
 
 # Longest first, so that parallel smoke lanes finish together (seconds seen in smoke runs).
 SMOKE_ORDER = ("startup", "torchrun_compare", "warm_start", "training_overhead", "ddp_scaling")
-SMOKE_ORDER += ("orchestration", "progress_overhead", "input_pipeline", "sensor_cost")
+SMOKE_ORDER += ("sweep", "orchestration", "progress_overhead", "input_pipeline", "sensor_cost")
 SMOKE_ORDER += ("step_checkpoint",)
 
 

@@ -72,4 +72,9 @@ BENCHMARKS = (
         "7. Orchestration overhead of make run",
         "share of wall time outside the loops (no target)",
     ),
+    (
+        "sweep",
+        "12. Sweep: early stopping vs none",
+        "wall time with / without early stopping; best accuracy with / without (no target)",
+    ),
 )

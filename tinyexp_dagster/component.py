@@ -10,6 +10,10 @@ attributes:
   metric_threshold: 60.0        # rmse <= 60 (the experiment's primary metric and direction)
   retrain_cron: "0 3 * * *"
   retrain_timezone: Europe/Paris
+  # optional: a sweep, one partition per trial (see docs/your-model.md)
+  # sweep: {optimizer_cfg.lr: [0.001, 0.003], module_cfg.dropout: [0.1, 0.25]}
+  # max_concurrent: 2
+  # early_stopping: {warmup_epochs: 1}
 ```
 
 Its definitions are `tinyexp_dagster.pipeline_defs(...)` with the same arguments. (No
@@ -18,6 +22,7 @@ YAML schema.)
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 
@@ -41,6 +46,10 @@ class TinyExpPipeline(dg.Component, dg.Resolvable):
     # how much worse (primary metric, validation split) a new version may be and still
     # become champion; >= 0
     champion_tolerance: float = 0.0
+    # a grid {key: [values]} or {random: {params, num_trials, seed}}; None: no sweep
+    sweep: dict[str, Any] | None = None
+    max_concurrent: int | None = None  # a sweep's trainings at once; None: every trial
+    early_stopping: dict[str, Any] | None = None  # {warmup_epochs: E}; None: off
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """`pipeline_defs(...)` with this component's attributes."""
@@ -55,4 +64,7 @@ class TinyExpPipeline(dg.Component, dg.Resolvable):
             retrain_cron=self.retrain_cron,
             retrain_timezone=self.retrain_timezone,
             champion_tolerance=self.champion_tolerance,
+            sweep=self.sweep,
+            max_concurrent=self.max_concurrent,
+            early_stopping=self.early_stopping,
         )

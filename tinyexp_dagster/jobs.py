@@ -7,16 +7,33 @@ from collections.abc import Sequence
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-PIPELINE = ["prepared_dataset", "trained_model", "model_checkpoint", "model_evaluation"]
+PIPELINE = [
+    "prepared_dataset",
+    "trained_model",
+    "model_checkpoint",
+    "model_evaluation",
+    "sweep_leaderboard",
+]
 
 
-def build_jobs(name: str, assets: Sequence[str]) -> dict[str, UnresolvedAssetJobDefinition]:
+def build_jobs(
+    name: str, assets: Sequence[str], *, sweep: bool = False
+) -> dict[str, UnresolvedAssetJobDefinition]:
     """The pipeline's jobs over the assets it holds (`assets`: names among PIPELINE), by role:
     `training` (everything), `retrain` (everything after the dataset), `evaluate` (only with
     an evaluation asset). Each selection includes its assets' checks. The steps run in the
     run's process: training parallelism is Ray's, and a step subprocess would only add
-    start-up time (and a second copy of the definitions to load)."""
-    keys = {asset: dg.AssetKey([name, asset]) for asset in PIPELINE if asset in assets}
+    start-up time (and a second copy of the definitions to load).
+
+    With a `sweep`, a job run is one trial (a partition): the unpartitioned dataset and
+    leaderboard are left to an asset backfill (or their own materialization), so the
+    trials' runs do not each prepare the data again."""
+    unpartitioned = ("prepared_dataset", "sweep_leaderboard") if sweep else ()
+    keys = {
+        asset: dg.AssetKey([name, asset])
+        for asset in PIPELINE
+        if asset in assets and asset not in unpartitioned
+    }
     jobs = {
         "training": dg.define_asset_job(
             f"{name}_training_pipeline",

@@ -26,7 +26,8 @@ pipeline: a code location adds `tinyexp_dagster.default_resources()` once.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 
@@ -40,6 +41,8 @@ from .assets import (
     build_model_checkpoint,
     build_model_evaluation,
     build_prepared_dataset,
+    build_sweep_leaderboard,
+    build_sweep_pool_sensor,
     build_trained_model,
 )
 from .jobs import build_jobs
@@ -65,6 +68,9 @@ def pipeline_defs(
     retrain_cron: str = DEFAULT_RETRAIN_CRON,
     retrain_timezone: str = DEFAULT_RETRAIN_TIMEZONE,
     champion_tolerance: float = 0.0,
+    sweep: Mapping[str, Any] | None = None,
+    max_concurrent: int | None = None,
+    early_stopping: Mapping[str, Any] | None = None,
 ) -> dg.Definitions:
     """The Definitions of one experiment's pipeline, every name prefixed by `name`.
 
@@ -80,6 +86,12 @@ def pipeline_defs(
     - `retrain_cron`, `retrain_timezone`: `<name>_retrain_schedule` (created STOPPED).
     - `champion_tolerance`: in the primary metric's units, >= 0: how much worse than the
       champion (on the validation split) a new version may be and still become champion.
+    - `sweep`: a grid (`{"optimizer_cfg.lr": [0.001, 0.003]}`) or a random search
+      (`{"random": {"params": ..., "num_trials": 8, "seed": 0}}`), see tinyexp_core.sweep:
+      the training asset and its downstream assets get one partition per trial, and
+      `<name>/sweep_leaderboard` ranks them. `max_concurrent`: trainings at once (the
+      concurrency pool `tinyexp_<name>_sweep`, kept by `<name>_sweep_pool_sensor`; default:
+      every trial). `early_stopping`: `{"warmup_epochs": E, "min_trials": 1}`, off by default.
 
     Raises ConfigValueError naming the argument when the experiment lacks what an option
     needs, or a name is not a valid Dagster name.
@@ -89,6 +101,7 @@ def pipeline_defs(
     # A train() without a primary metric returns no TrainResult to promote or rank: the
     # pipeline runs it like a run()-only experiment.
     has["train"] = has["train"] and spec.primary_metric is not None
+    spec = _with_sweep(spec, has, sweep, max_concurrent, early_stopping)
     _check_pieces(spec, has, "metric_threshold", metric_threshold)
     _check_pieces(spec, has, "retrain_threshold", retrain_threshold)
     tolerance = _check_tolerance(champion_tolerance)
@@ -104,9 +117,18 @@ def pipeline_defs(
         checks.append(build_champion_gate(spec, tolerance, evaluates=has["evaluate"]))
     if has["train"] and has["evaluate"]:
         assets.append(build_model_evaluation(spec, metric_threshold))
+    if spec.sweep is not None:
+        assets.append(build_sweep_leaderboard(spec))
     names = [a.key.path[-1] for a in assets]
-    jobs = build_jobs(name, names)
+    jobs = build_jobs(name, names, sweep=spec.sweep is not None)
     sensors = list(SHARED_SENSORS)
+    if spec.sweep is not None:
+        # A sweep retrains by a backfill of its trials: the retraining triggers, which
+        # request one unpartitioned run, are not built.
+        sensors.append(build_sweep_pool_sensor(spec))
+        return dg.Definitions(
+            assets=assets, asset_checks=checks, jobs=list(jobs.values()), sensors=sensors
+        )
     if has["prepare_data"]:
         training = jobs["training"].name
         sensors.append(build_retrain_on_new_data_sensor(name, jobs["retrain"], training))
@@ -152,6 +174,37 @@ def _check_tolerance(tolerance: float) -> float:
     if not math.isfinite(tolerance) or tolerance < 0:
         raise ConfigValueError("champion_tolerance", tolerance, "a finite number >= 0")
     return float(tolerance)
+
+
+def _with_sweep(
+    spec: PipelineSpec,
+    has: dict[str, bool],
+    sweep: Mapping[str, Any] | None,
+    max_concurrent: int | None,
+    early_stopping: Mapping[str, Any] | None,
+) -> PipelineSpec:
+    """The spec with its validated sweep (or without one, refusing sweep-only options)."""
+    import dataclasses
+
+    from tinyexp_core.sweep import build_sweep
+
+    if sweep is None:
+        options = {"max_concurrent": max_concurrent, "early_stopping": early_stopping}
+        for option, value in options.items():
+            if value is not None:
+                raise ConfigValueError(option, value, "none: the pipeline has no sweep")
+        return spec
+    if not has["train"]:
+        allowed = f"none: {spec.experiment} has no train() with a primary_metric to rank"
+        raise ConfigValueError("sweep", dict(sweep), allowed)
+    built = build_sweep(
+        spec.exp_cls,
+        spec.overrides,
+        sweep,
+        max_concurrent=max_concurrent,
+        early_stopping=early_stopping,
+    )
+    return dataclasses.replace(spec, sweep=built)
 
 
 def _implements(exp_cls: type, method: str) -> bool:

@@ -307,14 +307,20 @@ def location_loaded(port: int) -> bool:
 
 @contextlib.contextmanager
 def dagster_dev(
-    env: Mapping[str, str], log_path: Path, *, port: int | None = None, startup_s: float = 300
+    env: Mapping[str, str],
+    log_path: Path,
+    *,
+    port: int | None = None,
+    startup_s: float = 300,
+    workspace: str = "workspace.yaml",
 ) -> Iterator[tuple[ManagedProcess, int]]:
-    """`dagster dev -w workspace.yaml` (webserver + daemon) on loopback, up and its code
-    location loaded; stopped on exit, failing if any descendant outlived the stop."""
+    """`dagster dev -w <workspace>` (webserver + daemon; the project's workspace.yaml by
+    default) on loopback, up and its code location loaded; stopped on exit, failing if any
+    descendant outlived the stop."""
     port = port or free_port()
     proc = ManagedProcess(
         "dagster dev",
-        dagster_cmd("dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)),
+        dagster_cmd("dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)),
         env,
         log_path,
     )

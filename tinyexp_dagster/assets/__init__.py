@@ -8,11 +8,16 @@ from .checks import build_checkpoint_integrity, build_dataset_sanity
 from .common import PipelineSpec
 from .dataset import build_prepared_dataset
 from .evaluation import MIN_METRIC_CHECK, build_model_evaluation
+from .sweep import LEADERBOARD, build_sweep_leaderboard, build_sweep_pool_sensor, pool_name
 from .training import build_trained_model
 
 __all__ = [
     "CHAMPION_GATE_CHECK",
     "build_champion_gate",
+    "LEADERBOARD",
+    "build_sweep_leaderboard",
+    "build_sweep_pool_sensor",
+    "pool_name",
     "MIN_METRIC_CHECK",
     "PipelineSpec",
     "build_checkpoint_integrity",

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from ..resources import StorageResource
 from .common import PipelineSpec
+from .sweep import partitions_def
 
 
 class CheckpointConfig(dg.Config):
@@ -50,6 +51,7 @@ def build_model_checkpoint(spec: PipelineSpec) -> dg.AssetsDefinition:
         code_version="1",
         kinds={"pytorch"},
         ins={"trained_model": dg.AssetIn(spec.key("trained_model"))},
+        partitions_def=partitions_def(spec),  # a sweep: one version per trial
         description=f"{spec.name}: the best checkpoint, sha256-verified, registered as "
         "version models/<name>/<version>/ (the champion_gate check decides the champion).",
     )

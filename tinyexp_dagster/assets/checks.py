@@ -5,6 +5,7 @@ from typing import Any
 import dagster as dg
 
 from .common import PipelineSpec
+from .sweep import partitions_def
 
 
 def dataset_sanity(value: dict[str, Any]) -> dg.AssetCheckResult:
@@ -116,6 +117,7 @@ def build_checkpoint_integrity(spec: PipelineSpec) -> dg.AssetChecksDefinition:
         asset=spec.key("model_checkpoint"),
         blocking=True,
         name="checkpoint_integrity",
+        partitions_def=partitions_def(spec),  # a sweep: each trial's promoted file
         description="Checkpoint integrity: the promoted file loads and its sha256 matches.",
     )
     def model_checkpoint_integrity(model_checkpoint: dict[str, Any]) -> dg.AssetCheckResult:

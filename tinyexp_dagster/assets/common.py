@@ -25,6 +25,7 @@ class PipelineSpec:
     # The experiment with the pipeline's overrides: the launchpad's `exp` defaults, and what
     # a run's `exp` value is compared with (so an untouched field keeps the pipeline's value).
     defaults: Any = None
+    sweep: Any = None  # a tinyexp_core.sweep.Sweep: one partition per trial; None: no sweep
 
     def key(self, asset: str) -> dg.AssetKey:
         """`<name>/<asset>`."""
@@ -35,17 +36,34 @@ class PipelineSpec:
         """The experiment's PrimaryMetric, or None (a `run()`-only experiment)."""
         return getattr(self.exp_cls, "primary_metric", None)
 
-    def overrides_for(self, exp_value: Any, run_overrides: Sequence[str]) -> list[str]:
-        """The pipeline's overrides, then the typed `exp` value's changes, then the run's."""
-        from tinyexp_core.exceptions import ConfigError
+    def overrides_for(
+        self, exp_value: Any, run_overrides: Sequence[str], trial: Sequence[str] = ()
+    ) -> list[str]:
+        """The pipeline's overrides, the sweep trial's, then the typed `exp` value's
+        changes, then the run's; a run may not change a key its trial sets."""
+        from tinyexp_core.exceptions import ConfigError, ConfigValueError
 
         from ..schema import exp_overrides
 
         try:
             typed = exp_overrides(self.exp_cls, exp_value, defaults=self.defaults)
+            swept = {_key(o) for o in trial}
+            for override in [*typed, *run_overrides]:
+                if _key(override) in swept:
+                    raise ConfigValueError(
+                        _key(override),
+                        override.partition("=")[2],
+                        "no change: the sweep trial (the partition) sets it",
+                    )
         except ConfigError as err:
             raise config_failure(err) from None
-        return [*self.overrides, *typed, *run_overrides]
+        return [*self.overrides, *trial, *typed, *run_overrides]
+
+    def trial_overrides(self, context: dg.AssetExecutionContext) -> list[str]:
+        """The overrides of the run's sweep trial (its partition); [] without a sweep."""
+        if self.sweep is None:
+            return []
+        return self.sweep.trial(context.partition_key).overrides
 
 
 def build_experiment(experiment: str, overrides: Sequence[str], forced: Sequence[str] = ()) -> Any:

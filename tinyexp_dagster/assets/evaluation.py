@@ -15,6 +15,7 @@ from pydantic import Field
 
 from ..resources import StorageResource
 from .common import PipelineSpec, build_experiment, table
+from .sweep import partitions_def
 
 MIN_METRIC_CHECK = "minimum_metric"
 
@@ -53,6 +54,7 @@ def build_model_evaluation(spec: PipelineSpec, threshold: float | None) -> dg.As
         kinds={"pytorch"},
         check_specs=checks,
         ins={"model_checkpoint": dg.AssetIn(spec.key("model_checkpoint"))},
+        partitions_def=partitions_def(spec),  # a sweep: each trial's model
         description=f"{spec.name}: {metric.name} ({metric.direction}) and loss of the "
         "champion model, loaded from its file, compared with the new version.",
     )

@@ -16,6 +16,7 @@ from ..resources import RayDDPResource, RedisProgressResource, StorageResource
 from ..resources.ray import RayAccelerator
 from ..schema import with_exp_field
 from .common import PipelineSpec, build_experiment, config_failure, config_hash, table
+from .sweep import SweepMonitor, board_key, partitions_def, pool_name, pruned_output, sweep_scope
 
 Resume = Literal["auto", "never"]
 RESUME_CHOICES: tuple[str, ...] = get_args(Resume)
@@ -90,12 +91,22 @@ def build_trained_model(
         retry_policy=dg.RetryPolicy(max_retries=1, delay=2),
         description=f"{spec.name}: {what}",
         ins={"prepared_dataset": dg.AssetIn(spec.key("prepared_dataset"))} if with_dataset else {},
+        partitions_def=partitions_def(spec),
+        # A sweep's trials wait in Dagster for one of the pool's max_concurrent slots.
+        pool=pool_name(spec.name) if spec.sweep is not None else None,
     )
     output = _output if trains else _run_output
 
     def body(context, config, dataset, ray, redis, storage) -> dg.Output[dict[str, Any]]:
-        exp, summary = _train(context, spec, config, dataset, ray, redis, storage, trains)
-        return output(context, spec, config, dataset, summary, exp)
+        trial = spec.trial_overrides(context)
+        exp, summary, sweep = _train(
+            context, spec, config, dataset, ray, redis, storage, trains, trial
+        )
+        out = output(context, spec, config, dataset, summary, exp, trial)
+        if sweep:
+            metadata = {**out.metadata, **sweep}
+            out = dg.Output(out.value, metadata=metadata, data_version=out.data_version)
+        return out
 
     if with_dataset:
 
@@ -125,9 +136,11 @@ def build_trained_model(
     return trained_model_own_data
 
 
-def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
+def _train(context, spec, config, dataset, ray, redis, storage, trains: bool, trial=()):
     """Build the experiment with the run's overrides, run it on the Ray ranks; returns
-    (experiment, rank 0's result)."""
+    (experiment, rank 0's result, the sweep trial's metadata or {})."""
+    import time
+
     from tinyexp_core.exceptions import (
         RunStoppedError,
         TinyExpError,
@@ -138,7 +151,7 @@ def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
     from tinyexp_core.stop import clear_stop
     from tinyexp_core.timing import mark
 
-    user = spec.overrides_for(config.exp, config.overrides)
+    user = spec.overrides_for(config.exp, config.overrides, trial)
     forced = _forced(context, config, dataset, storage, redis, trains)
     forced += _ray_forced(context, spec, config, ray, str(storage.resolved_root()))
     exp = build_experiment(spec.experiment, user, forced)
@@ -157,22 +170,32 @@ def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
         f"training {spec.experiment} on {exp.num_workers} Ray workers, "
         f"overrides {redact_overrides(user) or 'none'}, run dir {_run_dir(exp, trains)}"
     )
+    monitor = _sweep_monitor(context, spec, progress)
     mark("launch_start")  # for the benchmarks (a no-op without a timing file)
+    started = time.perf_counter()
     try:
-        with progress.kept_in_use():
+        with progress.kept_in_use(), monitor.watching():
             summary = ray.run(exp, launch, log=context.log.info)[0]
         mark("launch_end")
     except RunStoppedError as err:
-        # A stop was asked for in this process (`tinyexp_core.stop.request_stop`): rank 0
-        # wrote a step checkpoint. A retry would train again in a run someone stopped.
-        clear_stop()  # the request is spent: a later step or run in this process starts clean
-        progress.mark("cancelled", str(err))
-        raise dg.Failure(
-            f"training stopped: {err}; resume=auto continues from its checkpoint",
-            metadata={"checkpoint": err.checkpoint, "step": err.step},
-            allow_retries=False,
-        ) from err
+        if monitor.pruned_at is None:
+            # A stop was asked for in this process (`tinyexp_core.stop.request_stop`): rank 0
+            # wrote a step checkpoint. A retry would train again in a run someone stopped.
+            clear_stop()  # the request is spent: a later step or run here starts clean
+            progress.mark("cancelled", str(err))
+            monitor.finish("failed", error="stopped")
+            raise dg.Failure(
+                f"training stopped: {err}; resume=auto continues from its checkpoint",
+                metadata={"checkpoint": err.checkpoint, "step": err.step},
+                allow_retries=False,
+            ) from err
+        clear_stop()  # the request was this trial's; the process's next step starts clean
+        context.log.warning(f"trial {context.partition_key} pruned: {err}")
+        summary = pruned_output(spec, exp, monitor, err, started)
+        monitor.finish("pruned", pruned_at_epoch=monitor.pruned_at)
+        return exp, summary, _trial_metadata(context, spec, monitor, "pruned", err.checkpoint)
     except Exception as err:
+        monitor.finish("failed", error=type(err).__name__)
         by_rank = isinstance(err, WorkerFailedError)  # else no rank ever ran: nothing to mark
         if by_rank:
             progress.mark("failed", str(err))
@@ -184,6 +207,7 @@ def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
     except BaseException as err:  # Dagster termination, KeyboardInterrupt
         # A verdict written before the termination (the stall sensor's `failed`) stands.
         progress.mark("cancelled", type(err).__name__, only_if_active=True)
+        monitor.finish("failed", error=type(err).__name__)
         if _termination_requested(context):
             # The in-process executor retries an interrupted step under its RetryPolicy,
             # which would start training again in a run the user terminated.
@@ -192,7 +216,44 @@ def _train(context, spec, config, dataset, ray, redis, storage, trains: bool):
                 allow_retries=False,
             ) from err
         raise
-    return exp, summary
+    clear_stop()  # a pruning decision that came after the last step
+    if spec.sweep is None:
+        return exp, summary, {}
+    monitor.finish("finished")
+    return exp, summary, _trial_metadata(context, spec, monitor, "finished", "")
+
+
+def _sweep_monitor(context, spec: PipelineSpec, progress) -> SweepMonitor:
+    """The run's sweep monitor (inactive without a sweep or a progress store)."""
+    if spec.sweep is None:
+        return SweepMonitor(spec, None, None, context.run.run_id, "")
+    pool, limit = pool_name(spec.name), spec.sweep.max_concurrent
+    slots = context.instance.event_log_storage.get_concurrency_info(pool).slot_count
+    if slots != limit:
+        context.log.warning(
+            f"concurrency pool {pool} has {slots} slots, not max_concurrent={limit}: "
+            f"{spec.name}_sweep_pool_sensor sets it (or `dagster instance concurrency set "
+            f"{pool} {limit}`)"
+        )
+    trial = spec.sweep.trial(context.partition_key)
+    key = board_key(spec.name, sweep_scope(context))
+    return SweepMonitor(spec, trial, progress.url, context.run.run_id, key)
+
+
+def _trial_metadata(context, spec, monitor: SweepMonitor, status: str, stop_checkpoint: str):
+    """What the leaderboard reads from a trial's materialization."""
+    trial = spec.sweep.trial(context.partition_key)
+    metadata: dict[str, Any] = {
+        "sweep_status": status,
+        "sweep_trial": trial.key,
+        "sweep_overrides": dg.MetadataValue.json(trial.overrides),
+    }
+    if monitor.pruned_at is not None and status == "pruned":
+        metadata["pruned_at_epoch"] = monitor.pruned_at
+        metadata["stop_checkpoint"] = dg.MetadataValue.path(stop_checkpoint)
+    if monitor.error:
+        metadata["sweep_monitor_error"] = monitor.error
+    return metadata
 
 
 def _forced(
@@ -295,12 +356,13 @@ def _output(
     dataset: dict[str, Any] | None,
     summary: Any,
     exp: Any,
+    trial: list[str],
 ) -> dg.Output[dict[str, Any]]:
     """The TrainResult as the asset's value (plus what the downstream assets need)."""
     from tinyexp_core.contract import TrainResult
 
     result = summary if isinstance(summary, TrainResult) else TrainResult.from_dict(summary)
-    user = redact_overrides(spec.overrides_for(config.exp, config.overrides))
+    user = redact_overrides(spec.overrides_for(config.exp, config.overrides, trial))
     data_version = dataset["data_version"] if dataset else ""
     digest = config_hash(spec.experiment, user, data_version)
     metric = result.primary_metric
@@ -369,11 +431,12 @@ def _run_output(
     dataset: dict[str, Any] | None,
     summary: Any,
     exp: Any,
+    trial: list[str],
 ) -> dg.Output[dict[str, Any]]:
     """A `run()`-only experiment: its output directory and `run()`'s (JSON-safe) return."""
     import json
 
-    user = redact_overrides(spec.overrides_for(config.exp, config.overrides))
+    user = redact_overrides(spec.overrides_for(config.exp, config.overrides, trial))
     digest = config_hash(spec.experiment, user, "")
     returned = json.loads(json.dumps(summary, default=str))
     if not isinstance(returned, dict):

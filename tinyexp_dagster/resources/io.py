@@ -12,6 +12,7 @@ pickle runs whatever code its writer put in it. Asset values are small dicts of 
 numbers and lists; tensors and checkpoints stay files, referenced by path and sha256.
 """
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,9 @@ class RunScopedJSONIOManager(dg.ConfigurableIOManager):
         directory.mkdir(parents=True, exist_ok=True)
         run_file = directory / f"{context.run_id}{SUFFIX}"
         atomic_write_text(run_file, text)
-        atomic_write_text(directory / LATEST, text)
+        latest = _latest(directory, context)
+        latest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(latest, text)
         context.add_output_metadata({"stored_value": dg.MetadataValue.path(str(run_file))})
 
     def load_input(self, context: dg.InputContext) -> Any:
@@ -64,7 +67,7 @@ class RunScopedJSONIOManager(dg.ConfigurableIOManager):
                 candidates.append(directory / f"{upstream.run_id}{SUFFIX}")
             except dg.DagsterInvariantViolationError:
                 pass  # no producing run known for this input
-        candidates.append(directory / LATEST)
+        candidates.append(_latest(directory, context))
         for path in candidates:
             if path.exists():
                 return _read(path, context.asset_key)
@@ -73,6 +76,21 @@ class RunScopedJSONIOManager(dg.ConfigurableIOManager):
             f"{directory}: materialize it first (training_pipeline does)",
             allow_retries=False,
         )
+
+
+def _latest(directory: Path, context: dg.OutputContext | dg.InputContext) -> Path:
+    """The asset's latest value; a partitioned asset's (a sweep trial's) is per partition,
+    so a later run of one trial never reads another trial's value."""
+    if not context.has_asset_partitions:
+        return directory / LATEST
+    keys = context.asset_partition_keys
+    if len(keys) != 1:
+        raise dg.Failure(
+            f"asset {context.asset_key.to_user_string()}: one partition per run, got {keys}",
+            allow_retries=False,
+        )
+    digest = hashlib.sha256(keys[0].encode()).hexdigest()[:16]  # any key is a safe name
+    return directory / "partitions" / f"{digest}{SUFFIX}"
 
 
 def _read(path: Path, key: dg.AssetKey) -> Any:

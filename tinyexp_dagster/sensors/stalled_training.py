@@ -278,6 +278,7 @@ def _terminate_and_resume(
         asset_selection=selection or [dg.AssetKey([*prefix, n]) for n in _RETRAIN_ASSETS],
         run_config=resume_run_config(run.run_config),
         tags={RESUME_RUN_DIR_TAG: run_dir, STALLED_RUN_TAG: run.run_id, STALLED_AT_TAG: where},
+        partition_key=run.tags.get("dagster/partition"),  # a sweep trial resumes as itself
     )
 
 

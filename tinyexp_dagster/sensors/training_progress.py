@@ -15,6 +15,7 @@ from tinyexp_core.progress import (
     read_progress,
 )
 
+from ..assets.sweep import LEADERBOARD, leaderboard_metadata
 from ..resources import RedisProgressResource, StorageResource
 from .common import with_store
 
@@ -41,10 +42,13 @@ def training_progress_sensor(
 ):
     """Each new `epoch_end` / `finished` / `failed` event of a training run becomes an
     `AssetObservation` on the asset its progress hash names (`<name>/trained_model`: epoch,
-    losses, metrics, ETA, run), so the asset page shows live progress. The cursor is the
-    last stream id handled: each event is seen once. A tick emits at most
+    losses, metrics, ETA, run), so the asset page shows live progress. A sweep trial's
+    event also refreshes `<name>/sweep_leaderboard` from the sweep's board in Redis: an
+    observation while trials train, a materialization once every trial has ended. The
+    cursor is the last stream id handled: each event is seen once. A tick emits at most
     MAX_OBSERVATIONS_PER_TICK observations, one per run for its newest epoch (plus one for
-    its outcome); a larger backlog is worked off over the next ticks, in order."""
+    its outcome, and one per sweep refreshed); a larger backlog is worked off over the
+    next ticks, in order."""
     return with_store(redis, storage, lambda client: _progress_tick(client, context.cursor))
 
 
@@ -61,7 +65,8 @@ def _progress_tick(client: redis_py.Redis, cursor: str | None) -> dg.SensorResul
     events = read_events(client, cursor, count=MAX_EVENTS_PER_TICK)
     if not events:
         return dg.SkipReason(f"no new progress events after stream id {cursor}")
-    observations, handled = _newest_states(client, events)
+    observations, handled, boards = _newest_states(client, events)
+    observations += [leaderboard_event(client, key, asset) for key, asset in boards.items()]
     new_cursor = events[handled - 1][0]  # the first observed event always fits: handled >= 1
     if not observations:
         return dg.SensorResult(
@@ -73,14 +78,16 @@ def _progress_tick(client: redis_py.Redis, cursor: str | None) -> dg.SensorResul
 
 def _newest_states(
     client: redis_py.Redis, events: list[tuple[str, dict[str, str]]]
-) -> tuple[list[dg.AssetObservation], int]:
+) -> tuple[list[dg.AssetObservation], int, dict[str, str]]:
     """At most MAX_OBSERVATIONS_PER_TICK observations from the oldest events: per run its
     newest epoch end (the UI shows the latest epoch; an earlier one of the same batch is
     folded into it) and its outcome. Returns them and how many events they cover, in
-    order: the rest stays after the cursor for the next tick."""
+    order: the rest stays after the cursor for the next tick; and the sweep boards those
+    events touch (board key -> the trials' asset)."""
     runs: dict[str, RunProgress] = {}
     chosen: dict[tuple[str, str], dict[str, str]] = {}  # (run, epoch|outcome) -> event
     folded: dict[str, int] = {}  # epoch ends replaced by a newer one of the same run
+    boards: dict[str, str] = {}  # sweep board key -> the trials' asset
     handled = 0
     for _, fields in events:
         run_id = fields.get("run_id", "")
@@ -94,12 +101,34 @@ def _newest_states(
                 if slot in chosen and slot[1] == "epoch":
                     folded[run_id] = folded.get(run_id, 0) + 1
                 chosen[slot] = fields
+                if runs[run_id].fields.get("sweep"):
+                    boards[runs[run_id].fields["sweep"]] = runs[run_id].asset
         handled += 1
     observations = [
         progress_observation(fields, runs[run_id], folded=folded.get(run_id, 0) * (kind == "epoch"))
         for (run_id, kind), fields in chosen.items()
     ]
-    return observations, handled
+    return observations, handled, boards
+
+
+def leaderboard_event(
+    client: redis_py.Redis, board: str, asset: str
+) -> dg.AssetObservation | dg.AssetMaterialization:
+    """The sweep's leaderboard (`<name>/sweep_leaderboard`, beside the trials' asset) from
+    its board: an observation while trials run, a materialization once all have ended."""
+    from tinyexp_core.contract import PrimaryMetric
+    from tinyexp_core.sweep import SweepBoard
+
+    sweep = SweepBoard(client, board)
+    meta = sweep.meta()
+    metric = PrimaryMetric(meta.get("metric", "metric"), meta.get("direction", "max"))
+    metadata = leaderboard_metadata(sweep.rows(), metric)
+    key = dg.AssetKey([*dg.AssetKey.from_user_string(asset).path[:-1], LEADERBOARD])
+    if sweep.finished():
+        return dg.AssetMaterialization(
+            asset_key=key, description=f"sweep {board}: every trial ended", metadata=metadata
+        )
+    return dg.AssetObservation(asset_key=key, description=f"sweep {board}", metadata=metadata)
 
 
 def _is_training_asset(asset: str | None) -> bool:
