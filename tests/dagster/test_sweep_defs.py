@@ -39,7 +39,9 @@ def test_trials_partition_the_training_and_downstream_assets() -> None:
     # A job run is one trial: the dataset and leaderboard belong to an asset backfill.
     job = defs.resolve_job_def("sw_training_pipeline")
     assert job.partitions_def.get_partition_keys() == KEYS
-    assert {n for n in job.graph.node_names() if not n.endswith(("_integrity", "_sanity"))} == {
+    assert {
+        n for n in job.graph.node_names() if not n.endswith(("_integrity", "_sanity", "_gate"))
+    } == {
         "sw__trained_model",
         "sw__model_checkpoint",
         "sw__model_evaluation",
