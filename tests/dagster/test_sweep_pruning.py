@@ -142,3 +142,31 @@ def test_leaderboard_ranks_the_pruned_trial_last(swept) -> None:
     best = [r["best"] for r in rows]
     assert all(math.isfinite(b) for b in best) and best == sorted(best, reverse=True), rows
     assert metadata["num_pruned"].value == 1 and metadata["num_finished"].value == 2
+
+
+def test_losing_trials_stay_registered_with_a_warning_not_a_failed_run(swept) -> None:
+    """In a sweep most trials lose to the best: the gate says so at WARN (the run succeeds,
+    the version stays registered, not champion); the hopeless lr=10 is never champion."""
+    _, instance = swept
+    verdicts = {}
+    for partition in ("lr=0.001", "lr=0.002", HOPELESS):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key("model_checkpoint"), asset_partitions=[partition]),
+            limit=1,
+        ).records
+        evaluations = instance.all_logs(
+            records[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        )
+        [gate] = [
+            e.dagster_event.event_specific_data
+            for e in evaluations
+            if e.dagster_event.event_specific_data.check_name == "champion_gate"
+        ]
+        verdicts[partition] = gate
+    assert verdicts["lr=0.001"].passed  # the first version becomes champion
+    assert not verdicts[HOPELESS].passed
+    assert verdicts[HOPELESS].severity == dg.AssetCheckSeverity.WARN
+    assert "lost" in verdicts[HOPELESS].description
+    hopeless = verdicts[HOPELESS].metadata
+    assert hopeless["champion"].value != hopeless["new_version"].value
+    assert hopeless["gap"].value < 0  # how much it lost by, in the metric's direction

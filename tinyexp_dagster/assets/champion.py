@@ -7,6 +7,10 @@ value each version recorded at training. The alias moves when the newcomer is at
 good as the champion within `tolerance` (in the primary metric's units); a worse version
 stays registered, the alias stays, and the check fails with ERROR severity, which blocks
 `model_evaluation` and everything downstream. The first version becomes champion.
+
+In a sweep most trials lose to the best one by design: a losing trial's check fails with
+WARN severity (still registered, not champion, the gap in the metadata) so its partition
+run succeeds; a damaged file fails with ERROR there too.
 """
 
 import math
@@ -16,6 +20,7 @@ import dagster as dg
 
 from ..resources import StorageResource
 from .common import PipelineSpec
+from .sweep import partitions_def
 
 CHAMPION_GATE_CHECK = "champion_gate"
 GATE_SPLIT = "val"
@@ -32,6 +37,7 @@ def build_champion_gate(
         asset=spec.key("model_checkpoint"),
         blocking=True,
         name=CHAMPION_GATE_CHECK,
+        partitions_def=partitions_def(spec),  # a sweep: each trial's version is gated
         description=f"Champion gate: the new version becomes champion when its {metric.name} "
         f"({how}) is at least as good as the champion's, within {tolerance:g}.",
     )
@@ -44,7 +50,11 @@ def build_champion_gate(
             f"{spec.name}/model_checkpoint:{CHAMPION_GATE_CHECK} (dagster run {context.run.run_id})"
         )
         score = _evaluator(spec, model_checkpoint, evaluates)
-        return gate(storage, model_checkpoint, score, tolerance, moved_by, log=context.log)
+        # a sweep's losing trial is the normal case, not a failed run (see the module doc)
+        lost = dg.AssetCheckSeverity.WARN if spec.sweep is not None else None
+        return gate(
+            storage, model_checkpoint, score, tolerance, moved_by, log=context.log, lost=lost
+        )
 
     return model_checkpoint_champion_gate
 
@@ -71,8 +81,10 @@ def gate(
     tolerance: float,
     moved_by: str,
     log: Any = None,
+    lost: dg.AssetCheckSeverity | None = None,
 ) -> dg.AssetCheckResult:
-    """Compare `new` (the model_checkpoint value) with the champion; move the alias or not."""
+    """Compare `new` (the model_checkpoint value) with the champion; move the alias or not.
+    `lost`: the severity of a verdict "worse than the champion" (default ERROR)."""
     from tinyexp_core.checkpoint import verify_checkpoint
     from tinyexp_core.contract import PrimaryMetric
     from tinyexp_core.exceptions import TinyExpError
@@ -106,12 +118,12 @@ def gate(
             gap = new_value - old_value if metric.direction == "max" else old_value - new_value
             meta["gap"] = _finite(gap)
         if not metric.is_at_least_as_good(new_value, old_value, tolerance):
-            lost = (
+            lost_by = (
                 f"{version} lost: {metric.name} {new_value:.4f} vs champion {champion}'s "
                 f"{old_value:.4f} on {GATE_SPLIT} (worse by {-meta.get('gap', math.nan):.4f}, "
                 f"tolerance {tolerance:g}); it stays registered, not champion"
             )
-            return _result(False, meta, champion, lost)
+            return _result(False, meta, champion, lost_by, severity=lost)
         reason = (
             f"first version: {metric.name} {new_value:.4f} on {GATE_SPLIT}"
             if champion is None
@@ -130,13 +142,17 @@ def _finite(value: float) -> float | None:
 
 
 def _result(
-    passed: bool, meta: dict[str, Any], champion: str | None, description: str
+    passed: bool,
+    meta: dict[str, Any],
+    champion: str | None,
+    description: str,
+    severity: dg.AssetCheckSeverity | None = None,
 ) -> dg.AssetCheckResult:
     meta = {k: v for k, v in {**meta, "champion": champion or "none"}.items() if v is not None}
     return dg.AssetCheckResult(
         check_name=CHAMPION_GATE_CHECK,
         passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=severity or dg.AssetCheckSeverity.ERROR,
         description=description,
         metadata=meta,
     )
