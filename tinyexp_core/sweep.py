@@ -334,11 +334,19 @@ class SweepBoard:
         raw = self.client.hget(f"{self.key}:trials", trial)
         row = json.loads(raw) if raw else {"trial": trial}
         row.update(fields, updated=time.time())
-        self.client.hset(f"{self.key}:trials", trial, json.dumps(row))
+        self._write(f"{self.key}:trials", trial, json.dumps(row))
 
     def record_epoch(self, trial: str, epoch: int, value: float) -> None:
         """The trial's primary metric at 1-based `epoch`."""
-        self.client.hset(f"{self.key}:epochs", f"{epoch}|{trial}", repr(float(value)))
+        self._write(f"{self.key}:epochs", f"{epoch}|{trial}", repr(float(value)))
+
+    def _write(self, key: str, field: str, value: str) -> None:
+        """One field, and the key's TTL again: a hash first created here (the epochs of a
+        board declared before any epoch ended) must expire like the rest of the board."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, field, value)
+        pipe.expire(key, _TTL_S)
+        pipe.execute()
 
     def others_at(self, trial: str, epoch: int) -> list[float]:
         """The other trials' metrics at 1-based `epoch`."""

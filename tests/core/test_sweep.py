@@ -138,6 +138,9 @@ def test_board_in_redis(redis_url: str) -> None:
         assert not board.finished()
         board.update("lr=0.001", status="finished")
         assert board.finished()
+        # every key of the board expires, the epochs hash first written after declare too
+        for suffix in ("meta", "trials", "epochs"):
+            assert 0 < client.ttl(f"{board.key}:{suffix}") <= 7 * 24 * 3600, suffix
     finally:
         client.delete(*client.keys(f"{board.key}:*"))
         client.close()
