@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,6 +140,12 @@ def shown_path(path: str) -> str:
         return path
 
 
+def shown_command(command: str) -> str:
+    """The saved command without `--results-dir DIR`: where the file went, not how it was
+    measured (the path is this machine's)."""
+    return re.sub(r"\s--results-dir(=|\s+)\S+", "", command)
+
+
 def section(name: str, title: str, doc: Mapping[str, Any] | None) -> str:
     if doc is None:
         return (
@@ -152,7 +159,7 @@ def section(name: str, title: str, doc: Mapping[str, Any] | None) -> str:
         "",
         table([row(comp, doc) for comp in doc["comparisons"]]),
         "",
-        f"Command: `{doc['command']}`  ",
+        f"Command: `{shown_command(doc['command'])}`  ",
         f"Raw results: `{shown_path(doc['_path'])}`  ",
         f"Measured: {doc['timestamp']} on {doc['machine']}  ",
         f"Load average (1/5/15 min): before {load['before']}, after {load['after']}; "
