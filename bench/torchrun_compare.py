@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         "ranks x 1 CPU, 1 torch thread per rank, batch 32 per rank, gloo over loopback, on "
         "both sides. Ours: the whole `retrain_job` (train on 2 Ray ranks with progress and "
         "checkpoints, then promote and evaluate), its local Ray started by the run (a cold "
-        "start). Theirs: `bench/torchrun_script.py`. Every run's epoch-end times, first step "
+        "start); each rank sets glibc malloc's thresholds before training (`steady_malloc`, "
+        "docs/running-modes.md). Theirs: `bench/torchrun_script.py`, as a user writes it "
+        "(glibc malloc as it comes). Every run's epoch-end times, first step "
         "and exit (seconds from spawn) are in the raw results."
     )
     bench_run.save({"runs": runs}, comparisons(runs), args.results_dir, notes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -54,14 +55,59 @@ def fsync_dir(directory: str | Path) -> None:
             os.close(fd)
 
 
+class _HashingWriter:
+    """A write-only, append-only view of a file that hashes and counts what passes through,
+    so an atomic write knows its sha256 without reading the file back. A seek back (other
+    than a restart from 0) fails loudly instead of leaving a wrong digest."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._digest.update(data)
+        self.size += len(memoryview(data).cast("B"))
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def tell(self) -> int:
+        return self.size
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Only a restart (`seek(0)`: the file is emptied and the hash starts over) or a
+        seek to where the writer already is; anything else would make the hash wrong."""
+        target = offset if whence == os.SEEK_SET else self.size + offset
+        if whence == os.SEEK_SET and offset == 0:
+            self._f.seek(0)
+            self._f.truncate()
+            self._digest, self.size = hashlib.sha256(), 0
+        elif target != self.size or whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
+            raise io.UnsupportedOperation("an atomic write is append-only: no seek back")
+        return self.size
+
+    def fileno(self) -> int:  # for os.fsync; bytes written around the wrapper fail the write
+        return self._f.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 def atomic_write(
     path: str | Path, write: Callable[[IO[bytes]], None], *, mode: int | None = None
 ) -> tuple[str, int]:
     """Call `write(f)` on a temp file, fsync it, replace `path`; return (sha256, size).
 
-    `mode` (e.g. 0o600) sets the permissions from creation on, so a secret is never readable
-    by others, not even for a moment. On any error (and on KeyboardInterrupt) the temp file
-    is removed and `path` is left as it was.
+    `f` is append-only (write, flush, tell, fileno; `seek(0)` starts over): the sha256
+    and size are of the bytes written, hashed on their way to the file (no second read).
+    `mode` (e.g. 0o600) sets the permissions from creation on, so a secret is never
+    readable by others, not even for a moment. On any error (and on KeyboardInterrupt) the
+    temp file is removed and `path` is left as it was.
     """
     path = Path(path)
     tmp = temp_path(path)
@@ -69,10 +115,13 @@ def atomic_write(
     try:
         fd = os.open(tmp, flags, 0o666 if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            hashing = _HashingWriter(f)
+            write(hashing)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
-        sha, size = sha256_file(tmp), tmp.stat().st_size
+        if hashing.size != tmp.stat().st_size:  # something wrote around the wrapper
+            raise OSError(f"{tmp}: wrote {hashing.size} bytes, the file has {tmp.stat().st_size}")
+        sha, size = hashing.hexdigest(), hashing.size
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -137,7 +137,8 @@ class StepCheckpoints:
     """The training loop's `after_step(step, position)`: stops and periodic step checkpoints.
 
     After each optimizer step the ranks agree (`StopAgreement`) whether to stop or save. A
-    save snapshots the state and writes it in the background; a stop writes it now (rank 0),
+    save snapshots the state and writes it in the background (so does `save_epoch`, the
+    epoch's checkpoint, through the same one-in-flight writer); a stop writes it now (rank 0),
     waits for every rank, and raises `RunStoppedError` on all of them. `fields()` returns
     the checkpoint's own fields (`model`, `optimizer`, `scheduler`, `config`, `exp_class`,
     `extra`: see `checkpoint.build_checkpoint`); epoch, step, position and every rank's RNG
@@ -202,6 +203,29 @@ class StepCheckpoints:
             rng_ranks=[rng for _, rng in ranks],
         )
 
+    def save_epoch(
+        self,
+        state: dict[str, Any],
+        *,
+        is_best: bool,
+        on_saved: Callable[[dict[str, str]], None] | None = None,
+    ) -> None:
+        """Rank 0: write an epoch checkpoint (`CheckpointManager.save`) in the background,
+        after any write in flight; `on_saved(paths)` once it is on disk. The state is
+        snapshotted now, so the next epoch's steps cannot change what is written; leaving
+        the `with` block waits for the write (also when the run fails: never half a file)."""
+
+        def save(snap: dict[str, Any]) -> None:
+            paths = self._writer.manager.save(snap, is_best=is_best)
+            if on_saved is not None:
+                on_saved(paths)
+
+        self._writer.submit(state, save)
+
+    def wait(self) -> None:
+        """Wait for the checkpoint write in flight (raises its error if it failed)."""
+        self._writer.wait()
+
     def _stop(self, state: dict[str, Any] | None, step: int) -> None:
         """Rank 0 writes the stop checkpoint, every rank waits for it, then all raise."""
         from tinyexp_core.exceptions import RunStoppedError
@@ -218,6 +242,16 @@ class StepCheckpoints:
         return self
 
     def __exit__(self, *exc: Any) -> bool | None:
+        if exc[0] is None:
+            # Every rank got here through the same steps: the agreement in flight completes.
+            # A failing run skips it (a peer that died would leave it waiting out the
+            # collective timeout); the process group is torn down with the run.
+            try:
+                self._stopper.close()
+            except BaseException as err:
+                if not self._stack.__exit__(type(err), err, err.__traceback__):
+                    raise
+                return None
         return self._stack.__exit__(*exc)
 
 

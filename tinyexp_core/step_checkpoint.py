@@ -168,12 +168,14 @@ def resume_position(
 
 
 class StepCheckpointWriter:
-    """Background writer of step checkpoints through a CheckpointManager, one in flight.
+    """Background writer of checkpoints through a CheckpointManager, one in flight.
 
-    `submit` snapshots the state at once and returns; the file is written in a thread.
-    A `submit` while a write is in flight waits for it first. `save_now` (the stop
-    checkpoint) waits for any write in flight, then writes in the caller's thread. A failed
-    background write raises at the next `submit`, `save_now` or `wait`.
+    `submit` snapshots the state at once and returns; the file is written in a thread (a
+    step checkpoint by default, or what `save(state)` writes: an epoch's files). A `submit`
+    while a write is in flight waits for it first, so files land in submission order.
+    `save_now` (the stop checkpoint) waits for any write in flight, then writes in the
+    caller's thread. A failed background write raises at the next `submit`, `save_now` or
+    `wait`.
     """
 
     def __init__(
@@ -184,19 +186,25 @@ class StepCheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, state: dict[str, Any]) -> None:
-        """Snapshot `state` now; write it in the background."""
+    def submit(
+        self, state: dict[str, Any], save: Callable[[dict[str, Any]], Any] | None = None
+    ) -> None:
+        """Snapshot `state` now; write it in the background: `save(state)` when given
+        (it reports its own files), else a step checkpoint (reported to `on_saved`)."""
         state = snapshot(state)
         self.wait()
         # Not a daemon: an interpreter exiting mid-write lets it finish first.
         self._thread = threading.Thread(
-            target=self._write, args=(state,), name="tinyexp-step-checkpoint"
+            target=self._write, args=(state, save or self._save_step), name="tinyexp-checkpoint"
         )
         self._thread.start()
 
     def save_now(self, state: dict[str, Any]) -> str:
         """Write `state` now (after any write in flight); returns its path."""
         self.wait()
+        return self._save_step(state)
+
+    def _save_step(self, state: dict[str, Any]) -> str:
         path = self.manager.save_step(state)
         if self._on_saved is not None:
             self._on_saved(path, state)
@@ -211,11 +219,9 @@ class StepCheckpointWriter:
             error, self._error = self._error, None
             raise error
 
-    def _write(self, state: dict[str, Any]) -> None:
+    def _write(self, state: dict[str, Any], save: Callable[[dict[str, Any]], Any]) -> None:
         try:
-            path = self.manager.save_step(state)
-            if self._on_saved is not None:
-                self._on_saved(path, state)
+            save(state)
         except BaseException as err:  # handed to the training thread at its next wait
             self._error = err
 

@@ -87,10 +87,15 @@ def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) 
 class StopAgreement:
     """Per-step decision, identical on every rank: stop now? write a step checkpoint now?
 
-    `poll()` after each optimizer step. With several ranks it costs one all-reduce of two
-    numbers every `check_every_n_steps` steps (the flags are only looked at then), so every
-    rank stops, and checkpoints, at the same step. `every_n_steps` counts global steps;
-    `every_s` is measured on each rank and the first rank whose interval is up decides.
+    `poll()` after each optimizer step. `every_n_steps` counts global steps, so every rank
+    knows by itself when that save is due. A stop request and `every_s` (measured on each
+    rank's clock) are local, so the ranks agree on them: with several ranks each check
+    (every `check_every_n_steps` steps) starts a non-blocking all-reduce of the two flags
+    and reads the one the previous check started, which has long finished by then. A
+    training step never waits on it, and every rank reads the same agreed flags at the same
+    step: a stop (or an `every_s` save) asked for at step k happens at the next check, on
+    every rank. With one rank the flags apply at once. `close()` waits for the all-reduce
+    still in flight (call it on every rank before the process group goes away).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class StopAgreement:
         self._check_every = max(1, int(check_every_n_steps))
         self._clock = clock
         self._last_save = clock()
+        self._in_flight: tuple[Any, Any] | None = None  # (work, flags tensor)
 
     def poll(self, step: int) -> tuple[bool, bool]:
         """(stop, save) after global step `step`; a stop implies its own checkpoint."""
@@ -116,14 +122,48 @@ class StopAgreement:
         # that skipped the all-reduce its peers entered would hang them.
         if step % self._check_every and not save:
             return False, False
-        if self._every_s > 0 and self._clock() - self._last_save >= self._every_s:
-            save = True
-        stop = stop_requested()
-        if getattr(self._acc, "world_size", 1) > 1:
-            import torch
-
-            flags = self._acc.reduce_sum(torch.tensor([float(stop), float(save)]))
-            stop, save = bool(flags[0] > 0), bool(flags[1] > 0)
+        if getattr(self._acc, "world_size", 1) <= 1:
+            stop, timed = self._local_flags()
+        else:
+            stop, timed = self._agreed()
+            if not stop:  # a stopping run starts no collective it would leave behind
+                self._start_agreement(*self._local_flags_after(save or timed))
+        save = save or timed
         if save or stop:
             self._last_save = self._clock()
         return stop, save and not stop
+
+    def close(self) -> None:
+        """Wait for the all-reduce in flight, if any (on every rank, or none)."""
+        if self._in_flight is not None:
+            work, _ = self._in_flight
+            self._in_flight = None
+            work.wait()
+
+    def _local_flags(self) -> tuple[bool, bool]:
+        timed = self._every_s > 0 and self._clock() - self._last_save >= self._every_s
+        return stop_requested(), timed
+
+    def _local_flags_after(self, saving_now: bool) -> tuple[bool, bool]:
+        """This rank's flags for the next agreement; a save now restarts the `every_s` clock
+        (so an interval that is up is not asked for twice)."""
+        if saving_now:
+            self._last_save = self._clock()
+        return self._local_flags()
+
+    def _agreed(self) -> tuple[bool, bool]:
+        """The flags the previous check's all-reduce agreed on ((False, False) at first)."""
+        if self._in_flight is None:
+            return False, False
+        work, flags = self._in_flight
+        self._in_flight = None
+        work.wait()
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _start_agreement(self, stop: bool, timed: bool) -> None:
+        import torch
+        import torch.distributed as dist
+
+        device = getattr(self._acc, "device", "cpu")
+        flags = torch.tensor([float(stop), float(timed)], device=device)
+        self._in_flight = (dist.all_reduce(flags, op=dist.ReduceOp.SUM, async_op=True), flags)

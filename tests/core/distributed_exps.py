@@ -144,3 +144,15 @@ class SleepingExp(TinyExp):
         Path(self.pid_dir, f"rank{rank}.pid").write_text(str(os.getpid()))
         time.sleep(self.sleep_s)
         return {"rank": rank}
+
+
+@dataclass(repr=False)
+class MallocExp(TinyExp):
+    """Reports whether this rank's launcher tuned glibc malloc before running it."""
+
+    exp_name: str = "malloc"
+
+    def train(self) -> dict[str, Any]:
+        from tinyexp_core.launchers import runtime
+
+        return {"rank": int(os.environ.get("RANK", "0")), "steady": runtime._steady_malloc}

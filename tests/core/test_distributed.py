@@ -20,6 +20,7 @@ from tests.core.distributed_exps import (
     CollectivesExp,
     FailingExp,
     FingerprintedMnistExp,
+    MallocExp,
     state_fingerprint,
 )
 from tinyexp_core.checkpoint import load_checkpoint
@@ -96,6 +97,14 @@ def _pid_alive(pid: int) -> bool:
 def collective_results(request, ray_cluster) -> list[dict]:
     """Each accelerator's collectives, run once on 2 Ray ranks; one result per rank."""
     return _launch(build_exp(CollectivesExp, [f"accelerator={request.param}"]))
+
+
+def test_ray_ranks_tune_malloc_before_training(ray_cluster):
+    """Ray runs a rank's `run` in a thread, where untuned glibc malloc faults a conv net's
+    activations back in every step (tests/core/test_steady_malloc.py)."""
+    results = _launch(MallocExp())
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert all(r["steady"] for r in results)
 
 
 def test_collectives_on_two_gloo_ranks(collective_results):

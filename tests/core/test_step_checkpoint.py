@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -201,3 +202,51 @@ def test_every_n_steps_writes_step_files_and_resume_from_one_is_bit_identical(pr
     b = ckpt.load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resume from a step file must match"
     print(f"\nperiodic + resumed runs: {time.perf_counter() - started:.1f} s")
+
+
+def _agreement_rank(rank: int, port: int, out: Any) -> None:
+    """One of two gloo ranks polling steps 1..8: rank 1 asks for a stop after step 3."""
+    import torch.distributed as dist
+
+    from tinyexp_core.stop import clear_stop, request_stop
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        acc = type("Acc", (), {"world_size": 2, "device": "cpu"})()
+        agreement = StopAgreement(acc, every_n_steps=2)
+        decisions = []
+        for step in range(1, 9):
+            decision = agreement.poll(step)
+            decisions.append(decision)
+            if decision[0]:
+                break
+            if rank == 1 and step == 3:
+                request_stop("test")
+        agreement.close()
+        clear_stop()
+        out.put((rank, decisions))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_stop_agreement_across_ranks_is_one_check_late_and_identical():
+    """The ranks agree without waiting on the step: a stop one rank asks for after step 3
+    (seen at its check of step 4) is agreed at step 5 on both; `every_n_steps` saves need no
+    agreement."""
+    import multiprocessing as mp
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_agreement_rank, args=(r, port, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    expected = [(False, False), (False, True), (False, False), (False, True), (True, False)]
+    assert results[0] == results[1] == expected

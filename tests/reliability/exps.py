@@ -133,6 +133,8 @@ class ReliabilityExp(MnistExp):
         )
         if not armed:
             return best
+        if kw.get("checkpoints") is not None:
+            kw["checkpoints"].wait()  # the epoch's files are written in the background
         if self.fault == "truncate_last":
             with open(manager.last_path, "r+b") as fh:
                 fh.truncate(os.path.getsize(manager.last_path) // 2)

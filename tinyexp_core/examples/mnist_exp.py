@@ -320,8 +320,9 @@ class Exp(TinyExp):
                 # At the global optimizer step: a resumed run's rows follow its checkpoint's.
                 tracker.log(record.to_row(), step=record.step)
                 best = self._save_epoch(
-                    acc, manager, model, optimizer, scheduler, history, reporter, tracked=tracked
-                )
+                    acc, manager, model, optimizer, scheduler, history, reporter,
+                    tracked=tracked, checkpoints=after_step,
+                )  # fmt: skip
                 reporter.epoch_end(
                     epoch=epoch,
                     loss=record.train_loss,
@@ -434,10 +435,15 @@ class Exp(TinyExp):
 
     def _save_epoch(
         self, acc, manager, model, optimizer, scheduler, history, reporter, *,
-        tracked: dict | None = None,
+        tracked: dict | None = None, checkpoints: StepCheckpoints | None = None,
     ) -> float:  # fmt: skip
-        """Rank 0 writes last.pt (and best.pt); every rank waits. Returns the best accuracy.
-        `tracked`: the tracker run to continue on resume (`tracker.resume_state()`)."""
+        """Rank 0 writes the epoch file, last.pt (and best.pt); returns the best accuracy.
+        `tracked`: the tracker run to continue on resume (`tracker.resume_state()`).
+
+        With `checkpoints` (the loop's `StepCheckpoints`) rank 0 snapshots the state and the
+        files are written in the background while the next epoch trains (the `with` block
+        around the loop waits for the last write); without it, rank 0 writes them now and
+        every rank waits."""
         record = history[-1]
         metric = self.primary_metric
         best = metric.best(r.metric(metric.name) for r in history)
@@ -454,9 +460,16 @@ class Exp(TinyExp):
                 extra={"history": [r.to_dict() for r in history], "tracker": dict(tracked or {})},
             )
             is_best = metric.is_at_least_as_good(record.metric(metric.name), best)
-            paths = manager.save(state, is_best=is_best)
-            reporter.checkpoint(path=paths["last"], epoch=record.epoch, best_metric=best)
-        acc.wait_for_everyone()
+
+            def saved(paths: dict[str, str], epoch: int = record.epoch) -> None:
+                reporter.checkpoint(path=paths["last"], epoch=epoch, best_metric=best)
+
+            if checkpoints is not None:
+                checkpoints.save_epoch(state, is_best=is_best, on_saved=saved)
+            else:
+                saved(manager.save(state, is_best=is_best))
+        if checkpoints is None:
+            acc.wait_for_everyone()
         return best
 
     # ------------------------------------------------------------------ evaluate

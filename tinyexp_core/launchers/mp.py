@@ -34,6 +34,7 @@ from ..exceptions import (
     WorkerFailedError,
 )
 from ..stop import STOP_GRACE_S, stop_requested
+from .runtime import steady_malloc
 
 LOCAL_HOST = "127.0.0.1"
 _PEER_DEATH_GRACE_S = 3.0  # after a rank fails, how long to look for a peer that died
@@ -107,6 +108,7 @@ def _rank_main(exp: Any, env: dict[str, str], num_threads: int, conn: Connection
     """Body of one spawned rank: the rank environment, then `exp.run()`; the outcome goes
     back through `conn` as ("ok", result) or ("error", exception or None, traceback text)."""
     os.environ.update(env)
+    steady_malloc()  # before the first tensor: see tinyexp_core.launchers.runtime
     import torch
 
     torch.set_num_threads(max(1, num_threads))

@@ -35,7 +35,7 @@ from ..exceptions import (
 )
 from ..stop import STOP_GRACE_S, stop_requested
 from ..timing import ENV_TIMING_FILE, mark
-from .runtime import forward_stdout, set_log_forwarder
+from .runtime import forward_stdout, set_log_forwarder, steady_malloc
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
 LOCAL_HOST = "127.0.0.1"
@@ -315,6 +315,7 @@ class _RankWorker:
     def run(self, exp: Any, env: dict[str, str], log_sink: Any, num_threads: int) -> Any:
         os.environ.update(env)
         _announce(exp, int(env["RANK"]))
+        steady_malloc()  # before the first tensor: see tinyexp_core.launchers.runtime
         import torch
 
         torch.set_num_threads(max(1, num_threads))
