@@ -99,10 +99,13 @@ def ours(tmp: Path, rep: int, epochs: int) -> dict[str, float]:
     return relative(marks, start, end)
 
 
-def theirs(tmp: Path, name: str, prepared: str, epochs: int) -> dict[str, float]:
+def theirs(
+    tmp: Path, name: str, prepared: str, epochs: int, address: str = "local"
+) -> dict[str, float]:
+    """One Ray Train run: on its own new Ray (`address="local"`) or a running one."""
     timing = tmp / f"{name}.txt"
     cmd = [python(), "-m", "bench.torchtrainer_startup", "--data", prepared]
-    cmd += ["--epochs", str(epochs)]
+    cmd += ["--epochs", str(epochs), "--address", address]
     cmd += ["--timing-file", str(timing), "--storage", str(tmp / "ray_train")]
     start, end, _ = spawn_timed(cmd, env={"RAY_USAGE_STATS_ENABLED": "0"})
     return relative(first_marks(timing), start, end)

@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--address",
+        default="local",
+        help="Ray to run on: 'local' starts one (cold), a GCS address joins a running one (warm)",
+    )
     args = parser.parse_args(argv)
 
     import ray
@@ -76,15 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     from ray.train.torch import TorchTrainer
 
     mark(args.timing_file, "imports_done")
-    # The options TinyExp's launcher starts its local Ray with: a like-for-like Ray start.
-    ray.init(
-        address="local",
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="WARNING",
-        object_store_memory=256 * 1024 * 1024,
-    )
+    if args.address == "local":
+        # The options TinyExp's launcher starts its local Ray with: a like-for-like Ray start.
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            object_store_memory=256 * 1024 * 1024,
+        )
+    else:  # a running Ray, as TinyExp's warm start joins it
+        ray.init(address=args.address, log_to_driver=False, logging_level="WARNING")
     mark(args.timing_file, "ray_ready")
     try:
         trainer = TorchTrainer(

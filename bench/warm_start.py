@@ -10,8 +10,11 @@ Theirs: `bench/torchrun_script.py` under `torchrun --nproc-per-node 2` (the same
 prepared tensors, batch and optimizer; `bench.torchrun_compare` runs it the same way).
 Both read the digits dataset that `prepared_dataset` prepared once at setup.
 
-A round runs ours and the torchrun script twice (the second torchrun run is the A/A
-control), in an order that rotates every round; a pair is a round. Time to first step is
+A third peer, Ray Train: `bench/torchtrainer_startup.py` (`bench.startup`'s TorchTrainer
+script) joining the same running Ray, so both Ray-based sides start warm.
+
+A round runs ours, Ray Train and the torchrun script twice (the second torchrun run is the
+A/A control), in an order that rotates every round; a pair is a round. Time to first step is
 from a timestamp taken right before the subprocess is spawned to rank 0's first optimizer
 step. Target: ours / torchrun's <= 2.0, with its 95% interval. The cold start (a Ray
 started by the run) is `bench.startup`'s item (<= 0.6 of Ray Train's).
@@ -29,12 +32,21 @@ from pathlib import Path
 from bench.common import dagster_events, embedded_server, first_marks, spawn_timed
 from bench.names import CODE_LOCATION, RETRAIN_JOB
 from bench.results import Run, add_results_arg
-from bench.startup import DAGSTER, OURS, dagster_env, phases, relative, run_config, setup
+from bench.startup import (
+    DAGSTER,
+    OURS,
+    dagster_env,
+    phases,
+    relative,
+    run_config,
+    setup,
+    theirs,
+)
 from bench.stats import compare
 from bench.torchrun_compare import latest_run_id, torchrun
 
 TARGET = 2.0
-SIDES = ("ours", "torchrun", "torchrun2")
+SIDES = ("ours", "torchrun", "torchrun2", "raytrain")
 WARM_LOG = "warm start: reusing the local Ray at"  # RayDDPResource.run_address's line
 # bench.startup's phases, the Ray one being a connection to the running Ray here.
 WARM = tuple(
@@ -87,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             prepared = setup(tmp)
             head, _ = start_head(tmp / "root")  # the storage root dagster_env names
             for rep in range(args.reps):
-                for side in SIDES[rep % 3 :] + SIDES[: rep % 3]:
+                for side in SIDES[rep % len(SIDES) :] + SIDES[: rep % len(SIDES)]:
                     if side == "ours":
                         res = ours(tmp, rep, args.epochs, head.address)
+                    elif side == "raytrain":  # Ray Train on the same running Ray
+                        res = theirs(tmp, f"{side}-{rep}", prepared, args.epochs, head.address)
                     else:
                         found = torchrun(tmp, f"{side}-{rep}", args.epochs, prepared)
                         res = {"first_step_rank0": found["first_step_s"], "exit": found["job_s"]}
@@ -113,7 +127,18 @@ def main(argv: list[str] | None = None) -> int:
             control=(first["torchrun2"], first["torchrun"]),
             what="seconds from process spawn to rank 0's first optimizer step, ours (a local "
             "Ray already running) over the torchrun script's",
-        )
+        ),
+        compare(
+            f"11. time to first step, {RETRAIN_JOB} / Ray Train, both on the same warm Ray",
+            first["ours"],
+            first["raytrain"],
+            target=None,
+            direction="lower",
+            control=(first["torchrun2"], first["torchrun"]),
+            what="seconds from process spawn to rank 0's first optimizer step, ours over a Ray "
+            "Train TorchTrainer script's (bench/torchtrainer_startup.py), both joining the "
+            "local Ray that was already running; the A/A control is the torchrun pair",
+        ),
     ]
     raw = {
         "first_step_s": first,
@@ -126,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         "digits tensors, 2 ranks x 1 CPU, 1 torch thread per rank, batch 32 per rank, gloo "
         f"over loopback, {args.epochs} epoch(s). Ours: the whole `{RETRAIN_JOB}` on a local "
         "Ray that `tinyexp-dagster ray up` started before the first round (each run logged "
-        "that it joined it); theirs: `bench/torchrun_script.py` under torchrun. The seconds "
-        "of each phase of ours and every run's exit time are in the raw results."
+        "that it joined it); theirs: `bench/torchrun_script.py` under torchrun, and a Ray Train "
+        "TorchTrainer script (`bench/torchtrainer_startup.py`) joining the same running Ray. "
+        "The seconds of each phase of ours and every run's exit time are in the raw results."
     )
     bench_run.save(raw, comparisons, args.results_dir, notes)
     return 0
