@@ -91,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             logging_level="WARNING",
             object_store_memory=256 * 1024 * 1024,
         )
-    else:  # a running Ray, as TinyExp's warm start joins it
-        ray.init(address=args.address, log_to_driver=False, logging_level="WARNING")
+    else:
+        # A Ray that `tinyexp-dagster ray up` runs on loopback with token authentication:
+        # joined the way TinyExp's warm start joins it (node IP 127.0.0.1, the token file).
+        from tinyexp_core.launchers.ray import _connect_loopback
+
+        _connect_loopback(args.address)
     mark(args.timing_file, "ray_ready")
     try:
         trainer = TorchTrainer(
