@@ -10,7 +10,7 @@ epoch but the first; a pair is one epoch turn of each job, the ratio Ray's epoch
 mean of the two torchrun epochs (95% interval, verdict: `bench.stats`), the A/A control the
 second torchrun over the first. Target: >= 0.95 of torchrun's.
 
-    .venv/bin/python -m bench.ddp_scaling [--reps 4] [--epochs 6] [--num-samples 4096]
+    .venv/bin/python -m bench.ddp_scaling [--reps 16] [--epochs 6] [--num-samples 4096]
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def one_rep(tmp: Path, prepared: str, rep: int, args: argparse.Namespace) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=4, help="runs of the three jobs")
+    parser.add_argument("--reps", type=int, default=16, help="runs of the three jobs")
     parser.add_argument("--epochs", type=int, default=6, help="per run; the first is warm-up")
     parser.add_argument("--num-samples", type=int, default=4096, help="synthetic samples")
     parser.add_argument("--batch-size", type=int, default=32, help="per rank")

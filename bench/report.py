@@ -45,8 +45,9 @@ control is one side run twice in the same alternation (its second run over its f
 its interval shows how far this machine moves a ratio of identical work, and should
 contain 1.0. "Pairs for +-0.03" estimates from this run's spread how many pairs an interval
 of half-width 0.03 would need: items 1 and 2 (targets 3% and 5% below 1.0) resolve only
-with about that many; they default to 4 runs x 5 steady-state epochs = 20 pairs, and a run
-whose spread asks for more says so there (raise `--reps`, or measure on a quiet machine).
+with about that many. On this 2-core machine item 2 needed 16 runs x 5 steady-state epochs
+= 80 pairs and item 1 about 44 pairs, so they default to 16 and 10 runs (`--reps`); a run
+whose spread asks for more says so there.
 """
 
 NOT_MEASURED = """\

@@ -14,7 +14,7 @@ every epoch but the first; a pair is one epoch turn of each job, the ratio the o
 epoch over the mean of the two bare ones (95% interval, verdict: `bench.stats`), the A/A
 control the second bare loop over the first. Target: >= 0.97.
 
-    .venv/bin/python -m bench.training_overhead [--reps 4] [--epochs 6] [--num-samples 4096]
+    .venv/bin/python -m bench.training_overhead [--reps 10] [--epochs 6] [--num-samples 4096]
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def one_rep(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=4, help="runs of the three jobs")
+    parser.add_argument("--reps", type=int, default=10, help="runs of the three jobs")
     parser.add_argument("--epochs", type=int, default=6, help="per run; the first is warm-up")
     parser.add_argument("--num-samples", type=int, default=4096, help="synthetic samples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
