@@ -77,14 +77,13 @@ class _HashingWriter:
         return self.size
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        """Only a restart (`seek(0)`: the file is emptied and the hash starts over) or a
-        seek to where the writer already is; anything else would make the hash wrong."""
-        target = offset if whence == os.SEEK_SET else self.size + offset
-        if whence == os.SEEK_SET and offset == 0:
+        """`seek(0)` starts over (the file is emptied, the hash restarts); a seek by 0 from
+        here or from the end stays put; anything else would make the hash wrong."""
+        if (offset, whence) == (0, os.SEEK_SET):
             self._f.seek(0)
             self._f.truncate()
             self._digest, self.size = hashlib.sha256(), 0
-        elif target != self.size or whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
+        elif offset != 0 or whence not in (os.SEEK_CUR, os.SEEK_END):
             raise io.UnsupportedOperation("an atomic write is append-only: no seek back")
         return self.size
 
@@ -119,8 +118,9 @@ def atomic_write(
             write(hashing)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
-        if hashing.size != tmp.stat().st_size:  # something wrote around the wrapper
-            raise OSError(f"{tmp}: wrote {hashing.size} bytes, the file has {tmp.stat().st_size}")
+        on_disk = tmp.stat().st_size
+        if hashing.size != on_disk:  # something wrote around the wrapper
+            raise OSError(f"{tmp}: wrote {hashing.size} bytes, the file has {on_disk}")
         sha, size = hashing.hexdigest(), hashing.size
         os.replace(tmp, path)
     except BaseException:

@@ -239,20 +239,18 @@ class StepCheckpoints:
     def __enter__(self) -> StepCheckpoints:
         self._stack.enter_context(self._writer)
         self._stack.enter_context(stop_on_signals())
+        self._stack.push(self._close_agreement)  # runs first on exit, the writer's wait last
         return self
 
     def __exit__(self, *exc: Any) -> bool | None:
-        if exc[0] is None:
-            # Every rank got here through the same steps: the agreement in flight completes.
-            # A failing run skips it (a peer that died would leave it waiting out the
-            # collective timeout); the process group is torn down with the run.
-            try:
-                self._stopper.close()
-            except BaseException as err:
-                if not self._stack.__exit__(type(err), err, err.__traceback__):
-                    raise
-                return None
         return self._stack.__exit__(*exc)
+
+    def _close_agreement(self, exc_type: Any, *_: Any) -> None:
+        """On the way out of the loop: every rank got here through the same steps, so the
+        agreement in flight completes. A failing run skips it (a peer that died would leave
+        it waiting out the collective timeout); the process group goes with the run."""
+        if exc_type is None:
+            self._stopper.close()
 
 
 @contextlib.contextmanager

@@ -122,34 +122,23 @@ class StopAgreement:
         # that skipped the all-reduce its peers entered would hang them.
         if step % self._check_every and not save:
             return False, False
-        if getattr(self._acc, "world_size", 1) <= 1:
-            stop, timed = self._local_flags()
-        else:
-            stop, timed = self._agreed()
-            if not stop:  # a stopping run starts no collective it would leave behind
-                self._start_agreement(*self._local_flags_after(save or timed))
+        several = getattr(self._acc, "world_size", 1) > 1
+        stop, timed = self._agreed() if several else self._local_flags()
         save = save or timed
         if save or stop:
             self._last_save = self._clock()
+        if several and not stop:  # a stopping run starts no collective it would leave behind
+            # After the clock restart above: an interval that is up is not asked for twice.
+            self._start_agreement(*self._local_flags())
         return stop, save and not stop
 
     def close(self) -> None:
         """Wait for the all-reduce in flight, if any (on every rank, or none)."""
-        if self._in_flight is not None:
-            work, _ = self._in_flight
-            self._in_flight = None
-            work.wait()
+        self._agreed()
 
     def _local_flags(self) -> tuple[bool, bool]:
         timed = self._every_s > 0 and self._clock() - self._last_save >= self._every_s
         return stop_requested(), timed
-
-    def _local_flags_after(self, saving_now: bool) -> tuple[bool, bool]:
-        """This rank's flags for the next agreement; a save now restarts the `every_s` clock
-        (so an interval that is up is not asked for twice)."""
-        if saving_now:
-            self._last_save = self._clock()
-        return self._local_flags()
 
     def _agreed(self) -> tuple[bool, bool]:
         """The flags the previous check's all-reduce agreed on ((False, False) at first)."""
