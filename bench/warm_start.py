@@ -10,6 +10,12 @@ Theirs: `bench/torchrun_script.py` under `torchrun --nproc-per-node 2` (the same
 prepared tensors, batch and optimizer; `bench.torchrun_compare` runs it the same way).
 Both read the digits dataset that `prepared_dataset` prepared once at setup.
 
+The running Ray keeps its default pool of warm ranks (`tinyexp_core.launchers.ray_pool`: rank
+processes started ahead with torch imported); each run of ours must log that it took both
+ranks from it. After a run the pool starts replacements in the background: every side starts
+only once the pool is full and idle again, so no side shares the machine with a refill; the
+seconds each refill took after a run of ours are in the raw results.
+
 A third peer, Ray Train: `bench/torchtrainer_startup.py` (`bench.startup`'s TorchTrainer
 script) joining the same running Ray, so both Ray-based sides start warm.
 
@@ -27,7 +33,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from bench.common import dagster_events, embedded_server, first_marks, spawn_timed
 from bench.names import CODE_LOCATION, RETRAIN_JOB
@@ -48,13 +57,15 @@ from bench.torchrun_compare import latest_run_id, torchrun
 TARGET = 2.0
 SIDES = ("ours", "torchrun", "torchrun2", "raytrain")
 WARM_LOG = "warm start: reusing the local Ray at"  # RayDDPResource.run_address's line
-# bench.startup's phases, the Ray one being a connection to the running Ray here.
-WARM = tuple(
-    ("Ray connect (`import ray`, `ray.init` to the running local Ray)", mark)
-    if mark == "ray_ready"
-    else (label, mark)
-    for label, mark in OURS
-)
+WARM_RANKS_LOG = "warm ranks: 2 of 2 ranks taken"  # RayLauncher's line
+REFILL_TIMEOUT_S = 180.0
+# bench.startup's phases, as they are on the running Ray with its warm ranks.
+_WARM_LABELS = {
+    "ray_ready": "Ray connect (`import ray`, `ray.init` to the running local Ray)",
+    "actors_ready": "warm ranks taken from the pool, log sink actor start",
+    "pg_rank0": "rank setup: unpickle experiment (torch already imported), logger, process group",
+}
+WARM = tuple((_WARM_LABELS.get(mark, label), mark) for label, mark in OURS)
 
 
 def ours(tmp: Path, rep: int, epochs: int, address: str) -> dict[str, float]:
@@ -80,10 +91,27 @@ def check_warm(dagster_home: Path, address: str) -> None:
         instance.dispose()
     if not any(f"{WARM_LOG} {address}" in m for m in messages):
         raise RuntimeError(f"run {run_id} did not join the running Ray at {address}")
+    if not any(WARM_RANKS_LOG in m for m in messages):
+        raise RuntimeError(f"run {run_id} did not take its 2 ranks from the warm pool")
+
+
+def wait_for_full_pool(pool: Any) -> float:
+    """Seconds until the pool has all its warm ranks ready and none lent out."""
+    from tinyexp_core.launchers.ray_pool import pool_status
+
+    start = time.perf_counter()
+    while time.perf_counter() - start < REFILL_TIMEOUT_S:
+        s = pool_status(pool)
+        if s["ready"] == s["size"] and not s["starting"] and not s["lent"]:
+            return time.perf_counter() - start
+        time.sleep(0.25)
+    raise RuntimeError(f"the warm pool did not refill within {REFILL_TIMEOUT_S:g} s: {s}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tinyexp_core.launchers.ray import ray_session
     from tinyexp_core.launchers.ray_head import start_head, stop_head
+    from tinyexp_core.launchers.ray_pool import find_pool
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=6, help="rounds (>= 2 for an interval)")
@@ -93,13 +121,20 @@ def main(argv: list[str] | None = None) -> int:
 
     bench_run = Run("warm_start", {k: v for k, v in vars(args).items() if k != "results_dir"})
     runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
-    with tempfile.TemporaryDirectory(prefix="bench-warm-") as name:
+    refill_s: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-warm-") as name, ExitStack() as stack:
         tmp = Path(name)
         try:
             prepared = setup(tmp)
             head, _ = start_head(tmp / "root")  # the storage root dagster_env names
+            stack.enter_context(ray_session(head.address))  # this process watches the pool
+            pool = find_pool()
+            if pool is None:
+                raise RuntimeError(f"the Ray at {head.address} has no warm-rank pool")
+            wait_for_full_pool(pool)
             for rep in range(args.reps):
                 for side in SIDES[rep % len(SIDES) :] + SIDES[: rep % len(SIDES)]:
+                    wait_for_full_pool(pool)  # no side shares the CPUs with a refill
                     if side == "ours":
                         res = ours(tmp, rep, args.epochs, head.address)
                     elif side == "raytrain":  # Ray Train on the same running Ray
@@ -108,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
                         found = torchrun(tmp, f"{side}-{rep}", args.epochs, prepared)
                         res = {"first_step_rank0": found["first_step_s"], "exit": found["job_s"]}
                     runs[side].append(res)
+                    if side == "ours":
+                        refill_s.append(wait_for_full_pool(pool))
                     print(
                         f"rep {rep} {side}: first step at {res['first_step_rank0']:.2f} s, "
                         f"exit at {res['exit']:.2f} s",
                         flush=True,
                     )
         finally:
+            stack.close()  # disconnect before the Ray goes
             stop_head(tmp / "root")
             embedded_server(tmp / "root").stop()
     first = {side: [r["first_step_rank0"] for r in rs] for side, rs in runs.items()}
@@ -144,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "first_step_s": first,
         "exit_s": {side: [r["exit"] for r in rs] for side, rs in runs.items()},
         "phases_s": {"ours": phases(WARM, runs["ours"])},
+        "pool_refill_after_ours_s": refill_s,
     }
     notes = (
         "Seconds from a timestamp taken right before the subprocess is spawned to rank 0's "
@@ -151,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         "digits tensors, 2 ranks x 1 CPU, 1 torch thread per rank, batch 32 per rank, gloo "
         f"over loopback, {args.epochs} epoch(s). Ours: the whole `{RETRAIN_JOB}` on a local "
         "Ray that `tinyexp-dagster ray up` started before the first round (each run logged "
-        "that it joined it); theirs: `bench/torchrun_script.py` under torchrun, and a Ray Train "
+        "that it joined it and took both ranks from its pool of warm ranks; every side "
+        "started with the pool full and idle); theirs: `bench/torchrun_script.py` under "
+        "torchrun, and a Ray Train "
         "TorchTrainer script (`bench/torchtrainer_startup.py`) joining the same running Ray. "
         "The seconds of each phase of ours and every run's exit time are in the raw results."
     )

@@ -118,8 +118,12 @@ def cmd_ray(args: argparse.Namespace) -> int:
 
     root = args.storage_root
     if args.action == "up":
+        if args.warm_ranks is not None and args.warm_ranks < 0:
+            print(f"error: --warm-ranks {args.warm_ranks}: expected an integer >= 0",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         try:
-            head, started = start_head(root, num_cpus=args.num_cpus)
+            head, started = start_head(root, num_cpus=args.num_cpus, warm_ranks=args.warm_ranks)
         except RayConnectionError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -135,10 +139,28 @@ def cmd_ray(args: argparse.Namespace) -> int:
         return 0
     address, why = live_head_address(root)
     if address:
-        print(f"local Ray at {address} (pid {read_head(root).pid}): runs reuse it")
+        print(f"local Ray at {address} (pid {read_head(root).pid}): runs reuse it; "
+              f"{_warm_ranks_text(address)}")  # fmt: skip
         return 0
     print(why or f"no local Ray recorded in {address_file(root)}: runs start their own")
     return 1
+
+
+def _warm_ranks_text(address: str) -> str:
+    """What the running Ray's warm-rank pool holds (connects to that Ray: ~1-2 s)."""
+    from tinyexp_core.launchers import ray_pool
+    from tinyexp_core.launchers.ray import ray_session
+
+    try:
+        with ray_session(address):
+            pool = ray_pool.find_pool()
+            if pool is None:
+                return "no warm ranks"
+            s = ray_pool.pool_status(pool)
+    except Exception as err:  # status must answer even when the Ray misbehaves
+        return f"warm ranks unknown ({type(err).__name__}: {err})"
+    return (f"warm ranks: {s['ready']} ready, {s['starting']} starting, {s['lent']} in use "
+            f"(keeps {s['size']})")  # fmt: skip
 
 
 def cmd_progress(args: argparse.Namespace) -> int:
@@ -277,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     ray = sub.add_parser("ray", help="a local Ray that outlives runs (warm starts)")
     ray.add_argument("action", choices=("up", "down", "status"))
     ray.add_argument("--num-cpus", type=int, default=None, help="CPUs it offers (up; default: all)")
+    ray.add_argument(
+        "--warm-ranks",
+        type=int,
+        default=None,
+        help="rank processes kept started with torch imported, for runs to take (up; "
+        "default: one per CPU, at most 4; 0: none)",
+    )
     ray.set_defaults(func=cmd_ray)
     progress = sub.add_parser("progress", help="live training progress from Redis")
     progress.add_argument("run_id", nargs="?", help="a run id (default: every active run)")

@@ -156,3 +156,12 @@ class MallocExp(TinyExp):
         from tinyexp_core.launchers import runtime
 
         return {"rank": int(os.environ.get("RANK", "0")), "steady": runtime._steady_malloc}
+
+
+class WhoAmIExp(TinyExp):
+    """Reports the rank's process and what it had imported before its experiment module."""
+
+    exp_name: str = "whoami"
+
+    def train(self) -> dict[str, Any]:
+        return {"rank": int(os.environ.get("RANK", "0")), "pid": os.getpid()}

@@ -1,6 +1,7 @@
 """The local Ray that outlives runs (`tinyexp-dagster ray up` / `down` / `status`): a run on
-the same storage root joins it instead of starting a Ray and leaves it running; `down`
-leaves no Ray process; a stale record falls back to a Ray started for the run."""
+the same storage root joins it instead of starting a Ray, takes a warm rank from its pool,
+and leaves it running; `down` leaves no Ray process (warm ranks included); a stale record
+falls back to a Ray started for the run."""
 
 import json
 import os
@@ -41,7 +42,8 @@ def started(_):
 launcher = RayLauncher(RayLaunchSpec(num_workers=1, address=address))
 launcher.on_started = started
 result = launcher.run(build_exp("tinyexp_core.examples.pi_exp:Exp", []))
-print(json.dumps({"address": address, "log": log, **seen, "world_size": result[0]["world_size"]}))
+print(json.dumps({"address": address, "log": log, **seen, "world_size": result[0]["world_size"],
+                  "warm_ranks": launcher.warm_ranks}))
 """
 
 
@@ -103,14 +105,25 @@ def test_up_is_reused_by_runs_and_down_leaves_no_ray_process(tmp_path, capsys):
             assert "warm start" in report["log"][0]
             assert report["own_daemons"] == [], "the run started a Ray of its own"
             assert report["world_size"] == 1
+            assert report["warm_ranks"] == 1, "the rank came from the pool of warm ranks"
             assert all(p.is_running() for p in daemons), "the run stopped the running Ray"
+        capsys.readouterr()
+        assert ray_cli(root, "status") == 0
+        assert "warm ranks:" in capsys.readouterr().out
     finally:
+        procs = subtree(head.pid)  # with the warm ranks started since
         assert ray_cli(root, "down") == 0
     gone, alive = psutil.wait_procs(procs, timeout=30)
     assert alive == [], [name_of(p) for p in alive]
     assert not address_file(root).exists()
     assert ray_cli(root, "status") == 1
     assert ray_cli(root, "down") == 0  # nothing recorded: still fine
+
+
+def test_up_refuses_a_negative_warm_rank_count(tmp_path, capsys):
+    assert ray_cli(tmp_path / "root", "up", "--warm-ranks", "-1") == 2
+    assert "--warm-ranks -1: expected an integer >= 0" in capsys.readouterr().err
+    assert read_head(tmp_path / "root") is None, "nothing started"
 
 
 def write_record(root: Path, pid: int) -> None:

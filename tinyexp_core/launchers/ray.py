@@ -35,6 +35,7 @@ from ..exceptions import (
 )
 from ..stop import STOP_GRACE_S, stop_requested
 from ..timing import ENV_TIMING_FILE, mark
+from . import ray_pool
 from .runtime import forward_stdout, set_log_forwarder, steady_malloc
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
@@ -312,8 +313,23 @@ class _RankWorker:
 
         request_stop(reason)
 
-    def run(self, exp: Any, env: dict[str, str], log_sink: Any, num_threads: int) -> Any:
+    def warm_up(self, preimports: tuple[str, ...]) -> int:
+        """A warm rank's start (`ray_pool`): malloc settings and imports ahead of its run."""
+        from .ray_pool import warm_up
+
+        return warm_up(preimports)
+
+    def run(self, exp_blob: bytes, env: dict[str, str], log_sink: Any, num_threads: int) -> Any:
+        """Run the pickled experiment as the rank `env` names. The environment (the job's
+        variables, PYTHONPATH among them) is applied before the experiment is unpickled,
+        so a rank started before its run (a warm one) imports the driver's modules too."""
+        from ray import cloudpickle
+
+        from .ray_pool import apply_python_path
+
         os.environ.update(env)
+        apply_python_path(env.get("PYTHONPATH", ""))
+        exp = cloudpickle.loads(exp_blob)
         _announce(exp, int(env["RANK"]))
         steady_malloc()  # before the first tensor: see tinyexp_core.launchers.runtime
         import torch
@@ -361,6 +377,7 @@ class RayLauncher:
         self.log_callback = log_callback
         self.actor_pids: list[int] = []  # for tests and fault injection
         self.actors: list[Any] = []  # this run's rank actors, rank order
+        self.warm_ranks = 0  # how many of them came from a warm Ray's pool (ray_pool)
         self.on_started: Callable[[RayLauncher], None] | None = None
 
     def run(self, exp: Any) -> list[Any]:
@@ -391,6 +408,9 @@ class RayLauncher:
         self.actors = actors  # the same list: _wait asks them to stop
         refs: list[Any] = []
         sink = None
+        # Only a Ray that `ray up` started (ray_head) has a pool.
+        pool = ray_pool.find_pool() if self._can_use_warm_ranks() else None
+        token = f"{os.getpid()}-{id(self)}-{time.time_ns()}"
         try:
             try:
                 ray.get(pg.ready(), timeout=spec.placement_timeout_s)
@@ -406,8 +426,15 @@ class RayLauncher:
             if os.environ.get(ENV_TIMING_FILE):
                 # A Ray this process did not start (a warm one) has its own environment.
                 env_vars.setdefault(ENV_TIMING_FILE, os.environ[ENV_TIMING_FILE])
+            warm = [] if pool is None else ray_pool.take(pool, spec.num_workers, token)
+            self.warm_ranks = len(warm)
+            actors.extend(warm)
+            if warm:
+                mark("warm_ranks_taken")
+                taken = f"{len(warm)} of {spec.num_workers} ranks taken from the running Ray's pool"
+                self._forward([f"warm ranks: {taken} (started ahead, torch imported)"])
             worker_cls = ray.remote(_RankWorker)
-            for rank in range(spec.num_workers):
+            for rank in range(len(warm), spec.num_workers):
                 actors.append(
                     worker_cls.options(
                         num_cpus=spec.num_cpus_per_worker,
@@ -420,7 +447,7 @@ class RayLauncher:
                         max_concurrency=2,  # request_stop is served while run runs
                     ).remote()
                 )
-            refs = self._start_ranks(exp, actors, sink)
+            refs = self._start_ranks(exp, actors, sink, env_vars)
             try:
                 return self._wait(refs, sink)
             except BaseException as err:
@@ -443,8 +470,16 @@ class RayLauncher:
                     ray.kill(sink, no_restart=True)
             with contextlib.suppress(Exception):
                 remove_placement_group(pg)
+            if pool is not None:
+                ray_pool.release(pool, token)  # the pool refills in the background
 
-    def _start_ranks(self, exp: Any, actors: list[Any], sink: Any) -> list[Any]:
+    def _can_use_warm_ranks(self) -> bool:
+        """Warm ranks serve CPU ranks whose runtime_env is environment variables only."""
+        return self.spec.num_gpus_per_worker == 0 and set(self.spec.runtime_env) <= {"env_vars"}
+
+    def _start_ranks(
+        self, exp: Any, actors: list[Any], sink: Any, env_vars: dict[str, str]
+    ) -> list[Any]:
         import ray
 
         spec = self.spec
@@ -457,9 +492,11 @@ class RayLauncher:
             # routable IP even when asked for 127.0.0.1): rendezvous over loopback.
             master_addr = LOCAL_HOST
         refs = []
+        exp_blob = ray.cloudpickle.dumps(exp)
         for rank, actor in enumerate(actors):
             same_node = [r for r, n in enumerate(node_ids) if n == node_ids[rank]]
             env = {
+                **env_vars,  # a warm rank started before the run's runtime_env existed
                 "RANK": str(rank),
                 "WORLD_SIZE": str(spec.num_workers),
                 "LOCAL_RANK": str(same_node.index(rank)),
@@ -471,7 +508,7 @@ class RayLauncher:
             if master_addr == LOCAL_HOST and "GLOO_SOCKET_IFNAME" not in os.environ:
                 env["GLOO_SOCKET_IFNAME"] = "lo"  # every rank is on this host
             threads = max(1, int(spec.num_cpus_per_worker))
-            refs.append(actor.run.remote(exp, env, sink if rank == 0 else None, threads))
+            refs.append(actor.run.remote(exp_blob, env, sink if rank == 0 else None, threads))
         if self.on_started is not None:
             self.on_started(self)
         return refs

@@ -118,9 +118,16 @@ def _locked(root: str | Path) -> Iterator[None]:
 
 
 def start_head(
-    root: str | Path, *, num_cpus: int | None = None, timeout_s: float = START_TIMEOUT_S
+    root: str | Path,
+    *,
+    num_cpus: int | None = None,
+    warm_ranks: int | None = None,
+    timeout_s: float = START_TIMEOUT_S,
 ) -> tuple[RayHead, bool]:
-    """Start the head of `root`, or reuse the live one; returns (head, started now)."""
+    """Start the head of `root`, or reuse the live one; returns (head, started now).
+
+    `warm_ranks`: rank processes kept started with torch imported for the runs to take
+    (`ray_pool`); None: `ray_pool.default_size` of its CPUs, 0: none."""
     root = Path(root).resolve()
     with _locked(root):
         head = read_head(root)
@@ -130,6 +137,8 @@ def start_head(
         cmd = [sys.executable, "-m", _MODULE, "--root", str(root)]
         if num_cpus is not None:
             cmd += ["--num-cpus", str(num_cpus)]
+        if warm_ranks is not None:
+            cmd += ["--warm-ranks", str(warm_ranks)]
         with open(head_dir(root) / LOG_FILE, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -184,11 +193,13 @@ def _log_tail(root: Path, lines: int = 15) -> str:
 # ---------------------------------------------------------------- the holder process
 
 
-def serve(root: Path, num_cpus: int | None) -> int:
-    """The holder: start Ray, record it, wait for SIGTERM/SIGINT, shut Ray down."""
+def serve(root: Path, num_cpus: int | None, warm_ranks: int | None = None) -> int:
+    """The holder: start Ray and its warm-rank pool, record it, wait for SIGTERM/SIGINT,
+    shut Ray down."""
     import ray
 
-    from .ray import ENV_RAY_ADDRESS, LOCAL_HOST, _loopback_only
+    from . import ray_pool
+    from .ray import ENV_RAY_ADDRESS, LOCAL_HOST, _loopback_only, _RankWorker
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop(ENV_RAY_ADDRESS, None)
@@ -208,17 +219,23 @@ def serve(root: Path, num_cpus: int | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.append(True))
     me = os.getpid()
+    if warm_ranks is None:
+        warm_ranks = ray_pool.default_size(ray.cluster_resources().get("CPU", 0))
+    # The pool lives while this process holds its handle.
+    pool = ray_pool.start_pool(warm_ranks, _RankWorker) if warm_ranks > 0 else None
     try:
         address = ray.get_runtime_context().gcs_address
         record = json.dumps({"address": address, "pid": me, "started": time.time()})
         atomic_write(address_file(root), lambda f: f.write(record.encode()))
-        print(f"Ray head at {address} (pid {me}) for {root}", flush=True)
+        print(f"Ray head at {address} (pid {me}) for {root}, {warm_ranks} warm ranks",
+              flush=True)  # fmt: skip
         while not stop:
             time.sleep(0.5)
     finally:
         head = read_head(root)
         if head is not None and head.pid == me:
             address_file(root).unlink(missing_ok=True)
+        del pool
         ray.shutdown()
         print(f"Ray head (pid {me}) stopped", flush=True)
     return 0
@@ -228,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="hold a local Ray head for a storage root")
     parser.add_argument("--root", required=True)
     parser.add_argument("--num-cpus", type=int, default=None)
+    parser.add_argument("--warm-ranks", type=int, default=None)
     args = parser.parse_args(argv)
-    return serve(Path(args.root), args.num_cpus)
+    return serve(Path(args.root), args.num_cpus, args.warm_ranks)
 
 
 if __name__ == "__main__":

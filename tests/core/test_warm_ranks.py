@@ -1,0 +1,139 @@
+"""Warm ranks (tinyexp_core.launchers.ray_pool): the pool of a warm Ray keeps rank processes
+started with torch imported; a run takes them for its ranks, uses each for that run only,
+and the pool refills after it; a module the pool never saw imports in them; what a started
+process cannot serve (GPUs, a runtime_env beyond variables) starts ranks of its own."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+
+import pytest
+
+from tests.core.distributed_exps import FailingExp, WhoAmIExp
+from tinyexp_core.exceptions import WorkerFailedError
+from tinyexp_core.launchers import ray_pool
+from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec, _RankWorker
+
+
+def eventually(predicate, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def status(pool) -> dict:
+    return ray_pool.pool_status(pool, timeout_s=30)
+
+
+def full(pool, size: int) -> bool:
+    s = status(pool)
+    return s["ready"] == size and s["starting"] == 0 and s["lent"] == 0
+
+
+@pytest.fixture
+def pool(request, ray_cluster):
+    """A pool on the session's Ray for one test (size: the test's parameter, else 2)."""
+    size = getattr(request, "param", 2)
+    handle = ray_pool.start_pool(size, _RankWorker)
+    assert eventually(lambda: full(handle, size)), status(handle)
+    yield handle
+    ray_cluster.kill(handle, no_restart=True)
+    assert eventually(lambda: ray_pool.find_pool() is None, 30), "other tests must not see it"
+
+
+def launch(exp, num_workers: int = 2) -> tuple[RayLauncher, list]:
+    launcher = RayLauncher(RayLaunchSpec(num_workers=num_workers))
+    return launcher, launcher.run(exp)
+
+
+def test_a_run_takes_warm_ranks_once_and_the_pool_refills(pool):
+    warm = set(status(pool)["ready_pids"])
+    launcher, results = launch(WhoAmIExp())
+    assert launcher.warm_ranks == 2
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert {r["pid"] for r in results} == warm, "both ranks ran in the warm processes"
+    assert eventually(lambda: not any(alive(p) for p in warm), 30), "a warm rank serves once"
+    assert eventually(lambda: full(pool, 2)), status(pool)
+    fresh = set(status(pool)["ready_pids"])
+    assert not fresh & warm
+    launcher, results = launch(WhoAmIExp())
+    assert {r["pid"] for r in results} == fresh, "the next run takes the replacements"
+
+
+@pytest.mark.parametrize("pool", [1], indirect=True)
+def test_a_run_needing_more_ranks_than_are_warm_starts_the_rest(pool):
+    (warm,) = status(pool)["ready_pids"]
+    launcher, results = launch(WhoAmIExp())
+    assert launcher.warm_ranks == 1
+    pids = {r["rank"]: r["pid"] for r in results}
+    assert pids[0] == warm and pids[1] != warm, "rank 0 warm, rank 1 started for the run"
+    assert eventually(lambda: full(pool, 1)), status(pool)
+
+
+def test_a_module_the_pool_never_imported_runs_in_warm_ranks(pool, tmp_path, monkeypatch):
+    """The driver's import path reaches a rank that started before the run (PYTHONPATH is
+    applied before the experiment is unpickled): a user's own model module works."""
+    (tmp_path / "my_team_model.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            from tinyexp_core.experiment import TinyExp
+
+            class Exp(TinyExp):
+                exp_name: str = "my_team_model"
+
+                def train(self):
+                    return {"pid": os.getpid(), "module": __file__}
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from my_team_model import Exp
+
+    warm = set(status(pool)["ready_pids"])
+    launcher, results = launch(Exp())
+    assert launcher.warm_ranks == 2
+    assert {r["pid"] for r in results} == warm
+    assert all(r["module"] == str(tmp_path / "my_team_model.py") for r in results)
+
+
+def test_a_failed_run_gives_its_warm_ranks_back_to_be_replaced(pool):
+    warm = set(status(pool)["ready_pids"])
+    launcher = RayLauncher(RayLaunchSpec(num_workers=2))
+    with pytest.raises(WorkerFailedError, match="rank 1"):
+        launcher.run(FailingExp())
+    assert launcher.warm_ranks == 2
+    assert eventually(lambda: not any(alive(p) for p in warm), 30)
+    assert eventually(lambda: full(pool, 2)), status(pool)
+
+
+@pytest.mark.parametrize(
+    ("spec", "warm"),
+    [
+        (RayLaunchSpec(), True),
+        (RayLaunchSpec(runtime_env={"env_vars": {"A": "1"}}), True),
+        (RayLaunchSpec(num_gpus_per_worker=1), False),  # Ray assigns a GPU at actor start
+        (RayLaunchSpec(runtime_env={"pip": ["six"]}), False),  # an environment of its own
+        (RayLaunchSpec(runtime_env={"working_dir": "."}), False),
+    ],
+)
+def test_only_what_a_started_process_can_serve_takes_warm_ranks(spec, warm):
+    assert RayLauncher(spec)._can_use_warm_ranks() is warm
+
+
+@pytest.mark.parametrize(("cpus", "size"), [(0, 0), (1, 1), (2, 2), (4, 4), (64, 4)])
+def test_default_size_is_one_per_cpu_capped(cpus, size):
+    assert ray_pool.default_size(cpus) == size
