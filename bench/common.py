@@ -81,6 +81,27 @@ def first_marks(path: str | Path) -> dict[str, float]:
     return marks
 
 
+def _loop_s(n: int) -> float:
+    start = time.perf_counter()
+    total = 0
+    for i in range(n):
+        total += i
+    return time.perf_counter() - start
+
+
+def cpu_probe() -> float:
+    """Peak CPU speed: seconds of a fixed pure-Python loop (10**6 additions, best of 5), so
+    runs on different days or machines can be told apart."""
+    return round(min(_loop_s(1_000_000) for _ in range(5)), 4)
+
+
+def cpu_sustained() -> float:
+    """Sustained CPU speed: seconds of one loop of 10**7 additions (~1 s). Far above 10x
+    `cpu_probe()` means the CPU was throttled or shared over that second (a host that
+    grants its virtual CPUs a fraction of each period runs short loops at full speed)."""
+    return round(_loop_s(10_000_000), 3)
+
+
 def load_average() -> str:
     """The 1/5/15-minute load averages, to judge how noisy the machine was."""
     one, five, fifteen = os.getloadavg()

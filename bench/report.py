@@ -77,6 +77,13 @@ METHOD_NOTES = """\
   which counts against the Ray side of items 1, 2, 3 and 9.
 - **Shared machines.** Each result records the load average before and after; a wide A/A
   interval says the run was noisy, and its verdicts are then mostly `inconclusive`.
+- **Machine speed varies between days.** The same machine kind ran everything 2-3x slower
+  on 2026-11-30 after 05:45 UTC than the day before (torchrun's first step in item 11: 10-12 s
+  in `warm_start-20261130T070711Z.json`, 3.3-4.1 s in `warm_start-20261130T034029Z.json`),
+  with short loops still at full speed (a host granting its virtual CPUs part of each
+  period). Ratios are paired within a run, so they compare like with like; results saved
+  since then record a peak and a sustained CPU probe (`bench.common.cpu_probe`,
+  `cpu_sustained`) to tell such runs apart.
 """
 
 
@@ -166,6 +173,18 @@ def section(name: str, title: str, doc: Mapping[str, Any] | None) -> str:
         f"Load average (1/5/15 min): before {load['before']}, after {load['after']}; "
         f"benchmark wall time {doc.get('wall_s', float('nan')):.0f} s.",
     ]
+    probe = doc.get("cpu_probe_s")  # files saved before the probes existed have none
+    if probe:
+        text = (
+            f"CPU probes (`bench.common`, seconds, lower is faster): peak (`cpu_probe`) "
+            f"before {probe['before']}, after {probe['after']}"
+        )
+        sustained = doc.get("cpu_sustained_s")
+        if sustained:
+            text += f"; sustained (`cpu_sustained`) before {sustained['before']}, after "
+            text += f"{sustained['after']}"
+        lines[-1] += "  "
+        lines.append(text + ".")
     if doc.get("notes"):
         lines += ["", doc["notes"].strip()]
     return "\n".join(lines) + "\n"

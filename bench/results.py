@@ -1,8 +1,9 @@
 """Saved benchmark results: one JSON file per run, `<dir>/<name>-<UTC timestamp>.json`.
 
 A file holds what the run measured and under which conditions: the machine, the load
-average before and after, the command, the sizes, the raw per-repetition numbers, and the
-computed comparisons (ratio, 95% interval, A/A control, verdict; see `bench.stats`).
+average and CPU-speed probes (`bench.common.cpu_probe`, `cpu_sustained`) before and after,
+the command, the sizes, the raw per-repetition numbers, and the computed comparisons
+(ratio, 95% interval, A/A control, verdict; see `bench.stats`).
 `docs/benchmarks.md` is generated from the newest file of each benchmark (`bench.report`).
 
 The directory is `bench/results/` unless `--results-dir` or `$TINYEXP_BENCH_RESULTS` says
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.common import load_average, machine
+from bench.common import cpu_probe, cpu_sustained, load_average, machine
 from bench.stats import VERDICTS
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "results"
@@ -54,6 +55,7 @@ class Run:
         self.sizes = dict(sizes)
         self.started = time.perf_counter()
         self.load_before = load_average()
+        self.cpu_before = (cpu_probe(), cpu_sustained())
         self.command = " ".join([Path(sys.executable).name, "-m", f"bench.{name}", *sys.argv[1:]])
 
     def save(
@@ -71,6 +73,8 @@ class Run:
             "timestamp": stamp,
             "machine": machine(),
             "load_average": {"before": self.load_before, "after": load_average()},
+            "cpu_probe_s": {"before": self.cpu_before[0], "after": cpu_probe()},
+            "cpu_sustained_s": {"before": self.cpu_before[1], "after": cpu_sustained()},
             "command": self.command,
             "sizes": self.sizes,
             "wall_s": time.perf_counter() - self.started,
