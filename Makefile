@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export TINYEXP_STORAGE_ROOT ?= $(CURDIR)/.tinyexp
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help install run dev test test-e2e bench bench-smoke lint format clean stop-services
+.PHONY: help install run dev test test-e2e test-nightly bench bench-smoke lint format clean stop-services
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,11 +36,16 @@ $(DAGSTER_HOME)/dagster.yaml:
 	cp deploy/local/dagster.yaml $@
 
 test: install ## run the test suite (embedded Redis unless TINYEXP_TEST_REDIS_URL is set)
-	$(PY) -m pytest -q -m "not e2e and not slow"
+	$(PY) -m pytest -q -m "not e2e and not slow and not nightly"
 
 test-e2e: install ## end-to-end tests: browser UI, CLI subprocesses, daemon, Postgres deployment; slow tests
 	bash scripts/install_chromium.sh
-	$(PY) -m pytest -q -m "e2e or slow"
+	$(PY) -m pytest -q -m "(e2e or slow) and not nightly"
+
+# Not in CI (.ci/run): on a slow day each takes 5-8 min, and CI has 90 min for everything.
+test-nightly: install ## the longest tests: the 30-run soak, hang diagnosis and sweep end to end
+	bash scripts/install_chromium.sh
+	$(PY) -m pytest -q -m nightly
 
 bench: install ## benchmarks: results saved under bench/results/, docs/benchmarks.md regenerated
 	$(PY) -m pip install --quiet -e ".[bench]"

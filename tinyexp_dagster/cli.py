@@ -148,9 +148,13 @@ def cmd_ray(args: argparse.Namespace) -> int:
 
 def _warm_ranks_text(address: str) -> str:
     """What the running Ray's warm-rank pool holds (connects to that Ray: ~1-2 s)."""
+    import ray
+
     from tinyexp_core.launchers import ray_pool
     from tinyexp_core.launchers.ray import ray_session
 
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address != address:
+        return "warm ranks not checked (this process is connected to another Ray)"
     try:
         with ray_session(address):
             pool = ray_pool.find_pool()

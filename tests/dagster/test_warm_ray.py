@@ -107,9 +107,13 @@ def test_up_is_reused_by_runs_and_down_leaves_no_ray_process(tmp_path, capsys):
             assert report["world_size"] == 1
             assert report["warm_ranks"] == 1, "the rank came from the pool of warm ranks"
             assert all(p.is_running() for p in daemons), "the run stopped the running Ray"
-        capsys.readouterr()
-        assert ray_cli(root, "status") == 0
-        assert "warm ranks:" in capsys.readouterr().out
+        status = subprocess.run(  # a fresh process, as from a terminal
+            [sys.executable, "-m", "tinyexp_dagster.cli", "--storage-root", str(root), "ray",
+             "status"],
+            capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert "warm ranks: " in status.stdout and "(keeps 2)" in status.stdout, status.stdout
     finally:
         procs = subtree(head.pid)  # with the warm ranks started since
         assert ray_cli(root, "down") == 0

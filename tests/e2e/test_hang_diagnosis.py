@@ -23,7 +23,7 @@ import yaml
 from .conftest import E2EDeployment
 from .helpers import ManagedProcess, daemon_cmd, dagster_cmd, run_cli, run_failure_report, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.nightly]  # 6 min on a slow day
 
 STALL_AFTER_S = 12
 STEP_DELAY_S = 1.5  # per step: long enough to stop a rank between two steps by polling Redis

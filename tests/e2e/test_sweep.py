@@ -21,7 +21,7 @@ from .conftest import CHROMIUM_ARGS, E2EDeployment
 from .helpers import dagster_dev, graphql, run_failure_report, wait_for
 from .services import ray_head
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.nightly]  # 6 min on a slow day
 
 NAME = "sweep"
 POOL = f"tinyexp_{NAME}_sweep"

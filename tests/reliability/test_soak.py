@@ -166,6 +166,7 @@ def _table(samples: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.nightly  # 3 min on a quiet day, 8 on a slow one: `make test-nightly`
 @pytest.mark.timeout(900)
 def test_thirty_mixed_runs_leak_nothing(ray_cluster, redis_url, storage, instance, tmp_path):
     import dagster as dg
