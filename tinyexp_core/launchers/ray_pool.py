@@ -138,12 +138,13 @@ def start_pool(size: int, rank_cls: type) -> Any:
 
 
 def find_pool() -> Any | None:
-    """The connected Ray's pool actor, or None when it has none."""
+    """The connected Ray's pool actor, or None when it has none (or cannot say: a run then
+    starts its own ranks, as on any Ray without a pool)."""
     import ray
 
     try:
         return ray.get_actor(POOL_NAME, namespace=POOL_NAMESPACE)
-    except ValueError:
+    except Exception:  # ValueError: no such actor; anything else: no warm ranks either
         return None
 
 
