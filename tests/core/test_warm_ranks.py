@@ -120,6 +120,29 @@ def test_a_failed_run_gives_its_warm_ranks_back_to_be_replaced(pool):
     assert eventually(lambda: full(pool, 2)), status(pool)
 
 
+def test_ranks_taken_by_a_driver_that_died_are_killed_on_the_next_take(pool):
+    """A driver killed before its `release` never gives its warm ranks back: the pool kills
+    them once it sees the driver's pid gone (the token starts with it)."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (actor,) = ray_pool.take(pool, 1, f"{gone.pid}-0")
+    pid = ray_cluster_get(actor.pid.remote())
+    assert alive(pid)
+    assert ray_pool.take(pool, 0, ray_pool.run_token()) == []  # any later call reaps
+    assert eventually(lambda: not alive(pid), 30), "the orphaned warm rank was not killed"
+    assert status(pool)["lent"] == 0
+    left = status(pool)
+    assert left["ready"] + left["starting"] == 1, left  # refilled by the next release only
+
+
+def ray_cluster_get(ref):
+    import ray
+
+    return ray.get(ref, timeout=60)
+
+
 @pytest.mark.parametrize(
     ("spec", "warm"),
     [

@@ -410,7 +410,7 @@ class RayLauncher:
         sink = None
         # Only a Ray that `ray up` started (ray_head) has a pool.
         pool = ray_pool.find_pool() if self._can_use_warm_ranks() else None
-        token = f"{os.getpid()}-{id(self)}-{time.time_ns()}"
+        token = ray_pool.run_token()
         try:
             try:
                 ray.get(pg.ready(), timeout=spec.placement_timeout_s)

@@ -96,6 +96,7 @@ class _WarmPool:
     def take(self, n: int, token: str) -> list[Any]:
         """Up to `n` warm ranks for the run `token`, ready ones first, then ones still
         starting (further along than a rank started now); each is handed out once."""
+        self._reap()
         ready = self._ready()
         taken = (ready + [pair for pair in self._idle if pair not in ready])[:n]
         for pair in taken:
@@ -115,13 +116,50 @@ class _WarmPool:
                 ray.kill(actor, no_restart=True)
         self._refill()
 
+    def _reap(self) -> None:
+        """Kill what runs whose driver process is gone never gave back (a driver killed
+        before its `release`): a token starts with the driver's pid, on this host."""
+        import ray
+
+        for token in [t for t in self._lent if not _pid_alive(_token_pid(t))]:
+            for actor in self._lent.pop(token):
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+
     def status(self) -> dict[str, Any]:
         import ray
 
+        self._reap()
         ready = self._ready()
         return {"size": self._size, "ready": len(ready), "starting": len(self._idle) - len(ready),
                 "lent": sum(len(a) for a in self._lent.values()),
                 "ready_pids": [ray.get(ref) for _, ref in ready]}  # fmt: skip
+
+
+def run_token() -> str:
+    """A run's token for `take` / `release`: this (driver) process's pid first."""
+    import time
+
+    return f"{os.getpid()}-{time.time_ns()}"
+
+
+def _token_pid(token: str) -> int:
+    try:
+        return int(token.split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def start_pool(size: int, rank_cls: type) -> Any:
