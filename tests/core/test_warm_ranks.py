@@ -48,7 +48,7 @@ def pool(request, ray_cluster):
     """A pool on the session's Ray for one test (size: the test's parameter, else 2)."""
     size = getattr(request, "param", 2)
     handle = ray_pool.start_pool(size, _RankWorker)
-    assert eventually(lambda: full(handle, size)), status(handle)
+    assert eventually(lambda: full(handle, size), 180), status(handle)  # torch imports, 2 CPUs
     yield handle
     ray_cluster.kill(handle, no_restart=True)
     assert eventually(lambda: ray_pool.find_pool() is None, 30), "other tests must not see it"

@@ -151,15 +151,9 @@ def _token_pid(token: str) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    import psutil
+
+    return pid > 0 and psutil.pid_exists(pid)
 
 
 def start_pool(size: int, rank_cls: type) -> Any:
