@@ -133,7 +133,12 @@ def dagster_events(dagster_home: str | Path) -> dict[str, float]:
 # 10-25% of a CPU step, and how many depends on the process's heap history, so two processes
 # running the same loop differ by that much. Both sides of a comparison get these settings
 # (no faults after the first epoch), so that ratios measure the code, not the heap.
-STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+# The values `tinyexp_core.launchers.runtime.steady_malloc` sets in a rank, for every process.
+STEADY_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": "33554432",
+    "MALLOC_TRIM_THRESHOLD_": "4294967296",
+    "MALLOC_TOP_PAD_": "67108864",
+}
 
 
 @contextlib.contextmanager

@@ -68,9 +68,10 @@ METHOD_NOTES = """\
 - **glibc malloc and heap history.** The MNIST network's activations are megabytes per
   batch; glibc hands such blocks back to the OS and faults them in again step after step,
   by an amount that depends on the process's heap history, so two processes running the
-  same loop differ. Items 1 and 2 run every process with `MALLOC_MMAP_THRESHOLD_` and
-  `MALLOC_TRIM_THRESHOLD_` raised (`bench.common.STEADY_MALLOC`) so ratios measure the code,
-  not the heap. Not changed in the library: it trades memory given back to the OS for speed.
+  same loop differ. Items 1 and 2 run every process with glibc's mmap threshold, trim
+  threshold and (runs from 2026-11-30 10:00 UTC on) top pad raised
+  (`bench.common.STEADY_MALLOC`) so ratios measure the code, not the heap; a rank the
+  library starts sets the same itself (`steady_malloc`, docs/running-modes.md).
 - **Turn taking.** Items 1 and 2 run the compared jobs at the same time and let them take
   turns, one epoch each (`bench.bare_loop.Turns`), so compared epochs are seconds apart.
 - **Ray runs its workers at nice 15**: on a busy machine they yield to everything else,
