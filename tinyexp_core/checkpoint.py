@@ -463,6 +463,9 @@ class CheckpointCfg:
     best_ckpt_name: str = "best.pt"
     every_n_steps: int = 0  # a background step checkpoint every N global steps; 0 = off
     every_s: float = 0.0  # a background step checkpoint after this many seconds; 0 = off
+    # How often (seconds) several ranks agree on a stop request or an every_s save; 0 = after
+    # every step. A stop takes up to about twice this plus two steps (tinyexp_core.stop).
+    agree_every_s: float = 0.2
 
     def validate(self) -> None:
         """Checked after overrides (and again by the manager it builds)."""
@@ -472,6 +475,10 @@ class CheckpointCfg:
             raise ConfigValueError("every_n_steps", n, "an integer >= 0 (0 = off)")
         if not (isinstance(self.every_s, (int, float)) and 0 <= self.every_s < float("inf")):
             raise ConfigValueError("every_s", self.every_s, "seconds >= 0, finite (0 = off)")
+        # At most 5 s: a stop (twice this) must end before a launcher's 15 s grace is up.
+        agree = self.agree_every_s
+        if isinstance(agree, bool) or not isinstance(agree, (int, float)) or not 0 <= agree <= 5:
+            raise ConfigValueError("agree_every_s", agree, "seconds in [0, 5] (0 = every step)")
 
     def build_manager(self, run_dir: str | Path) -> CheckpointManager:
         """Return a CheckpointManager for `<run_dir>/checkpoints`."""

@@ -167,6 +167,8 @@ class StepCheckpoints:
             accelerator,
             every_n_steps=checkpoint_cfg.every_n_steps,
             every_s=checkpoint_cfg.every_s,
+            # A config class of a user's own may predate the field: agree after every step.
+            agree_every_s=getattr(checkpoint_cfg, "agree_every_s", 0.0),
         )
         self._writer = StepCheckpointWriter(
             manager, on_saved=lambda p, s: reporter.checkpoint(path=p, epoch=s["epoch"])

@@ -43,6 +43,8 @@ CASES = [
     ("mnist", "checkpoint_cfg.best_ckpt_name", "last.pt"),
     ("mnist", "checkpoint_cfg.every_n_steps", "-1"),
     ("mnist", "checkpoint_cfg.every_s", "-0.5"),
+    ("mnist", "checkpoint_cfg.agree_every_s", "6"),
+    ("mnist", "checkpoint_cfg.agree_every_s", "-1"),
     ("mnist", "accelerator_cfg.collective_timeout_s", "0"),
     ("mnist", "data_cfg.batch_size", "0"),
     ("mnist", "data_cfg.val_fraction", "1.5"),

@@ -229,10 +229,37 @@ def _agreement_rank(rank: int, port: int, out: Any) -> None:
         dist.destroy_process_group()
 
 
-def test_stop_agreement_across_ranks_is_one_check_late_and_identical():
-    """The ranks agree without waiting on the step: a stop one rank asks for after step 3
-    (seen at its check of step 4) is agreed at step 5 on both; `every_n_steps` saves need no
-    agreement."""
+def _paced_rank(rank: int, port: int, out: Any) -> None:
+    """One of two gloo ranks with `agree_every_s=0.1` on a fake clock: rank 0's steps take
+    0.01 s, rank 1's 0.03 s; rank 1 asks for a stop after step 40."""
+    import torch.distributed as dist
+
+    from tinyexp_core.stop import clear_stop, request_stop
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        acc = type("Acc", (), {"world_size": 2, "device": "cpu"})()
+        clock = [0.0]
+        agreement = StopAgreement(acc, agree_every_s=0.1, clock=lambda: clock[0])
+        checks, stopped_at = [], None
+        for step in range(1, 200):
+            clock[0] += 0.01 if rank == 0 else 0.03
+            due = agreement._next_check
+            if agreement.poll(step)[0]:
+                stopped_at = step
+                break
+            if step >= due:
+                checks.append(step)
+            if rank == 1 and step == 40:
+                request_stop("test")
+        agreement.close()
+        clear_stop()
+        out.put((rank, checks, stopped_at))
+    finally:
+        dist.destroy_process_group()
+
+
+def _two_ranks(target: Any) -> dict[int, Any]:
     import multiprocessing as mp
     import socket
 
@@ -241,12 +268,35 @@ def test_stop_agreement_across_ranks_is_one_check_late_and_identical():
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_agreement_rank, args=(r, port, out)) for r in (0, 1)]
+    procs = [ctx.Process(target=target, args=(r, port, out)) for r in (0, 1)]
     for p in procs:
         p.start()
-    results = dict(out.get(timeout=120) for _ in procs)
+    results = {}
+    for _ in procs:
+        rank, *found = out.get(timeout=120)
+        results[rank] = found
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return results
+
+
+def test_ranks_agree_on_how_often_they_check_from_their_step_times():
+    """Proposals 10 (0.1 s / 0.01 s) and 3 (0.1 s / 0.03 s): the ranks check every
+    (10 + 3) // 2 = 6 steps, at the same steps, and stop at the same step, at most two
+    intervals after the request."""
+    results = _two_ranks(_paced_rank)
+    assert results[0] == results[1]
+    checks, stopped_at = results[0]
+    assert checks[:3] == [1, 2, 3]  # every step until the first proposals are agreed
+    assert {b - a for a, b in zip(checks[2:], checks[3:], strict=False)} == {6}
+    assert 40 < stopped_at <= 40 + 2 * 6
+
+
+def test_stop_agreement_across_ranks_is_one_check_late_and_identical():
+    """The ranks agree without waiting on the step: a stop one rank asks for after step 3
+    (seen at its check of step 4) is agreed at step 5 on both; `every_n_steps` saves need no
+    agreement."""
+    results = {rank: decisions for rank, (decisions,) in _two_ranks(_agreement_rank).items()}
     expected = [(False, False), (False, True), (False, False), (False, True), (True, False)]
     assert results[0] == results[1] == expected

@@ -136,7 +136,9 @@ class StopAtStepExp(Exp):
 
 @pytest.mark.parametrize("num_workers", [1, 2], ids=["one-process", "mp-two-ranks"])
 def test_stop_mid_epoch_then_resume_matches_an_uninterrupted_run(num_workers, prepared, tmp_path):
-    common = ["train_cfg.num_epochs=3", "launcher=mp", f"num_workers={num_workers}"]
+    # Agree after every step, so the stop step is exact (the default agrees every 0.2 s).
+    common = ["train_cfg.num_epochs=3", "launcher=mp", f"num_workers={num_workers}",
+              "checkpoint_cfg.agree_every_s=0"]  # fmt: skip
     straight = launch_local(_exp(tmp_path, prepared, "run_id=straight", *common))[0]
     steps = straight.history[0].step  # batches per epoch and rank
     stop_at = steps + steps // 2  # in the middle of the second epoch
