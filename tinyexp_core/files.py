@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -128,6 +129,28 @@ def atomic_write(
         raise
     fsync_dir(path.parent)
     return sha, size
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> int:
+    """Copy `src` to a temp file in the kernel (no pass through Python: `shutil.copyfile`'s
+    sendfile on Linux), fsync it, replace `dst`; return the size. Not hashed: for copies of
+    a file whose sha256 its writer has just recorded (see `checkpoint.copy_checkpoint`)."""
+    src, dst = Path(src), Path(dst)
+    tmp = temp_path(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        size = tmp.stat().st_size
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dst.parent)
+    return size
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None) -> None:

@@ -186,6 +186,28 @@ def test_flipped_byte_is_corrupt(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("rehash", [True, False], ids=["rehashed", "kernel-copy"])
+def test_a_copy_verifies_and_a_bad_copy_is_caught(tmp_path: Path, rehash: bool) -> None:
+    src, dst = tmp_path / "last.pt", tmp_path / "epoch_0002.pt"
+    sha = save_checkpoint(_state(), src)
+    ckpt.copy_checkpoint(src, dst, sha, rehash=rehash)
+    assert verify_checkpoint(dst) == sha and dst.read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [src.name, f"{src.name}.sha256", dst.name, f"{dst.name}.sha256"]
+    )  # no temp file left
+    # A copy whose bytes are not the ones hashed: refused at once when re-hashed, else
+    # when loaded (the sidecar holds the sha256 the writer recorded).
+    wrong, other = "0" * 64, tmp_path / "best.pt"
+    if rehash:
+        with pytest.raises(CheckpointCorruptError, match="has sha256"):
+            ckpt.copy_checkpoint(src, other, wrong, rehash=True)
+        assert not Path(f"{other}.sha256").exists()
+    else:
+        ckpt.copy_checkpoint(src, other, wrong, rehash=False)
+    with pytest.raises(CheckpointCorruptError):
+        load_checkpoint(other)
+
+
 def test_truncated_file_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "c.pt"
     save_checkpoint(_state(), path)
