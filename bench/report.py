@@ -79,8 +79,9 @@ METHOD_NOTES = """\
 - **Shared machines.** Each result records the load average before and after; a wide A/A
   interval says the run was noisy, and its verdicts are then mostly `inconclusive`.
 - **Machine speed varies between days.** The same machine kind ran everything 2-3x slower
-  on 2026-11-30 after 05:45 UTC than the day before (torchrun's first step in item 11: 10-12 s
-  in `warm_start-20261130T070711Z.json`, 3.3-4.1 s in `warm_start-20261130T034029Z.json`),
+  on 2026-11-30 from 05:45 to about 09:00 UTC than before and after (torchrun's first step in
+  item 11: 10-12 s in `warm_start-20261130T070711Z.json`, 3.3-4.1 s in
+  `warm_start-20261130T034029Z.json`, 3.1-3.6 s in `torchrun_compare-20261130T103446Z.json`),
   with short loops still at full speed (a host granting its virtual CPUs part of each
   period). Ratios are paired within a run, so they compare like with like; results saved
   since then record a peak and a sustained CPU probe (`bench.common.cpu_probe`,
