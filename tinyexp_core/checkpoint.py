@@ -272,12 +272,11 @@ def copy_checkpoint(
     """
     src, dst = Path(src), Path(dst)
     if not rehash:
-        size = atomic_copy(src, dst)
-        expected_size = src.stat().st_size
-        if size != expected_size:
-            raise CheckpointCorruptError(
-                str(dst), f"copy of {src} has {size} bytes, expected {expected_size}"
-            )
+        size = src.stat().st_size
+        try:
+            atomic_copy(src, dst, size)
+        except OSError as exc:
+            raise CheckpointCorruptError(str(dst), f"copy of {src} failed: {exc}") from exc
         _write_sidecar(dst, expected_sha, size)
         return
 

@@ -1,4 +1,4 @@
-"""Files: the one atomic write and the one sha256 of a file.
+"""Files: the one atomic write (and its unhashed copy) and the one sha256 of a file.
 
 An atomic write goes to a temp file in the target's directory (so the final `os.replace` is a
 same-filesystem rename), is fsynced, then replaces the target; a reader sees the old bytes or
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 __all__ = [
+    "atomic_copy",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -131,10 +132,11 @@ def atomic_write(
     return sha, size
 
 
-def atomic_copy(src: str | Path, dst: str | Path) -> int:
+def atomic_copy(src: str | Path, dst: str | Path, expected_size: int) -> None:
     """Copy `src` to a temp file in the kernel (no pass through Python: `shutil.copyfile`'s
-    sendfile on Linux), fsync it, replace `dst`; return the size. Not hashed: for copies of
-    a file whose sha256 its writer has just recorded (see `checkpoint.copy_checkpoint`)."""
+    sendfile on Linux), fsync it, check it holds `expected_size` bytes, replace `dst`. Not
+    hashed: for copies of a file whose sha256 its writer has just recorded (see
+    `checkpoint.copy_checkpoint`). On any error the temp file is removed, `dst` untouched."""
     src, dst = Path(src), Path(dst)
     tmp = temp_path(dst)
     try:
@@ -145,12 +147,13 @@ def atomic_copy(src: str | Path, dst: str | Path) -> int:
         finally:
             os.close(fd)
         size = tmp.stat().st_size
+        if size != expected_size:
+            raise OSError(f"{tmp}: copied {size} bytes of {src}, expected {expected_size}")
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(dst.parent)
-    return size
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None) -> None:

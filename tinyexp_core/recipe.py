@@ -136,7 +136,8 @@ def resume_run(
 class StepCheckpoints:
     """The training loop's `after_step(step, position)`: stops and periodic step checkpoints.
 
-    After each optimizer step the ranks agree (`StopAgreement`) whether to stop or save. A
+    After each optimizer step the ranks decide, identically (`StopAgreement`, agreeing every
+    `checkpoint_cfg.agree_every_s` seconds), whether to stop or save. A
     save snapshots the state and writes it in the background (so does `save_epoch`, the
     epoch's checkpoint, through the same one-in-flight writer); a stop writes it now (rank 0),
     waits for every rank, and raises `RunStoppedError` on all of them. `fields()` returns

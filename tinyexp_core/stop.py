@@ -125,6 +125,8 @@ class StopAgreement:
         self._every_n = int(every_n_steps)
         self._every_s = float(every_s)
         self._agree_every_s = float(agree_every_s)
+        if not 0 <= self._agree_every_s < float("inf"):  # NaN fails too
+            raise ValueError(f"agree_every_s must be seconds >= 0, finite; got {agree_every_s!r}")
         self._clock = clock
         self._last_save = clock()
         self._next_check = 0  # global step of the next check: the same on every rank
@@ -167,8 +169,8 @@ class StopAgreement:
         if self._agree_every_s <= 0 or last is None or step <= last[0]:
             return 1
         per_step = (now - last[1]) / (step - last[0])
-        if per_step <= 0:
-            return MAX_AGREE_INTERVAL_STEPS
+        if per_step <= 0:  # a clock that did not move: no basis for a longer interval
+            return 1
         return max(1, min(MAX_AGREE_INTERVAL_STEPS, int(self._agree_every_s / per_step)))
 
     def _agreed(self) -> tuple[bool, bool, int]:
@@ -187,5 +189,8 @@ class StopAgreement:
         import torch.distributed as dist
 
         device = getattr(self._acc, "device", "cpu")
-        flags = torch.tensor([float(stop), float(timed), float(proposal)], device=device)
+        # float64 whatever the default dtype: the summed proposals stay exact integers.
+        flags = torch.tensor(
+            [float(stop), float(timed), float(proposal)], dtype=torch.float64, device=device
+        )
         self._in_flight = (dist.all_reduce(flags, op=dist.ReduceOp.SUM, async_op=True), flags)

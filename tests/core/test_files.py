@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tinyexp_core.files import atomic_write, atomic_write_bytes, atomic_write_text, sha256_file
+from tinyexp_core.files import (
+    atomic_copy,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    sha256_file,
+)
 
 
 def test_sha256_file_matches_hashlib_across_chunks(tmp_path: Path) -> None:
@@ -64,3 +70,16 @@ def test_temp_file_sits_beside_the_target_with_a_hidden_name(
     [src] = seen
     assert Path(src).parent == tmp_path
     assert Path(src).name.startswith(".a.pt.tmp-") and not src.endswith(".pt")
+
+
+def test_atomic_copy_replaces_or_leaves_the_target_as_it_was(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
+    src.write_bytes(b"new" * 1000)
+    dst.write_bytes(b"old")
+    with pytest.raises(OSError, match="expected 5"):
+        atomic_copy(src, dst, 5)  # a copy of the wrong size is never renamed into place
+    assert dst.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "src.bin"]
+    atomic_copy(src, dst, 3000)
+    assert dst.read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "src.bin"]

@@ -158,6 +158,20 @@ def test_stop_agreement_cadence():
     assert agreement.poll(5) == (False, False)
 
 
+def test_agree_every_s_reaches_the_agreement_and_bad_values_are_refused(tmp_path):
+    from tinyexp_core.recipe import StepCheckpoints
+
+    cfg = ckpt.CheckpointCfg(agree_every_s=0.7)
+    hooks = StepCheckpoints(
+        _FakeAcc(), cfg.build_manager(tmp_path), checkpoint_cfg=cfg, num_steps=10,
+        sampler_seed=0, fields=dict, reporter=None, logger=None,
+    )  # fmt: skip
+    assert hooks._stopper._agree_every_s == 0.7
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="agree_every_s"):
+            StopAgreement(_FakeAcc(), agree_every_s=bad)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> str:
     raw = load_source("synthetic", seed=0, num_samples=160)

@@ -35,7 +35,9 @@ POOL_NAMESPACE = "tinyexp"
 DEFAULT_SIZE_CAP = 4  # warm ranks by default: the Ray's CPUs, at most this many
 # What a warm rank imports ahead of its run: what every DDP rank of ours imports first.
 # torch._dynamo: the constructors of torch.optim's optimizers and of DDP import it (about
-# 1 s and 150 MB USS here), so every training run pays it before its first step.
+# 1 s and 150 MB USS here), so every training run pays it before its first step. What these
+# modules read from the environment at import (TORCH_*, e.g. TORCH_COMPILE_DISABLE) they
+# read from the `ray up` shell's, not from the run's env_vars: set such variables there.
 PREIMPORTS = (
     "torch",
     "torch.distributed",

@@ -101,7 +101,8 @@ def forward_stdout(fn: Callable[[str], None] | None) -> Iterator[None]:
 # deletes an arena's emptied last heap whatever the trim threshold unless the heap before it
 # lacks top_pad of room, so a step whose working set spills past one heap faulted the spill
 # in again every step; a CI machine whose kernels allocate differently measured 4,900 faults
-# per step tuned against 1,300 untuned). The pad only reserves address space.
+# per step tuned against 1,300 untuned). The pad costs address space (and commit charge
+# where overcommit is off), not memory: pages are only used once touched.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 STEADY_MALLOC_MMAP_THRESHOLD = 32 * 1024 * 1024
 STEADY_MALLOC_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: about 2 GiB
