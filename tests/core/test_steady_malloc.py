@@ -17,19 +17,11 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only"
 )
 
-# Steps of the MNIST example's network in a thread; prints page faults per step.
-LOOP = """
-import resource, sys, threading, torch, torch.nn.functional as F
-from tinyexp_core.examples.nets import Net
-from tinyexp_core.launchers.runtime import steady_malloc
-torch.set_num_threads(1)
-tuned = steady_malloc() if sys.argv[1] == "tune" else False
+# The tail of both scripts below: `make_step()` (in the thread, so its allocations come
+# from the thread's arena) returns a step; 5 warm-up steps, then page faults per step.
+MEASURE = """
 def loop():
-    torch.manual_seed(0)
-    model = Net(10, 1, 0.25); opt = torch.optim.Adam(model.parameters())
-    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
-    def step():
-        loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+    step = make_step()
     for _ in range(5):
         step()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -39,12 +31,32 @@ def loop():
 thread = threading.Thread(target=loop); thread.start(); thread.join()
 """
 
+# Steps of the MNIST example's network in a thread.
+LOOP = (
+    """
+import resource, sys, threading, torch, torch.nn.functional as F
+from tinyexp_core.examples.nets import Net
+from tinyexp_core.launchers.runtime import steady_malloc
+torch.set_num_threads(1)
+tuned = steady_malloc() if sys.argv[1] == "tune" else False
+def make_step():
+    torch.manual_seed(0)
+    model = Net(10, 1, 0.25); opt = torch.optim.Adam(model.parameters())
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    def step():
+        loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+    return step
+"""
+    + MEASURE
+)
+
 
 # Twelve 6 MiB blocks allocated, written and freed per step in a thread: the working set
 # (72 MiB) spills past one of the thread arena's 64 MiB heaps, which glibc deletes when it
-# empties unless the top pad keeps it; prints page faults per step. No torch: the same on
-# every CPU (which kernels a conv net's step runs, and so its blocks, depends on the CPU).
-SPILL = """
+# empties unless the top pad keeps it. No torch: the same on every CPU (which kernels a
+# conv net's step runs, and so its blocks, depends on the CPU).
+SPILL = (
+    """
 import ctypes, resource, sys, threading
 from tinyexp_core.launchers.runtime import steady_malloc
 libc = ctypes.CDLL("libc.so.6")
@@ -52,21 +64,17 @@ libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 tuned = steady_malloc() if sys.argv[1] == "tune" else False
 BLOCK = 6 * 1024 * 1024
-def step():
-    blocks = [libc.malloc(BLOCK) for _ in range(12)]
-    for block in blocks:
-        ctypes.memset(block, 1, BLOCK)
-    for block in reversed(blocks):
-        libc.free(block)
-def loop():
-    for _ in range(3):
-        step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
-        step()
-    print(tuned, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
-thread = threading.Thread(target=loop); thread.start(); thread.join()
+def make_step():
+    def step():
+        blocks = [libc.malloc(BLOCK) for _ in range(12)]
+        for block in blocks:
+            ctypes.memset(block, 1, BLOCK)
+        for block in reversed(blocks):
+            libc.free(block)
+    return step
 """
+    + MEASURE
+)
 
 
 def _faults_per_step(mode: str, script: str = LOOP, **env: str) -> tuple[str, float]:
