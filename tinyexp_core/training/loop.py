@@ -160,11 +160,23 @@ class _Loop:
             elif set_epoch is not None:
                 set_epoch(self.epoch)
             # Mid-epoch, the batches done before the stop are drawn and dropped.
-            batches = itertools.islice(iter(loader), start, None)
+            batches = itertools.islice(self._iter_keeping_rng(loader, start), start, None)
         yield from batches
         self.elapsed = time.perf_counter() - self.t0
         self.lr = self._lr()
         self.reporter.heartbeat()  # validation comes next; it is not a stall
+
+    @staticmethod
+    def _iter_keeping_rng(loader: Iterable[T], start: int) -> Iterator[T]:
+        """`iter(loader)`; resuming mid-epoch, without touching torch's global RNG: a torch
+        DataLoader draws its base seed from it on `iter`, which the uninterrupted run did
+        before the RNG state the step checkpoint restored."""
+        if start == 0:
+            return iter(loader)
+        state = torch.get_rng_state()
+        batches = iter(loader)
+        torch.set_rng_state(state)
+        return batches
 
     def _lr(self) -> float:
         groups = getattr(self.optimizer, "param_groups", None)
