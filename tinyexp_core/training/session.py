@@ -65,8 +65,6 @@ class TrainingSession:
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> TrainingSession:
-        from tinyexp_core.launchers.runtime import get_log_forwarder
-
         self._started = time.perf_counter()
         cfg = getattr(self.exp, "accelerator_cfg", None)
         if cfg is None:
@@ -77,9 +75,8 @@ class TrainingSession:
             self.accelerator = cfg.build_accelerator()
         self._stack.callback(self.accelerator.destroy)  # runs last
         self.run_dir = self.exp.ensure_run_dir()
-        self.logger = self.exp.logger_cfg.build_logger(
-            self.run_dir, distributed_rank=self.rank, extra_sink=get_log_forwarder()
-        )
+        # Rank 0's lines also go to the launcher's forwarder (the Dagster step log).
+        self.logger = self.exp.logger_cfg.build_logger(self.run_dir, distributed_rank=self.rank)
         if self.is_main_process:
             self.logger.info(
                 f"run {self.exp.run_id} in {self.run_dir}, world size {self.world_size}"
