@@ -12,6 +12,8 @@ Public API: `pipeline_defs(name, experiment, ...)` (one pipeline per experiment)
 
 Importing this package is cheap: the names above load on first use, and torch and ray are
 imported only inside asset bodies and resource methods, so `dagster` loads definitions fast.
+`dir()` lists them too: Dagster's `dg` finds `TinyExpPipeline` by listing this module (the
+package's `dagster_dg_cli.registry_modules` entry point names it).
 """
 
 from __future__ import annotations
@@ -34,3 +36,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
