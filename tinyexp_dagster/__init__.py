@@ -21,6 +21,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .dagster_warnings import quiet_output_data_version
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -30,6 +32,9 @@ _EXPORTS = {
 }
 
 __all__ = ["TinyExpPipeline", "default_resources", "pipeline_defs"]
+
+
+quiet_output_data_version()  # Dagster's beta warning for what the assets do on purpose
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,6 @@
 `<name>/prepared_dataset -> <name>/trained_model -> <name>/model_checkpoint ->
 <name>/model_evaluation`, and their checks. `tinyexp_dagster.pipeline_defs` assembles them."""
 
-from ..dagster_warnings import quiet_output_data_version
 from .champion import CHAMPION_GATE_CHECK, build_champion_gate
 from .checkpoint import build_model_checkpoint
 from .checks import build_checkpoint_integrity, build_dataset_sanity
@@ -11,8 +10,6 @@ from .dataset import build_prepared_dataset
 from .evaluation import MIN_METRIC_CHECK, build_model_evaluation
 from .sweep import LEADERBOARD, build_sweep_leaderboard, build_sweep_pool_sensor, pool_name
 from .training import build_trained_model
-
-quiet_output_data_version()  # the assets record data versions on purpose (see the module)
 
 __all__ = [
     "CHAMPION_GATE_CHECK",
