@@ -50,7 +50,8 @@ def declare(name: str, depth: int = 1) -> None:
     """Record that the pipeline `name` is declared here: by the enclosing component's file,
     else by the caller `depth` frames above this function's caller. Raises ConfigValueError
     naming both declarations when the current load already declared `name` elsewhere (the
-    same component file twice is one declaration, built again)."""
+    same file and line, or the same component file, twice is one declaration built again:
+    a helper function called twice, Dagster building a component again)."""
     global _load
     caller = sys._getframe(depth + 1)
     component = _COMPONENT_FILE.get()
@@ -65,7 +66,7 @@ def declare(name: str, depth: int = 1) -> None:
             _load = load
             _declared.clear()
         previous = _declared.get(name)
-        if previous is not None and not (component and previous == where):
+        if previous is not None and previous != where:
             allowed = f"one pipeline per name in a code location; {name!r} is declared by "
             raise ConfigValueError("name", name, f"{allowed}{previous} and by {where}")
         _declared[name] = where
