@@ -94,16 +94,17 @@ def environment(project: Path, dagster_home: Path, **extra: str) -> dict[str, st
     repository stands in for the installed tinyexp-dagster)."""
     dagster_home.mkdir(exist_ok=True)
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {
-        **os.environ,
+    # `dg` sets DAGSTER_IS_DEV_CLI itself; without a Redis URL its loads meet the embedded
+    # Redis logic (dev_redis.py), as a user's do.
+    unset = ("DAGSTER_IS_DEV_CLI", "TINYEXP_REDIS_URL", "TINYEXP_STORAGE_ROOT")
+    return {
+        **{k: v for k, v in os.environ.items() if k not in unset},
         "DAGSTER_HOME": str(dagster_home),
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "VIRTUAL_ENV": str(BIN.parent),
         "PYTHONPATH": os.pathsep.join([str(project), str(REPO_ROOT)]),
         **extra,
     }
-    env.pop("DAGSTER_IS_DEV_CLI", None)
-    return env
 
 
 def run(
