@@ -79,6 +79,10 @@ def test_follow_the_page_from_an_empty_folder(ray_cluster, redis_url: str, tmp_p
         # Step 4: what the project declares.
         dg_cli = shutil.which("dg", path=str(bin_dir))
         assert dg_cli, "dagster-dg-cli (the dev extra) provides `dg`"
+        checked = subprocess.run(
+            [dg_cli, "check", "defs"], cwd=project, env=env, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, (checked.stdout + checked.stderr)[-3000:]
         listed = subprocess.run(
             [dg_cli, "list", "defs", "--json"],
             cwd=project,
@@ -90,10 +94,12 @@ def test_follow_the_page_from_an_empty_folder(ray_cluster, redis_url: str, tmp_p
         assert listed.returncode == 0, listed.stderr[-3000:]
         defs = json.loads(listed.stdout[listed.stdout.index("{") :])
         assert {a["asset_key"] for a in defs["assets"]} == {
-            f"regressor/{a}"
+            f"{name}/{a}"
+            for name in ("regressor", "wine")
             for a in ("prepared_dataset", "trained_model", "model_checkpoint", "model_evaluation")
         }
-        assert "regressor_training_pipeline" in {j["name"] for j in defs["jobs"]}
+        jobs = {j["name"] for j in defs["jobs"]}
+        assert {"regressor_training_pipeline", "wine_training_pipeline"} <= jobs
 
         # Step 5: materialize, with the page's command.
         run = subprocess.run(
@@ -118,3 +124,36 @@ def test_follow_the_page_from_an_empty_folder(ray_cluster, redis_url: str, tmp_p
             dg.AssetKey(["regressor", "trained_model"])
         ).asset_materialization.metadata
         assert trained["effective_config"].value["train_cfg"]["num_epochs"] == 5  # defs.yaml
+
+        # The classifier, with the default two Ray workers.
+        run = subprocess.run(
+            ["bash", "-c", commands["materialize-wine"]],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=540,
+        )
+        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        _check_wine(instance)
+
+
+def _check_wine(instance: dg.DagsterInstance) -> None:
+    """The classification variant's dataset, training and evaluation metadata."""
+
+    def metadata(asset: str) -> dict:
+        event = instance.get_latest_materialization_event(dg.AssetKey(["wine", asset]))
+        assert event is not None and event.asset_materialization is not None, asset
+        return event.asset_materialization.metadata
+
+    dataset = metadata("prepared_dataset")
+    assert dataset["num_classes"].value == 3
+    histogram = dataset["class_histogram"].value  # a table: one row per class
+    assert [row.data["class"] for row in histogram.records] == [0, 1, 2]
+    assert sum(row.data["train"] for row in histogram.records) > 0
+    assert metadata("trained_model")["workers"].value == 2
+    evaluation = metadata("model_evaluation")
+    assert evaluation["primary_metric"].value == "accuracy (max)"
+    assert 0.8 <= evaluation["accuracy"].value <= 1.0  # the blocking check's threshold
+    assert len(evaluation["per_class"].value.records) == 3
+    assert "confusion_matrix" in evaluation
