@@ -76,6 +76,38 @@ class Override:
         reads back as the same float)."""
         return self.text or f"{self.key}={render_value(self.value)}"
 
+    def reads_back(self, tp: Any) -> bool:
+        """Whether `str(self)` parses back, as type `tp`, to this value: always for numbers,
+        bools and None (repr); checked with one parse for a value holding text (`[a` or
+        `a: 1` would read as something else)."""
+        if self.raw is not None or not _holds_text(self.value):
+            return True
+        try:
+            _, parsed, raw = parse_override(str(self))
+            back = coerce(self.key, parsed, tp, raw)
+        except Exception:  # YAML rejected the text or read another type
+            return False
+        return _as_lists(back) == _as_lists(self.value)
+
+
+def _holds_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_text(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_holds_text(v) for v in value.values())
+    return False
+
+
+def _as_lists(value: Any) -> Any:
+    """Tuples as lists, recursively (a tuple field's value equals its list form)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _as_lists(v) for k, v in value.items()}
+    return value
+
 
 def render_value(value: Any) -> str:
     """A value in the CLI's `key=value` syntax (OmegaConf's YAML grammar); floats by repr,

@@ -141,7 +141,8 @@ def build_sweep(
 
     if not isinstance(sweep, Mapping) or not sweep:
         raise ConfigValueError("sweep", sweep, "a non-empty mapping: a grid or {random: ...}")
-    defaults = build_exp(exp_cls, list(base_overrides))
+    base = [Override.parse(o) if isinstance(o, str) else o for o in base_overrides]  # once
+    defaults = build_exp(exp_cls, base)
     if set(sweep) == {"grid"}:
         trials = _grid(defaults, sweep["grid"])
     elif set(sweep) == {"random"}:
@@ -154,7 +155,7 @@ def build_sweep(
         raise ConfigValueError("sweep", duplicated[0], "distinct trials (this one repeats)")
     for trial in trials:
         try:
-            build_exp(exp_cls, [*base_overrides, *(Override.typed(*v) for v in trial.values)])
+            build_exp(exp_cls, [*base, *(Override.typed(*v) for v in trial.values)])
         except ConfigError as err:
             raise ConfigValueError(
                 f"sweep trial {trial.key}", trial.overrides, f"values the experiment accepts: {err}"

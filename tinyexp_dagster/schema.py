@@ -326,32 +326,14 @@ render_override_value = render_value
 
 
 def _checked(key: str, value: Any, tp: Any) -> Override:
-    """`value` for `key`, typed; a value holding text is checked to read back from its
-    `key=value` rendering (the run's record), which a float, int or bool always does."""
+    """`value` for `key`, typed, once its `key=value` text (the run's record) is known to
+    read back as the same value."""
     override = Override.typed(key, value)
-    if not _holds_text(value):
-        return override
-    from tinyexp_core.config import coerce, parse_override
-    from tinyexp_core.exceptions import ConfigTypeError
+    if not override.reads_back(tp):
+        from tinyexp_core.exceptions import ConfigTypeError
 
-    try:
-        _, parsed, raw = parse_override(str(override))
-        back = coerce(key, parsed, tp, raw)
-    except Exception:  # YAML rejected the text (`[a`) or read another type (`a: 1`)
-        back = _SKIPPED
-    if back is _SKIPPED or _plain(back) != _plain(value):
         raise ConfigTypeError(key, value, "a value that the key=value syntax can express")
     return override
-
-
-def _holds_text(value: Any) -> bool:
-    if isinstance(value, str):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_holds_text(v) for v in value)
-    if isinstance(value, Mapping):
-        return any(_holds_text(v) for v in value.values())
-    return False
 
 
 def exp_values(
