@@ -96,7 +96,8 @@ def _fit_accelerator(
     from tinyexp_core.orchestration import accelerator_choices, experiment_accelerator
 
     requested = decided["accelerator_cfg.accelerator"]
-    cfg = getattr(spec.defaults, "accelerator_cfg", None)
+    defaults = spec.defaults if spec.defaults is not None else spec.exp_cls()
+    cfg = getattr(defaults, "accelerator_cfg", None)
     if not dataclasses.is_dataclass(cfg):
         if requested != "auto":
             context.log.warning(
@@ -117,9 +118,10 @@ def _fit_accelerator(
         chosen, why = experiment_accelerator(requested, accelerator_choices(cfg), num_workers)
     except ConfigError as err:
         raise config_failure(err) from None
-    context.log.info(f"accelerator: {why}")
-    if chosen is None:
+    if chosen is None:  # the experiment's default stands: worth a look, not a failure
+        context.log.warning(f"accelerator: {why}")
         del fitted["accelerator_cfg.accelerator"]
     else:
+        context.log.info(f"accelerator: {why}")
         fitted["accelerator_cfg.accelerator"] = chosen
     return fitted
