@@ -15,10 +15,12 @@ from .exceptions import ExperimentImportError
 from .experiment import TinyExp
 from .overrides import (
     INTERNAL_FIELDS,
+    Override,
     apply_overrides,
     coerce,
     iter_config_keys,
     parse_override,
+    render_value,
     to_dict,
     to_yaml,
     validate,
@@ -27,6 +29,7 @@ from .redaction import redact_value
 
 __all__ = [
     "INTERNAL_FIELDS",
+    "Override",
     "apply_overrides",
     "build_exp",
     "coerce",
@@ -34,6 +37,7 @@ __all__ = [
     "iter_config_keys",
     "load_exp_class",
     "parse_override",
+    "render_value",
     "to_dict",
     "to_yaml",
     "validate",
@@ -71,9 +75,10 @@ def load_exp_class(path: str) -> type:
     return cls
 
 
-def build_exp(exp: type | str, overrides: Sequence[str] = ()) -> Any:
-    """Instantiate an experiment (class or import path), apply the overrides, then run
-    every nested config's `validate()`; raises a ConfigError before anything runs."""
+def build_exp(exp: type | str, overrides: Sequence[str | Override] = ()) -> Any:
+    """Instantiate an experiment (class or import path), apply the overrides (`key=value`
+    text, parsed once, or `Override`s), then run every nested config's `validate()`;
+    raises a ConfigError before anything runs."""
     cls = load_exp_class(exp) if isinstance(exp, str) else exp
     instance = cls()
     if not instance.exp_class:

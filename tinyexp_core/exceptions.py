@@ -102,10 +102,13 @@ class ExperimentImportError(ConfigError, ImportError):
 
 
 class UnknownAcceleratorTypeError(ConfigValueError):
-    def __init__(
-        self, accelerator: str, allowed: Sequence[str] = ("auto", "cpu", "ddp", "hf")
-    ) -> None:
-        super().__init__("accelerator", accelerator, tuple(allowed))
+    """An accelerator name the code that builds it does not know. Raised with one argument
+    (as TinyExp 0.0.1's experiments do, from their own `AcceleratorCfg`) it lists no
+    choices: only the raising code knows its own, and this project's may differ."""
+
+    def __init__(self, accelerator: str, allowed: Sequence[str] | None = None) -> None:
+        what = "an accelerator the experiment's accelerator_cfg knows"
+        super().__init__("accelerator", accelerator, what if allowed is None else tuple(allowed))
         self.accelerator = accelerator
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
 from omegaconf import OmegaConf
@@ -40,6 +42,97 @@ def parse_override(override: str) -> tuple[str, Any, str]:
         raise OverrideSyntaxError(override)
     parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]
     return key, parsed, raw
+
+
+@dataclass(frozen=True)
+class Override:
+    """One override, parsed once: its dotted key, its value (YAML-typed when it came as
+    text, exactly as given when typed) and the raw text a `str` field takes (None: typed).
+
+    Text from a user goes through `parse()` once; a value that is already typed (a sweep
+    trial's, a typed config's, an orchestrator's) goes through `typed()` and is never
+    rendered and parsed back, so a float reaches the experiment bit-identical."""
+
+    key: str
+    value: Any
+    raw: str | None = None
+    text: str = ""  # as the user wrote it; empty when typed
+
+    @classmethod
+    def parse(cls, text: str) -> Override:
+        """`key=value` in the CLI syntax (OmegaConf's YAML grammar)."""
+        key, value, raw = parse_override(text)
+        return cls(key, value, raw, text)
+
+    @classmethod
+    def typed(cls, key: str, value: Any) -> Override:
+        """A typed value for the dotted `key` (type-checked when applied)."""
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise OverrideSyntaxError(f"{key}={value!r}")
+        return cls(key, value)
+
+    def __str__(self) -> str:
+        """The override in the `key=value` syntax (a typed float rendered with repr, which
+        reads back as the same float)."""
+        return self.text or f"{self.key}={render_value(self.value)}"
+
+    def reads_back(self, tp: Any) -> bool:
+        """Whether `str(self)` parses back, as type `tp`, to this value: always for numbers,
+        bools and None (repr); checked with one parse for a value holding text (`[a` or
+        `a: 1` would read as something else)."""
+        if self.raw is not None or not _holds_text(self.value):
+            return True
+        try:
+            _, parsed, raw = parse_override(str(self))
+            back = coerce(self.key, parsed, tp, raw)
+        except Exception:  # YAML rejected the text or read another type
+            return False
+        return _as_lists(back) == _as_lists(self.value)
+
+
+def _holds_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_text(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_holds_text(v) for v in value.values())
+    return False
+
+
+def _as_lists(value: Any) -> Any:
+    """Tuples as lists, recursively (a tuple field's value equals its list form)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _as_lists(v) for k, v in value.items()}
+    return value
+
+
+def render_value(value: Any) -> str:
+    """A value in the CLI's `key=value` syntax (OmegaConf's YAML grammar); floats by repr,
+    so the text parses back to the same float."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return value  # a str field takes the raw text
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_render_item(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}: {_render_item(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot render {type(value).__name__} {value!r} as an override value")
+
+
+def _render_item(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if isinstance(value, str) else render_value(value)
 
 
 def iter_config_keys(obj: Any, prefix: str = "") -> Iterator[str]:
@@ -172,11 +265,13 @@ def _suggest(exp: Any, key: str) -> str | None:
     return matches[0] if matches else None
 
 
-def apply_overrides(exp: Any, overrides: Sequence[str]) -> dict[str, tuple[Any, Any]]:
-    """Apply `key=value` overrides in place; returns {key: (old, new)} for changed keys."""
+def apply_overrides(exp: Any, overrides: Sequence[str | Override]) -> dict[str, tuple[Any, Any]]:
+    """Apply overrides in place: `key=value` text (parsed here, once) or an `Override`
+    (parsed or typed already); returns {key: (old, new)} for changed keys."""
     changed: dict[str, tuple[Any, Any]] = {}
     for override in overrides:
-        key, value, raw = parse_override(override)
+        parsed = override if isinstance(override, Override) else Override.parse(override)
+        key, value, raw = parsed.key, parsed.value, parsed.raw
         holder, name, tp = _resolve(exp, key)
         current = getattr(holder, name)
         if dataclasses.is_dataclass(current) and not isinstance(current, type):

@@ -37,6 +37,8 @@ from typing import Any
 
 from tinyexp_core.exceptions import ConfigError, ConfigValueError
 
+from .orchestration import is_orchestrated
+
 __all__ = [
     "EarlyStopping",
     "Sweep",
@@ -51,9 +53,6 @@ __all__ = [
 MAX_KEY_CHARS = 60  # longer trial keys become `trial-<hash>` (the overrides stay in metadata)
 TRIAL_STATUSES = ("queued", "running", "finished", "pruned", "failed")
 FINAL_TRIAL_STATUSES = ("finished", "pruned", "failed")
-# Keys the orchestrator decides for every run: a sweep over them would be overridden.
-_ORCHESTRATED = ("mode", "output_root", "run_id", "resume_from", "num_workers", "launcher")
-_ORCHESTRATED_PREFIXES = ("accelerator_cfg.", "progress_cfg.", "data_cfg.prepared_path")
 _SWEEP_KEY_PREFIX = "tinyexp:sweep:"
 _TTL_S = 7 * 24 * 3600
 _RANDOM_FIELDS = ("params", "num_trials", "seed")
@@ -69,8 +68,11 @@ class Trial:
 
     @property
     def overrides(self) -> list[str]:
-        """The trial's experiment overrides, `key=value`."""
-        return [f"{k}={_text(v)}" for k, v in self.values]
+        """The trial's experiment overrides as `key=value` text (floats by repr: the text
+        reads back as the same float); a run applies `values` themselves."""
+        from .overrides import render_value
+
+        return [f"{k}={render_value(v)}" for k, v in self.values]
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,12 @@ def build_sweep(
     naming it, before any run starts."""
     from tinyexp_core.config import build_exp
 
+    from .overrides import Override
+
     if not isinstance(sweep, Mapping) or not sweep:
         raise ConfigValueError("sweep", sweep, "a non-empty mapping: a grid or {random: ...}")
-    defaults = build_exp(exp_cls, list(base_overrides))
+    base = [Override.parse(o) if isinstance(o, str) else o for o in base_overrides]  # once
+    defaults = build_exp(exp_cls, base)
     if set(sweep) == {"grid"}:
         trials = _grid(defaults, sweep["grid"])
     elif set(sweep) == {"random"}:
@@ -150,7 +155,7 @@ def build_sweep(
         raise ConfigValueError("sweep", duplicated[0], "distinct trials (this one repeats)")
     for trial in trials:
         try:
-            build_exp(exp_cls, [*base_overrides, *trial.overrides])
+            build_exp(exp_cls, [*base, *(Override.typed(*v) for v in trial.values)])
         except ConfigError as err:
             raise ConfigValueError(
                 f"sweep trial {trial.key}", trial.overrides, f"values the experiment accepts: {err}"
@@ -219,7 +224,7 @@ def _field_type(defaults: Any, key: Any) -> type:
     orchestrator decides, raises naming the fields allowed there."""
     if not isinstance(key, str) or not key:
         raise ConfigValueError("sweep", key, "dotted config keys like optimizer_cfg.lr")
-    if key in _ORCHESTRATED or key.startswith(_ORCHESTRATED_PREFIXES):
+    if is_orchestrated(key):
         raise ConfigValueError("sweep", key, "a hyperparameter (the orchestrator sets this key)")
     node, parts = defaults, key.split(".")
     for depth, part in enumerate(parts):
@@ -251,10 +256,13 @@ def _typed(key: str, value: Any, kind: type) -> Any:
 
 
 def _text(value: Any) -> str:
+    """A value as a trial key shows it: a float short (`%g`) when that reads back as the
+    same float, else by repr (two values never share a key by rounding)."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return f"{value:g}"
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
     return str(value)
 
 

@@ -12,12 +12,12 @@ so the launchpad shows, autocompletes and type-checks `exp: {optimizer_cfg: {lr:
   the source (`lr: float = 1e-3  # for the global batch`), else the comment lines right
   above it, else the sentence of the class docstring that names the field in backticks;
   a section's description is its class docstring.
-- fields the orchestrator owns (`ORCHESTRATED_FIELDS`: launcher, workers, run id, output
-  and resume, ...) are left out: the orchestrator forces them as overrides, so a value set
-  in `exp` would do nothing.
+- fields the orchestrator owns (`tinyexp_core.orchestration.ORCHESTRATED_KEYS`: launcher,
+  workers, run id, output and resume, ...) are left out: the orchestrator forces them, so a
+  value set in `exp` would do nothing.
 
-`exp_overrides()` is the inverse: the `exp` value -> `key=value` overrides in the CLI
-syntax, checked to parse back (through `tinyexp_core.config`) to the same values.
+`exp_values()` is the inverse: the `exp` value -> typed overrides, applied as they are (no
+text round trip); `exp_overrides()` renders them as `key=value` text for the run's record.
 
 Neither torch nor the experiment's module is imported here: callers pass the class.
 """
@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import inspect
 import io
-import math
 import re
 import textwrap
 import tokenize
@@ -41,34 +40,22 @@ from typing import Annotated, Any, Literal, Optional, get_args, get_origin
 import dagster as dg
 import pydantic
 
+from tinyexp_core.orchestration import ORCHESTRATED_KEYS
+from tinyexp_core.overrides import Override, render_value
+
 __all__ = [
     "ORCHESTRATED_FIELDS",
     "exp_config_fields",
     "exp_config_model",
     "exp_overrides",
+    "exp_values",
     "field_descriptions",
     "render_override_value",
     "with_exp_field",
 ]
 
-# Keys the orchestrator decides and forces as overrides (the run record still shows them):
-# where and how the ranks run, where the run directory is, what it resumes from, which
-# prepared data it reads, and the progress store (whose URL may hold a password).
-ORCHESTRATED_FIELDS: tuple[str, ...] = (
-    "exp_class",
-    "mode",
-    "launcher",
-    "num_workers",
-    "num_cpus_per_worker",
-    "num_gpus_per_worker",
-    "ray_address",
-    "output_root",
-    "run_id",
-    "resume_from",
-    "accelerator_cfg.accelerator",
-    "data_cfg.prepared_path",
-    "progress_cfg.url",
-)
+# Keys the orchestrator decides and forces as overrides: the one list, in tinyexp_core.
+ORCHESTRATED_FIELDS: tuple[str, ...] = ORCHESTRATED_KEYS
 # Bookkeeping of the experiment, never configuration (also `_private` fields).
 _INTERNAL_FIELDS = frozenset({"overrided_cfg"})
 _SKIPPED = object()
@@ -334,56 +321,31 @@ def with_exp_field(
 # ---------------------------------------------------------------- exp -> overrides
 
 
-def render_override_value(value: Any) -> str:
-    """A value in the CLI's `key=value` syntax (OmegaConf's YAML grammar)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and not math.isfinite(value):
-        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return value  # a str field takes the raw text
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_render_item(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}: {_render_item(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot render {type(value).__name__} {value!r} as an override value")
+# The CLI syntax's rendering lives with the parser (tinyexp_core.overrides).
+render_override_value = render_value
 
 
-def _render_item(value: Any) -> str:
-    import json
+def _checked(key: str, value: Any, tp: Any) -> Override:
+    """`value` for `key`, typed, once its `key=value` text (the run's record) is known to
+    read back as the same value."""
+    override = Override.typed(key, value)
+    if not override.reads_back(tp):
+        from tinyexp_core.exceptions import ConfigTypeError
 
-    return json.dumps(value) if isinstance(value, str) else render_override_value(value)
-
-
-def _checked_override(key: str, value: Any, tp: Any) -> str:
-    """`key=value`, after checking that the CLI parser reads it back as `value`."""
-    from tinyexp_core.config import coerce, parse_override
-    from tinyexp_core.exceptions import ConfigTypeError
-
-    override = f"{key}={render_override_value(value)}"
-    try:
-        _, parsed, raw = parse_override(override)
-        back = coerce(key, parsed, tp, raw)
-    except Exception:  # YAML rejected the text (`[a`) or read another type (`a: 1`)
-        back = _SKIPPED
-    if back is _SKIPPED or _plain(back) != _plain(value):
         raise ConfigTypeError(key, value, "a value that the key=value syntax can express")
     return override
 
 
-def exp_overrides(
+def exp_values(
     exp_cls: type,
     value: Mapping[str, Any] | pydantic.BaseModel,
     *,
     only_changed: bool = True,
     exclude: Sequence[str] = ORCHESTRATED_FIELDS,
     defaults: Any = None,
-) -> list[str]:
-    """The `exp` config value as `key=value` overrides for `tinyexp_core.config.build_exp`.
+) -> list[Override]:
+    """The `exp` config value as typed overrides (`tinyexp_core.overrides.Override`): the
+    values themselves reach the experiment, never a text round trip.
 
     `only_changed=True` (the default) lists only values that differ from the dataclass
     defaults, so the run's `overrided_cfg` names what the user changed; False lists
@@ -393,10 +355,16 @@ def exp_overrides(
     """
     if isinstance(value, pydantic.BaseModel):
         value = value.model_dump()
-    out: list[str] = []
+    out: list[Override] = []
     obj = exp_cls() if defaults is None else defaults
     _collect(obj, value, "", tuple(exclude), only_changed, out)
     return out
+
+
+def exp_overrides(exp_cls: type, value: Any, **kwargs: Any) -> list[str]:
+    """`exp_values()` as `key=value` text in the CLI syntax (for the record and the CLI);
+    each reads back (through `tinyexp_core.config`) as the same value."""
+    return [str(o) for o in exp_values(exp_cls, value, **kwargs)]
 
 
 def _collect(
@@ -420,4 +388,4 @@ def _collect(
                 raise ConfigValueError(key, item, "a mapping of the section's fields")
             _collect(default, item, f"{key}.", exclude, only_changed, out)
         elif not (only_changed and _plain(item) == _plain(default)):
-            out.append(_checked_override(key, item, hints.get(name, Any)))
+            out.append(_checked(key, item, hints.get(name, Any)))

@@ -15,8 +15,9 @@ from dagster._core.test_utils import instance_for_test
 
 from tests.dagster.support import materializations, prepared_dataset, trained_model
 from tinyexp_core.checkpoint import load_checkpoint
-from tinyexp_core.config import build_exp
+from tinyexp_core.examples.mnist_exp import Exp
 from tinyexp_core.experiment import ProgressCfg
+from tinyexp_core.orchestration import RunOverrides
 from tinyexp_core.progress import read_run, run_key
 from tinyexp_core.redis_client import make_client
 from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
@@ -129,17 +130,17 @@ def test_progress_cfg_throttle_and_ttl_reach_the_reporter(redis_url) -> None:
 
 def test_the_launch_request_is_read_from_the_experiment() -> None:
     ray = RayDDPResource(num_workers=2, num_cpus_per_worker=1.0, accelerator="ddp")
-    forced = ray.overrides(num_workers=1, collective_timeout_s=9.0)
-    assert forced == [
-        "launcher=ray",
-        "num_workers=1",
-        "num_cpus_per_worker=1.0",
-        "num_gpus_per_worker=0.0",
-        f"ray_address={ray.resolved_address()}",
-        "accelerator_cfg.accelerator=ddp",
-        "accelerator_cfg.collective_timeout_s=9.0",
-    ]
-    exp = build_exp("tinyexp_core.examples.mnist_exp:Exp", forced)
+    forced = ray.forced(num_workers=1, collective_timeout_s=9.0)
+    assert forced == {
+        "launcher": "ray",
+        "num_workers": 1,
+        "num_cpus_per_worker": 1.0,
+        "num_gpus_per_worker": 0.0,
+        "ray_address": ray.resolved_address(),
+        "accelerator_cfg.accelerator": "ddp",
+        "accelerator_cfg.collective_timeout_s": 9.0,
+    }
+    exp = RunOverrides().build(Exp, forced)
     spec = ray.spec(exp, env={"TINYEXP_ASSET": "trained_model"})
     assert (spec.num_workers, spec.num_cpus_per_worker, spec.num_gpus_per_worker) == (1, 1.0, 0.0)
     # The environment carries identity only: no config value travels beside the config.
@@ -151,8 +152,6 @@ def test_an_override_of_an_orchestrated_key_is_refused() -> None:
     from tinyexp_dagster.assets.common import build_experiment
 
     with pytest.raises(dg.Failure) as info:
-        build_experiment(
-            "tinyexp_core.examples.mnist_exp:Exp", ["num_workers=4"], ["num_workers=1"]
-        )
+        build_experiment(Exp, ["num_workers=4"], {"num_workers": 1})
     assert "config key 'num_workers': got '4'" in info.value.description
     assert "the orchestrator sets it" in info.value.description

@@ -169,8 +169,8 @@ def test_without_a_record_or_with_an_address_no_head_is_looked_for(tmp_path, mon
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     assert RayDDPResource().run_address(str(tmp_path), log=log.append) == "auto"
     assert log == []
-    forced = RayDDPResource().overrides(address="127.0.0.1:6380")
-    assert "ray_address=127.0.0.1:6380" in forced, "the run record states the address used"
+    forced = RayDDPResource().forced(address="127.0.0.1:6380")
+    assert forced["ray_address"] == "127.0.0.1:6380", "the run record states the address used"
 
 
 @pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])

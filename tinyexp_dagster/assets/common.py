@@ -2,7 +2,7 @@
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,65 +36,58 @@ class PipelineSpec:
         """The experiment's PrimaryMetric, or None (a `run()`-only experiment)."""
         return getattr(self.exp_cls, "primary_metric", None)
 
-    def overrides_for(
-        self, exp_value: Any, run_overrides: Sequence[str], trial: Sequence[str] = ()
-    ) -> list[str]:
-        """The pipeline's overrides, the sweep trial's, then the typed `exp` value's
-        changes, then the run's; a run may not change a key its trial sets."""
-        from tinyexp_core.exceptions import ConfigError, ConfigValueError
+    def run_overrides(self, exp_value: Any, run_overrides: Sequence[str], trial: Any = None) -> Any:
+        """The run's `tinyexp_core.orchestration.RunOverrides`, each override parsed once:
+        the pipeline's overrides, the sweep trial's values (a `Trial`: typed), the typed
+        `exp` value's changes, then the run's; a run may not change a key its trial sets.
+        A bad one is a step failure (not retried)."""
+        from tinyexp_core.exceptions import ConfigError
+        from tinyexp_core.orchestration import RunOverrides
 
-        from ..schema import exp_overrides
+        from ..schema import exp_values
 
         try:
-            typed = exp_overrides(self.exp_cls, exp_value, defaults=self.defaults)
-            swept = {_key(o) for o in trial}
-            for override in [*typed, *run_overrides]:
-                if _key(override) in swept:
-                    raise ConfigValueError(
-                        _key(override),
-                        override.partition("=")[2],
-                        "no change: the sweep trial (the partition) sets it",
-                    )
+            return RunOverrides.of(
+                pipeline=self.overrides,
+                trial=getattr(trial, "values", trial) or (),  # a Trial, or its overrides
+                typed=exp_values(self.exp_cls, exp_value, defaults=self.defaults),
+                run=run_overrides,
+            )
         except ConfigError as err:
             raise config_failure(err) from None
-        return [*self.overrides, *trial, *typed, *run_overrides]
 
-    def trial_overrides(self, context: dg.AssetExecutionContext) -> list[str]:
-        """The overrides of the run's sweep trial (its partition); [] without a sweep."""
+    def overrides_for(
+        self, exp_value: Any, run_overrides: Sequence[str], trial: Any = None
+    ) -> list[str]:
+        """`run_overrides(...)` as `key=value` text: the run's record."""
+        return self.run_overrides(exp_value, run_overrides, trial).texts()
+
+    def trial(self, context: dg.AssetExecutionContext) -> Any:
+        """The run's sweep trial (its partition); None without a sweep."""
         if self.sweep is None:
-            return []
-        return self.sweep.trial(context.partition_key).overrides
+            return None
+        return self.sweep.trial(context.partition_key)
 
 
-def build_experiment(experiment: str, overrides: Sequence[str], forced: Sequence[str] = ()) -> Any:
-    """The experiment with the user's overrides, then the orchestrator's; a bad override
-    fails the step (without retries) before any Ray or Redis resource is touched.
-
-    A user override of a key the orchestrator decides (workers, accelerator, paths...) is
-    refused rather than silently replaced: the run record must state what ran."""
-    from tinyexp_core.config import build_exp
-    from tinyexp_core.exceptions import ConfigError, ConfigValueError
+def build_experiment(
+    experiment: str | type, overrides: Any, forced: Mapping[str, Any] | None = None
+) -> Any:
+    """The experiment (a class, or an import path read from a record) with the user's
+    overrides (a `RunOverrides`, or `key=value` text), then the orchestrator's `forced`
+    values; a bad override fails the step (without retries) before any Ray or Redis
+    resource is touched. A user override of a forced key is refused rather than silently
+    replaced: the run record must state what ran."""
+    from tinyexp_core.config import load_exp_class
+    from tinyexp_core.exceptions import ConfigError
+    from tinyexp_core.orchestration import RunOverrides
 
     try:
-        decided = {_key(o) for o in forced}
-        for override in overrides:
-            key = _key(override)
-            if key in decided:
-                raise ConfigValueError(
-                    key,
-                    override.partition("=")[2],
-                    "no override: the orchestrator sets it (use the op config's field or "
-                    "the resource's, e.g. num_workers, accelerator, resume)",
-                )
-        return build_exp(experiment, [*overrides, *forced])
+        exp_cls = load_exp_class(experiment) if isinstance(experiment, str) else experiment
+        if not isinstance(overrides, RunOverrides):
+            overrides = RunOverrides.of(run=overrides)
+        return overrides.build(exp_cls, forced)
     except ConfigError as err:
         raise config_failure(err) from None
-
-
-def _key(override: str) -> str:
-    from tinyexp_core.config import parse_override
-
-    return parse_override(override)[0]
 
 
 def config_failure(err: Exception, what: str = "invalid configuration") -> dg.Failure:

@@ -47,7 +47,7 @@ def build_prepared_dataset(spec: PipelineSpec) -> dg.AssetsDefinition:
         from tinyexp_core.contract import PreparedData
         from tinyexp_core.exceptions import DatasetError
 
-        exp = build_experiment(spec.experiment, spec.overrides_for(config.exp, config.overrides))
+        exp = build_experiment(spec.exp_cls, spec.run_overrides(config.exp, config.overrides))
         try:
             prepared = exp.prepare_data(str(storage.resolved_root()))
         except DatasetError as err:

@@ -158,7 +158,7 @@ def evaluate_checkpoint(spec: PipelineSpec, checkpoint: dict[str, Any], split: s
     from tinyexp_core.timing import mark
 
     path = checkpoint["dataset_path"]
-    forced = [f"data_cfg.prepared_path={path}"] if path else []  # else its own data
+    forced = {"data_cfg.prepared_path": path} if path else {}  # else its own data
     exp = build_experiment(checkpoint["experiment"], checkpoint["overrides"], forced)
     mark("evaluate_start")
     result = exp.evaluate(checkpoint["path"], split)

@@ -16,14 +16,13 @@ from ..resources import RayDDPResource, RedisProgressResource, StorageResource
 from ..resources.ray import RayAccelerator
 from ..schema import with_exp_field
 from .common import PipelineSpec, build_experiment, config_failure, config_hash, table
+from .forced import RESUME_RUN_DIR_TAG, run_forced  # noqa: F401 (the tag's home for sensors)
 from .sweep import SweepMonitor, board_key, partitions_def, pool_name, pruned_output, sweep_scope
 
 Resume = Literal["auto", "never"]
 RESUME_CHOICES: tuple[str, ...] = get_args(Resume)
 # "resource": the Ray resource's accelerator; the others replace it for this run.
 TrainAccelerator = Literal["resource", RayAccelerator]
-# Tag of a run that continues another run's directory (set by stalled_training_sensor).
-RESUME_RUN_DIR_TAG = "tinyexp/resume_run_dir"
 CURVES_FILE = "learning_curves.png"  # in the run directory
 
 
@@ -98,11 +97,13 @@ def build_trained_model(
     output = _output if trains else _run_output
 
     def body(context, config, dataset, ray, redis, storage) -> dg.Output[dict[str, Any]]:
-        trial = spec.trial_overrides(context)
+        # The run's overrides, each parsed once; their text is the run's record.
+        layers = spec.run_overrides(config.exp, config.overrides, spec.trial(context))
+        user = redact_overrides(layers.texts())
         exp, summary, sweep = _train(
-            context, spec, config, dataset, ray, redis, storage, trains, trial
+            context, spec, config, dataset, ray, redis, storage, trains, layers, user
         )
-        out = output(context, spec, config, dataset, summary, exp, trial)
+        out = output(context, spec, dataset, summary, exp, user)
         if sweep:
             metadata = {**out.metadata, **sweep}
             out = dg.Output(out.value, metadata=metadata, data_version=out.data_version)
@@ -136,9 +137,10 @@ def build_trained_model(
     return trained_model_own_data
 
 
-def _train(context, spec, config, dataset, ray, redis, storage, trains: bool, trial=()):
-    """Build the experiment with the run's overrides, run it on the Ray ranks; returns
-    (experiment, rank 0's result, the sweep trial's metadata or {})."""
+def _train(context, spec, config, dataset, ray, redis, storage, trains: bool, layers, user):
+    """Build the experiment from the run's override layers and the forced values, run it
+    on the Ray ranks; returns (experiment, rank 0's result, the sweep trial's metadata or
+    {}). `user`: the layers' text, credentials hidden, for the log."""
     import time
 
     from tinyexp_core.exceptions import (
@@ -151,10 +153,8 @@ def _train(context, spec, config, dataset, ray, redis, storage, trains: bool, tr
     from tinyexp_core.stop import clear_stop
     from tinyexp_core.timing import mark
 
-    user = spec.overrides_for(config.exp, config.overrides, trial)
-    forced = _forced(context, config, dataset, storage, redis, trains)
-    forced += _ray_forced(context, spec, config, ray, str(storage.resolved_root()))
-    exp = build_experiment(spec.experiment, user, forced)
+    forced = run_forced(context, spec, config, dataset, storage, redis, ray, trains)
+    exp = build_experiment(spec.exp_cls, layers, forced)
     try:
         progress = redis.for_run(str(storage.resolved_root()), context.run.run_id, log=context.log)
         # The progress hash names the full asset key, so the shared progress sensor puts
@@ -168,7 +168,7 @@ def _train(context, spec, config, dataset, ray, redis, storage, trains: bool, tr
         raise config_failure(err) from None
     context.log.info(
         f"training {spec.experiment} on {exp.num_workers} Ray workers, "
-        f"overrides {redact_overrides(user) or 'none'}, run dir {_run_dir(exp, trains)}"
+        f"overrides {user or 'none'}, run dir {_run_dir(exp, trains)}"
     )
     monitor = _sweep_monitor(context, spec, progress)
     mark("launch_start")  # for the benchmarks (a no-op without a timing file)
@@ -256,37 +256,6 @@ def _trial_metadata(context, spec, monitor: SweepMonitor, status: str, stop_chec
     return metadata
 
 
-def _forced(
-    context: dg.AssetExecutionContext,
-    config: TrainConfig,
-    dataset: dict[str, Any] | None,
-    storage: StorageResource,
-    redis: RedisProgressResource,
-    trains: bool,
-) -> list[str]:
-    """The run's identity, paths and progress settings, as experiment overrides."""
-    # Retries and re-executions share the root run's directory, so they can resume; so does
-    # the resume run that the stalled-training sensor requests (tagged with that directory).
-    run_dir_id = (
-        context.run.root_run_id or context.run.tags.get(RESUME_RUN_DIR_TAG) or context.run.run_id
-    )
-    # A run()-only experiment writes where it likes under output_root (TinyExp 0.0.1:
-    # `<output_root>/<ClassName>/log.txt`): the run's directory is its output_root, so runs
-    # do not share one, and it is the directory the asset records.
-    output_root = storage.runs_dir() if trains else storage.runs_dir() / run_dir_id
-    forced = [
-        "mode=train",
-        f"output_root={output_root}",
-        f"run_id={run_dir_id}",
-        *redis.overrides(),
-    ]
-    if dataset is not None:
-        forced.append(f"data_cfg.prepared_path={dataset['path']}")
-    if trains:  # a run()-only experiment resumes (or not) by itself
-        forced.append(f"resume_from={'auto' if config.resume == 'auto' else ''}")
-    return forced
-
-
 def _run_dir(exp: Any, trains: bool) -> str:
     """The run's directory: `<output_root>/<run_id>` for a trainer; a run()-only
     experiment's own output_root (created, so the recorded path exists)."""
@@ -296,46 +265,6 @@ def _run_dir(exp: Any, trains: bool) -> str:
 
     Path(exp.output_root).mkdir(parents=True, exist_ok=True)
     return exp.output_root
-
-
-def _ray_forced(
-    context: dg.AssetExecutionContext,
-    spec: PipelineSpec,
-    config: TrainConfig,
-    ray: RayDDPResource,
-    storage_root: str,
-) -> list[str]:
-    """Workers, resources, accelerator and timeout: this run's choices over the resource's;
-    the Ray address, a warm local Ray's when one runs for the storage root."""
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(spec.exp_cls)}
-    choices = config.orchestration()
-    has_accelerator_cfg = "accelerator_cfg" in fields
-    if not has_accelerator_cfg and (choices["accelerator"] or ray.accelerator) != "auto":
-        context.log.warning(
-            f"{spec.experiment} has no accelerator_cfg: the accelerator setting "
-            f"{choices['accelerator'] or ray.accelerator!r} does not reach it"
-        )
-    address = ray.run_address(storage_root, log=context.log.info)
-    decided = ray.overrides(**choices, address=address, has_accelerator_cfg=has_accelerator_cfg)
-    if not has_accelerator_cfg:
-        return decided
-    # An experiment may bring its own AcceleratorCfg (TinyExp 0.0.1's has `accelerator`
-    # only): the keys it lacks are not sent, which would fail as unknown keys.
-    known = {f.name for f in dataclasses.fields(spec.defaults.accelerator_cfg)}
-    kept = []
-    for override in decided:
-        key = override.partition("=")[0]
-        if key.startswith("accelerator_cfg.") and key.partition(".")[2] not in known:
-            if key == "accelerator_cfg.collective_timeout_s" and config.collective_timeout_s:
-                context.log.warning(
-                    f"{spec.experiment}'s accelerator_cfg has no collective_timeout_s: "
-                    f"collective_timeout_s={config.collective_timeout_s} does not reach it"
-                )
-            continue
-        kept.append(override)
-    return kept
 
 
 def _termination_requested(context: dg.AssetExecutionContext) -> bool:
@@ -352,17 +281,16 @@ def _termination_requested(context: dg.AssetExecutionContext) -> bool:
 def _output(
     context: dg.AssetExecutionContext,
     spec: PipelineSpec,
-    config: TrainConfig,
     dataset: dict[str, Any] | None,
     summary: Any,
     exp: Any,
-    trial: list[str],
+    user: list[str],
 ) -> dg.Output[dict[str, Any]]:
-    """The TrainResult as the asset's value (plus what the downstream assets need)."""
+    """The TrainResult as the asset's value (plus what the downstream assets need);
+    `user`: the run's overrides as text, credentials hidden."""
     from tinyexp_core.contract import TrainResult
 
     result = summary if isinstance(summary, TrainResult) else TrainResult.from_dict(summary)
-    user = redact_overrides(spec.overrides_for(config.exp, config.overrides, trial))
     data_version = dataset["data_version"] if dataset else ""
     digest = config_hash(spec.experiment, user, data_version)
     metric = result.primary_metric
@@ -427,16 +355,14 @@ def _rounded_row(row: dict[str, Any]) -> dict[str, Any]:
 def _run_output(
     context: dg.AssetExecutionContext,
     spec: PipelineSpec,
-    config: TrainConfig,
     dataset: dict[str, Any] | None,
     summary: Any,
     exp: Any,
-    trial: list[str],
+    user: list[str],
 ) -> dg.Output[dict[str, Any]]:
     """A `run()`-only experiment: its output directory and `run()`'s (JSON-safe) return."""
     import json
 
-    user = redact_overrides(spec.overrides_for(config.exp, config.overrides, trial))
     digest = config_hash(spec.experiment, user, "")
     returned = json.loads(json.dumps(summary, default=str))
     if not isinstance(returned, dict):

@@ -76,7 +76,7 @@ class RayDDPResource(dg.ConfigurableResource):
             say(f"{why}; starting a local Ray for this run instead")
         return address
 
-    def overrides(
+    def forced(
         self,
         *,
         address: str | None = None,
@@ -85,30 +85,26 @@ class RayDDPResource(dg.ConfigurableResource):
         num_gpus_per_worker: float | None = None,
         accelerator: str | None = None,
         collective_timeout_s: float | None = None,
-        has_accelerator_cfg: bool = True,
-    ) -> list[str]:
-        """What this resource decides for a run, as experiment overrides: each argument
-        replaces the resource's field when not None (`address`: `resolved_address()`). An
-        experiment without `accelerator_cfg` gets no accelerator keys (it builds its own
-        accelerator)."""
+    ) -> dict[str, Any]:
+        """What this resource decides for a run, as typed values forced on the experiment:
+        each argument replaces the resource's field when not None (`address`:
+        `resolved_address()`). The accelerator keys are for a `tinyexp_core` AcceleratorCfg;
+        the training asset fits them to an experiment's own accelerator config."""
 
         def pick(run: Any, own: Any) -> Any:
             return own if run is None else run
 
-        decided = [
-            "launcher=ray",
-            f"num_workers={pick(num_workers, self.num_workers)}",
-            f"num_cpus_per_worker={pick(num_cpus_per_worker, self.num_cpus_per_worker)}",
-            f"num_gpus_per_worker={pick(num_gpus_per_worker, self.num_gpus_per_worker)}",
-            f"ray_address={self.resolved_address() if address is None else address}",
-        ]
-        if has_accelerator_cfg:
-            decided += [
-                f"accelerator_cfg.accelerator={pick(accelerator, self.accelerator)}",
-                "accelerator_cfg.collective_timeout_s="
-                f"{pick(collective_timeout_s, self.collective_timeout_s)}",
-            ]
-        return decided
+        return {
+            "launcher": "ray",
+            "num_workers": pick(num_workers, self.num_workers),
+            "num_cpus_per_worker": pick(num_cpus_per_worker, self.num_cpus_per_worker),
+            "num_gpus_per_worker": pick(num_gpus_per_worker, self.num_gpus_per_worker),
+            "ray_address": self.resolved_address() if address is None else address,
+            "accelerator_cfg.accelerator": pick(accelerator, self.accelerator),
+            "accelerator_cfg.collective_timeout_s": pick(
+                collective_timeout_s, self.collective_timeout_s
+            ),
+        }
 
     def spec(self, exp: Any, *, env: dict[str, str] | None = None) -> Any:
         """The launch request read from the experiment (workers, CPUs, GPUs, address) plus

@@ -96,12 +96,13 @@ class RedisProgressResource(dg.ConfigurableResource):
         "(the experiment's progress_cfg.finished_ttl_s)",
     )
 
-    def overrides(self) -> list[str]:
-        """This resource's reporting settings as experiment overrides, for the record."""
-        return [
-            f"progress_cfg.throttle_s={self.throttle_s}",
-            f"progress_cfg.finished_ttl_s={self.finished_ttl_s}",
-        ]
+    def forced(self) -> dict[str, Any]:
+        """This resource's reporting settings, forced on the experiment (typed values, in
+        the run record)."""
+        return {
+            "progress_cfg.throttle_s": self.throttle_s,
+            "progress_cfg.finished_ttl_s": self.finished_ttl_s,
+        }
 
     def for_run(self, storage_root: str, run_id: str, *, log: Any = None) -> RunProgress:
         """The store for one run. A malformed URL or a rejected password raises a
