@@ -20,7 +20,8 @@ def dataset_sanity(value: dict[str, Any]) -> dg.AssetCheckResult:
 
     manifest = Path(value["path"]) / "manifest.json"
     try:
-        prepared = PreparedData.from_dict(json.loads(manifest.read_text(encoding="utf-8")))
+        raw = json.loads(manifest.read_text(encoding="utf-8"))
+        prepared = PreparedData.from_dict(raw)
     except (OSError, ValueError, ContractError) as err:
         return _failed(f"{manifest} is unreadable: {type(err).__name__}: {err}")
     prepared.path = str(manifest.parent)
@@ -38,7 +39,7 @@ def dataset_sanity(value: dict[str, Any]) -> dg.AssetCheckResult:
     if prepared.num_classes and empty:
         problems.append(f"classes with no training sample: {empty}")
     if not problems:
-        problems += _nan_problems(prepared)
+        problems += _nan_problems(prepared, str(raw.get("format", "")))
     return dg.AssetCheckResult(
         passed=not problems,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -47,20 +48,24 @@ def dataset_sanity(value: dict[str, Any]) -> dg.AssetCheckResult:
     )
 
 
-def _nan_problems(prepared: Any) -> list[str]:
-    """NaN in an image dataset's float tensors (the digits/MNIST format); other formats
-    are checked by their own loaders."""
+def _nan_problems(prepared: Any, layout: str) -> list[str]:
+    """NaN in the float tensors of this project's own formats (prepared images, tables);
+    other formats are checked by their own loaders."""
     import torch
 
+    from tinyexp_core.data import FORMAT as IMAGES
     from tinyexp_core.data import load_split
+    from tinyexp_core.data.tabular import FORMAT as TABLE
+    from tinyexp_core.data.tabular import load_tabular_split
     from tinyexp_core.exceptions import DatasetError
 
-    if not prepared.num_classes:
+    loader = {IMAGES: load_split, TABLE: load_tabular_split}.get(layout)
+    if loader is None:
         return []
     problems = []
     try:
         for split in prepared.counts:
-            x, _ = load_split(prepared.path, split)
+            x, _ = loader(prepared.path, split)
             if x.is_floating_point() and bool(torch.isnan(x).any()):
                 problems.append(f"split {split} has NaN values")
     except (DatasetError, OSError, KeyError) as err:
