@@ -7,6 +7,7 @@ written after the data, so a file only verifies once it is complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,7 +15,7 @@ import pickle
 import re
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from tinyexp_core.exceptions import (
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    CheckpointWriteError,
     ConfigValueError,
     InvalidCheckpointTypeError,
     UnsupportedCheckpointFormatError,
@@ -247,15 +249,44 @@ def _check_state(state: Any, label: str) -> dict[str, Any]:
     return state
 
 
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err` (itself, or in its cause/context chain: torch.save wraps a
+    failed write in a RuntimeError about stream positions)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of `path` into CheckpointWriteError naming the file and the OS
+    error (disk full, read-only, file too large); other errors pass unchanged."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as err:
+        cause = _os_error(err)
+        if cause is None:
+            raise
+        raise CheckpointWriteError(str(path), cause) from err
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> str:
     """Atomically write a checkpoint and then its sha256 sidecar; return the sha256."""
     path = Path(path)
     _check_state(state, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Data first, sidecar second: a crash in between leaves a stale or missing sidecar,
-    # which fails verification instead of vouching for the new bytes.
-    sha, size = atomic_write(path, lambda f: torch.save(state, f))
-    _write_sidecar(path, sha, size)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Data first, sidecar second: a crash in between leaves a stale or missing sidecar,
+        # which fails verification instead of vouching for the new bytes.
+        sha, size = atomic_write(path, lambda f: torch.save(state, f))
+        _write_sidecar(path, sha, size)
     return sha
 
 
@@ -273,24 +304,24 @@ def copy_checkpoint(
     src, dst = Path(src), Path(dst)
     if not rehash:
         size = src.stat().st_size
-        try:
+        with _writing(dst):
             atomic_copy(src, dst, size)
-        except OSError as exc:
-            raise CheckpointCorruptError(str(dst), f"copy of {src} failed: {exc}") from exc
-        _write_sidecar(dst, expected_sha, size)
+            _write_sidecar(dst, expected_sha, size)
         return
 
     def copy(f: IO[bytes]) -> None:
         with open(src, "rb") as source:
             shutil.copyfileobj(source, f, CHUNK_BYTES)
 
-    sha, size = atomic_write(dst, copy)
+    with _writing(dst):
+        sha, size = atomic_write(dst, copy)
     if sha != expected_sha:
         # dst now has no matching sidecar, so it fails verification until rewritten.
         raise CheckpointCorruptError(
             str(dst), f"copy of {src} has sha256 {sha}, expected {expected_sha}"
         )
-    _write_sidecar(dst, sha, size)
+    with _writing(dst):
+        _write_sidecar(dst, sha, size)
 
 
 def _read_sidecar(path: Path) -> tuple[str, int]:
@@ -383,6 +414,7 @@ class CheckpointManager:
         self._last = self.directory / last_ckpt_name
         self._best = self.directory / best_ckpt_name
         self._lock = threading.Lock()
+        self._written = False  # the directory existed at a save: its vanishing is news
 
     @property
     def last_path(self) -> str:
@@ -414,6 +446,7 @@ class CheckpointManager:
             )
         epoch_path = self.directory / f"epoch_{epoch:04d}.pt"
         with self._lock:
+            self._check_directory()
             # last.pt first: latest_valid() tries it first, so it must never lag the others.
             sha = save_checkpoint(state, self._last)
             copy_checkpoint(self._last, epoch_path, sha, rehash=False)
@@ -433,10 +466,23 @@ class CheckpointManager:
             )
         step_path = self.directory / f"step_{step:09d}.pt"
         with self._lock:
+            self._check_directory()
             sha = save_checkpoint(state, self._last)
             copy_checkpoint(self._last, step_path, sha, rehash=False)
             self._prune(_STEP_FILE_RE)
         return str(step_path)
+
+    def _check_directory(self) -> None:
+        """Warn (once per loss) when the directory this manager wrote to has vanished: the
+        write recreates it, but the checkpoints it held are gone."""
+        if self.directory.is_dir():
+            self._written = True
+        elif self._written:
+            self._written = False
+            logger.warning(
+                f"checkpoint directory {self.directory} vanished; writing it anew "
+                "(the checkpoints it held are gone)"
+            )
 
     def _prune(self, pattern: re.Pattern[str]) -> None:
         for path in self._epoch_files(pattern)[: -self.keep_last_n]:

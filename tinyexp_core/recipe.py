@@ -179,6 +179,7 @@ class StepCheckpoints:
     def __call__(self, step: int, position: DataPosition | Callable[[], DataPosition]) -> None:
         """After optimizer step `step`; `position` (or a callable returning it, read only
         when a checkpoint is due) is where the data stands after it."""
+        self._writer.check()  # a failed background write ends the run at this step
         stop, save = self._stopper.poll(step)
         if not (stop or save):
             return
