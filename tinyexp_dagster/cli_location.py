@@ -217,6 +217,8 @@ def choose_pipeline(
         for pipeline in candidates:
             if pipeline.name == name:
                 return pipeline
+        if any(p.name == name for p in pipelines):
+            raise PipelineChoiceError(f"pipeline {name!r} has no sweep; {what}: {listed}")
         raise PipelineChoiceError(f"pipeline {name!r}: not among the location's {what}: {listed}")
     if len(candidates) == 1:
         return candidates[0]

@@ -30,17 +30,19 @@ def _registry(args: argparse.Namespace) -> Any:
 
 
 def _train_hint(args: argparse.Namespace, name: str | None) -> str:
-    """How this project trains a model (best effort: the pipeline's own command)."""
-    from .cli_location import LocationError, PipelineChoiceError, all_pipelines, choose_pipeline
+    """How this project trains a model (best effort: the pipelines' own commands)."""
+    from .cli_location import LocationError, all_pipelines
 
     try:
-        pipeline = choose_pipeline(all_pipelines(args), name)
-    except (LocationError, PipelineChoiceError):
+        pipelines = [p for p in all_pipelines(args) if name is None or p.name == name]
+    except LocationError:
+        pipelines = []
+    if not pipelines:
         return (
             "train a pipeline first (`dagster dev` in the project's folder, or "
             "`dagster job execute -m <module> -j <name>_training_pipeline`)"
         )
-    return f"train it first: `{pipeline.run_hint()}`"
+    return "train one first: " + "; ".join(f"`{p.run_hint()}`" for p in pipelines)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

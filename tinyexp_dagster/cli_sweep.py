@@ -113,7 +113,8 @@ def trial_rows(instance: Any, pipeline: Pipeline) -> list[list[str]]:
             epochs = str(meta["epochs"].value) if "epochs" in meta else "-"
             metric = _metric_text(meta)
             run_id = mat.run_id
-        newer = run is not None and (mat is None or run.create_timestamp > mat.timestamp)
+        created = run.create_timestamp.timestamp() if run is not None else 0.0
+        newer = run is not None and (mat is None or created > mat.timestamp)
         if newer:
             status = run.dagster_run.status.value
             state = "running" if status in _IN_PROGRESS else status.lower()
