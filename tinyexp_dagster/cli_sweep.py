@@ -150,11 +150,14 @@ def add_sweep_command(sub: Any) -> None:
         "sweep",
         help="a sweep's trials: list, run (no daemon needed), leaderboard",
         description=__doc__.split("\n\n")[1],
+        usage="tinyexp-dagster sweep [PIPELINE] [list|run|leaderboard] [KEY ...] [--all] "
+        "[-m MODULE | -f FILE | -w WORKSPACE]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sweep.add_argument(
         "words",
         nargs="*",
-        metavar="PIPELINE [list|run|leaderboard] [KEY ...]",
+        metavar="WORD",
         help="the sweep pipeline (default: the only one), the action (default list) and, "
         "for run, the trials' partition keys",
     )
