@@ -14,7 +14,8 @@ more trials than it. The runs join the local Ray of `tinyexp-dagster ray up` (re
 under the storage root) or `RAY_ADDRESS`; with neither and more than one trial to run, a
 local Ray is started for the trials and stopped after them. A missing
 `NAME/prepared_dataset` is materialized first; the leaderboard is refreshed at the end.
-Exit status: 0 every trial succeeded, 1 one failed, 2 a bad pipeline, trial or location.
+Exit status: 0 every trial succeeded, 1 one failed, 2 a bad pipeline, trial or location,
+130 interrupted (each running trial got one SIGINT: its ranks checkpoint and stop).
 """
 
 from __future__ import annotations

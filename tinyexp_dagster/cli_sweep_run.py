@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -54,8 +55,14 @@ def run_trials(instance: Any, pipeline: Pipeline, keys: list[str], root: str) ->
             print(f"error: {pipeline.name}/prepared_dataset failed", file=sys.stderr)
             return 1
     batch = uuid.uuid4().hex[:12]
-    with _ray_for(root, len(keys)):
-        failed = _launch_all(instance, pipeline, keys, limit, batch, root)
+    try:
+        with _ray_for(root, len(keys)):
+            failed = _launch_all(instance, pipeline, keys, limit, batch, root)
+    except KeyboardInterrupt:
+        print(f"interrupted: the running trials were asked to stop; `tinyexp-dagster sweep "
+              f"{pipeline.name}` shows their runs, `tinyexp-dagster resume <run id>` continues "
+              "one", file=sys.stderr)  # fmt: skip
+        return 130
     print_leaderboard(instance, pipeline)
     if failed:
         print(f"{len(failed)} trial(s) did not succeed: {', '.join(failed)}", file=sys.stderr)
@@ -129,9 +136,11 @@ def _launch_all(
                 if not _report(instance, pipeline, trial, batch):
                     failed.append(trial.key)
     finally:
-        for trial in running:  # interrupted: the trials' own handlers stop their ranks
+        for trial in running:  # interrupted: one SIGINT, as a Ctrl-C on the trial's own
+            # `dagster job execute`: its ranks checkpoint and stop (a second signal would
+            # end them at once, hence each trial in its own session, see _start)
             with contextlib.suppress(ProcessLookupError):
-                trial.process.terminate()
+                trial.process.send_signal(signal.SIGINT)
         for trial in running:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 trial.process.wait(timeout=60)
@@ -157,7 +166,9 @@ def _start(pipeline: Pipeline, key: str, batch: str, root: str) -> _Trial:
     log.parent.mkdir(parents=True, exist_ok=True)
     log_file = log.open("wb")
     env = {**os.environ, "TINYEXP_STORAGE_ROOT": root}
-    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(
+        command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     print(f"trial {key}: started (log {log})", flush=True)
     return _Trial(key, process, log, log_file, time.monotonic())
 

@@ -26,6 +26,7 @@ import dagster as dg
 import pytest
 
 from tinyexp_dagster.cli_compare import AmbiguousReferenceError, plot_label, resolve
+from tinyexp_dagster.cli_sweep_run import RUN_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = "regressor_sweep"
@@ -157,6 +158,12 @@ def trained(project: Project) -> dict[str, str]:
     command = re.search(r"run `(dagster job execute [^`]+)`", hint).group(1)
     job = project.run([sys.executable, "-m", *shlex.split(command)])
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    one = project.cli("sweep", SWEEP, "run", TRIALS[0])  # one trial by its key
+    assert one.returncode == 0, one.stdout + one.stderr[-5000:]
+    assert "1 trial(s), at most 1 at once" in one.stdout
+    between = project.cli("sweep", SWEEP)
+    states = [line.split()[:2] for line in between.stdout.splitlines()[1:]]
+    assert states == [[TRIALS[0], "finished"], [TRIALS[1], "not"]], between.stdout
     swept = project.cli("sweep", SWEEP, "run", "--all")
     assert swept.returncode == 0, swept.stdout + swept.stderr[-5000:]
     return {"sweep_out": swept.stdout}
@@ -175,8 +182,12 @@ def test_sweep_run_trains_every_trial_one_at_a_time_on_the_warm_ray(
         key = dg.AssetKey([SWEEP, "trained_model"])
         assert instance.get_materialized_partitions(key) == set(TRIALS)
         runs = instance.get_runs(dg.RunsFilter(job_name=f"{SWEEP}_training_pipeline"))
-        assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(TRIALS)
-        windows = sorted(_training_window(instance, r.run_id) for r in runs)
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        batches = {r.tags[RUN_TAG] for r in runs}  # one per `sweep run`
+        assert len(runs) == 3 and len(batches) == 2
+        last = [r for r in runs if r.tags[RUN_TAG] == runs[0].tags[RUN_TAG]]  # --all
+        assert sorted(r.tags["dagster/partition"] for r in last) == sorted(TRIALS)
+        windows = sorted(_training_window(instance, r.run_id) for r in last)
     assert windows[0][1] <= windows[1][0], windows  # max_concurrent=1: never two at once
 
 
@@ -222,7 +233,7 @@ def test_summary_and_models_without_mnist(project: Project, trained: dict[str, s
     assert models.returncode == 0, models.stderr
     table = {line.split()[0]: line.split() for line in models.stdout.splitlines()[1:3]}
     assert set(table) == {"regressor", SWEEP}
-    assert table["regressor"][1] == "1" and table[SWEEP][1] == "2"
+    assert table["regressor"][1] == "1" and table[SWEEP][1] == "3"  # one trial ran twice
     one = project.cli("models", SWEEP)
     assert one.returncode == 0, one.stderr
     champion = one.stdout.strip().splitlines()[-1].split()[1]
@@ -236,8 +247,15 @@ def test_compare_by_short_run_ids_with_distinct_plot_labels(
     project: Project, trained: dict[str, str], tmp_path: Path
 ) -> None:
     with project.instance() as instance:
-        runs = instance.get_runs(dg.RunsFilter(job_name=f"{SWEEP}_training_pipeline"))
-        by_trial = {r.tags["dagster/partition"]: r.run_id for r in runs}
+        key = dg.AssetKey([SWEEP, "trained_model"])
+        by_trial = {
+            trial: instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, asset_partitions=[trial]), limit=1
+            )
+            .records[0]
+            .run_id
+            for trial in TRIALS
+        }
         regressor = instance.get_runs(dg.RunsFilter(job_name="regressor_training_pipeline"))
     a, b = by_trial[TRIALS[0]], by_trial[TRIALS[1]]
     plot = tmp_path / "curves.png"
