@@ -38,7 +38,6 @@ from .cli_sweep_run import print_leaderboard, print_rows, run_trials
 from .resources.storage import ENV_STORAGE_ROOT
 
 ACTIONS = ("list", "run", "leaderboard")
-EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 _IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 
