@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .assets.sweep import BATCH_TAG
 from .cli_location import Pipeline
 
-RUN_TAG = "tinyexp/sweep_cli"  # one value per `sweep run`: finds the runs it launched
+RUN_TAG = BATCH_TAG  # one value per `sweep run`: its runs, and their sweep board's scope
 _POLL_S = 1.0
 _LOG_TAIL = 25
 
