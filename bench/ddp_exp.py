@@ -65,40 +65,58 @@ class BareLoopExp(TinyExp):
 class TurnTakingMnistExp(MnistExp):
     """The MNIST example, taking epoch turns with other jobs (`bench.bare_loop.Turns`).
 
-    Its epochs are the example's own `_train_one_epoch`, untouched; the turn is taken before
-    an epoch and handed over before the next one (so after validation and checkpointing)
-    and when training ends, so the other jobs never overlap any of this job's work.
+    Its epochs are the example's own loop, untouched: the turn is taken when an epoch's
+    batches start (`TrainingSession.batches`) and handed over before the next one (so after
+    validation and checkpointing) and when training ends, so the other jobs never overlap
+    any of this job's work.
     """
 
     turn_file: str = ""  # empty: no turns, the plain example
     turn_me: str = "tinyexp"
     turn_next: str = "bare"
 
-    def _train(self, acc: Any) -> Any:
+    def train(self) -> Any:
+        if not self.turn_file:
+            return super().train()
+        from tinyexp_core.training import TrainingSession
+
+        original = TrainingSession.batches
+        exp = self
+
+        def turn_taking_batches(session: Any, loader: Any) -> Any:
+            exp._take_turn(session)
+            start_cpu = time.thread_time()
+            yield from original(session, loader)
+            exp._loop_cpu_s = time.thread_time() - start_cpu
+
+        original_end = TrainingSession.end_epoch
+
+        def end_epoch_recording_cpu(session: Any, **kwargs: Any) -> Any:
+            record = original_end(session, **kwargs)
+            if session.is_main_process:
+                # The samples per CPU-second of the loop's thread, for bench.training_overhead.
+                samples = record.samples_per_s * record.epoch_time_s
+                with open(f"{exp.turn_file}.{exp.turn_me}.cpu", "a") as f:
+                    f.write(f"{samples / exp._loop_cpu_s}\n")
+            return record
+
         try:
-            return super()._train(acc)
+            TrainingSession.batches = turn_taking_batches  # type: ignore[method-assign]
+            TrainingSession.end_epoch = end_epoch_recording_cpu  # type: ignore[method-assign]
+            return super().train()
         finally:
-            if self.turn_file and acc.is_main_process and getattr(self, "_holding", False):
+            TrainingSession.batches = original  # type: ignore[method-assign]
+            TrainingSession.end_epoch = original_end  # type: ignore[method-assign]
+            if getattr(self, "_holding", False):
                 self._turns().hand_over()
 
-    def _train_one_epoch(self, acc, model, optimizer, loader, epoch, step, reporter, logger, **kw):
-        if self.turn_file:
-            if acc.is_main_process:
-                if getattr(self, "_holding", False):
-                    self._turns().hand_over()
-                self._turns().wait()
-                self._holding = True
-            acc.wait_for_everyone()
-        start_cpu = time.thread_time()
-        record = super()._train_one_epoch(
-            acc, model, optimizer, loader, epoch, step, reporter, logger, **kw
-        )
-        if self.turn_file and acc.is_main_process:
-            # The samples per CPU-second of the loop's thread, for bench.training_overhead.
-            samples = record.samples_per_s * record.epoch_time_s
-            with open(f"{self.turn_file}.{self.turn_me}.cpu", "a") as f:
-                f.write(f"{samples / (time.thread_time() - start_cpu)}\n")
-        return record
+    def _take_turn(self, session: Any) -> None:
+        if session.is_main_process:
+            if getattr(self, "_holding", False):
+                self._turns().hand_over()
+            self._turns().wait()
+            self._holding = True
+        session.accelerator.wait_for_everyone()
 
     def _turns(self):
         from bench.bare_loop import Turns

@@ -40,6 +40,7 @@ _EXPORTS = {
     "load_checkpoint": "checkpoint",
     "RayLauncher": "launchers.ray",
     "RayLaunchSpec": "launchers.ray",
+    "TrainingSession": "training",
 }
 
 _EXCEPTIONS = (

@@ -2,8 +2,8 @@
 
 `mode=help` prints the effective config and the overridden keys. A bad override exits
 with status 2 and a one-line error before anything runs; a failed run exits with 1.
-SIGTERM/SIGINT checkpoint and stop the run (`tinyexp_core.stop`): it exits with 3 and
-`resume_from=auto` continues it from that step.
+SIGTERM/SIGINT checkpoint and stop the run (`tinyexp_core.stop`): it exits with 3 and its
+last line is the command that continues it from that step (`run_id=... resume_from=auto`).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None, exp_cls: type | str | None = None) -
         return EXIT_USAGE
     except RunStoppedError as err:
         print(f"stopped: {redact_text(str(err))}", file=sys.stderr)
+        print(f"continue with: {resume_command(exp_cls, args, exp.run_id)}", file=sys.stderr)
         return EXIT_STOPPED
     except TinyExpError as err:
         _error(err)
@@ -103,6 +104,21 @@ def main(argv: Sequence[str] | None = None, exp_cls: type | str | None = None) -
     if isinstance(result, dict) and os.environ.get("RANK", "0") == "0":
         print(json.dumps(redact_value(_summary(result)), default=str))
     return EXIT_OK
+
+
+def resume_command(exp_cls: type | str, args: Sequence[str], run_id: str) -> str:
+    """The command line that continues a stopped run: the same overrides, its run id and
+    `resume_from=auto` (credentials in the overrides are hidden)."""
+    import shlex
+
+    if isinstance(exp_cls, type) and exp_cls.__module__ != "__main__":
+        head = ["python", "-m", exp_cls.__module__]
+    else:
+        target = exp_cls if isinstance(exp_cls, str) else exp_cls.__qualname__
+        head = ["python", "-m", "tinyexp_core.cli", target]
+    kept = [a for a in args if a.split("=", 1)[0] not in ("run_id", "resume_from")]
+    words = [*head, *kept, f"run_id={run_id}", "resume_from=auto"]
+    return redact_text(" ".join(shlex.quote(w) for w in words))
 
 
 def _error(err: Exception) -> None:

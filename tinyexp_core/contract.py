@@ -31,6 +31,9 @@ __all__ = [
     "PreparedData",
     "PrimaryMetric",
     "TrainResult",
+    "VAL_PREFIX",
+    "best_val_key",
+    "val_key",
 ]
 
 
@@ -79,6 +82,19 @@ def _metrics_in(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 # ---------------------------------------------------------------- primary metric
 
 
+VAL_PREFIX = "val_"  # a validation metric's name in rows, events and metadata
+
+
+def val_key(metric: str) -> str:
+    """`val_<metric>`: a validation metric's name in history rows, events and metadata."""
+    return f"{VAL_PREFIX}{metric}"
+
+
+def best_val_key(metric: str) -> str:
+    """`best_val_<metric>`: the best validation value of a run, in its summaries."""
+    return f"best_{VAL_PREFIX}{metric}"
+
+
 @dataclass(frozen=True)
 class PrimaryMetric:
     """The one number that ranks models: its name and whether higher or lower is better."""
@@ -91,6 +107,16 @@ class PrimaryMetric:
             raise ConfigValueError("primary_metric.name", self.name, "a non-empty metric name")
         if self.direction not in DIRECTIONS:
             raise ConfigValueError("primary_metric.direction", self.direction, DIRECTIONS)
+
+    @property
+    def val_key(self) -> str:
+        """Its name in history rows, progress events and metadata: `val_<name>`."""
+        return val_key(self.name)
+
+    @property
+    def best_val_key(self) -> str:
+        """The best validation value's name in run summaries: `best_val_<name>`."""
+        return best_val_key(self.name)
 
     def better(self, a: float, b: float) -> bool:
         """Whether `a` is strictly better than `b`; NaN is never better, anything beats NaN."""
@@ -233,7 +259,7 @@ class EpochRecord:
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
         }
-        row.update({f"val_{k}": v for k, v in self.metrics.items()})
+        row.update({val_key(k): v for k, v in self.metrics.items()})
         row.update(
             {"lr": self.lr, "samples_per_s": self.samples_per_s, "epoch_time_s": self.epoch_time_s}
         )
@@ -245,9 +271,9 @@ class EpochRecord:
         _require(row, "EpochRecord", "epoch", "train_loss", "val_loss")
         fixed = {"epoch", "step", "train_loss", "val_loss", "lr", "samples_per_s", "epoch_time_s"}
         metrics = {
-            k[len("val_") :]: _float(v)
+            k[len(VAL_PREFIX) :]: _float(v)
             for k, v in row.items()
-            if k.startswith("val_") and k not in fixed
+            if k.startswith(VAL_PREFIX) and k not in fixed
         }
         return cls(
             epoch=int(row["epoch"]),

@@ -42,6 +42,7 @@ ENV_ASSET = "TINYEXP_ASSET"
 # differs from `run_id` when retries share one run directory.
 ENV_PROGRESS_RUN_ID = "TINYEXP_PROGRESS_RUN_ID"
 ENV_ATTEMPT = "TINYEXP_ATTEMPT"  # the orchestrator's attempt number of this run (1-based)
+ENV_CACHE_URL = "TINYEXP_CACHE_URL"  # a Redis for cached samples (else the progress store's)
 
 
 def _default_exp_name() -> str:

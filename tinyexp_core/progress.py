@@ -87,6 +87,10 @@ class ProgressReporter(Protocol):
     ) -> None:
         """Register the run as in flight (status `starting`)."""
 
+    def wants_step(self) -> bool:
+        """Whether a `step` call now would be written (the throttle allows it): lets a
+        trainer skip reading the loss off the device on steps that would not be sent."""
+
     def step(self, *, epoch: int, step: int, loss: float, lr: float, samples_per_s: float) -> None:
         """Report a finished step; throttled, so cheap to call every step."""
 
@@ -122,6 +126,10 @@ class NullProgressReporter:
         attempt: int = 1,
     ) -> None:
         """Do nothing."""
+
+    def wants_step(self) -> bool:
+        """Never: nothing is written."""
+        return False
 
     def step(self, *, epoch: int, step: int, loss: float, lr: float, samples_per_s: float) -> None:
         """Do nothing."""
@@ -237,6 +245,10 @@ class RedisProgressReporter:
             pipe.sadd(ACTIVE_RUNS_KEY, self.run_id)
 
         self._send(build)
+
+    def wants_step(self) -> bool:
+        """Whether `throttle_s` has passed since the last step write."""
+        return self._clock() - self._last_step_at >= self._throttle_s
 
     def step(self, *, epoch: int, step: int, loss: float, lr: float, samples_per_s: float) -> None:
         """Write step progress and ETA, at most once every `throttle_s` seconds."""

@@ -176,11 +176,14 @@ class StepCheckpoints:
         )
         self._stack = contextlib.ExitStack()
 
-    def __call__(self, step: int, position: DataPosition) -> None:
+    def __call__(self, step: int, position: DataPosition | Callable[[], DataPosition]) -> None:
+        """After optimizer step `step`; `position` (or a callable returning it, read only
+        when a checkpoint is due) is where the data stands after it."""
         stop, save = self._stopper.poll(step)
         if not (stop or save):
             return
-        state = self.build(position, step)  # a collective: every rank takes part
+        # A collective: every rank takes part.
+        state = self.build(position() if callable(position) else position, step)
         if stop:
             self._stop(state, step)
         elif state is not None:

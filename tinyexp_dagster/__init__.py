@@ -12,12 +12,16 @@ Public API: `pipeline_defs(name, experiment, ...)` (one pipeline per experiment)
 
 Importing this package is cheap: the names above load on first use, and torch and ray are
 imported only inside asset bodies and resource methods, so `dagster` loads definitions fast.
+`dir()` lists them too: Dagster's `dg` finds `TinyExpPipeline` by listing this module (the
+package's `dagster_dg_cli.registry_modules` entry point names it).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from .dagster_warnings import quiet_output_data_version
 
 __version__ = "0.1.0"
 
@@ -30,7 +34,14 @@ _EXPORTS = {
 __all__ = ["TinyExpPipeline", "default_resources", "pipeline_defs"]
 
 
+quiet_output_data_version()  # Dagster's beta warning for what the assets do on purpose
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

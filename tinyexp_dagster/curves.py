@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tinyexp_core.contract import val_key
+
 __all__ = ["MAX_EPOCH_METADATA", "epoch_metadata", "plot_curves"]
 
 MAX_EPOCH_METADATA = 50  # per-epoch numeric metadata entries per series (evenly thinned)
@@ -36,7 +38,7 @@ def plot_curves(
         epochs = [row["epoch"] for row in rows]
         losses.plot(epochs, _series(rows, "train_loss"), "-o", color=color, label=f"{label} train")
         losses.plot(epochs, _series(rows, "val_loss"), "--o", color=color, label=f"{label} val")
-        metrics.plot(epochs, _series(rows, f"val_{metric}"), "-o", color=color, label=label)
+        metrics.plot(epochs, _series(rows, val_key(metric)), "-o", color=color, label=label)
     losses.set(title="loss", xlabel="epoch", ylabel="loss")
     metrics.set(title=f"validation {metric}", xlabel="epoch", ylabel=metric)
     last = max((row["epoch"] for _, rows in runs for row in rows), default=1)
@@ -71,7 +73,7 @@ def epoch_metadata(rows: list[dict[str, Any]], metric: str) -> dict[str, float]:
         rows = [rows[round(i * step)] for i in range(MAX_EPOCH_METADATA)]
     out: dict[str, float] = {}
     for row in rows:
-        for column in ("train_loss", "val_loss", f"val_{metric}"):
+        for column in ("train_loss", "val_loss", val_key(metric)):
             value = row.get(column)
             if isinstance(value, (int, float)) and value == value:  # not NaN
                 out[f"{column}_epoch_{int(row['epoch']):03d}"] = float(value)

@@ -18,8 +18,11 @@ Always: `<name>_training_pipeline`, `<name>_retrain_job`, `<name>_retrain_schedu
 and the shared `training_progress_sensor` / `stalled_training_sensor`.
 
 Composition: the shared sensors are module-level objects that every pipeline's Definitions
-lists; `dg.Definitions.merge` keeps one definition per name when they are the same object,
-so they are included once however many pipelines merge. Resources are not part of a
+lists; Dagster keeps one definition per name when they are the same object, and a component's
+metadata rewrite returns them unchanged (`sensors.common.SharedSensorDefinition`), so they
+are defined once however many pipelines merge: `defs/` folders, `pipeline_defs` calls, or
+both in `dg.Definitions.merge`. Two pipelines of one name in a code location fail at load
+with one line naming both declarations (`declarations`). Resources are not part of a
 pipeline: a code location adds `tinyexp_dagster.default_resources()` once.
 """
 
@@ -45,6 +48,8 @@ from .assets import (
     build_sweep_pool_sensor,
     build_trained_model,
 )
+from .dagster_warnings import partitioned_checks
+from .declarations import declare
 from .jobs import build_jobs
 from .schedules import DEFAULT_RETRAIN_CRON, DEFAULT_RETRAIN_TIMEZONE, build_retrain_schedule
 from .sensors import (
@@ -97,6 +102,7 @@ def pipeline_defs(
     needs, or a name is not a valid Dagster name.
     """
     spec = _spec(name, experiment, overrides)
+    declare(name)  # a second pipeline of this name in the code location fails here
     has = {m: _implements(spec.exp_cls, m) for m in ("prepare_data", "train", "evaluate", "run")}
     # A train() without a primary metric returns no TrainResult to promote or rank: the
     # pipeline runs it like a run()-only experiment.
@@ -113,8 +119,9 @@ def pipeline_defs(
     assets.append(build_trained_model(spec, with_dataset=has["prepare_data"], trains=has["train"]))
     if has["train"]:
         assets.append(build_model_checkpoint(spec))
-        checks.append(build_checkpoint_integrity(spec))
-        checks.append(build_champion_gate(spec, tolerance, evaluates=has["evaluate"]))
+        with partitioned_checks():  # a sweep's checks have one partition per trial
+            checks.append(build_checkpoint_integrity(spec))
+            checks.append(build_champion_gate(spec, tolerance, evaluates=has["evaluate"]))
     if has["train"] and has["evaluate"]:
         assets.append(build_model_evaluation(spec, metric_threshold))
     if spec.sweep is not None:
@@ -145,10 +152,15 @@ def pipeline_defs(
     )
 
 
+def valid_name(name: object) -> bool:
+    """Whether `name` can name a pipeline (and so its assets, jobs and triggers)."""
+    return isinstance(name, str) and _NAME.match(name) is not None
+
+
 def _spec(name: str, experiment: str | type, overrides: Sequence[str]) -> PipelineSpec:
     from tinyexp_core.config import build_exp, load_exp_class
 
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not valid_name(name):
         raise ConfigValueError("name", name, "letters, digits and _, starting with a letter")
     if isinstance(overrides, str):
         raise ConfigValueError("overrides", overrides, "a list of key=value strings")

@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tests.hooks import wrapped
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.experiment import TinyExp
+from tinyexp_core.training import TrainingSession
 
 RANK_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 BARRIER_DELAY_S = 1.0  # how long rank 1 holds back before the barrier
@@ -81,15 +83,12 @@ class CollectivesExp(TinyExp):
 class FingerprintedMnistExp(MnistExp):
     """The MNIST example, also returning each rank's final model fingerprint."""
 
-    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter, **kw):
-        best = super()._save_epoch(
-            acc, manager, model, optimizer, scheduler, history, reporter, **kw
-        )
-        self._fingerprint = state_fingerprint(acc.unwrap_model(model))
-        return best
-
     def train(self) -> dict[str, Any]:
-        summary = super().train().to_dict()
+        def fingerprint(session: TrainingSession, *_: Any, **__: Any) -> None:
+            self._fingerprint = state_fingerprint(session.model)
+
+        with wrapped(TrainingSession, "end_epoch", after=fingerprint):
+            summary = super().train().to_dict()
         summary["rank"] = int(os.environ.get("RANK", "0"))
         summary["model_sha256"] = self._fingerprint
         return summary

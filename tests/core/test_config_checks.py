@@ -56,7 +56,6 @@ CASES = [
     ("mnist", "lr_scheduler_cfg.step_size", "0"),
     ("mnist", "lr_scheduler_cfg.gamma", "1.5"),
     ("mnist", "train_cfg.num_epochs", "0"),
-    ("mnist", "train_cfg.log_every_n_steps", "0"),
     ("mnist", "train_cfg.step_delay_s", "61"),
     ("resnet", "data_cfg.cache_ttl_s", "-1"),
     ("resnet", "data_cfg.cache_url", "redis://127.0.0.1:6399/x"),

@@ -45,7 +45,7 @@ def _args(root: Path, prepared: str, run_id: str, *extra: str) -> list[str]:
         f"run_id={run_id}",
         "data_cfg.batch_size=4",
         "train_cfg.num_epochs=2",
-        "train_cfg.log_every_n_steps=1",
+        "progress_cfg.throttle_s=0",
         "logger_cfg.level=DEBUG",  # the per-step line the test waits for
         "accelerator_cfg.accelerator=cpu",
         "num_cpus_per_worker=1",

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.core.distributed_exps import state_fingerprint
+from tests.hooks import stopping_after_step, wrapped
 from tinyexp_core.checkpoint import load_checkpoint
 from tinyexp_core.config import build_exp
 from tinyexp_core.contract import EvalResult, PreparedData, TrainResult
@@ -24,7 +25,8 @@ from tinyexp_core.exceptions import CheckpointError, DatasetCorruptError, RunSto
 from tinyexp_core.launchers import run_in_process
 from tinyexp_core.launchers.mp import launch_local
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
-from tinyexp_core.stop import clear_stop, request_stop
+from tinyexp_core.stop import clear_stop
+from tinyexp_core.training import TrainingSession
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Measured: test rmse / std of the test targets was 0.746, 0.758 and 0.765 for seeds 0-2
@@ -125,13 +127,9 @@ class StopAtStepExp(Exp):
 
     stop_at_step: int = 0
 
-    def _train_one_epoch(self, *args, after_step=None, **kwargs):
-        def stop_then(step, position):
-            if step == self.stop_at_step:
-                request_stop(f"test: stop after step {step}")
-            after_step(step, position)
-
-        return super()._train_one_epoch(*args, after_step=stop_then, **kwargs)
+    def train(self):
+        with stopping_after_step(self.stop_at_step):
+            return super().train()
 
 
 @pytest.mark.parametrize("num_workers", [1, 2], ids=["one-process", "mp-two-ranks"])
@@ -218,13 +216,12 @@ def test_cli_trains_and_rejects_a_bad_override(prepared, tmp_path):
 class FingerprintedTabularExp(Exp):
     """The tabular example, also returning each rank's final weights' fingerprint."""
 
-    def _save_epoch(self, acc, manager, model, optimizer, history, reporter) -> float:
-        best = super()._save_epoch(acc, manager, model, optimizer, history, reporter)
-        self._fingerprint = state_fingerprint(acc.unwrap_model(model))
-        return best
-
     def train(self):
-        result = super().train()
+        def fingerprint(session, *_, **__):
+            self._fingerprint = state_fingerprint(session.model)
+
+        with wrapped(TrainingSession, "end_epoch", after=fingerprint):
+            result = super().train()
         return {"result": result, "fingerprint": self._fingerprint}
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.hooks import stopping_after_step
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.config import build_exp
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.exceptions import RunStoppedError
-from tinyexp_core.stop import clear_stop, request_stop
+from tinyexp_core.stop import clear_stop
 
 # The .wandb transaction log: a 7-byte header (":W&B", magic 0xBEE1, version 0), then
 # LevelDB-log framing in 32 KiB blocks (record header: crc32, length, type), each record
@@ -164,13 +165,9 @@ class StopAtStepExp(MnistExp):
 
     stop_at_step: int = 0
 
-    def _train_one_epoch(self, *args, after_step=None, **kwargs):
-        def stop_then_poll(step, here):
-            if step == self.stop_at_step:
-                request_stop("test: stop mid-epoch")
-            after_step(step, here)
-
-        return super()._train_one_epoch(*args, after_step=stop_then_poll, **kwargs)
+    def train(self):
+        with stopping_after_step(self.stop_at_step):
+            return super().train()
 
 
 def _history_steps(path: Path) -> list[int]:

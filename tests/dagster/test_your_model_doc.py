@@ -40,10 +40,12 @@ def test_the_page_has_every_step() -> None:
         "pyproject.toml",
         "regressor_project/__init__.py",
         "regressor_project/regressor.py",
+        "regressor_project/wine.py",
         "regressor_project/defs/regressor/defs.yaml",
+        "regressor_project/defs/wine/defs.yaml",
         "regressor_project/definitions.py",
     }
-    assert set(commands) == {"materialize"}
+    assert set(commands) == {"terminal", "materialize", "materialize-wine"}
     assert "tinyexp_dagster.TinyExpPipeline" in files["regressor_project/defs/regressor/defs.yaml"]
 
 

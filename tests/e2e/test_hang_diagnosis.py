@@ -30,12 +30,12 @@ STEP_DELAY_S = 1.5  # per step: long enough to stop a rank between two steps by 
 STOP_AT_STEP = 6  # first stall: stop rank 1 once rank 0 reported this step (0-based, epoch 0)
 EVERY_N_STEPS = 4  # step checkpoints: the resume starts from global step 4
 JOB = "mnist_training_pipeline"
-# One epoch of ~20 steps per rank; every step reported (log_every_n_steps=1, and the code
+# One epoch of ~20 steps per rank; every step reported (progress_cfg.throttle_s=0, and the code
 # location's Redis resource has throttle_s=0), so the stalled step is exact.
 OVERRIDES = [
     "train_cfg.num_epochs=1",
     f"train_cfg.step_delay_s={STEP_DELAY_S}",
-    "train_cfg.log_every_n_steps=1",
+    "progress_cfg.throttle_s=0",
     f"checkpoint_cfg.every_n_steps={EVERY_N_STEPS}",
 ]
 CONFIG = {"ops": {"mnist__trained_model": {"config": {"overrides": OVERRIDES}}}}
@@ -55,7 +55,7 @@ defs = dg.Definitions.merge(
 STALLED_RUN_TAG = "tinyexp/stalled_run"
 STALLED_AT_TAG = "tinyexp/stalled_at"
 STACK_EVENT = "every rank's stack"
-LOOP_FRAME = "_train_one_epoch"  # the training loop's frame, in every rank's stack
+LOOP_FRAME = "train (tinyexp_core/examples/mnist_exp.py"  # the loop, in every rank's stack
 DETECT_S = 150  # threshold + a 30 s sensor interval + a busy daemon
 RUN_S = 420
 

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,10 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tests.hooks import wrapped
 from tinyexp_core.accelerators import AcceleratorCfg
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.exceptions import TinyExpError
 from tinyexp_core.experiment import TinyExp
+from tinyexp_core.recipe import StepCheckpoints
+from tinyexp_core.training import TrainingSession
 
 TRACE_FILE = "trace.jsonl"
 
@@ -88,56 +92,58 @@ class ReliabilityExp(MnistExp):
     fault_step: int = 0  # fault=raise_at_step: the global step after which rank 0 raises
     fault_marker: str = ""  # file holding how many more attempts fail
 
-    def _train_one_epoch(self, acc, model, optimizer, loader, epoch, step, reporter, logger, **kw):
-        started = time.time()
-        after = kw.get("after_step")
-        if self.fault == "raise_at_step" and acc.is_main_process and after is not None:
+    def train(self) -> Any:
+        with contextlib.ExitStack() as hooks:
+            hooks.enter_context(wrapped(TrainingSession, "batches", before=self._epoch_started))
+            hooks.enter_context(
+                wrapped(TrainingSession, "end_epoch", before=self._arm, after=self._epoch_ended)
+            )
+            if self.fault == "raise_at_step":
+                hooks.enter_context(wrapped(StepCheckpoints, "__call__", after=self._fail_at))
+            return super().train()
 
-            def after_then_fail(step: int, here: Any) -> None:
-                after(step, here)
-                if step == self.fault_step and take_fault(self.fault_marker):
-                    raise InjectedFailure(f"injected failure after step {step}")
+    def _epoch_started(self, session: TrainingSession, *_: Any) -> None:
+        self._started = time.time()
 
-            kw["after_step"] = after_then_fail
-        row = super()._train_one_epoch(
-            acc, model, optimizer, loader, epoch, step, reporter, logger, **kw
+    def _fail_at(self, checkpoints: Any, _result: Any, step: int, _position: Any) -> None:
+        main = int(os.environ.get("RANK", "0")) == 0
+        if main and step == self.fault_step and take_fault(self.fault_marker):
+            raise InjectedFailure(f"injected failure after step {step}")
+
+    def _arm(self, session: TrainingSession, **_: Any) -> None:
+        """Before the epoch's checkpoint: decide whether this epoch fails, and how."""
+        self._armed = (
+            session.is_main_process
+            and self.fault not in ("", "raise_at_step")
+            and session.epoch >= self.fault_epoch
+            and take_fault(self.fault_marker)
         )
-        if acc.is_main_process:
+        if self._armed and self.fault.startswith("crash"):
+            self._crash_while_saving(session.last_checkpoint_path)
+
+    def _epoch_ended(self, session: TrainingSession, *_: Any, **__: Any) -> None:
+        epoch = session.epoch
+        if session.is_main_process:
             record = {
                 "epoch": epoch,
                 "attempt": int(os.environ.get("TINYEXP_ATTEMPT", "1")),
                 "progress_run_id": os.environ.get("TINYEXP_PROGRESS_RUN_ID", ""),
                 "pid": os.getpid(),
-                "started": started,
+                "started": self._started,
                 "ended": time.time(),
-                "world_size": acc.world_size,
+                "world_size": session.world_size,
                 "master_addr": os.environ.get("MASTER_ADDR", ""),
                 "master_port": os.environ.get("MASTER_PORT", ""),
             }
             with open(Path(self.get_run_dir()) / TRACE_FILE, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
-        return row
-
-    def _save_epoch(self, acc, manager, model, optimizer, scheduler, history, reporter, **kw):
-        epoch = history[-1].epoch
-        armed = (
-            acc.is_main_process
-            and self.fault not in ("", "raise_at_step")
-            and epoch >= self.fault_epoch
-            and take_fault(self.fault_marker)
-        )
-        if armed and self.fault.startswith("crash"):
-            self._crash_while_saving(manager.last_path)
-        best = super()._save_epoch(
-            acc, manager, model, optimizer, scheduler, history, reporter, **kw
-        )
-        if not armed:
-            return best
-        if kw.get("checkpoints") is not None:
-            kw["checkpoints"].wait()  # the epoch's files are written in the background
+        if not self._armed:
+            return
+        session.flush_checkpoints()  # the epoch's files are written in the background
+        last_path = session.last_checkpoint_path
         if self.fault == "truncate_last":
-            with open(manager.last_path, "r+b") as fh:
-                fh.truncate(os.path.getsize(manager.last_path) // 2)
+            with open(last_path, "r+b") as fh:
+                fh.truncate(os.path.getsize(last_path) // 2)
         if self.fault == "reject":
             raise InjectedRejection(f"injected non-retryable failure after epoch {epoch}")
         raise InjectedFailure(f"injected failure after epoch {epoch}")

@@ -31,7 +31,7 @@ NAME = "mnist"  # the pipeline's name: the project's default, on the test experi
 PIPELINE = pipeline_defs(NAME, EXP, metric_threshold=0.9, champion_tolerance=1.0)
 LAUNCHER_ACTORS = {"_RankWorker", "_LogSink"}
 # Small and quick: the default digits data, 2 ranks x 1 CPU, step reports every 5 steps.
-FAST = ["train_cfg.log_every_n_steps=5", "data_cfg.batch_size=64"]
+FAST = ["data_cfg.batch_size=64"]
 ENV_STORAGE = "TINYEXP_RELIABILITY_STORAGE"
 ENV_REDIS = "TINYEXP_RELIABILITY_REDIS"
 REDIS_PASSWORD = "rel-Secret-7f3a9c"  # the password Redis's secret, searched for in logs

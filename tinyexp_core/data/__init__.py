@@ -7,6 +7,7 @@ from tinyexp_core.data.image_folder import (
     RedisSampleCache,
     decode_image,
     load_image_folder,
+    sample_cache_url,
 )
 from tinyexp_core.data.loader import TensorBatchLoader, prepared_loader
 from tinyexp_core.data.prepared import (
@@ -43,6 +44,7 @@ __all__ = [
     "Manifest",
     "RawDataset",
     "RedisSampleCache",
+    "sample_cache_url",
     "TensorBatchLoader",
     "data_version",
     "decode_image",

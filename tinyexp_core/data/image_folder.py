@@ -19,6 +19,16 @@ CACHE_KEY_PREFIX = "tinyexp:cache"
 _LAYOUT_HINT = "Expected root/<class_name>/*.png|jpg|jpeg|bmp, one folder per class."
 
 
+def sample_cache_url(configured: str = "") -> str:
+    """The sample cache's Redis URL: `configured`, else `$TINYEXP_CACHE_URL`, else the
+    progress store's (`$TINYEXP_PROGRESS_URL`, which an orchestrator sets); "" for none."""
+    import os
+
+    from tinyexp_core.experiment import ENV_CACHE_URL, ENV_PROGRESS_URL
+
+    return configured or os.environ.get(ENV_CACHE_URL) or os.environ.get(ENV_PROGRESS_URL) or ""
+
+
 class RedisSampleCache:
     """Best-effort cache of uint8 tensors in Redis, stored as raw bytes behind a shape header.
 

@@ -1,11 +1,14 @@
-"""A prepared tabular dataset: standardized float features, float targets, a sha256 manifest.
+"""A prepared tabular dataset: standardized float features, targets, a sha256 manifest.
 
 Layout: `<out_root>/<source>/<data_version>/{train,val,test}.pt` and `manifest.json`, as for
 images (`prepared.py`), but the samples are rows: `x` float32 N x F, standardized with the
-train split's statistics (so nothing leaks from val/test), and `y` float32 N in the target's
-own units. The manifest records those statistics, so a model trained on standardized
-targets can report errors in the target's units. The version is a content hash of the raw
-table and the split parameters: the same input always lands in the same directory.
+train split's statistics (so nothing leaks from val/test). Regression (`num_classes=0`):
+`y` float32 N in the target's own units, the manifest records the target's train mean and
+std, so a model trained on standardized targets can report errors in the target's units.
+Classification (`num_classes=K`): `y` int64 labels in [0, K), each split drawn from every
+class alike (stratified), and the manifest holds the per-split class histogram. The version
+is a content hash of the raw table and the split parameters: the same input always lands
+in the same directory.
 """
 
 from __future__ import annotations
@@ -32,9 +35,20 @@ MANIFEST_NAME = "manifest.json"
 __all__ = ["FORMAT", "load_tabular_split", "prepare_tabular", "read_tabular_manifest"]
 
 
-def _check_inputs(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float):
+def _check_inputs(
+    x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float, num_classes: int
+):
     if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
         raise ConfigValueError("x/y", f"{tuple(x.shape)}/{tuple(y.shape)}", "N x F and N")
+    if num_classes < 0:
+        raise ConfigValueError("num_classes", num_classes, "0 (regression) or >= 2 classes")
+    if num_classes:
+        labels = y.long()
+        bad = not torch.equal(labels.to(y.dtype), y) or labels.min() < 0
+        if num_classes < 2 or bad or labels.max() >= num_classes:
+            found = sorted({int(v) for v in y.unique()[:10]})
+            allowed = f"integer labels in [0, {num_classes}) with num_classes >= 2"
+            raise ConfigValueError("y", f"labels {found}", allowed)
     for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 < value < 1:
             raise ConfigValueError(key, value, "a fraction with 0 < value < 1")
@@ -64,33 +78,33 @@ def prepare_tabular(
     test_fraction: float,
     seed: int,
     feature_names: Sequence[str] = (),
+    num_classes: int = 0,
 ) -> PreparedData:
-    """Split rows at random (seeded), standardize features, write the version (idempotent)."""
-    _check_inputs(x, y, val_fraction, test_fraction)
+    """Split rows at random (seeded; stratified by class when `num_classes` > 0),
+    standardize features, write the version (idempotent)."""
+    _check_inputs(x, y, val_fraction, test_fraction, num_classes)
     split = {"val_fraction": float(val_fraction), "test_fraction": float(test_fraction)}
     split["seed"] = int(seed)
+    if num_classes:
+        split["num_classes"] = int(num_classes)  # another task is another version
     version = _version(x, y, source, split)
     target = Path(out_root) / source / version
     if (target / MANIFEST_NAME).is_file():
         return read_tabular_manifest(target)  # published before: same input, same files
 
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    num_test, num_val = round(len(y) * test_fraction), round(len(y) * val_fraction)
-    rows = {
-        "test": order[:num_test].sort().values,
-        "val": order[num_test : num_test + num_val].sort().values,
-        "train": order[num_test + num_val :].sort().values,
-    }
-    train_x, train_y = x[rows["train"]].double(), y[rows["train"]].double()
+    rows = _split_rows(y, num_classes, val_fraction, test_fraction, seed)
+    train_x = x[rows["train"]].double()
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-12)
     params = {
         **split,
         "feature_names": list(feature_names),
         "feature_mean": mean.tolist(),
         "feature_std": std.tolist(),
-        "target_mean": float(train_y.mean()),
-        "target_std": float(train_y.std()),
     }
+    if not num_classes:
+        train_y = y[rows["train"]].double()
+        params.update(target_mean=float(train_y.mean()), target_std=float(train_y.std()))
+    targets = y.long() if num_classes else y.float()
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # Written aside, then renamed: a reader sees the whole version or none of it.
@@ -99,7 +113,7 @@ def prepare_tabular(
         files = {}
         for name, idx in rows.items():
             features = ((x[idx].double() - mean) / std).float()
-            torch.save({"x": features, "y": y[idx].float()}, tmp / f"{name}.pt")
+            torch.save({"x": features, "y": targets[idx]}, tmp / f"{name}.pt")
             file = tmp / f"{name}.pt"
             files[file.name] = {"sha256": sha256_file(file), "size": file.stat().st_size}
         data = PreparedData(
@@ -110,6 +124,8 @@ def prepare_tabular(
             files=files,
             shape=[int(x.shape[1])],
             params=params,
+            num_classes=int(num_classes),
+            class_histogram=_histogram(targets, rows, num_classes),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         manifest = {"format": FORMAT, **data.to_dict()}
@@ -122,6 +138,35 @@ def prepare_tabular(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return read_tabular_manifest(target)
+
+
+def _split_rows(
+    y: torch.Tensor, num_classes: int, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, torch.Tensor]:
+    """Sorted row indices per split: seeded at random, or per class for classification."""
+    if num_classes:
+        from tinyexp_core.data.prepared import stratified_split
+
+        return stratified_split(y.long(), num_classes, val_fraction, test_fraction, seed)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    num_test, num_val = round(len(y) * test_fraction), round(len(y) * val_fraction)
+    return {
+        "test": order[:num_test].sort().values,
+        "val": order[num_test : num_test + num_val].sort().values,
+        "train": order[num_test + num_val :].sort().values,
+    }
+
+
+def _histogram(
+    labels: torch.Tensor, rows: dict[str, torch.Tensor], num_classes: int
+) -> dict[str, list[int]]:
+    """Samples per class in each split (classification), else empty."""
+    if not num_classes:
+        return {}
+    return {
+        name: torch.bincount(labels[idx], minlength=num_classes).tolist()
+        for name, idx in rows.items()
+    }
 
 
 def read_tabular_manifest(path: str | Path) -> PreparedData:
@@ -144,7 +189,8 @@ def read_tabular_manifest(path: str | Path) -> PreparedData:
 
 
 def load_tabular_split(path: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split as (x float32 N x F, y float32 N), its sha256 checked against the manifest."""
+    """One split as (x float32 N x F, y: float32 N targets or int64 N labels), its sha256
+    checked against the manifest."""
     if split not in SPLITS:
         raise ConfigValueError("split", split, SPLITS)
     data = read_tabular_manifest(path)

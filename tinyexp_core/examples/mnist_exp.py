@@ -16,20 +16,11 @@ from typing import Any, ClassVar, Literal
 
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.accelerators import AcceleratorCfg
-from tinyexp_core.contract import (
-    Checkpoints,
-    EpochRecord,
-    EvalResult,
-    PreparedData,
-    PrimaryMetric,
-    TrainResult,
-)
+from tinyexp_core.contract import EvalResult, PreparedData, PrimaryMetric, TrainResult
 from tinyexp_core.exceptions import ConfigValueError
-from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT, TinyExp
+from tinyexp_core.experiment import TinyExp
 from tinyexp_core.lazy import lazy_module
-from tinyexp_core.recipe import StepCheckpoints, reporting, resolve_resume, resume_run, tracking
-from tinyexp_core.step_checkpoint import DataPosition
-from tinyexp_core.timing import mark
+from tinyexp_core.training import TrainingSession
 
 # torch loads when training starts, not when the class is imported (Dagster imports it to
 # build the launchpad's config schema).
@@ -167,10 +158,9 @@ class Exp(TinyExp):
 
     @dataclass
     class TrainCfg:
-        """How long to train and how often to report."""
+        """How long to train."""
 
         num_epochs: int = 5
-        log_every_n_steps: int = 10
         # Seconds to sleep after each step: slows a tiny run down to a realistic pace (a
         # stop/resume demo on a laptop-sized dataset); 0 = off.
         step_delay_s: float = 0.0
@@ -180,8 +170,6 @@ class Exp(TinyExp):
                 raise ConfigValueError("num_epochs", self.num_epochs, "an integer >= 1")
             if not 0 <= self.step_delay_s <= 60:
                 raise ConfigValueError("step_delay_s", self.step_delay_s, "seconds in [0, 60]")
-            if self.log_every_n_steps < 1:
-                raise ConfigValueError("log_every_n_steps", self.log_every_n_steps, ">= 1")
 
     accelerator_cfg: AcceleratorCfg = field(default_factory=AcceleratorCfg)
     data_cfg: DataCfg = field(default_factory=DataCfg)
@@ -198,17 +186,12 @@ class Exp(TinyExp):
         )
         return PreparedData.from_dict(manifest.to_dict())
 
-    def _ensure_prepared(self, accelerator: Any) -> None:
-        """Rank 0 prepares the data when no prepared path is given; the others wait."""
-        if self.data_cfg.prepared_path:
-            return
-        if accelerator.is_main_process:
+    def _prepared_path(self) -> str:
+        """The prepared dataset: `prepared_path`, else prepared now under `data_root`."""
+        if not self.data_cfg.prepared_path:
             manifest = self.data_cfg.build_prepared_dataset(self.data_cfg.data_root, self.seed)
             self.data_cfg.prepared_path = manifest.path
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            manifest = self.data_cfg.build_prepared_dataset(self.data_cfg.data_root, self.seed)
-            self.data_cfg.prepared_path = manifest.path
+        return self.data_cfg.prepared_path
 
     def _in_channels(self) -> int:
         from tinyexp_core.data import read_manifest
@@ -217,192 +200,39 @@ class Exp(TinyExp):
 
     # ------------------------------------------------------------------ train
     def train(self) -> TrainResult:
-        """Train with the configured accelerator; returns the run (rank 0's view)."""
-        accelerator = self.accelerator_cfg.build_accelerator()
-        try:
-            return self._train(accelerator)
-        finally:
-            accelerator.destroy()
-
-    def _train(self, acc: Any) -> TrainResult:
-        run_dir = self.ensure_run_dir()
-        logger = self.logger_cfg.build_logger(run_dir, distributed_rank=acc.rank)
-        if acc.is_main_process:
-            logger.info(f"run {self.run_id} in {run_dir}, world size {acc.world_size}")
-            logger.info(f"overrides: {self.overrided_cfg or 'none'}")
-            logger.info("effective config:\n" + self.config_yaml())
-        mark(f"process_group_ready_rank{acc.rank}")
-        self._ensure_prepared(acc)
-        reporter = self.progress_cfg.build_reporter(
-            self.run_id, is_main_process=acc.is_main_process
-        )
-        train_loader = self.data_cfg.build_loader("train", acc, self.seed)
-        val_loader_data = self._eval_shard("val", acc)
-        mark(f"dataset_loaded_rank{acc.rank}")
-
-        torch.manual_seed(self.seed)
-        model = self.module_cfg.build_module(self._in_channels())
-        optimizer = self.optimizer_cfg.build_optimizer(model.parameters())
-        scheduler = self.lr_scheduler_cfg.build_lr_scheduler(optimizer)
-        # Mid-epoch (a step checkpoint), this rank's RNG comes back too.
-        resumed = resume_run(
-            resolve_resume(self.resume_from, self.checkpoint_cfg, run_dir, logger),
-            accelerator=acc,
-            num_steps=len(train_loader),
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            logger=logger,
-        )
-        position, step, history = resumed.position, resumed.step, resumed.history
-        tracked = resumed.tracked  # the tracker run the checkpoint continues
-        if acc.is_main_process:
-            # Written once a resumed checkpoint fits: a config the checkpoints in this run
-            # dir reject must not replace the description of those checkpoints.
-            self.dump_config(run_dir)
-        model = acc.prepare_model(model)
-        manager = self.checkpoint_cfg.build_manager(run_dir)
-        num_epochs = self.train_cfg.num_epochs
-        reporter.start(
-            asset=os.environ.get(ENV_ASSET, ""),
-            num_epochs=num_epochs,
-            num_steps=len(train_loader),  # per epoch, as the progress contract says
-            world_size=acc.world_size,
-            attempt=int(os.environ.get(ENV_ATTEMPT, "1")),
-        )
-        tracker = self.wandb_cfg.build_tracker(
-            run_dir,
-            config=self.config_dict(),
-            name=self.run_id,
-            is_main_process=acc.rank == 0,
-            resume=tracked,
-        )
-        # Every checkpoint names the tracker run, so a resume continues it.
-        tracked = tracker.resume_state()
-        # After each step: a stop request (checkpoint, then stop) or a periodic step
-        # checkpoint; the dict below is what it saves, plus position and every rank's RNG.
-        after_step = StepCheckpoints(
-            acc,
-            manager,
-            checkpoint_cfg=self.checkpoint_cfg,
-            num_steps=len(train_loader),
-            sampler_seed=self.seed,
-            fields=lambda: {
-                "model": acc.unwrap_model(model),
-                "optimizer": optimizer,
-                "scheduler": scheduler,
-                "config": self.config_dict(),
-                "exp_class": self.exp_class,
-                "extra": {
-                    "history": [r.to_dict() for r in history],
-                    "tracker": dict(tracked),
-                },
-            },
-            reporter=reporter,
-            logger=logger,
-        )
-
-        started = time.perf_counter()
-        first_new = len(history)
-        with reporting(reporter), tracking(tracker), after_step:
-            for epoch in range(position.epoch, num_epochs):
-                record = self._train_one_epoch(
-                    acc, model, optimizer, train_loader, epoch, step, reporter, logger,
-                    start=position, after_step=after_step,
-                )  # fmt: skip
-                step = record.step
-                position = DataPosition(epoch=epoch + 1)
+        """Train on every rank; returns the run (rank 0's view)."""
+        with TrainingSession(self) as session:
+            session.main_process_first(self._prepared_path)  # rank 0 prepares, others wait
+            loader = self.data_cfg.build_loader("train", session.accelerator, self.seed)
+            val_data = self._eval_shard("val", session.accelerator)
+            torch.manual_seed(self.seed)  # the same initial weights on every rank
+            model = self.module_cfg.build_module(self._in_channels())
+            optimizer = self.optimizer_cfg.build_optimizer(model.parameters())
+            scheduler = self.lr_scheduler_cfg.build_lr_scheduler(optimizer)
+            # What every checkpoint holds; resumes from `resume_from` (mid-epoch too).
+            model = session.setup(
+                model,
+                optimizer,
+                scheduler,
+                num_epochs=self.train_cfg.num_epochs,
+                num_steps=len(loader),
+            )
+            for _epoch in session.epochs():
+                model.train()
+                for x, y in session.batches(loader):
+                    x, y = x.to(session.device), y.to(session.device)
+                    with session.autocast():
+                        loss = F.cross_entropy(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    session.backward(loss)
+                    optimizer.step()
+                    session.step(loss, len(y))  # progress, stop requests, step checkpoints
+                    if self.train_cfg.step_delay_s:
+                        time.sleep(self.train_cfg.step_delay_s)
                 scheduler.step()
-                reporter.heartbeat()  # validation can be long; it is not a stall
-                val = self._validate(acc, model, val_loader_data)
-                record.val_loss, record.metrics = val["loss"], {"accuracy": val["accuracy"]}
-                history.append(record)
-                # At the global optimizer step: a resumed run's rows follow its checkpoint's.
-                tracker.log(record.to_row(), step=record.step)
-                best = self._save_epoch(
-                    acc, manager, model, optimizer, scheduler, history, reporter,
-                    tracked=tracked, checkpoints=after_step,
-                )  # fmt: skip
-                reporter.epoch_end(
-                    epoch=epoch,
-                    loss=record.train_loss,
-                    metrics={
-                        "val_accuracy": val["accuracy"],
-                        "val_loss": val["loss"],
-                        "best_metric": best,
-                    },
-                )
-                logger.info(
-                    f"epoch {epoch + 1}/{num_epochs} train_loss {record.train_loss:.4f} "
-                    f"val_loss {val['loss']:.4f} val_accuracy {val['accuracy']:.4f} "
-                    f"{record.samples_per_s:.0f} samples/s"
-                )
-        trained_now = [r.samples_per_s for r in history[first_new:]]
-        result = TrainResult(
-            run_id=self.run_id,
-            run_dir=run_dir,
-            checkpoints=Checkpoints(best=str(manager.best_path), last=str(manager.last_path)),
-            history=history,
-            primary_metric=self.primary_metric,
-            wall_time_s=time.perf_counter() - started,
-            world_size=acc.world_size,
-            config=self.config_dict(),
-            resumed_from=resumed.path,
-            samples_per_s=sum(trained_now) / len(trained_now) if trained_now else math.nan,
-        )
-        # the W&B run id and directory, if tracked
-        result.tracker.update(tracker.finish(result.to_dict()))
-        return result
-
-    def _train_one_epoch(
-        self, acc, model, optimizer, loader, epoch, step, reporter, logger, *,
-        start: DataPosition | None = None, after_step=None,
-    ) -> EpochRecord:  # fmt: skip
-        """One epoch (from `start` when resuming mid-epoch); `after_step(step, position)`
-        runs after each optimizer step (stop requests, periodic step checkpoints)."""
-        position = start or DataPosition(epoch=epoch)
-        if position.step_in_epoch == 0:
-            # Reseed per epoch and rank: dropout is then a function of (seed, epoch, rank).
-            # Mid-epoch, the checkpoint restored this rank's RNG state instead.
-            torch.manual_seed(self.seed + 1000 * epoch + acc.rank)
-        first_step = step + 1
-        loader.set_epoch(epoch, start_step=position.step_in_epoch)
-        model.train()
-        loss_sum = torch.tensor(position.loss_sum, dtype=torch.float64)
-        seen = position.seen
-        t0 = time.perf_counter()
-        for i, (x, y) in enumerate(loader, start=position.step_in_epoch):
-            x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
-            with acc.autocast():
-                loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            optimizer.step()
-            step += 1
-            if step == first_step:
-                mark(f"first_step_rank{acc.rank}")
-            loss_sum += loss.detach().double().cpu() * len(y)
-            seen += len(y)
-            if (i + 1) % self.train_cfg.log_every_n_steps == 0:
-                lr = optimizer.param_groups[0]["lr"]
-                rate = seen * acc.world_size / max(time.perf_counter() - t0, 1e-9)
-                reporter.step(epoch=epoch, step=i, loss=loss.item(), lr=lr, samples_per_s=rate)
-                logger.debug(f"epoch {epoch} step {step} loss {loss.item():.4f}")
-            if self.train_cfg.step_delay_s:
-                time.sleep(self.train_cfg.step_delay_s)
-            if after_step is not None:
-                after_step(step, DataPosition(epoch, i + 1, float(loss_sum), seen))
-        elapsed = time.perf_counter() - t0
-        totals = acc.reduce_sum(torch.tensor([float(loss_sum), float(seen)], dtype=torch.float64))
-        return EpochRecord(
-            epoch=epoch,
-            step=step,
-            train_loss=float(totals[0] / max(float(totals[1]), 1.0)),
-            val_loss=math.nan,  # filled in by validation
-            lr=optimizer.param_groups[0]["lr"],
-            samples_per_s=float(totals[1]) / max(elapsed, 1e-9),
-            epoch_time_s=elapsed,
-        )
+                val = self._validate(session.accelerator, model, val_data)
+                session.end_epoch(val_loss=val["loss"], metrics={"accuracy": val["accuracy"]})
+            return session.result()
 
     def _eval_shard(self, split: str, acc: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's disjoint slice of a split (no padding, so counts are exact)."""
@@ -433,45 +263,6 @@ class Exp(TinyExp):
         count = max(float(totals[2]), 1.0)
         return {"loss": float(totals[0]) / count, "accuracy": float(totals[1]) / count}
 
-    def _save_epoch(
-        self, acc, manager, model, optimizer, scheduler, history, reporter, *,
-        tracked: dict | None = None, checkpoints: StepCheckpoints | None = None,
-    ) -> float:  # fmt: skip
-        """Rank 0 writes the epoch file, last.pt (and best.pt); returns the best accuracy.
-        `tracked`: the tracker run to continue on resume (`tracker.resume_state()`).
-
-        With `checkpoints` (the loop's `StepCheckpoints`) rank 0 snapshots the state and the
-        files are written in the background while the next epoch trains (the `with` block
-        around the loop waits for the last write); without it, rank 0 writes them now and
-        every rank waits."""
-        record = history[-1]
-        metric = self.primary_metric
-        best = metric.best(r.metric(metric.name) for r in history)
-        if acc.is_main_process:
-            state = ckpt.build_checkpoint(
-                model=acc.unwrap_model(model),
-                optimizer=optimizer,
-                scheduler=scheduler,
-                epoch=record.epoch,
-                step=record.step,
-                config=self.config_dict(),
-                metrics={"train_loss": record.train_loss, **record.metrics},
-                exp_class=self.exp_class,
-                extra={"history": [r.to_dict() for r in history], "tracker": dict(tracked or {})},
-            )
-            is_best = metric.is_at_least_as_good(record.metric(metric.name), best)
-
-            def saved(paths: dict[str, str], epoch: int = record.epoch) -> None:
-                reporter.checkpoint(path=paths["last"], epoch=epoch, best_metric=best)
-
-            if checkpoints is not None:
-                checkpoints.save_epoch(state, is_best=is_best, on_saved=saved)
-            else:
-                saved(manager.save(state, is_best=is_best))
-        if checkpoints is None:
-            acc.wait_for_everyone()
-        return best
-
     # ------------------------------------------------------------------ evaluate
     def evaluate(self, checkpoint_path: str, split: str = "test") -> EvalResult:
         """Load a checkpoint FILE (verified) and report metrics on a prepared split."""
@@ -480,9 +271,7 @@ class Exp(TinyExp):
 
         if not checkpoint_path:
             raise ConfigValueError("resume_from", checkpoint_path, "a checkpoint path to evaluate")
-        if not self.data_cfg.prepared_path:
-            manifest = self.data_cfg.build_prepared_dataset(self.data_cfg.data_root, self.seed)
-            self.data_cfg.prepared_path = manifest.path
+        self._prepared_path()
         state = ckpt.load_checkpoint(checkpoint_path)
         model = self.module_cfg.build_module(self._in_channels())
         ckpt.restore(state, model=model, path=str(checkpoint_path))

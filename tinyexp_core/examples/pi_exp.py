@@ -13,7 +13,6 @@ from typing import Any
 from tinyexp_core.accelerators import AcceleratorCfg
 from tinyexp_core.exceptions import ConfigValueError
 from tinyexp_core.experiment import TinyExp
-from tinyexp_core.launchers.runtime import get_log_forwarder
 from tinyexp_core.lazy import lazy_module
 
 torch = lazy_module("torch")  # loaded when the run starts, not on import
@@ -40,9 +39,8 @@ class Exp(TinyExp):
     def train(self) -> dict[str, Any]:
         acc = self.accelerator_cfg.build_accelerator()
         try:
-            logger = self.logger_cfg.build_logger(
-                None, distributed_rank=acc.rank, extra_sink=get_log_forwarder()
-            )
+            # Rank 0's lines also reach the launcher's caller (the Dagster step log).
+            logger = self.logger_cfg.build_logger(None, distributed_rank=acc.rank)
             started = time.perf_counter()
             # Distinct streams per rank: the same seed everywhere would repeat the samples.
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + acc.rank)

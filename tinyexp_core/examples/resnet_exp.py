@@ -14,12 +14,10 @@ from typing import Literal
 
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.exceptions import ConfigValueError
-from tinyexp_core.experiment import ENV_PROGRESS_URL, check_redis_url
+from tinyexp_core.experiment import ENV_CACHE_URL, ENV_PROGRESS_URL, check_redis_url
 from tinyexp_core.lazy import lazy_module
 
 nn = lazy_module("torch.nn")  # loaded when the model is built, not on import
-
-ENV_CACHE_URL = "TINYEXP_CACHE_URL"
 
 
 @dataclass(repr=False)
@@ -51,14 +49,12 @@ class Exp(MnistExp):
             """A RedisSampleCache for this folder and image size, or None (with a warning)."""
             from loguru import logger
 
-            from tinyexp_core.data import RedisSampleCache
+            from tinyexp_core.data import RedisSampleCache, sample_cache_url
             from tinyexp_core.redis_client import make_client
 
             if not self.redis_cache:
                 return None
-            url = (
-                self.cache_url or os.environ.get(ENV_CACHE_URL) or os.environ.get(ENV_PROGRESS_URL)
-            )
+            url = sample_cache_url(self.cache_url)
             if not url:
                 logger.warning(
                     "data_cfg.redis_cache=true but no cache URL: data_cfg.cache_url, "

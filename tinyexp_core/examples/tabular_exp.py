@@ -12,35 +12,18 @@ and `primary_metric`.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.accelerators import AcceleratorCfg
-from tinyexp_core.contract import (
-    Checkpoints,
-    EpochRecord,
-    EvalResult,
-    PreparedData,
-    PrimaryMetric,
-    TrainResult,
-)
+from tinyexp_core.contract import EvalResult, PreparedData, PrimaryMetric, TrainResult
 from tinyexp_core.exceptions import ConfigValueError
-from tinyexp_core.experiment import ENV_ASSET, TinyExp
-from tinyexp_core.launchers.runtime import get_log_forwarder
+from tinyexp_core.experiment import TinyExp
 from tinyexp_core.lazy import lazy_module
-from tinyexp_core.recipe import (
-    StepCheckpoints,
-    main_process_first,
-    reporting,
-    resolve_resume,
-    resume_run,
-)
-from tinyexp_core.step_checkpoint import DataPosition
+from tinyexp_core.training import TrainingSession
 
 # torch loads when training starts, not when the class is imported (Dagster imports it to
 # build the launchpad's config schema).
@@ -130,17 +113,14 @@ class Exp(TinyExp):
 
     @dataclass
     class TrainCfg:
-        """How long to train and how often to report."""
+        """How long to train."""
 
         num_epochs: int = 20
-        log_every_n_steps: int = 5
         num_threads: int = 1  # torch CPU threads per rank; 0: torch's default
 
         def validate(self) -> None:
             if self.num_epochs < 1:
                 raise ConfigValueError("num_epochs", self.num_epochs, "an integer >= 1")
-            if self.log_every_n_steps < 1:
-                raise ConfigValueError("log_every_n_steps", self.log_every_n_steps, ">= 1")
             if self.num_threads < 0:
                 raise ConfigValueError("num_threads", self.num_threads, "an integer >= 0")
 
@@ -166,37 +146,54 @@ class Exp(TinyExp):
 
     # ------------------------------------------------------------------ train
     def train(self) -> TrainResult:
-        """Train with the configured accelerator; returns the run (rank 0's view)."""
-        threads = torch.get_num_threads()
+        """Train on every rank; returns the run (rank 0's view)."""
         if self.train_cfg.num_threads:
             # Threads only pay off for large kernels; on a 32 x 64 matmul they wait on each other.
             torch.set_num_threads(self.train_cfg.num_threads)
-        acc = self.accelerator_cfg.build_accelerator()
-        try:
-            return self._train(acc)
-        finally:
-            acc.destroy()
-            torch.set_num_threads(threads)  # the process may go on with other work
+        from tinyexp_core.data.tabular import load_tabular_split
 
-    def _train(self, acc: Any) -> TrainResult:
+        with TrainingSession(self) as session:
+            data = session.main_process_first(self._prepared)  # rank 0 prepares, others wait
+            mean, std = data.params["target_mean"], data.params["target_std"]
+            loader = self._loader(data, session.accelerator)
+            x_val, y_val = load_tabular_split(data.path, "val")
+            x_val, y_val = (
+                x_val[session.rank :: session.world_size],
+                y_val[session.rank :: session.world_size],
+            )
+            torch.manual_seed(self.seed)  # the same initial weights on every rank
+            model = self.module_cfg.build_module(data.shape[0])
+            optimizer = self.optimizer_cfg.build_optimizer(model.parameters())
+            # What every checkpoint holds; resumes from `resume_from` (mid-epoch too).
+            model = session.setup(
+                model, optimizer, num_epochs=self.train_cfg.num_epochs, num_steps=len(loader)
+            )
+            for _epoch in session.epochs():
+                model.train()
+                for x, y in session.batches(loader):
+                    x, y = x.to(session.device), y.to(session.device)
+                    with session.autocast():
+                        loss = F.mse_loss(model(x).float(), y)  # on standardized targets
+                    optimizer.zero_grad(set_to_none=True)
+                    session.backward(loss)
+                    optimizer.step()
+                    session.step(loss, len(y))  # progress, stop requests, step checkpoints
+                model.eval()
+                sums = self._error_sums(model, x_val, y_val, mean, std, session.device)
+                val = self._metrics(session.accelerator.reduce_sum(sums))
+                metrics = {"rmse": val["rmse"], "mae": val["mae"]}
+                session.end_epoch(val_loss=val["loss"], metrics=metrics)
+            return session.result()
+
+    def _loader(self, data: PreparedData, acc: Any) -> torch.utils.data.DataLoader:
+        """This rank's shuffled shard of the train split, targets standardized."""
         from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
         from tinyexp_core.data.tabular import load_tabular_split
 
-        started = time.perf_counter()
-        run_dir = self.ensure_run_dir()
-        logger = self.logger_cfg.build_logger(
-            run_dir, distributed_rank=acc.rank, extra_sink=get_log_forwarder()
-        )
-        if acc.is_main_process:
-            logger.info(f"run {self.run_id} in {run_dir}, world size {acc.world_size}")
-            logger.info(f"overrides: {self.overrided_cfg or 'none'}")
-
-        # data: rank 0 prepares (if needed) while the others wait; each rank gets a shard
-        data = main_process_first(acc, self._prepared)
-        target_mean, target_std = data.params["target_mean"], data.params["target_std"]
-        x_train, y_train = load_tabular_split(data.path, "train")
-        train_set = TensorDataset(x_train, (y_train - target_mean) / target_std)
+        x, y = load_tabular_split(data.path, "train")
+        mean, std = data.params["target_mean"], data.params["target_std"]
+        train_set = TensorDataset(x, (y - mean) / std)
         # DistributedSampler pads so every rank sees as many batches: unequal counts hang DDP
         sampler = DistributedSampler(
             train_set, num_replicas=acc.world_size, rank=acc.rank, shuffle=True, seed=self.seed
@@ -204,175 +201,12 @@ class Exp(TinyExp):
         # Its own generator: iterating a DataLoader draws a seed from the global RNG
         # otherwise, which a run resumed mid-epoch (RNG restored after that draw) would
         # draw again, shifting every dropout mask after it.
-        loader = DataLoader(
+        return DataLoader(
             train_set,
             batch_size=self.data_cfg.batch_size,
             sampler=sampler,
             generator=torch.Generator(),
         )
-        x_val, y_val = load_tabular_split(data.path, "val")
-        x_val, y_val = x_val[acc.rank :: acc.world_size], y_val[acc.rank :: acc.world_size]
-
-        # model, optimizer, and the checkpoint to resume from (same init on every rank)
-        torch.manual_seed(self.seed)
-        model = self.module_cfg.build_module(data.shape[0])
-        optimizer = self.optimizer_cfg.build_optimizer(model.parameters())
-        # An epoch checkpoint continues at the next epoch; a step checkpoint inside its
-        # epoch, with this rank's RNG as it was at that step.
-        resumed = resume_run(
-            resolve_resume(self.resume_from, self.checkpoint_cfg, run_dir, logger),
-            accelerator=acc,
-            num_steps=len(loader),
-            model=model,
-            optimizer=optimizer,
-            logger=logger,
-        )
-        position, step, history = resumed.position, resumed.step, resumed.history
-        if acc.is_main_process:
-            self.dump_config(run_dir)  # after the resume check: the checkpoints' description
-            logger.info("effective config:\n" + self.config_yaml())
-        model = acc.prepare_model(model)
-        manager = self.checkpoint_cfg.build_manager(run_dir)
-        reporter = self.progress_cfg.build_reporter(
-            self.run_id, is_main_process=acc.is_main_process
-        )
-        reporter.start(
-            asset=os.environ.get(ENV_ASSET, ""),
-            num_epochs=self.train_cfg.num_epochs,
-            num_steps=len(loader),  # per epoch
-            world_size=acc.world_size,
-            attempt=int(os.environ.get("TINYEXP_ATTEMPT", "1")),
-        )
-        # After each step: a stop request (checkpoint, then stop) or a periodic step
-        # checkpoint; the dict below is what it saves, plus position and every rank's RNG.
-        after_step = StepCheckpoints(
-            acc,
-            manager,
-            checkpoint_cfg=self.checkpoint_cfg,
-            num_steps=len(loader),
-            sampler_seed=self.seed,
-            fields=lambda: {
-                "model": acc.unwrap_model(model),
-                "optimizer": optimizer,
-                "config": self.config_dict(),
-                "exp_class": self.exp_class,
-                "extra": {"history": [r.to_dict() for r in history]},
-            },
-            reporter=reporter,
-            logger=logger,
-        )
-
-        first_new = len(history)
-        with reporting(reporter), after_step:
-            for epoch in range(position.epoch, self.train_cfg.num_epochs):
-                record = self._train_one_epoch(
-                    acc, model, optimizer, loader, epoch, step, reporter,
-                    start=position, after_step=after_step,
-                )  # fmt: skip
-                step = record.step
-                position = DataPosition(epoch=epoch + 1)
-                reporter.heartbeat()  # validation is part of the epoch, not a stall
-                model.eval()
-                sums = self._error_sums(model, x_val, y_val, target_mean, target_std, acc.device)
-                val = self._metrics(acc.reduce_sum(sums))
-                record.val_loss = val["loss"]
-                record.metrics = {"rmse": val["rmse"], "mae": val["mae"]}
-                history.append(record)
-                best = self._save_epoch(acc, manager, model, optimizer, history, reporter)
-                reporter.epoch_end(
-                    epoch=epoch,
-                    loss=record.train_loss,
-                    metrics={"val_rmse": val["rmse"], "val_loss": val["loss"], "best_metric": best},
-                )
-                logger.info(
-                    f"epoch {epoch + 1}/{self.train_cfg.num_epochs} "
-                    f"train_loss {record.train_loss:.4f} val_rmse {val['rmse']:.2f} "
-                    f"{record.samples_per_s:.0f} samples/s"
-                )
-
-        trained_now = [r.samples_per_s for r in history[first_new:]]
-        result = TrainResult(
-            run_id=self.run_id,
-            run_dir=run_dir,
-            checkpoints=Checkpoints(best=str(manager.best_path), last=str(manager.last_path)),
-            history=history,
-            primary_metric=self.primary_metric,
-            wall_time_s=time.perf_counter() - started,
-            world_size=acc.world_size,
-            config=self.config_dict(),
-            resumed_from=resumed.path,
-            samples_per_s=sum(trained_now) / len(trained_now) if trained_now else math.nan,
-        )
-        if acc.is_main_process:
-            best_epoch = result.best_record.epoch + 1
-            logger.info(f"best val rmse {result.best_value:.2f} at epoch {best_epoch}")
-        return result
-
-    def _train_one_epoch(
-        self, acc, model, optimizer, loader, epoch, step, reporter, *,
-        start: DataPosition | None = None, after_step=None,
-    ) -> EpochRecord:  # fmt: skip
-        """One pass over this rank's shard (from `start` when resuming mid-epoch); the
-        record's losses are averaged over all ranks. `after_step(step, position)` runs after
-        each optimizer step (stop requests, periodic step checkpoints)."""
-        position = start or DataPosition(epoch=epoch)
-        if position.step_in_epoch == 0:
-            # Seeded per epoch and rank: a run resumed at an epoch boundary sees the same
-            # dropout masks as an uninterrupted one (mid-epoch, the checkpoint's RNG does).
-            torch.manual_seed(self.seed + 1000 * epoch + acc.rank)
-        loader.sampler.set_epoch(epoch)  # the order depends on seed and epoch only
-        model.train()
-        loss_sum, seen, t0 = position.loss_sum, position.seen, time.perf_counter()
-        # Mid-epoch, the batches done before the stop are drawn and dropped (in memory: cheap).
-        batches = itertools.islice(enumerate(loader), position.step_in_epoch, None)
-        for i, (x, y) in batches:
-            x, y = x.to(acc.device), y.to(acc.device)
-            with acc.autocast():
-                loss = F.mse_loss(model(x).float(), y)  # on standardized targets
-            optimizer.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            optimizer.step()
-            step += 1
-            loss_sum += loss.item() * len(y)
-            seen += len(y)
-            if (i + 1) % self.train_cfg.log_every_n_steps == 0:
-                rate = seen * acc.world_size / max(time.perf_counter() - t0, 1e-9)
-                lr = optimizer.param_groups[0]["lr"]
-                reporter.step(epoch=epoch, step=i, loss=loss.item(), lr=lr, samples_per_s=rate)
-            if after_step is not None:
-                after_step(step, DataPosition(epoch, i + 1, loss_sum, seen))
-        elapsed = time.perf_counter() - t0
-        totals = acc.reduce_sum(torch.tensor([loss_sum, float(seen)], dtype=torch.float64))
-        return EpochRecord(
-            epoch=epoch,
-            step=step,
-            train_loss=float(totals[0] / totals[1]),
-            val_loss=math.nan,  # filled in by validation
-            lr=optimizer.param_groups[0]["lr"],
-            samples_per_s=float(totals[1]) / max(elapsed, 1e-9),
-            epoch_time_s=elapsed,
-        )
-
-    def _save_epoch(self, acc, manager, model, optimizer, history, reporter) -> float:
-        """Rank 0 writes last.pt (and best.pt); every rank waits. Returns the best rmse."""
-        record = history[-1]
-        best = self.primary_metric.best(r.metric("rmse") for r in history)
-        if acc.is_main_process:
-            state = ckpt.build_checkpoint(
-                model=acc.unwrap_model(model),
-                optimizer=optimizer,
-                epoch=record.epoch,
-                step=record.step,
-                config=self.config_dict(),
-                metrics={"train_loss": record.train_loss, **record.metrics},
-                exp_class=self.exp_class,
-                extra={"history": [r.to_dict() for r in history]},
-            )
-            is_best = self.primary_metric.is_at_least_as_good(record.metric("rmse"), best)
-            paths = manager.save(state, is_best=is_best)
-            reporter.checkpoint(path=paths["last"], epoch=record.epoch, best_metric=best)
-        acc.wait_for_everyone()
-        return best
 
     @staticmethod
     def _error_sums(model, x, y, target_mean, target_std, device) -> torch.Tensor:

@@ -126,7 +126,7 @@ def promote_run(
         "version": result.run_id,
         "source_run": result.run_id,
         "source_checkpoint": dg.MetadataValue.path(best),
-        f"val_{metric.name}": trained_model["best_value"],
+        metric.val_key: trained_model["best_value"],
         "config_hash": trained_model["config_hash"],
         "data_version": info["data_version"] or None,
         # before the gate: the champion_gate check's result says whether it moved

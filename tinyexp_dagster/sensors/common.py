@@ -1,8 +1,11 @@
-"""What the sensors share: settings from the environment, and access to
-the progress store (an outage becomes a `SkipReason`, rejected credentials raise)."""
+"""What the sensors share: settings from the environment, access to the progress store
+(an outage becomes a `SkipReason`, rejected credentials raise), and `shared_sensor`, the
+decorator of the sensors that belong to the code location rather than to one pipeline."""
 
+import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 import redis as redis_py
@@ -18,6 +21,47 @@ ENV_STALL_AFTER_S = "TINYEXP_STALL_AFTER_S"
 DEFAULT_STALL_AFTER_S = 600.0
 ENV_STALL_ACTION = "TINYEXP_STALL_ACTION"
 STALL_ACTIONS = ("report", "terminate")
+
+
+# ---------------------------------------------------------------- shared sensors
+
+
+class SharedSensorDefinition(dg.SensorDefinition):
+    """A sensor of the whole code location that every pipeline's Definitions lists.
+
+    Dagster keeps one definition per name only when the objects are the same, but a
+    component's Definitions are rewritten with its own metadata (`dagster/component_origin`,
+    code references) through `with_attributes`, which copies each sensor: two `defs/`
+    folders would then hold two different `training_progress_sensor`s. A shared sensor
+    belongs to no single component: a rewrite of its metadata (or of its own targets')
+    returns the sensor itself, so however many pipelines merge (folders, `pipeline_defs`,
+    both) it is defined once.
+    """
+
+    def with_attributes(
+        self,
+        *,
+        jobs: Sequence[Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dg.SensorDefinition:
+        # The same targets again (the component rewrites their metadata too) is no change.
+        if jobs is None or (self.has_jobs and [j.name for j in jobs] == self._job_names()):
+            return self
+        return super().with_attributes(jobs=jobs, metadata=metadata)
+
+    def _job_names(self) -> list[str]:
+        return [job.name for job in self.jobs]
+
+
+def shared_sensor(**kwargs: Any) -> Callable[[Callable[..., Any]], SharedSensorDefinition]:
+    """`@dg.sensor(**kwargs)`, building a `SharedSensorDefinition`."""
+
+    def decorate(fn: Callable[..., Any]) -> SharedSensorDefinition:
+        sensor = SharedSensorDefinition(evaluation_fn=fn, **kwargs)
+        functools.update_wrapper(sensor, wrapped=fn)
+        return sensor
+
+    return decorate
 
 
 # ---------------------------------------------------------------- environment

@@ -23,7 +23,7 @@ from tinyexp_core.stacks import StackReport
 from ..assets.training import RESUME_RUN_DIR_TAG
 from ..resources import RedisProgressResource, StorageResource
 from . import hang
-from .common import stall_action, stall_after_s, with_store
+from .common import shared_sensor, stall_action, stall_after_s, with_store
 
 STALLED_RUN_TAG = "tinyexp/stalled_run"
 # `<epoch>:<step>` where the stalled run hung, on its resume run: a second hang there fails.
@@ -42,7 +42,7 @@ _DAGSTER_FINAL = {
 _RETRAIN_ASSETS = ("trained_model", "model_checkpoint", "model_evaluation")
 
 
-@dg.sensor(
+@shared_sensor(
     name="stalled_training_sensor",
     # Shared by every pipeline: a resume run selects the stalled pipeline's own assets.
     target=dg.AssetSelection.all(),

@@ -17,7 +17,7 @@ from tinyexp_core.progress import (
 
 from ..assets.sweep import LEADERBOARD, leaderboard_metadata
 from ..resources import RedisProgressResource, StorageResource
-from .common import with_store
+from .common import shared_sensor, with_store
 
 TRAINED_MODEL = "trained_model"  # the last part of every pipeline's training asset key
 MAX_EVENTS_PER_TICK = 500  # a backlog is worked off over several ticks, in order
@@ -30,7 +30,7 @@ _OBSERVED_EVENTS = ("epoch_end", "finished", "failed")
 _EVENT_OWN_FIELDS = ("event", "run_id", "epoch", "loss", "status", "error", "path")
 
 
-@dg.sensor(
+@shared_sensor(
     name="training_progress_sensor",
     minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
