@@ -455,6 +455,7 @@ class CheckpointManager:
                 copy_checkpoint(self._last, self._best, sha, rehash=False)
                 written["best"] = str(self._best)
             self._prune(_EPOCH_FILE_RE)
+            self._written = True
         return written
 
     def save_step(self, state: dict[str, Any]) -> str:
@@ -470,15 +471,13 @@ class CheckpointManager:
             sha = save_checkpoint(state, self._last)
             copy_checkpoint(self._last, step_path, sha, rehash=False)
             self._prune(_STEP_FILE_RE)
+            self._written = True
         return str(step_path)
 
     def _check_directory(self) -> None:
-        """Warn (once per loss) when the directory this manager wrote to has vanished: the
-        write recreates it, but the checkpoints it held are gone."""
-        if self.directory.is_dir():
-            self._written = True
-        elif self._written:
-            self._written = False
+        """Warn when the directory this manager wrote to has vanished: the write recreates
+        it, but the checkpoints it held are gone."""
+        if self._written and not self.directory.is_dir():
             logger.warning(
                 f"checkpoint directory {self.directory} vanished; writing it anew "
                 "(the checkpoints it held are gone)"
