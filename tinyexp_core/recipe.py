@@ -83,6 +83,26 @@ def resolve_resume(
         return found
 
 
+def check_experiment_class(exp: Any, path: str, state: dict[str, Any]) -> None:
+    """Refuse a checkpoint another experiment class saved (ConfigValueError naming
+    `resume_from`); the experiment's own class, a parent or a subclass of it is fine."""
+    from tinyexp_core.config import load_exp_class
+    from tinyexp_core.exceptions import ConfigError, ConfigValueError
+
+    saved, current = str(state.get("exp_class") or ""), str(getattr(exp, "exp_class", ""))
+    if not saved or not current or saved == current:
+        return
+    try:
+        saved_cls = load_exp_class(saved)
+    except ConfigError:
+        saved_cls = None
+    mine = type(exp)
+    if saved_cls is not None and (issubclass(mine, saved_cls) or issubclass(saved_cls, mine)):
+        return
+    allowed = f"a checkpoint of {current} (this one was saved by {saved})"
+    raise ConfigValueError("resume_from", path, allowed)
+
+
 @dataclass
 class Resumed:
     """Where a run continues: its data position, global step, history so far and the file."""

@@ -237,3 +237,5 @@ def _check_pieces(
     if threshold is not None and not (has["train"] and has["evaluate"]):
         allowed = f"none: {what} has no primary_metric, train() and evaluate() to check"
         raise ConfigValueError(option, threshold, allowed)
+    if threshold is not None:
+        spec.primary_metric.check_threshold(option, threshold)

@@ -83,7 +83,19 @@ class TrainingSession:
             )
             self.logger.info(f"overrides: {self.exp.overrided_cfg or 'none'}")
         mark(f"process_group_ready_rank{self.rank}")
+        self._resume_from = self._find_resume()
         return self
+
+    def _find_resume(self) -> tuple[str, dict[str, Any]] | None:
+        """The checkpoint `resume_from` names (None: a fresh start), read and checked before
+        any data or model work: a missing, corrupt or foreign checkpoint fails here."""
+        from tinyexp_core.recipe import check_experiment_class, resolve_resume
+
+        exp = self.exp
+        found = resolve_resume(exp.resume_from, exp.checkpoint_cfg, self.run_dir, self.logger)
+        if found is not None:
+            check_experiment_class(exp, *found)
+        return found
 
     def __exit__(self, *exc: Any) -> bool | None:
         return self._stack.__exit__(*exc)
@@ -157,10 +169,9 @@ class TrainingSession:
         from `resume_from` when set, start progress and tracking; returns the model ready for
         training (DDP-wrapped on several ranks). `num_steps`: batches per epoch on this rank.
         Build the model with the same seed on every rank before calling it."""
-        from tinyexp_core.recipe import resolve_resume, resume_run
+        from tinyexp_core.recipe import resume_run
 
-        exp = self.exp
-        found = resolve_resume(exp.resume_from, exp.checkpoint_cfg, self.run_dir, self.logger)
+        exp, found = self.exp, self._resume_from
         resumed = resume_run(
             found,
             accelerator=self.accelerator,
