@@ -42,8 +42,9 @@ test-e2e: install ## end-to-end tests: browser UI, CLI subprocesses, daemon, Pos
 	bash scripts/install_chromium.sh
 	$(PY) -m pytest -q -m "(e2e or slow) and not nightly"
 
-# Not in CI (.ci/run): on a slow day each takes 5-8 min, and CI has 90 min for everything.
-test-nightly: install ## the longest tests: the 30-run soak, hang diagnosis and sweep end to end
+# Not in CI (.ci/run): on a slow day each takes 5-8 min, and CI has 90 min for everything;
+# CI's test-e2e runs their short variants (15-run soak, shorter steps and sensor intervals).
+test-nightly: install ## the long variants: the 30-run soak, hang diagnosis and sweep end to end
 	bash scripts/install_chromium.sh
 	$(PY) -m pytest -q -m nightly
 
