@@ -101,6 +101,9 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(
+            # A new local Ray, never one another process left in /tmp/ray/ray_current_cluster
+            # (a multi-node test cluster, a `ray start`).
+            address="local",
             num_cpus=2,
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
