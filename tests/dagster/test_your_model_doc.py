@@ -23,6 +23,7 @@ from dagster._core.test_utils import instance_for_test
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC = REPO_ROOT / "docs" / "your-model.md"
+DOC_IMAGES = REPO_ROOT / "docs" / "images"
 BLOCK = re.compile(r"<!-- (file|run): (\S+) -->\n```\w*\n(.*?)\n```", re.DOTALL)
 
 
@@ -46,7 +47,7 @@ def test_the_page_has_every_step() -> None:
         "regressor_project/defs/regressor_sweep/defs.yaml",
         "regressor_project/definitions.py",
     }
-    assert set(commands) == {"terminal", "materialize", "materialize-wine", "sweep"}
+    assert set(commands) == {"terminal", "materialize", "materialize-wine", "sweep", "compare"}
     assert "tinyexp_dagster.TinyExpPipeline" in files["regressor_project/defs/regressor/defs.yaml"]
 
 
@@ -148,6 +149,19 @@ def test_follow_the_page_from_an_empty_folder(ray_cluster, redis_url: str, tmp_p
         )
         assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
         _check_sweep(instance, run.stdout)
+        compared = subprocess.run(
+            ["bash", "-c", commands["compare"]],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert compared.returncode == 0, (compared.stdout + compared.stderr)[-4000:]
+        assert "lr=0.001" in compared.stdout and "lr=0.01" in compared.stdout
+        picture = project / "curves.png"
+        assert picture.read_bytes()[:4] == b"\x89PNG"
+        shutil.copyfile(picture, DOC_IMAGES / "sweep-compare.png")  # the page shows this run's
 
 
 def _check_sweep(instance: dg.DagsterInstance, printed: str) -> None:
