@@ -1,0 +1,162 @@
+"""The storage root on an S3-compatible server (moto over real HTTP): verified objects, the
+preflight's one-line failures, and uploads that fail, retry and recover or give up."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from tinyexp_core import storage
+from tinyexp_core.storage import (
+    ObjectIncompleteError,
+    RetryPolicy,
+    StorageUnreachableError,
+    Uploader,
+    UploadFailedError,
+)
+from tinyexp_core.storage.store import open_store, reset_stores
+
+from .s3_server import SECRET_KEY, free_port, s3_server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def s3(monkeypatch, tmp_path):
+    monkeypatch.setenv(storage.ENV_NODE_CACHE, str(tmp_path / "node-cache"))
+    with s3_server(monkeypatch) as server:
+        yield server
+
+
+def _one_line(err: BaseException, root: str) -> str:
+    text = str(err)
+    assert "\n" not in text
+    assert root in text
+    assert SECRET_KEY not in text and "AKIA" not in text
+    return text
+
+
+def test_local_root_maps_to_itself_and_uploads_nothing(tmp_path):
+    assert storage.localize(tmp_path) == tmp_path
+    assert storage.localize(f"file://{tmp_path}") == tmp_path
+    assert storage.uploader_for(tmp_path / "x.pt") is None
+    assert storage.publish(tmp_path) == []
+    storage.check_storage(str(tmp_path))  # no probe for a local root
+
+
+def test_publish_then_fetch_on_another_node_is_verified(s3, tmp_path, monkeypatch):
+    root = f"s3://{s3.bucket}/team"
+    storage.check_storage(root)
+    src = storage.local_path(f"{root}/runs/r1/checkpoints/last.pt")
+    src.parent.mkdir(parents=True)
+    src.write_bytes(b"weights" * 1000)
+    (published,) = storage.publish(src)
+    assert published == f"{root}/runs/r1/checkpoints/last.pt"
+    meta = json.loads(
+        s3.client()
+        .get_object(Bucket=s3.bucket, Key="team/runs/r1/checkpoints/last.pt.sha256")["Body"]
+        .read()
+    )
+    assert meta["size"] == 7000
+
+    monkeypatch.setenv(storage.ENV_NODE_CACHE, str(tmp_path / "other-node"))
+    got = storage.localize(f"{root}/runs/r1")  # a folder: every complete object in it
+    assert got == tmp_path / "other-node" / "s3" / s3.bucket / "team/runs/r1"
+    assert (got / "checkpoints/last.pt").read_bytes() == b"weights" * 1000
+
+
+def test_half_uploaded_object_is_never_taken(s3, tmp_path):
+    root = f"s3://{s3.bucket}/p"
+    store = open_store(root)
+    # An object without its sidecar: the upload stopped between the two PUTs.
+    store.write_bytes(f"{root}/ckpt/step_1.pt", b"half")
+    with pytest.raises(ObjectIncompleteError, match="no sha256 sidecar"):
+        store.fetch(f"{root}/ckpt/step_1.pt", tmp_path / "x.pt")
+    # A sidecar that belongs to other bytes (an overwrite cut short).
+    store.write_bytes(f"{root}/ckpt/step_1.pt.sha256", b'{"sha256": "00", "size": 4}')
+    with pytest.raises(ObjectIncompleteError, match="sidecar says"):
+        store.fetch(f"{root}/ckpt/step_1.pt", tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+    # A folder fetch leaves out objects without a sidecar.
+    store.write_bytes(f"{root}/ckpt/step_2.pt", b"in flight")
+    fetched = store.fetch_tree(f"{root}/ckpt", tmp_path / "tree")
+    assert not (fetched / "step_2.pt").exists()
+
+
+def test_endpoint_down_fails_fast_naming_the_uri(monkeypatch):
+    port = free_port()  # nothing listens here
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONG")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    reset_stores()
+    started = time.monotonic()
+    with pytest.raises(StorageUnreachableError) as info:
+        storage.check_storage("s3://any-bucket/prefix")
+    assert time.monotonic() - started < 30
+    assert info.value.kind == "unreachable"
+    _one_line(info.value, "s3://any-bucket/prefix")
+
+
+def test_missing_bucket_fails_naming_the_uri(s3):
+    root = "s3://no-such-bucket-tinyexp/prefix"
+    with pytest.raises(StorageUnreachableError) as info:
+        storage.check_storage(root)
+    assert info.value.kind == "missing"
+    _one_line(info.value, root)
+
+
+def test_wrong_key_fails_naming_the_uri(s3, monkeypatch):
+    import moto.settings
+
+    root = f"s3://{s3.bucket}/p"
+    # moto checks keys against its IAM once unauthenticated actions are used up.
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + SECRET_KEY)
+    reset_stores()
+    with pytest.raises(StorageUnreachableError) as info:
+        storage.check_storage(root)
+    assert info.value.kind == "credentials"
+    text = _one_line(info.value, root)
+    assert "wrong-" not in text
+
+
+def test_upload_failing_then_recovering_is_retried(s3, tmp_path):
+    root = f"s3://{s3.bucket}/p"
+    src = tmp_path / "last.pt"
+    src.write_bytes(b"x" * 4096)
+    uploader = Uploader(open_store(root), RetryPolicy(attempts=8, base_delay_s=0.2, max_delay_s=1))
+    s3.stop()  # the endpoint goes away, then comes back while the uploader retries
+    restart = threading.Timer(1.5, s3.start)
+    restart.start()
+    uploader.submit(src, f"{root}/runs/r/last.pt")
+    uploader.flush(timeout_s=60)
+    restart.join()
+    assert uploader.uploaded == [f"{root}/runs/r/last.pt"]
+    assert open_store(root).remote_sha(f"{root}/runs/r/last.pt")[1] == 4096
+    uploader.close()
+
+
+def test_upload_failing_for_good_names_the_local_file(s3, tmp_path):
+    root = f"s3://{s3.bucket}/p"
+    src = tmp_path / "step_000000010.pt"
+    src.write_bytes(b"y" * 100)
+    uploader = Uploader(open_store(root), RetryPolicy(attempts=3, base_delay_s=0.05))
+    s3.stop()
+    try:
+        uploader.submit(src, f"{root}/runs/r/step_000000010.pt")
+        with pytest.raises(UploadFailedError) as info:
+            uploader.flush(timeout_s=60)
+    finally:
+        s3.start()
+    err = info.value
+    assert err.attempts == 3 and err.local_path == str(src)
+    assert str(src) in str(err) and "kept on this node's local disk" in str(err)
+    assert src.read_bytes() == b"y" * 100  # nothing saved is lost
+    with pytest.raises(UploadFailedError):  # the next submit (the next step) fails too
+        uploader.submit(src, f"{root}/runs/r/again.pt")
+    # Nothing half-published: no sidecar vouches for bytes that never arrived.
+    with pytest.raises(ObjectIncompleteError):
+        open_store(root).remote_sha(f"{root}/runs/r/step_000000010.pt")
