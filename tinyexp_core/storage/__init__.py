@@ -41,6 +41,7 @@ __all__ = [
     "is_remote",
     "local_path",
     "localize",
+    "localize_dataset",
     "node_cache_dir",
     "publish",
     "to_uri",
@@ -63,6 +64,19 @@ def localize(location: str | os.PathLike[str]) -> Path:
     if store.exists(text + SIDECAR_SUFFIX):
         return store.fetch(text)
     return store.fetch_tree(text)
+
+
+def localize_dataset(location: str | os.PathLike[str], manifest_name: str) -> Path:
+    """The local folder of a prepared dataset (its folder, or its manifest file) on this node:
+    a remote one fetched whole into the mirror (every file verified), a local one as it is."""
+    text = os.fspath(location)
+    if not is_remote(text):
+        return Path(text)
+    folder = text.rstrip("/")
+    if folder.endswith("/" + manifest_name):
+        folder = folder[: -len(manifest_name) - 1]
+    localized = localize(folder)
+    return localized / manifest_name if text.rstrip("/") != folder else localized
 
 
 def fetch_mirror(directory: str | os.PathLike[str]) -> bool:

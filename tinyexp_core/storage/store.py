@@ -78,7 +78,7 @@ def _sidecar_json(sha: str, size: int) -> bytes:
     return json.dumps({"sha256": sha, "size": size}, indent=1).encode()
 
 
-def _local_sidecar(path: Path) -> tuple[str, int] | None:
+def local_sidecar(path: Path) -> tuple[str, int] | None:
     """(sha256, size) from a local file's sidecar when it describes the file as it is."""
     sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
     try:
@@ -119,11 +119,12 @@ class ObjectStore:
             return []
         return [f"{scheme}://{p}" if "://" not in p else p for p in found]
 
-    def publish(self, path: str | Path, uri: str) -> str:
-        """Upload a local file to `uri`, then its sidecar; return its sha256. The file's
-        own sidecar (a checkpoint's) is trusted when it matches the size, else it is hashed."""
+    def publish(self, path: str | Path, uri: str, known: tuple[str, int] | None = None) -> str:
+        """Upload a local file to `uri`, then its sidecar; return its sha256. `known` (sha256,
+        size), else the file's own sidecar (a checkpoint's) when it matches the size, is
+        trusted; otherwise the file is hashed."""
         path = Path(path)
-        known = _local_sidecar(path)
+        known = known or local_sidecar(path)
         sha, size = known if known is not None else (sha256_file(path), path.stat().st_size)
         self.fs.put_file(str(path), uri)
         self.fs.pipe_file(uri + SIDECAR_SUFFIX, _sidecar_json(sha, size))
@@ -144,7 +145,7 @@ class ObjectStore:
         against its sidecar; a local copy that already matches is kept (the node cache)."""
         path = Path(path) if path is not None else local_path(uri)
         sha, size = self.remote_sha(uri)
-        if _local_sidecar(path) == (sha, size):
+        if local_sidecar(path) == (sha, size):
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)

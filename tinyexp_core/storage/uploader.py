@@ -9,6 +9,7 @@ times. One that keeps failing is kept as an `UploadFailedError` naming the local
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -20,9 +21,17 @@ from loguru import logger
 from tinyexp_core.redaction import redact_text
 
 from .errors import UploadFailedError
-from .store import ObjectStore
+from .store import ObjectStore, local_sidecar
 
 __all__ = ["RetryPolicy", "Uploader"]
+
+
+@dataclass(frozen=True)
+class _Item:
+    staged: Path  # what is read: the file, or a hard link to it taken at submit
+    uri: str
+    source: Path  # the file as the run names it (what an error names)
+    known: tuple[str, int] | None  # (sha256, size) recorded when it was written
 
 
 @dataclass(frozen=True)
@@ -44,15 +53,29 @@ class Uploader:
         self.store = store
         self.policy = policy or RetryPolicy()
         self.uploaded: list[str] = []  # URIs done, in order (tests, the run record)
-        self._queue: queue.Queue[tuple[Path, str] | None] = queue.Queue()
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._counter, self._counter_lock = 0, threading.Lock()
         self._failure: UploadFailedError | None = None
         self._thread = threading.Thread(target=self._work, name="tinyexp-upload", daemon=True)
         self._thread.start()
 
-    def submit(self, path: str | Path, uri: str) -> None:
-        """Queue `path` for `uri`; raises an earlier upload's failure first."""
+    def submit(self, path: str | Path, uri: str, *, snapshot: bool = False) -> None:
+        """Queue `path` for `uri`; raises an earlier upload's failure first.
+
+        `snapshot=True`: the bytes as they are now (a hard link beside the file, with the
+        sha256 its sidecar records), for a file the next save replaces (last.pt) while it
+        waits in the queue."""
         self.check()
-        self._queue.put((Path(path), uri))
+        path = Path(path)
+        if not snapshot:
+            self._queue.put(_Item(path, uri, path, None))
+            return
+        known = local_sidecar(path)
+        with self._counter_lock:
+            self._counter += 1
+            staged = path.with_name(f".upload-{os.getpid()}-{self._counter}-{path.name}")
+        os.link(path, staged)  # same inode: a later os.replace of `path` leaves it alone
+        self._queue.put(_Item(staged, uri, path, known))
 
     def check(self) -> None:
         """Raise the failure of an upload that ran out of retries, if any."""
@@ -83,15 +106,25 @@ class Uploader:
                 if item is None:
                     return
                 if self._failure is None:  # after a failure, later files stay local too
-                    self._upload(*item)
+                    self._upload(item)
+                elif item.staged != item.source:
+                    item.staged.unlink(missing_ok=True)
             finally:
                 self._queue.task_done()
 
-    def _upload(self, path: Path, uri: str) -> None:
+    def _upload(self, item: _Item) -> None:
+        try:
+            self._retry(item)
+        finally:
+            if item.staged != item.source:
+                item.staged.unlink(missing_ok=True)
+
+    def _retry(self, item: _Item) -> None:
+        path, uri = item.staged, item.uri
         failures = 0
         while True:
             try:
-                self.store.publish(path, uri)
+                self.store.publish(path, uri, item.known)
                 self.uploaded.append(uri)
                 return
             except FileNotFoundError as err:
@@ -104,13 +137,13 @@ class Uploader:
                 reason = f"{type(err).__name__}: {err}"
             failures += 1
             if failures >= self.policy.attempts:
-                self._failure = UploadFailedError(str(path), uri, failures, reason)
+                self._failure = UploadFailedError(str(item.source), uri, failures, reason)
                 logger.error(str(self._failure))
                 return
             delay = self.policy.delay(failures)
             logger.warning(
                 "upload of {} failed ({}); retry {} of {} in {:.1f} s",
-                path,
+                item.source,
                 redact_text(reason).splitlines()[0],
                 failures,
                 self.policy.attempts - 1,
