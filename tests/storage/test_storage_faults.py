@@ -160,3 +160,55 @@ def test_upload_failing_for_good_names_the_local_file(s3, tmp_path):
     # Nothing half-published: no sidecar vouches for bytes that never arrived.
     with pytest.raises(ObjectIncompleteError):
         open_store(root).remote_sha(f"{root}/runs/r/step_000000010.pt")
+
+
+def _state(epoch: int, step: int) -> dict:
+    import torch
+
+    return {
+        "format": "tinyexp.checkpoint/1",
+        "model": {"w": torch.full((64,), float(step))},
+        "epoch": epoch,
+        "step": step,
+    }
+
+
+def test_checkpoints_upload_in_background_and_resume_on_another_node(s3, tmp_path, monkeypatch):
+    from tinyexp_core.checkpoint import CheckpointManager
+
+    run = f"s3://{s3.bucket}/root/runs/r7/checkpoints"
+    manager = CheckpointManager(storage.local_path(run))
+    assert manager.remote == run
+    manager.save(_state(0, 10), is_best=True)
+    manager.save_step(_state(1, 15))
+    manager.flush_uploads(timeout_s=60)
+    store = open_store(run)
+    names = sorted(u.rsplit("/", 1)[1] for u in store.list_files(run))
+    assert names == sorted(
+        n + s
+        for n in ("best.pt", "epoch_0000.pt", "last.pt", "step_000000015.pt")
+        for s in ("", ".sha256")
+    )
+    assert not [p for p in manager.directory.iterdir() if p.name.startswith(".upload-")]
+
+    monkeypatch.setenv(storage.ENV_NODE_CACHE, str(tmp_path / "node-b"))  # another node
+    other = CheckpointManager(storage.local_path(run))
+    assert other.directory != manager.directory and not other.directory.exists()
+    path, state = other.latest_valid()
+    assert path.startswith(str(tmp_path / "node-b")) and state["step"] == 15
+    best_path, best = other.best_valid()
+    assert best["step"] == 10
+
+
+def test_a_local_root_never_opens_a_store(tmp_path, monkeypatch):
+    from tinyexp_core.checkpoint import CheckpointManager
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a local root must not reach fsspec")
+
+    monkeypatch.setattr("tinyexp_core.storage.store.open_store", refuse)
+    manager = CheckpointManager(tmp_path / "ckpt")
+    assert manager.remote == ""
+    manager.save(_state(0, 1), is_best=True)
+    manager.flush_uploads()
+    assert manager.latest_valid()[1]["step"] == 1

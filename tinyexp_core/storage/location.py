@@ -45,7 +45,7 @@ def is_remote(root: str | os.PathLike[str]) -> bool:
 def node_cache_dir() -> Path:
     """This node's cache of remote objects: `$TINYEXP_NODE_CACHE`, else ~/.cache/tinyexp/storage.
     Every rank on a node shares it; nothing in it is the record (the bucket is)."""
-    return Path(os.environ.get(ENV_NODE_CACHE) or DEFAULT_NODE_CACHE).expanduser().absolute()
+    return Path(os.environ.get(ENV_NODE_CACHE) or DEFAULT_NODE_CACHE).expanduser().resolve()
 
 
 def local_path(location: str | os.PathLike[str]) -> Path:
@@ -71,10 +71,12 @@ def to_uri(path: str | os.PathLike[str]) -> str:
     text = os.fspath(path)
     if _split(text) is not None:
         return text
-    try:
-        relative = Path(text).absolute().relative_to(node_cache_dir())
-    except ValueError:
-        return text
+    cache, path = node_cache_dir(), Path(text).absolute()
+    if not path.is_relative_to(cache):
+        path = path.resolve()  # a path through a symlink to the cache
+        if not path.is_relative_to(cache):
+            return text
+    relative = path.relative_to(cache)
     scheme, *rest = relative.parts
     if not rest:
         return text
