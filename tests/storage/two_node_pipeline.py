@@ -1,0 +1,141 @@
+"""The pipeline on a two-node Ray with the storage root in an S3-compatible server: run as
+a program (its own Ray cluster, apart from the test session's), it prints one JSON report.
+
+Node A (the head, custom resource `node_a`) and node B (`node_b`) each have one CPU, so the
+two ranks land one per node, and each its own node cache and temp dir. The driver works in a
+third cache. The driver's copy of the prepared dataset is deleted before training: a rank
+that read the driver's storage directory instead of the bucket would fail.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+
+def main(work: Path, redis_url: str) -> dict:
+    import pytest
+
+    from tests.storage.s3_server import s3_server
+
+    with pytest.MonkeyPatch.context() as mp, s3_server(mp) as s3:
+        return _run(work, redis_url, s3, mp)
+
+
+def _cluster(work: Path):
+    from ray.cluster_utils import Cluster
+
+    nodes = {}
+    for name in ("node_a", "node_b"):
+        (work / name / "tmp").mkdir(parents=True)
+        nodes[name] = {
+            "num_cpus": 1,
+            "resources": {name: 1},
+            "env_vars": {
+                "TINYEXP_NODE_CACHE": str(work / name / "cache"),
+                "TMPDIR": str(work / name / "tmp"),
+            },
+            "object_store_memory": 128 * 1024 * 1024,
+        }
+    cluster = Cluster(initialize_head=True, head_node_args=nodes["node_a"])
+    cluster.add_node(**nodes["node_b"])
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def _run(work: Path, redis_url: str, s3, mp) -> dict:
+    import dagster as dg
+    from dagster._core.test_utils import instance_for_test
+
+    from tests.dagster.support import ASSET_CHECKS, ASSETS, key, run_config
+    from tinyexp_core.storage import local_path
+    from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
+
+    root = f"s3://{s3.bucket}/team"
+    cluster = _cluster(work)  # its raylets inherit the AWS_* environment set above
+    mp.setenv("TINYEXP_NODE_CACHE", str(work / "driver" / "cache"))
+    resources = {
+        "ray": RayDDPResource(address=cluster.address, num_workers=2, num_cpus_per_worker=1),
+        "redis": RedisProgressResource(url=redis_url),
+        "storage": StorageResource(root=root),
+    }
+    report: dict = {"root": root, "bucket": s3.bucket}
+    try:
+        with instance_for_test() as instance:
+
+            def materialize(names: list[str]) -> dg.ExecuteInProcessResult:
+                return dg.materialize(
+                    [*ASSETS, *ASSET_CHECKS],
+                    selection=[key(n) for n in names],
+                    instance=instance,
+                    resources=resources,
+                    run_config=run_config(names),
+                )
+
+            materialize(["prepared_dataset"])
+            driver_mirror = local_path(root)
+            shutil.rmtree(driver_mirror / "datasets")  # ranks must read the bucket
+            done = materialize(["trained_model", "model_checkpoint", "model_evaluation"])
+            report["success"] = done.success
+            report["trained"] = done.output_for_node("mnist__trained_model")
+            report["checkpoint"] = done.output_for_node("mnist__model_checkpoint")
+            report["checks"] = {
+                e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+                for e in done.all_events
+                if e.event_type_value == "ASSET_CHECK_EVALUATION"
+            }
+            report["driver_files"] = sorted(
+                p.relative_to(driver_mirror).as_posix()
+                for p in driver_mirror.rglob("*")
+                if p.is_file()
+            )
+        report["node_files"] = {
+            name: sorted(
+                p.relative_to(work / name / "cache").as_posix()
+                for p in (work / name / "cache").rglob("*")
+                if p.is_file()
+            )
+            for name in ("node_a", "node_b")
+        }
+        objects = s3.client().list_objects_v2(Bucket=s3.bucket).get("Contents", [])
+        report["objects"] = sorted(o["Key"] for o in objects)
+        report["champion"] = _champion(s3, report)
+        run = f"team/runs/{report['trained']['run_id']}"
+        report["records"] = {
+            name: s3.client()
+            .get_object(Bucket=s3.bucket, Key=f"{run}/{name}")["Body"]
+            .read()
+            .decode()
+            for name in ("config.yaml", "log.txt")
+        }
+    finally:
+        cluster.shutdown()
+    return report
+
+
+def _champion(s3, report: dict) -> dict:
+    """The champion alias and its model.pt as the bucket holds them, hashed here."""
+    import hashlib
+
+    client = s3.client()
+    alias = json.loads(
+        client.get_object(Bucket=s3.bucket, Key="team/models/mnist/champion.json")["Body"].read()
+    )
+    model_key = f"team/models/mnist/{alias['version']}/model.pt"
+    data = client.get_object(Bucket=s3.bucket, Key=model_key)["Body"].read()
+    sidecar = json.loads(
+        client.get_object(Bucket=s3.bucket, Key=model_key + ".sha256")["Body"].read()
+    )
+    return {
+        "version": alias["version"],
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "sidecar": sidecar,
+        "size": len(data),
+    }
+
+
+if __name__ == "__main__":
+    out = main(Path(sys.argv[1]), sys.argv[2])
+    print("REPORT " + json.dumps(out, default=str))
