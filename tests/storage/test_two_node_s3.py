@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
 
 
-def _run(work: Path, redis_url: str) -> dict:
+def _run(work: Path, redis_url: str, mode: str = "pipeline") -> dict:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -27,7 +27,7 @@ def _run(work: Path, redis_url: str) -> dict:
         if name.startswith(("AWS_", "RAY_ADDRESS", "TINYEXP_NODE_CACHE")):
             del env[name]
     done = subprocess.run(
-        [sys.executable, "-m", "tests.storage.two_node_pipeline", str(work), redis_url],
+        [sys.executable, "-m", "tests.storage.two_node_pipeline", str(work), redis_url, mode],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -98,3 +98,28 @@ def test_pipeline_on_two_nodes_with_the_storage_root_in_s3(tmp_path: Path, redis
     for text in (report["log"], *report["records"].values()):
         assert SECRET_KEY not in text and ACCESS_KEY not in text
     assert "effective config" in report["records"]["log.txt"]
+
+
+@pytest.mark.slow
+def test_rank_killed_on_node_b_resumes_from_the_bucket_on_another_node(
+    tmp_path: Path, redis_url: str
+):
+    """The rank on node B is SIGKILLed inside epoch 1 (after the step checkpoint of global
+    step 24 is in the bucket); node B goes, node C (empty cache) comes; Dagster's retry
+    resumes from the bucket's step checkpoint and ends with the weights (torch.equal) of a
+    run that was never interrupted."""
+    report = _run(tmp_path, redis_url, "kill")
+    assert "error" not in report, report.get("error")
+    assert report["ranks_on_nodes"] == 2 and report["node_c_alive"]
+    assert report["killed_success"] and report["full_success"]
+    assert report["resumed_from"].startswith("s3://")
+    assert "/checkpoints/step_0000000" in report["resumed_from"]
+    assert report["history"] == [0, 1]
+    # Node C had nothing: what the retry's rank there resumed from came from the bucket.
+    assert any("/checkpoints/step_" in f for f in report["node_c_files"])
+    assert "resumed from " + str(tmp_path / "node_c" / "cache") in report["log"] or any(
+        "resumed from " + str(tmp_path / "node_a" / "cache") in line
+        for line in report["log"].splitlines()
+    )
+    assert report["step"][0] == report["step"][1]
+    assert report["different"] == [], f"tensors differ after the resume: {report['different']}"

@@ -15,13 +15,31 @@ import sys
 from pathlib import Path
 
 
-def main(work: Path, redis_url: str) -> dict:
+def main(work: Path, redis_url: str, mode: str) -> dict:
     import pytest
 
     from tests.storage.s3_server import s3_server
 
     with pytest.MonkeyPatch.context() as mp, s3_server(mp) as s3:
+        if mode == "kill":
+            from tests.storage.two_node_kill import run_kill
+
+            return run_kill(work, redis_url, s3, mp, _cluster)
         return _run(work, redis_url, s3, mp)
+
+
+def node_args(work: Path, name: str) -> dict:
+    """One CPU, a custom resource named after the node, its own node cache and temp dir."""
+    (work / name / "tmp").mkdir(parents=True)
+    return {
+        "num_cpus": 1,
+        "resources": {name: 1},
+        "env_vars": {
+            "TINYEXP_NODE_CACHE": str(work / name / "cache"),
+            "TMPDIR": str(work / name / "tmp"),
+        },
+        "object_store_memory": 128 * 1024 * 1024,
+    }
 
 
 def _cluster(work: Path):
@@ -29,16 +47,7 @@ def _cluster(work: Path):
 
     nodes = {}
     for name in ("node_a", "node_b"):
-        (work / name / "tmp").mkdir(parents=True)
-        nodes[name] = {
-            "num_cpus": 1,
-            "resources": {name: 1},
-            "env_vars": {
-                "TINYEXP_NODE_CACHE": str(work / name / "cache"),
-                "TMPDIR": str(work / name / "tmp"),
-            },
-            "object_store_memory": 128 * 1024 * 1024,
-        }
+        nodes[name] = node_args(work, name)
     cluster = Cluster(initialize_head=True, head_node_args=nodes["node_a"])
     cluster.add_node(**nodes["node_b"])
     cluster.wait_for_nodes()
@@ -137,5 +146,5 @@ def _champion(s3, report: dict) -> dict:
 
 
 if __name__ == "__main__":
-    out = main(Path(sys.argv[1]), sys.argv[2])
+    out = main(Path(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "pipeline")
     print("REPORT " + json.dumps(out, default=str))

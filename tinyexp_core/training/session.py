@@ -276,7 +276,7 @@ class TrainingSession:
             wall_time_s=time.perf_counter() - self._started,
             world_size=self.world_size,
             config=self.exp.config_dict(),
-            resumed_from=self.resumed_from,
+            resumed_from=to_uri(self.resumed_from) if self.resumed_from else "",
             samples_per_s=sum(trained_now) / len(trained_now) if trained_now else math.nan,
         )
         result.tracker.update(loop.finish_tracker(result.to_dict()))
