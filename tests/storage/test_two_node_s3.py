@@ -24,7 +24,7 @@ def _run(work: Path, redis_url: str, mode: str = "pipeline") -> dict:
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     for name in list(env):
-        if name.startswith(("AWS_", "RAY_ADDRESS", "TINYEXP_NODE_CACHE")):
+        if name.startswith(("AWS_", "RAY_ADDRESS", "RAY_AUTH", "TINYEXP_NODE_CACHE")):
             del env[name]
     done = subprocess.run(
         [sys.executable, "-m", "tests.storage.two_node_pipeline", str(work), redis_url, mode],
@@ -50,6 +50,7 @@ def test_pipeline_on_two_nodes_with_the_storage_root_in_s3(tmp_path: Path, redis
     assert trained["config"]["data_cfg"]["prepared_path"].startswith(f"{root}/datasets/")
     assert trained["checkpoints"]["best"] == f"{root}/runs/{run_id}/checkpoints/best.pt"
     assert trained["world_size"] == 2
+    assert report["tokenless_rc"] != 0  # the cluster really asks for the token
 
     # Each node read the dataset from the bucket into its own cache: the driver's copy was
     # deleted before training, so no rank could have read it.
@@ -94,9 +95,10 @@ def test_pipeline_on_two_nodes_with_the_storage_root_in_s3(tmp_path: Path, redis
     }
     # No credential in the step logs or in the records the run left in the bucket.
     from tests.storage.s3_server import ACCESS_KEY, SECRET_KEY
+    from tests.storage.two_node_pipeline import RAY_TOKEN
 
     for text in (report["log"], *report["records"].values()):
-        assert SECRET_KEY not in text and ACCESS_KEY not in text
+        assert SECRET_KEY not in text and ACCESS_KEY not in text and RAY_TOKEN not in text
     assert "effective config" in report["records"]["log.txt"]
 
 

@@ -10,9 +10,12 @@ that read the driver's storage directory instead of the bucket would fail.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
+
+RAY_TOKEN = "tinyexp-ray-token-0123456789abcdef0123456789abcdef"
 
 
 def main(work: Path, redis_url: str, mode: str) -> dict:
@@ -21,6 +24,10 @@ def main(work: Path, redis_url: str, mode: str) -> dict:
     from tests.storage.s3_server import s3_server
 
     with pytest.MonkeyPatch.context() as mp, s3_server(mp) as s3:
+        # A token-auth cluster, as Ray 2.59+ makes by default: nodes, driver and ranks read
+        # the token from the environment; the test checks that no log shows it.
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN", RAY_TOKEN)
         if mode == "kill":
             from tests.storage.two_node_kill import run_kill
 
@@ -111,6 +118,7 @@ def _run(work: Path, redis_url: str, s3, mp) -> dict:
         objects = s3.client().list_objects_v2(Bucket=s3.bucket).get("Contents", [])
         report["objects"] = sorted(o["Key"] for o in objects)
         report["champion"] = _champion(s3, report)
+        report["tokenless_rc"] = _connect_without_token(cluster.address, work)
         run = f"team/runs/{report['trained']['run_id']}"
         report["records"] = {
             name: s3.client()
@@ -122,6 +130,24 @@ def _run(work: Path, redis_url: str, s3, mp) -> dict:
     finally:
         cluster.shutdown()
     return report
+
+
+def _connect_without_token(address: str, work: Path) -> int:
+    """The exit status of a driver that connects without the token (nonzero: refused)."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    env["HOME"] = str(work / "tokenless-home")  # no ~/.ray/auth_token either
+    code = f"import ray; ray.init(address={address!r}, log_to_driver=False)"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return -1
+    # Refused for the token, not for something else.
+    refused = "token" in (done.stdout + done.stderr).decode(errors="replace").lower()
+    return done.returncode if refused else 0
 
 
 def _champion(s3, report: dict) -> dict:
