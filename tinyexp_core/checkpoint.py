@@ -426,8 +426,8 @@ class CheckpointManager:
             if is_best:
                 copy_checkpoint(self._last, self._best, sha, rehash=False)
                 written["best"] = str(self._best)
-            self._prune(_EPOCH_FILE_RE)
             self._upload(epoch_path, *([self._best] if is_best else []), self._last)
+            self._prune(_EPOCH_FILE_RE)
         return written
 
     def save_step(self, state: dict[str, Any]) -> str:
@@ -441,8 +441,8 @@ class CheckpointManager:
         with self._lock:
             sha = save_checkpoint(state, self._last)
             copy_checkpoint(self._last, step_path, sha, rehash=False)
-            self._prune(_STEP_FILE_RE)
             self._upload(step_path, self._last)
+            self._prune(_STEP_FILE_RE)
         return str(step_path)
 
     def _upload(self, *paths: Path) -> None:

@@ -74,7 +74,11 @@ class Uploader:
         with self._counter_lock:
             self._counter += 1
             staged = path.with_name(f".upload-{os.getpid()}-{self._counter}-{path.name}")
-        os.link(path, staged)  # same inode: a later os.replace of `path` leaves it alone
+        try:
+            os.link(path, staged)  # same inode: a later os.replace of `path` leaves it alone
+        except FileNotFoundError:  # removed already (retention): a newer file supersedes it
+            logger.debug("upload of {} skipped: file gone", path)
+            return
         self._queue.put(_Item(staged, uri, path, known))
 
     def check(self) -> None:
