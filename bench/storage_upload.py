@@ -88,25 +88,10 @@ def _resume_times(root: str, run: str, local_dir: str, reps: int, cache: Path) -
     return {"bucket": bucket, "local": local}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Alternating trials off / on / off again; then resume times; save the comparisons."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="steps per trial")
-    parser.add_argument("--every", type=int, default=20, help="a step checkpoint every N steps")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--trials", type=int, default=6, help="rounds (>= 2 for an interval)")
-    parser.add_argument("--resumes", type=int, default=5, help="resumes timed, each side")
-    add_results_arg(parser)
-    args = parser.parse_args(argv)
-    if args.every < 1 or args.steps < args.every:
-        parser.error("--every must be >= 1 and at most --steps: a trial must checkpoint")
-
-    import torch
-
+def _measure(args: argparse.Namespace) -> tuple[dict[str, list[list[float]]], dict]:
+    """Step times per side and trial, then resume times, against a server started here."""
     from tinyexp_core import storage
 
-    run = Run("storage_upload", {k: v for k, v in vars(args).items() if k != "results_dir"})
-    torch.set_num_threads(1)
     server = _server()
     root = "s3://bench/root"
     times: dict[str, list[list[float]]] = {side: [] for side in SIDES}
@@ -126,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    return times, resumes
+
+
+def _comparisons(args: argparse.Namespace, times: dict, resumes: dict) -> list[dict]:
     mean = {side: [statistics.fmean(t) for t in trials] for side, trials in times.items()}
     for side in SIDES:
         flat = [x for trial in times[side] for x in trial]
@@ -136,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     for side, values in resumes.items():
         print(f"resume from {side}: median {statistics.median(values) * 1e3:.1f} ms", flush=True)
-    comparisons = [
+    return [
         compare(
             f"13. step time, background upload of step checkpoints every {args.every} "
             "steps on / off",
@@ -157,6 +146,25 @@ def main(argv: list[str] | None = None) -> int:
             what="seconds from CheckpointManager.latest_valid() call to the loaded state",
         ),
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Alternating trials off / on / off again; then resume times; save the comparisons."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="steps per trial")
+    parser.add_argument("--every", type=int, default=20, help="a step checkpoint every N steps")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--trials", type=int, default=6, help="rounds (>= 2 for an interval)")
+    parser.add_argument("--resumes", type=int, default=5, help="resumes timed, each side")
+    add_results_arg(parser)
+    args = parser.parse_args(argv)
+    if args.every < 1 or args.steps < args.every:
+        parser.error("--every must be >= 1 and at most --steps: a trial must checkpoint")
+    import torch
+
+    run = Run("storage_upload", {k: v for k, v in vars(args).items() if k != "results_dir"})
+    torch.set_num_threads(1)
+    times, resumes = _measure(args)
     notes = (
         f"The MNIST example's network and Adam on one random batch of {args.batch} images, "
         f"1 torch thread, {args.steps} steps per trial, a step checkpoint every {args.every} "
@@ -165,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "uploaded in the background with its sha256 sidecar. Resume: latest_valid() in a "
         "fresh node cache (list, download, verify sha256, load) against the same from disk."
     )
+    comparisons = _comparisons(args, times, resumes)
     run.save({"step_s": times, "resume_s": resumes}, comparisons, args.results_dir, notes)
     return 0
 

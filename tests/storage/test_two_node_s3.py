@@ -43,8 +43,7 @@ def test_pipeline_on_two_nodes_with_the_storage_root_in_s3(tmp_path: Path, redis
     report = _run(tmp_path, redis_url)
     assert report["success"], "the pipeline failed"
     run_id = report["trained"]["run_id"]
-    root = report["root"]
-    trained = report["trained"]
+    root, trained = report["root"], report["trained"]
     # The ranks were told URIs, and said URIs back.
     assert trained["config"]["output_root"] == f"{root}/runs"
     assert trained["config"]["data_cfg"]["prepared_path"].startswith(f"{root}/datasets/")

@@ -116,9 +116,16 @@ def _weights(s3: Any, run_id: str) -> dict:
     return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
 
 
+def _compare(ours: dict, theirs: dict, cache_c: Path) -> dict:
+    import torch
+
+    different = [k for k in ours["model"] if not torch.equal(ours["model"][k], theirs["model"][k])]
+    files = sorted(p.relative_to(cache_c).as_posix() for p in cache_c.rglob("*.pt"))
+    return {"different": different, "step": [ours["step"], theirs["step"]], "node_c_files": files}
+
+
 def run_kill(work: Path, redis_url: str, s3: Any, mp: Any, make_cluster: Any) -> dict:
     import dagster as dg
-    import torch
     from dagster._core.test_utils import instance_for_test
 
     from tests.dagster.support import ASSETS, key
@@ -166,16 +173,7 @@ def run_kill(work: Path, redis_url: str, s3: Any, mp: Any, make_cluster: Any) ->
             )
             report["full_success"] = full.success
             ours, theirs = _weights(s3, killed.run_id), _weights(s3, full.run_id)
-        report["different"] = [
-            k for k in ours["model"] if not torch.equal(ours["model"][k], theirs["model"][k])
-        ]
-        report["step"] = [ours["step"], theirs["step"]]
-        cache_c = work / "node_c" / "cache"
-        report["node_c_files"] = (
-            sorted(p.relative_to(cache_c).as_posix() for p in cache_c.rglob("*.pt"))
-            if cache_c.exists()
-            else []
-        )
+        report |= _compare(ours, theirs, work / "node_c" / "cache")
     finally:
         hook.stop_node_c()
         cluster.shutdown()

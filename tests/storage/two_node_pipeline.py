@@ -102,34 +102,32 @@ def _run(work: Path, redis_url: str, s3, mp) -> dict:
                 for e in done.all_events
                 if e.event_type_value == "ASSET_CHECK_EVALUATION"
             }
-            report["driver_files"] = sorted(
-                p.relative_to(driver_mirror).as_posix()
-                for p in driver_mirror.rglob("*")
-                if p.is_file()
-            )
-        report["node_files"] = {
-            name: sorted(
-                p.relative_to(work / name / "cache").as_posix()
-                for p in (work / name / "cache").rglob("*")
-                if p.is_file()
-            )
-            for name in ("node_a", "node_b")
-        }
-        objects = s3.client().list_objects_v2(Bucket=s3.bucket).get("Contents", [])
-        report["objects"] = sorted(o["Key"] for o in objects)
+            report["driver_files"] = _files(driver_mirror)
+        report |= _bucket_report(work, s3, report["trained"]["run_id"])
         report["champion"] = _champion(s3, report)
         report["tokenless_rc"] = _connect_without_token(cluster.address, work)
-        run = f"team/runs/{report['trained']['run_id']}"
-        report["records"] = {
-            name: s3.client()
-            .get_object(Bucket=s3.bucket, Key=f"{run}/{name}")["Body"]
-            .read()
-            .decode()
-            for name in ("config.yaml", "log.txt")
-        }
     finally:
         cluster.shutdown()
     return report
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+def _bucket_report(work: Path, s3, run_id: str) -> dict:
+    """What each node cached, what the bucket holds, and the run's records from the bucket."""
+    client = s3.client()
+    objects = client.list_objects_v2(Bucket=s3.bucket).get("Contents", [])
+    run = f"team/runs/{run_id}"
+    return {
+        "node_files": {name: _files(work / name / "cache") for name in ("node_a", "node_b")},
+        "objects": sorted(o["Key"] for o in objects),
+        "records": {
+            name: client.get_object(Bucket=s3.bucket, Key=f"{run}/{name}")["Body"].read().decode()
+            for name in ("config.yaml", "log.txt")
+        },
+    }
 
 
 def _connect_without_token(address: str, work: Path) -> int:
