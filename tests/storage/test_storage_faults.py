@@ -212,3 +212,33 @@ def test_a_local_root_never_opens_a_store(tmp_path, monkeypatch):
     manager.save(_state(0, 1), is_best=True)
     manager.flush_uploads()
     assert manager.latest_valid()[1]["step"] == 1
+
+
+def test_io_manager_values_reach_another_host_through_the_bucket(s3, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from tinyexp_dagster.resources import StorageResource
+    from tinyexp_dagster.resources.io import RunScopedJSONIOManager
+
+    storage_resource = StorageResource(root=f"s3://{s3.bucket}/values-test")
+
+    @dg.asset
+    def upstream() -> dict:
+        return {"path": "s3://x/y", "n": 3}
+
+    @dg.asset
+    def downstream(upstream: dict) -> int:
+        return upstream["n"]
+
+    resources = {"io_manager": RunScopedJSONIOManager(storage=storage_resource)}
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([upstream], resources=resources, instance=instance).success
+        monkeypatch.setenv(storage.ENV_NODE_CACHE, str(tmp_path / "other-host"))
+        done = dg.materialize(
+            [upstream, downstream],
+            selection=[downstream],
+            resources=resources,
+            instance=instance,
+        )
+        assert done.success and done.output_for_node("downstream") == 3
+    assert (tmp_path / "other-host").exists()  # read through this host's own mirror

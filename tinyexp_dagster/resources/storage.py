@@ -50,7 +50,9 @@ class StorageResource(dg.ConfigurableResource):
     )
     region: str = Field(default="", description="S3 region; empty: $AWS_DEFAULT_REGION")
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+    def _export_credentials(self) -> None:
+        """Fields set (e.g. from dg.EnvVar) become the AWS_* variables the S3 client reads in
+        this process; called before this resource touches the store."""
         for name, variable in _AWS_ENV.items():
             if getattr(self, name):
                 os.environ[variable] = getattr(self, name)
@@ -66,6 +68,7 @@ class StorageResource(dg.ConfigurableResource):
         from tinyexp_core.redaction import redact_text
         from tinyexp_core.storage import StorageUnreachableError, check_storage
 
+        self._export_credentials()
         try:
             check_storage(self.root_location())
         except StorageUnreachableError as err:
@@ -79,6 +82,7 @@ class StorageResource(dg.ConfigurableResource):
         """The local folder: the root itself, or this node's mirror of an object-store root."""
         from tinyexp_core.storage import local_path
 
+        self._export_credentials()
         root = local_path(self.root_location()).expanduser().resolve()
         # Owner-only when we create it: runs, models and the Redis password live here.
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -95,6 +99,7 @@ class StorageResource(dg.ConfigurableResource):
         """Upload a file or folder under an object-store root (sidecars verified); no-op else."""
         from tinyexp_core.storage import publish
 
+        self._export_credentials()
         return publish(path)
 
     def datasets_dir(self) -> Path:
