@@ -42,9 +42,11 @@ def test_resource_keys_from_env_vars_reach_the_client_not_the_failure(monkeypatc
     def probe(storage: StorageResource) -> None:
         import os
 
-        assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET  # the client reads it there
         reset_stores()
-        storage.check()
+        try:
+            storage.check()
+        finally:
+            assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET  # where the client reads it
 
     with dg.instance_for_test() as instance:
         result = dg.materialize(
