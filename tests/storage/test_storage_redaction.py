@@ -29,7 +29,8 @@ def test_resource_keys_from_env_vars_reach_the_client_not_the_failure(monkeypatc
     monkeypatch.setenv("TEST_S3_SECRET", SECRET)
     monkeypatch.setenv("TEST_S3_KEY", "AKIATESTKEYID")
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "unset")  # recorded, so the resource's export is undone
+        monkeypatch.delenv(name)
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens: the check must fail
     resource = StorageResource(
         root="s3://some-bucket/team",
