@@ -242,3 +242,38 @@ def test_io_manager_values_reach_another_host_through_the_bucket(s3, tmp_path, m
         )
         assert done.success and done.output_for_node("downstream") == 3
     assert (tmp_path / "other-host").exists()  # read through this host's own mirror
+
+
+def test_a_run_whose_uploads_fail_for_good_fails_naming_the_kept_file(s3, tmp_path, monkeypatch):
+    """A whole training run (in this process) on an s3:// root whose endpoint goes away
+    after the preflight: the run fails with UploadFailedError naming the checkpoint, which
+    is still on this node's disk and loads."""
+    from tinyexp_core.checkpoint import load_checkpoint
+    from tinyexp_core.config import build_exp
+    from tinyexp_core.examples.mnist_exp import Exp
+
+    storage.set_uploader(
+        Uploader(open_store(f"s3://{s3.bucket}"), RetryPolicy(attempts=3, base_delay_s=0.05))
+    )
+    root = f"s3://{s3.bucket}/team"
+    storage.check_storage(root)
+    exp = build_exp(
+        Exp,
+        [
+            f"output_root={root}/runs",
+            "train_cfg.num_epochs=1",
+            "data_cfg.num_samples=256",
+            f"data_cfg.data_root={tmp_path / 'data'}",
+            "progress_cfg.enabled=false",
+        ],
+    )
+    s3.stop()
+    try:
+        with pytest.raises(UploadFailedError) as info:
+            exp.run()
+    finally:
+        s3.start()
+        storage.set_uploader(None)
+    kept = info.value.local_path
+    assert kept.startswith(str(tmp_path / "node-cache")) and kept in str(info.value)
+    assert load_checkpoint(kept)["epoch"] == 0  # nothing saved is lost
