@@ -38,6 +38,11 @@ BENCHMARKS = (
         "step time, step checkpoints every 20 steps on / off (<= 1.02)",
     ),
     (
+        "storage_upload",
+        "13. Checkpoints in object storage: background upload on / off, resume from the bucket",
+        "step time, upload of step checkpoints on / off (<= 1.02); resume from the bucket",
+    ),
+    (
         "progress_overhead",
         "5. Progress reporting overhead",
         "step time, progress on / off (<= 1.01)",

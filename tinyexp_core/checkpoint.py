@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from loguru import logger
 
+from tinyexp_core import storage
 from tinyexp_core.exceptions import (
     CheckpointCorruptError,
     CheckpointError,
@@ -415,6 +416,10 @@ class CheckpointManager:
         self._best = self.directory / best_ckpt_name
         self._lock = threading.Lock()
         self._written = False  # the directory existed at a save: its vanishing is news
+        # In a node's mirror of an object-store root, saved files are uploaded in the
+        # background (`tinyexp_core.storage`); a local root uploads nothing.
+        uri = storage.to_uri(self.directory)
+        self.remote = uri if storage.is_remote(uri) else ""
 
     @property
     def last_path(self) -> str:
@@ -454,6 +459,7 @@ class CheckpointManager:
             if is_best:
                 copy_checkpoint(self._last, self._best, sha, rehash=False)
                 written["best"] = str(self._best)
+            self._upload(epoch_path, *([self._best] if is_best else []), self._last)
             self._prune(_EPOCH_FILE_RE)
             self._written = True
         return written
@@ -470,6 +476,7 @@ class CheckpointManager:
             self._check_directory()
             sha = save_checkpoint(state, self._last)
             copy_checkpoint(self._last, step_path, sha, rehash=False)
+            self._upload(step_path, self._last)
             self._prune(_STEP_FILE_RE)
             self._written = True
         return str(step_path)
@@ -483,6 +490,22 @@ class CheckpointManager:
                 "(the checkpoints it held are gone)"
             )
 
+    def _upload(self, *paths: Path) -> None:
+        """Hand the files just written to the background uploader (remote roots only), in
+        order: last.pt goes last, so the bucket's last.pt is never newer than its peers.
+        Raises an earlier upload's failure for good (`UploadFailedError`)."""
+        if not self.remote:
+            return
+        uploader = storage.uploader_for(self.directory)
+        for path in paths:
+            uploader.submit(path, f"{self.remote}/{path.name}", snapshot=True)
+
+    def flush_uploads(self, timeout_s: float | None = None) -> None:
+        """Wait for this run's checkpoint uploads (no-op on a local root); raises
+        `UploadFailedError` (naming the file kept on local disk) if one failed for good."""
+        if self.remote:
+            storage.uploader_for(self.directory).flush(timeout_s)
+
     def _prune(self, pattern: re.Pattern[str]) -> None:
         for path in self._epoch_files(pattern)[: -self.keep_last_n]:
             # Data before sidecar: an orphan sidecar is harmless, an orphan file warns.
@@ -491,6 +514,8 @@ class CheckpointManager:
 
     def latest_valid(self, *, map_location: Any = "cpu") -> tuple[str, dict[str, Any]] | None:
         """(path, state) of last.pt, else of the newest valid epoch/step file; None if none."""
+        if self.remote:  # a resume on any node: what the bucket holds, verified
+            storage.fetch_mirror(self.directory)
         kept = self._epoch_files() + self._epoch_files(_STEP_FILE_RE)
         # Newest first by write time: an epoch file and a step file share no numbering.
         kept.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
@@ -517,6 +542,8 @@ class CheckpointManager:
 
     def best_valid(self, *, map_location: Any = "cpu") -> tuple[str, dict[str, Any]] | None:
         """Return (path, state) of best.pt, None if absent; raises if it is corrupt."""
+        if self.remote:
+            storage.fetch_mirror(self.directory)
         if not self._best.is_file():
             return None
         return str(self._best), load_checkpoint(self._best, map_location=map_location)

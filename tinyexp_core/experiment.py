@@ -26,6 +26,7 @@ from .files import atomic_write_text
 from .logging import LoggerCfg, WandbCfg
 from .overrides import apply_overrides, to_dict, to_yaml
 from .redaction import redact_value
+from .storage.location import local_path
 
 Mode = Literal["train", "val", "help"]
 Launcher = Literal["mp", "ray"]
@@ -166,7 +167,10 @@ class TinyExp:
         return self.run_id
 
     def get_run_dir(self) -> str:
-        return os.path.join(self.output_root, self.ensure_run_id())
+        """`<output_root>/<run_id>` on this node: with an object-store `output_root`
+        (`s3://...`), its place in this node's mirror (`tinyexp_core.storage`)."""
+        run_dir = os.path.join(self.output_root, self.ensure_run_id())
+        return str(local_path(run_dir)) if "://" in run_dir else run_dir
 
     def ensure_run_dir(self) -> str:
         run_dir = self.get_run_dir()

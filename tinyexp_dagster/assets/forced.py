@@ -26,7 +26,9 @@ def run_forced(
     ray: RayDDPResource,
     trains: bool,
 ) -> dict[str, Any]:
-    """Every value forced on the run's experiment: identity, paths, progress, Ray."""
+    """Every value forced on the run's experiment: identity, paths, progress, Ray. An
+    object-store root is checked first (before Ray starts): one line naming the URI."""
+    storage.check()
     forced = _identity(context, config, dataset, storage, redis, trains)
     forced.update(_ray_forced(context, spec, config, ray, str(storage.resolved_root())))
     return forced
@@ -52,12 +54,13 @@ def _identity(
     output_root = storage.runs_dir() if trains else storage.runs_dir() / run_dir_id
     forced: dict[str, Any] = {
         "mode": "train",
-        "output_root": str(output_root),
+        # URIs with an object-store root: each rank maps them to its own node's mirror.
+        "output_root": storage.to_uri(output_root),
         "run_id": run_dir_id,
         **redis.forced(),
     }
     if dataset is not None:
-        forced["data_cfg.prepared_path"] = dataset["path"]
+        forced["data_cfg.prepared_path"] = storage.to_uri(dataset["path"])
     if trains:  # a run()-only experiment resumes (or not) by itself
         forced["resume_from"] = "auto" if config.resume == "auto" else ""
     return forced

@@ -49,6 +49,13 @@ class RayDDPResource(dg.ConfigurableResource):
     connect_timeout_s: float = Field(
         default=10.0, description="seconds to wait for a Ray address to answer"
     )
+    ship_code: Literal["off", "module", "project"] = Field(
+        default="off",
+        description="ship the experiment's code to workers that lack it, through Ray's "
+        "runtime env: off (installed on the nodes), module (the top-level package holding "
+        "the experiment class, as py_modules), project (the working directory, as "
+        "working_dir, without .venv/.git/.tinyexp/*.pt/data); ranks then start fresh, not warm",
+    )
     collective_timeout_s: float = Field(
         default=300.0,
         description="seconds a rank may wait in a collective for a silent peer before the "
@@ -111,12 +118,14 @@ class RayDDPResource(dg.ConfigurableResource):
         this resource's timeouts; validated without touching Ray (impossible sizes fail
         here). `env` carries identity and secrets only, never a config value."""
         from tinyexp_core.launchers.ray import RayLaunchSpec
+        from tinyexp_core.launchers.ship import code_runtime_env
 
         spec = RayLaunchSpec.from_exp(
             exp,
             placement_timeout_s=self.placement_timeout_s,
             connect_timeout_s=self.connect_timeout_s,
             env=dict(env or {}),
+            runtime_env=code_runtime_env(self.ship_code, exp),
         )
         spec.validate()
         return spec
