@@ -39,6 +39,7 @@ from . import ray_pool
 from .runtime import forward_stdout, set_log_forwarder, steady_malloc
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
+LOCAL_RAY = "local"  # an address: a local Ray started for this run and stopped after it
 LOCAL_HOST = "127.0.0.1"
 _ENV_RAY_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local node is 127.0.0.1
 _PEER_DEATH_GRACE_S = 3.0  # after a rank fails, how long to look for a peer that died
@@ -81,7 +82,7 @@ class RayLaunchSpec:
             raise ConfigValueError("num_gpus_per_worker", self.num_gpus_per_worker, ">= 0")
         if self.placement_timeout_s <= 0:
             raise ConfigValueError("placement_timeout_s", self.placement_timeout_s, "> 0")
-        if not self.resolved_address():
+        if self.resolved_address() in ("", LOCAL_RAY):
             check_fits_local(self)
 
     def resolved_address(self) -> str:
@@ -157,7 +158,8 @@ def _loopback_only() -> Iterator[None]:
 def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterator[bool]:
     """Reuse a connected Ray, connect to `address`, or start a local one; yields `owned`.
 
-    Only a session opened here is shut down on exit.
+    Only a session opened here is shut down on exit. `address` "" or `local`: a local Ray
+    started here (and so stopped on exit).
     """
     import ray
 
@@ -165,7 +167,7 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
         yield False
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
+    if address and address != LOCAL_RAY:
         _check_reachable(address, connect_timeout_s)
         try:
             if _is_loopback(address) and not _answers_beyond_loopback(address):
