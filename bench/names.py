@@ -78,3 +78,50 @@ BENCHMARKS = (
         "wall time with / without early stopping; best accuracy with / without (no target)",
     ),
 )
+
+# The code each benchmark measures, as paths for `git log`: a saved run older than a change
+# to any of them is flagged stale on the page (`bench.provenance`). The benchmark's own
+# modules count too: a change to the method changes the number.
+_WHOLE_PATH = ("tinyexp_core", "tinyexp_dagster")  # the whole job: every part of it counts
+MEASURES: dict[str, tuple[str, ...]] = {
+    "input_pipeline": ("bench/input_pipeline.py", "tinyexp_core/data"),
+    "sensor_cost": (
+        "bench/sensor_cost.py",
+        "tinyexp_dagster/sensors",
+        "tinyexp_core/progress.py",
+    ),
+    "step_checkpoint": (
+        "bench/step_checkpoint.py",
+        "tinyexp_core/step_checkpoint.py",
+        "tinyexp_core/checkpoint.py",
+    ),
+    "progress_overhead": (
+        "bench/progress_overhead.py",
+        "tinyexp_core/progress.py",
+        "tinyexp_core/redis_client.py",
+        "tinyexp_core/training",
+    ),
+    "training_overhead": (
+        "bench/training_overhead.py",
+        "bench/bare_loop.py",
+        "bench/ddp_exp.py",
+        "tinyexp_core/training",
+        "tinyexp_core/launchers",
+        "tinyexp_core/accelerators",
+        "tinyexp_core/examples/mnist_exp.py",
+        "tinyexp_dagster/assets/training.py",
+    ),
+    "ddp_scaling": (
+        "bench/ddp_scaling.py",
+        "bench/bare_loop.py",
+        "bench/ddp_exp.py",
+        "tinyexp_core/launchers",
+        "tinyexp_core/accelerators",
+    ),
+    "startup": ("bench/startup.py", "bench/torchtrainer_startup.py", *_WHOLE_PATH),
+    "torchrun_compare": ("bench/torchrun_compare.py", "bench/torchrun_script.py", *_WHOLE_PATH),
+    "warm_start": ("bench/warm_start.py", *_WHOLE_PATH),
+    "orchestration": ("bench/orchestration.py", *_WHOLE_PATH),
+    "sweep": ("bench/sweep.py", "tinyexp_core/sweep.py", "tinyexp_dagster/assets/sweep.py"),
+    "gpu_check": ("bench/gpu_check.py", "tinyexp_core/accelerators", "tinyexp_core/training"),
+}
