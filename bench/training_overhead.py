@@ -22,6 +22,7 @@ control the second bare loop over the first. Target: >= 0.97.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -32,10 +33,13 @@ from typing import Any
 from bench.bare_loop import parse_result
 from bench.common import (
     TRAILING_EPOCHS,
+    local_ray,
     prepare_data,
     python,
     redis_client,
+    settle_local_ray,
     steady_malloc,
+    stop_local_ray,
     timed_epochs,
     turn_order,
 )
@@ -178,10 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     statuses = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         root = Path(tmp)
-        with embedded_redis(root) as url:
+        with embedded_redis(root) as url, contextlib.ExitStack() as stack:
+            stack.callback(stop_local_ray, root)  # the runs leave the root's Ray warm
             prepared = prepare_data(root / "datasets", "synthetic", args.num_samples)
             num_train = int(read_manifest(prepared).counts["train"])
             for rep in range(args.reps):
+                # Untimed: the root's Ray running with its warm ranks ready, so no refill
+                # (new processes importing torch) lands in a timed epoch.
+                local_ray(root, warm=True)
+                settle_local_ray(root)
                 with steady_malloc():
                     res = one_rep(root, url, prepared, rep, args)
                 for side in sides:
