@@ -87,6 +87,16 @@ METHOD_NOTES = """\
   turns, one epoch each (`bench.bare_loop.Turns`), so compared epochs are seconds apart.
 - **Ray runs its workers at nice 15**: on a busy machine they yield to everything else,
   which counts against the Ray side of items 1, 2, 3 and 9.
+- **Item 6 at 1000 runs: the backlog.** Runs saved before issue 24 measured a progress
+  tick that emitted at most 50 observations and moved its cursor only past the events
+  they covered, so at 1000 busy runs the stream backlog grew without bound. Since then a
+  tick reads new events for at most `READ_BUDGET_S` (0.5 s), keeps per run only its newest
+  epoch end and its outcome (earlier epoch ends are folded in and counted), and emits at
+  most `MAX_OBSERVATIONS_PER_TICK` (50) of them, oldest first; the rest wait in the
+  sensor's cursor (`tinyexp_dagster/sensors/progress_backlog.py`), at most two slots per
+  run, so the backlog of 1000 runs empties in about 40 ticks once they slow down, and a
+  busy run is observed about every 2N / 50 ticks. `tests/dagster/test_sensors.py` drains
+  1000 runs; `bench.sensor_cost` saves how many ticks its drain took (`drain`).
 - **Shared machines.** Each result records the load average before and after; a wide A/A
   interval says the run was noisy, and its verdicts are then mostly `inconclusive`.
 - **Machine speed varies between days.** The same machine kind ran everything 2-3x slower
