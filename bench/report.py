@@ -110,6 +110,60 @@ METHOD_NOTES = """\
 """
 
 
+# Statements in the notes of saved runs that their own data (or later review) contradicts:
+# the files stay as they were saved; the page prints the correction under the note.
+CORRECTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "progress_overhead": (
+        (
+            "so it writes on every call",
+            "the reporter did not write on every call: the saved raw results count 199 "
+            "writes in 300 calls (`redis_writes`). Since issue 24 the session asks the "
+            "reporter `wants_step()` every step and it writes at most every `throttle_s`.",
+        ),
+    ),
+    "input_pipeline": (
+        (
+            "so the cache speeds up re-preparation",
+            "this run measured the warm cache at 0.81x of decoding from disk: it slowed "
+            "re-preparation (one GET per sample). Since issue 24 a folder is read from the "
+            "cache in batches (MGET), and this item measures `load_image_folder` itself.",
+        ),
+    ),
+    "training_overhead": (
+        (
+            "the two bare loops swap places between runs",
+            "the orchestrated side always took the first turn, so the third turn's job ran "
+            "its final epoch while the others tore down. Re-run with the fixed method "
+            "(rotating order, untimed trailing epoch).",
+        ),
+    ),
+    "step_checkpoint": (
+        (
+            "and the first again (the A/A control)",
+            "the verdict depends on which off trial is the control (0.957 against one, "
+            "0.994 [0.933, 1.058] against the other), and one process left the writer an "
+            "idle core. Since issue 24: two ranks on two cores, on over the mean of both "
+            "off trials.",
+        ),
+    ),
+    "ddp_scaling": (
+        (
+            "the torchruns swap places between runs",
+            "Ray always took the first turn, and the job in the third turn (a torchrun) "
+            "ran its final epoch while the others tore down, in 16 of 16 runs; without "
+            "final epochs the ratio is 0.946 [0.918, 0.976], inconclusive against 0.95. "
+            "Re-run with the fixed method (rotating order, untimed trailing epoch).",
+        ),
+    ),
+}
+
+
+def corrections(name: str, notes: str) -> list[str]:
+    """The corrections that apply to a saved run's notes."""
+    return [f"**Correction:** {text}" for phrase, text in CORRECTIONS.get(name, ()) if phrase
+            in notes]  # fmt: skip
+
+
 def fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -210,6 +264,7 @@ def section(name: str, title: str, doc: Mapping[str, Any] | None) -> str:
         lines.append(text + ".")
     if doc.get("notes"):
         lines += ["", doc["notes"].strip()]
+        lines += ["", *corrections(name, doc["notes"])] if corrections(name, doc["notes"]) else []
     return "\n".join(lines) + "\n"
 
 

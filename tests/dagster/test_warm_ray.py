@@ -223,7 +223,9 @@ def test_the_default_local_ray_is_reused_and_stops_itself_when_idle(tmp_path):
     idle time no process of it is left. `local` meanwhile starts and stops its own."""
     from tinyexp_core.launchers.ray_head import ENV_IDLE_STOP_S
 
-    idle_s = 8.0
+    # Long enough for the second run's process to start (imports on a busy 2-core machine
+    # take 10 s and more) and reach the Ray before the idle stop.
+    idle_s = 30.0
     root = tmp_path / "root"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env[ENV_IDLE_STOP_S] = str(idle_s)

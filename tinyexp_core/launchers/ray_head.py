@@ -14,7 +14,8 @@ Warm by default: a run on the default local Ray (no address, no `$RAY_ADDRESS`) 
 outlive the run like the embedded Redis does. Such a head stops itself after
 `TINYEXP_RAY_IDLE_STOP_S` seconds (default 600) without a run: a run is a connected driver
 (a live job in Ray's job table) or a recent claim (`claim`, made by a run about to connect).
-A head from `ray up` has no idle stop: it runs until `ray down`. `spawn_head` starts the
+A head from `ray up` has no idle stop (nor has a running one that `ray up` found: it is
+held, `<root>/ray/held`): it runs until `ray down`. `spawn_head` starts the
 holder without waiting for it, so Ray's start-up overlaps other work (dataset preparation).
 """
 
@@ -41,6 +42,7 @@ HEAD_DIR = "ray"  # under the storage root
 ADDRESS_FILE = "address"
 STARTING_FILE = "starting"  # pid of a holder spawned but not yet recorded
 CLAIM_FILE = "claim"  # touched by a run about to connect: the head is not idle
+HELD_FILE = "held"  # `ray up` holds the head: no idle stop until `ray down`
 LOG_FILE = "head.log"
 ENV_IDLE_STOP_S = "TINYEXP_RAY_IDLE_STOP_S"
 _MODULE = "tinyexp_core.launchers.ray_head"
@@ -149,6 +151,9 @@ def start_head(
     `warm_ranks`: rank processes kept started with torch imported for the runs to take
     (`ray_pool`); None: `ray_pool.default_size` of its CPUs, 0: none. `idle_stop_after_s`:
     the head stops itself after that long without a run; None: it runs until `stop_head`."""
+    if idle_stop_after_s is None:  # `ray up`: also a head already running stops no more
+        head_dir(root).mkdir(parents=True, exist_ok=True)
+        (head_dir(root) / HELD_FILE).touch()
     head, pid, started = spawn_head(
         root, num_cpus=num_cpus, warm_ranks=warm_ranks, idle_stop_after_s=idle_stop_after_s
     )
@@ -251,8 +256,8 @@ def stop_head(root: str | Path, *, timeout_s: float = STOP_TIMEOUT_S) -> RayHead
         starting = _starting_pid(root)
         if starting and _is_holder(starting):  # spawned, not yet recorded
             _end(starting, timeout_s)
-        address_file(root).unlink(missing_ok=True)
-        (head_dir(root) / STARTING_FILE).unlink(missing_ok=True)
+        for name in (ADDRESS_FILE, STARTING_FILE, HELD_FILE):
+            (head_dir(root) / name).unlink(missing_ok=True)
         return head
 
 
@@ -352,6 +357,8 @@ def _in_use(root: Path, own_job: str, idle_s: float) -> bool:
     killed hard counts until Ray marks its job dead), or a claim younger than `idle_s`."""
     from ray._private import state
 
+    if (head_dir(root) / HELD_FILE).exists():
+        return True
     try:
         claimed = time.time() - (head_dir(root) / CLAIM_FILE).stat().st_mtime < idle_s
     except OSError:
