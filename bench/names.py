@@ -30,12 +30,12 @@ BENCHMARKS = (
     (
         "sensor_cost",
         "6. Sensor cost, persistence included",
-        "daemon-like tick at 1000 runs, SQLite on disk and Postgres (< 1 s)",
+        "daemon-like tick at 1000 runs, SQLite on disk and Postgres (< 1 s); backlog drained",
     ),
     (
         "step_checkpoint",
         "10. Step checkpoints on / off",
-        "step time, step checkpoints every 20 steps on / off (<= 1.02)",
+        "step time on 2 ranks x 2 cores, step checkpoints every 20 steps on / off (<= 1.02)",
     ),
     (
         "progress_overhead",
@@ -60,7 +60,8 @@ BENCHMARKS = (
     (
         "torchrun_compare",
         "9. The default path vs a plain torchrun script",
-        "epoch-to-epoch speed, torchrun script / retrain_job (>= 0.95); whole job; first step",
+        "torchrun script vs retrain_job: epoch speed (>= 0.95); warm whole job (<= 1.3), "
+        "first step (<= 1.0); cold whole job (<= 1.8), first step (<= 2.0)",
     ),
     (
         "warm_start",
@@ -70,7 +71,7 @@ BENCHMARKS = (
     (
         "orchestration",
         "7. Orchestration overhead of make run",
-        "share of wall time outside the loops (no target)",
+        "share of a warm make run's wall time outside the loops (<= 0.40)",
     ),
     (
         "sweep",
