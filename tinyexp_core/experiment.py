@@ -126,7 +126,9 @@ class TinyExp:
     num_workers: int = 1  # DDP world size: Ray actors (ray) or local processes (mp)
     num_cpus_per_worker: float = 1.0  # also each rank's torch threads
     num_gpus_per_worker: float = 0.0
-    ray_address: str = ""  # empty: $RAY_ADDRESS if set, else a local Ray on 127.0.0.1
+    # empty: $RAY_ADDRESS if set, else a local Ray on 127.0.0.1 (under Dagster: the storage
+    # root's, kept warm between runs); "local": a local Ray started and stopped for the run
+    ray_address: str = ""
     output_root: str = "./output"  # run directories are <output_root>/<run_id>
     run_id: str = ""  # empty: generated at run start
     seed: int = 0
