@@ -31,7 +31,9 @@ def test_every_module_is_on_the_map(package: str) -> None:
         for p in (ROOT / package).rglob("*.py")
         if p.name != "__init__.py"
     }
-    assert not modules - set(listed), f"modules missing from docs/architecture.md: {sorted(modules - set(listed))}"
+    assert not modules - set(listed), (
+        f"modules missing from docs/architecture.md: {sorted(modules - set(listed))}"
+    )
     assert not set(listed) - modules, f"listed but gone: {sorted(set(listed) - modules)}"
     assert all(job.strip() for job in listed.values())
 
