@@ -118,11 +118,7 @@ def gate(
             gap = new_value - old_value if metric.direction == "max" else old_value - new_value
             meta["gap"] = _finite(gap)
         if not metric.is_at_least_as_good(new_value, old_value, tolerance):
-            lost_by = (
-                f"{version} lost: {metric.name} {new_value:.4f} vs champion {champion}'s "
-                f"{old_value:.4f} on {GATE_SPLIT} (worse by {-meta.get('gap', math.nan):.4f}, "
-                f"tolerance {tolerance:g}); it stays registered, not champion"
-            )
+            lost_by = _lost_by(version, champion, metric.name, new_value, old_value, meta)
             return _result(False, meta, champion, lost_by, severity=lost)
         reason = (
             f"first version: {metric.name} {new_value:.4f} on {GATE_SPLIT}"
@@ -135,6 +131,17 @@ def gate(
             log.info(f"champion of {new['name']} moved to {version}: {reason}")
         meta["moved_by"] = moved_by
         return _result(True, meta, version, f"{version} is the new champion: {reason}")
+
+
+def _lost_by(
+    version: str, champion: str, name: str, new: float, old: float, meta: dict[str, Any]
+) -> str:
+    """Why `version` did not become champion, in one sentence."""
+    return (
+        f"{version} lost: {name} {new:.4f} vs champion {champion}'s {old:.4f} on {GATE_SPLIT} "
+        f"(worse by {-meta.get('gap', math.nan):.4f}, tolerance {meta['tolerance']:g}); it "
+        "stays registered, not champion"
+    )
 
 
 def _finite(value: float) -> float | None:

@@ -68,6 +68,13 @@ def build_model_checkpoint(spec: PipelineSpec) -> dg.AssetsDefinition:
     return model_checkpoint
 
 
+# What a version keeps of its training run, and what the asset's value (the champion gate's
+# input) carries of the version record.
+_FROM_TRAINING = ("config_hash", "experiment", "overrides", "dataset_path")
+_VALUE_KEYS = (*_FROM_TRAINING, "path", "sha256", "name", "version", "source_run")
+_VALUE_KEYS += ("primary_metric", "val_value", "data_version")
+
+
 def promote_run(
     context: dg.AssetExecutionContext,
     config: CheckpointConfig,
@@ -87,39 +94,24 @@ def promote_run(
     best = result.checkpoints.best
     target, sha = promote(best, registry.version_dir(result.run_id))
     metric = result.primary_metric
-    info = registry.write_version(
-        result.run_id,
-        {
-            "name": name,
-            "version": result.run_id,
-            "pipeline": pipeline,
-            "path": str(target),
-            "sha256": sha,
-            "primary_metric": metric.to_dict(),
-            "val_value": trained_model["best_value"],
-            "data_version": trained_model.get("data_version", ""),
-            "config_hash": trained_model["config_hash"],
-            "experiment": trained_model["experiment"],
-            "overrides": trained_model["overrides"],
-            "dataset_path": trained_model["dataset_path"],
-            "source_run": result.run_id,
-            "created": now_iso(),
-            "created_by": f"dagster run {context.run.run_id} ({pipeline}/model_checkpoint)",
-        },
-    )
-    context.log.info(f"registered {best} as {name} version {result.run_id} ({target})")
-    champion = registry.champion_version()
-    value = {
-        **{k: trained_model[k] for k in ("experiment", "overrides", "dataset_path", "config_hash")},
-        "path": str(target),
-        "sha256": sha,
+    record = {
         "name": name,
         "version": result.run_id,
-        "source_run": result.run_id,
+        "pipeline": pipeline,
+        "path": str(target),
+        "sha256": sha,
         "primary_metric": metric.to_dict(),
         "val_value": trained_model["best_value"],
-        "data_version": info["data_version"],
+        "data_version": trained_model.get("data_version", ""),
+        **{k: trained_model[k] for k in _FROM_TRAINING},
+        "source_run": result.run_id,
+        "created": now_iso(),
+        "created_by": f"dagster run {context.run.run_id} ({pipeline}/model_checkpoint)",
     }
+    info = registry.write_version(result.run_id, record)  # the one record of the version
+    context.log.info(f"registered {best} as {name} version {result.run_id} ({target})")
+    value = {k: info[k] for k in _VALUE_KEYS}
+    champion = registry.champion_version()
     metadata = {
         "model_path": dg.MetadataValue.path(str(target)),
         "sha256": sha,
