@@ -78,11 +78,9 @@ def pipeline_defs(
     early_stopping: Mapping[str, Any] | None = None,
 ) -> dg.Definitions:
     """The Definitions of one experiment's pipeline, every name prefixed by `name`.
-
-    - `experiment`: the TinyExp subclass or its import path `package.module:Class` (imported
-      now: keep its module-level imports light, torch inside methods).
-    - `overrides`: the pipeline's own experiment overrides (`key=value`), applied before a
-      run's typed `exp` config and its `overrides`.
+    - `experiment`: the TinyExp subclass or `package.module:Class` (imported now: keep its
+      module-level imports light).
+    - `overrides`: the pipeline's own `key=value` overrides, before a run's `exp` and its own.
     - `metric_threshold`: in the experiment's primary metric, compared in its direction
       (`accuracy` >= 0.9, `rmse` <= 60): the blocking `minimum_metric` check's default and
       the regression sensor's threshold. None: neither exists.
