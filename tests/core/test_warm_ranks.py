@@ -5,25 +5,19 @@ process cannot serve (GPUs, a runtime_env beyond variables) starts ranks of its 
 
 from __future__ import annotations
 
+import functools
 import os
 import textwrap
-import time
 
 import pytest
 
 from tests.core.distributed_exps import FailingExp, WhoAmIExp
+from tests.waiting import eventually as _wait
 from tinyexp_core.exceptions import WorkerFailedError
 from tinyexp_core.launchers import ray_pool
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec, _RankWorker
 
-
-def eventually(predicate, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
+eventually = functools.partial(_wait, timeout_s=60.0)
 
 
 def alive(pid: int) -> bool:

@@ -183,15 +183,6 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def eventually(predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
 # ---------------------------------------------------------------- Redis
 
 

@@ -20,13 +20,13 @@ import pytest
 from tests.reliability.support import (
     REPO_ROOT,
     alive_launcher_actors,
-    eventually,
     materialization_metadata,
     pid_alive,
     redis_client,
     train_config,
 )
 from tests.reliability.test_termination import LAUNCH, TERMINATE
+from tests.waiting import eventually
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.progress import read_run
 from tinyexp_core.stop import STOP_GRACE_S

@@ -32,7 +32,6 @@ import pytest
 from tests.reliability.support import (
     HOOKS,
     build_defs,
-    eventually,
     new_placement_groups,
     placement_group_states,
     prepared_dataset,
@@ -40,6 +39,7 @@ from tests.reliability.support import (
     train_config,
     wait_for_status,
 )
+from tests.waiting import eventually
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, DEFAULT_TTL_S, EVENTS_STREAM, run_key
 from tinyexp_core.stop import clear_stop, request_stop

@@ -22,7 +22,6 @@ from tests.reliability.support import (
     REPO_ROOT,
     alive_launcher_actors,
     events,
-    eventually,
     new_placement_groups,
     pid_alive,
     placement_group_states,
@@ -30,6 +29,7 @@ from tests.reliability.support import (
     train_config,
     wait_for_status,
 )
+from tests.waiting import eventually
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, read_run
 
 LAUNCH = """
