@@ -48,7 +48,7 @@ def train_on_ray(
             mark("launch_end")
         except RunStoppedError as err:
             if monitor.pruned_at is None:
-                raise _stopped(context, plan, monitor, stop, err) from err
+                raise _stopped(context, plan, monitor, stop, err) from None
             context.log.warning(f"trial {context.partition_key} pruned: {err}")
             summary = pruned_output(spec, plan.exp, monitor, err, started)
             monitor.finish("pruned", pruned_at_epoch=monitor.pruned_at)
@@ -59,7 +59,7 @@ def train_on_ray(
                 raise
             raise failure from None
         except BaseException as err:  # Dagster's termination, a second Ctrl-C
-            raise _stopped(context, plan, monitor, stop, err) from err
+            raise _stopped(context, plan, monitor, stop, err) from None
     if spec.sweep is None:
         return summary, {}
     monitor.finish("finished")
