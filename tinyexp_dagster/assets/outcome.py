@@ -17,7 +17,9 @@ Stop requests reach the launcher through an explicit `StopHandle` made for the r
 through a process-wide flag: the terminal's signals (`signals_stop`), the sweep monitor.
 """
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -60,6 +62,11 @@ def train_on_ray(
             raise failure from None
         except BaseException as err:  # Dagster's termination, a second Ctrl-C
             raise _stopped(context, plan, monitor, stop, err) from None
+    if stop.requested and monitor.pruned_at is None:
+        # Asked to stop (a signal, Dagster's terminate) after the ranks' last agreed check:
+        # training finished, but the run was stopped, and it must not become a success.
+        late = RunStoppedError("", -1, f"{stop.reason} after the last step")
+        raise _stopped(context, plan, monitor, stop, late, finished=True) from None
     if spec.sweep is None:
         return summary, {}
     monitor.finish("finished")
@@ -72,14 +79,19 @@ def _stopped(
     monitor: SweepMonitor,
     stop: Any,
     err: BaseException,
+    *,
+    finished: bool = False,
 ) -> dg.Failure:
     """The step's failure for a stopped run (no retry: a retry would train again in a run
-    someone stopped); the run is made CANCELING, so Dagster ends it CANCELED."""
+    someone stopped); the run is made CANCELING, so Dagster ends it CANCELED. `finished`:
+    the ranks had finished (and reported `succeeded`) before they could stop."""
     from tinyexp_core.exceptions import RunStoppedError
 
     checkpoint = getattr(err, "checkpoint", "")
-    # A verdict written before the stop (the stall sensor's `failed`) stands.
-    plan.progress.mark("cancelled", str(err) or type(err).__name__, only_if_active=True)
+    # A verdict written before the stop (the stall sensor's `failed`) stands; the ranks'
+    # own `succeeded` does not: the run was stopped.
+    why = str(err) or type(err).__name__
+    plan.progress.mark("cancelled", why, only_if_active=not finished)
     monitor.finish("failed", error="stopped")
     command = resume_command(context.run.run_id, plan.storage_root)
     metadata = {"checkpoint": checkpoint, "step": getattr(err, "step", -1), "resume": command}
@@ -91,7 +103,9 @@ def _stopped(
         exit_after_run(stop.signum, command)
     else:  # an interrupt nobody asked Dagster for: Dagster itself treats it as a failure
         return dg.Failure(f"training interrupted: {type(err).__name__}", allow_retries=False)
-    if isinstance(err, RunStoppedError) and checkpoint:
+    if finished:
+        what = "training had finished before the ranks could stop; its checkpoints stand"
+    elif isinstance(err, RunStoppedError) and checkpoint:
         what = f"every rank checkpointed ({checkpoint}, step {err.step})"
     else:
         what = f"the Ray workers were removed ({err or type(err).__name__})"
@@ -101,6 +115,26 @@ def _stopped(
         metadata=metadata,
         allow_retries=False,
     )
+
+
+@contextlib.contextmanager
+def cancelled_if_terminated(
+    context: dg.AssetExecutionContext, redis: Any, storage: Any
+) -> Iterator[None]:
+    """Around a step after training (promotion, evaluation): when Dagster interrupts it (a
+    terminate), the run's progress says `cancelled`, not the `succeeded` its training
+    reported: the run ends CANCELED, and its progress must say so too."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException as err:  # Dagster's termination
+        with contextlib.suppress(Exception):  # best effort: the run's outcome is Dagster's
+            root = str(storage.resolved_root())
+            progress = redis.for_run(root, context.run.run_id)
+            where = context.asset_key.to_user_string()
+            progress.mark("cancelled", f"terminated during {where} ({type(err).__name__})")
+        raise
 
 
 def _failed(plan: TrainPlan, monitor: SweepMonitor, err: Exception) -> Exception:
