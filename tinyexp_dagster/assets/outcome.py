@@ -83,10 +83,10 @@ def _stopped(
     finished: bool = False,
 ) -> dg.Failure:
     """The step's failure for a stopped run (no retry: a retry would train again in a run
-    someone stopped); the run is made CANCELING, so Dagster ends it CANCELED. `finished`:
-    the ranks had finished (and reported `succeeded`) before they could stop."""
-    from tinyexp_core.exceptions import RunStoppedError
-
+    someone stopped). A run stopped on its handle (a terminal signal, a hook's request) is
+    made CANCELING here, a terminated one Dagster made so: Dagster ends both CANCELED; an
+    interrupt nobody asked for (no request, no terminate) ends it FAILURE. `finished`: the
+    ranks had finished (and reported `succeeded`) before they could stop."""
     checkpoint = getattr(err, "checkpoint", "")
     # A verdict written before the stop (the stall sensor's `failed`) stands; the ranks'
     # own `succeeded` does not: the run was stopped.
@@ -94,27 +94,30 @@ def _stopped(
     plan.progress.mark("cancelled", why, only_if_active=not finished)
     monitor.finish("failed", error="stopped")
     command = resume_command(context.run.run_id, plan.storage_root)
-    metadata = {"checkpoint": checkpoint, "step": getattr(err, "step", -1), "resume": command}
     if _termination_requested(context):
         how = "the run was terminated"
-    elif stop.signum is not None:
-        how = f"stopped from the terminal ({stop.reason})"
+    elif stop.requested:
+        terminal = stop.signum is not None
+        how = f"stopped {'from the terminal ' if terminal else ''}({stop.reason})"
         context.instance.report_run_canceling(context.run, message=f"training {how}")
-        exit_after_run(stop.signum, command)
-    else:  # an interrupt nobody asked Dagster for: Dagster itself treats it as a failure
-        return dg.Failure(f"training interrupted: {type(err).__name__}", allow_retries=False)
-    if finished:
-        what = "training had finished before the ranks could stop; its checkpoints stand"
-    elif isinstance(err, RunStoppedError) and checkpoint:
-        what = f"every rank checkpointed ({checkpoint}, step {err.step})"
+        if terminal:
+            exit_after_run(stop.signum, command)
     else:
-        what = f"the Ray workers were removed ({err or type(err).__name__})"
-    context.log.warning(f"training {how}: {what}; continue with: {command}")
-    return dg.Failure(
-        f"training {how}: {what}; continue with: {command}",
-        metadata=metadata,
-        allow_retries=False,
-    )
+        how = f"interrupted ({type(err).__name__})"
+    message = f"training {how}: {_what_stopped(err, finished)}; continue with: {command}"
+    context.log.warning(message)
+    metadata = {"checkpoint": checkpoint, "step": getattr(err, "step", -1), "resume": command}
+    return dg.Failure(message, metadata=metadata, allow_retries=False)
+
+
+def _what_stopped(err: BaseException, finished: bool) -> str:
+    from tinyexp_core.exceptions import RunStoppedError
+
+    if finished:
+        return "training had finished before the ranks could stop; its checkpoints stand"
+    if isinstance(err, RunStoppedError) and err.checkpoint:
+        return f"every rank checkpointed ({err.checkpoint}, step {err.step})"
+    return f"the Ray workers were removed ({err or type(err).__name__})"
 
 
 @contextlib.contextmanager
