@@ -162,20 +162,30 @@ def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) 
 
     Signal handlers can only be set in the main thread; elsewhere (a Ray actor's method
     runs in a worker thread) this does nothing and the launcher calls `request_stop`.
+    A Ray launcher in this process installs them again once `ray.init` replaced them
+    (`StopHandle.reclaim_signals` on the process's handle).
     """
     if threading.current_thread() is not threading.main_thread():
         yield False
         return
 
     def on_signal(signum: int, _frame: Any) -> None:
-        request_stop(f"received {signal.Signals(signum).name}")
+        _PROCESS.request(f"received {signal.Signals(signum).name}", signum=signum)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    def install() -> None:
+        for sig in signals:
+            signal.signal(sig, on_signal)
+
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    outer_reclaim = _PROCESS._reclaim
+    install()
+    _PROCESS._reclaim = install
     try:
         yield True
     finally:
+        _PROCESS._reclaim = outer_reclaim
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 # The most steps between two agreements, whatever the step time: a stop waits two of them.

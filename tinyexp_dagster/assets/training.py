@@ -89,21 +89,7 @@ def build_trained_model(
     config_cls = with_exp_field(
         TrainConfig, spec.exp_cls, defaults=spec.defaults, name=f"{spec.name}_TrainConfig"
     )
-    what = "DDP training on Ray workers; checkpoints under runs/<run_id>/checkpoints."
-    if not trains:
-        what = "run() on Ray workers (TinyExp 0.0.1 style); records the output directory."
-    decorator = dg.asset(
-        key=spec.key("trained_model"),
-        group_name=spec.name,
-        code_version="1",
-        kinds={"pytorch", "ray"},
-        retry_policy=dg.RetryPolicy(max_retries=1, delay=2),
-        description=f"{spec.name}: {what}",
-        ins={"prepared_dataset": dg.AssetIn(spec.key("prepared_dataset"))} if with_dataset else {},
-        partitions_def=partitions_def(spec),
-        # A sweep's trials wait in Dagster for one of the pool's max_concurrent slots.
-        pool=pool_name(spec.name) if spec.sweep is not None else None,
-    )
+    decorator = _asset_decorator(spec, with_dataset=with_dataset, trains=trains)
     output = train_output if trains else run_output
 
     def body(context, config, dataset, ray, redis, storage) -> dg.Output[dict[str, Any]]:
@@ -145,3 +131,22 @@ def build_trained_model(
         return body(context, config, None, ray, redis, storage)
 
     return trained_model_own_data
+
+
+def _asset_decorator(spec: PipelineSpec, *, with_dataset: bool, trains: bool) -> Any:
+    """`dg.asset(...)` for the pipeline's training asset: key, retries, partitions, pool."""
+    what = "DDP training on Ray workers; checkpoints under runs/<run_id>/checkpoints."
+    if not trains:
+        what = "run() on Ray workers (TinyExp 0.0.1 style); records the output directory."
+    return dg.asset(
+        key=spec.key("trained_model"),
+        group_name=spec.name,
+        code_version="1",
+        kinds={"pytorch", "ray"},
+        retry_policy=dg.RetryPolicy(max_retries=1, delay=2),
+        description=f"{spec.name}: {what}",
+        ins={"prepared_dataset": dg.AssetIn(spec.key("prepared_dataset"))} if with_dataset else {},
+        partitions_def=partitions_def(spec),
+        # A sweep's trials wait in Dagster for one of the pool's max_concurrent slots.
+        pool=pool_name(spec.name) if spec.sweep is not None else None,
+    )
