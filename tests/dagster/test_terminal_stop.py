@@ -190,10 +190,13 @@ def test_a_terminal_signal_stops_the_run_and_its_command_resumes_it(
 @pytest.mark.timeout(600)
 def test_a_second_ctrl_c_ends_the_ranks_at_once(tmp_path: Path, redis_url: str) -> None:
     project = Project(tmp_path, redis_url)
-    proc = project.execute(delay_s=0.5)  # a stop would take a few slow steps
+    # Slow steps: a checkpoint-then-stop waits for two of them (about 6 s), so the second
+    # Ctrl-C, 1.5 s after the first (two signals in one poll of the driver would be one),
+    # comes while the ranks are still on their way to the agreed step.
+    proc = project.execute(delay_s=3.0)
     run_id = _wait_mid_epoch(project, proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    time.sleep(1.5)
     asked = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
@@ -203,6 +206,7 @@ def test_a_second_ctrl_c_ends_the_ranks_at_once(tmp_path: Path, redis_url: str) 
     lines = [line for line in out.splitlines() if line.strip()]
     assert lines[-1] == f"continue with: tinyexp-dagster resume {run_id}", lines[-15:]
     assert "ending the ranks now" in out, out[-6000:]
+    assert "every rank checkpointed" not in out, out[-6000:]
     assert "STEP_UP_FOR_RETRY" not in out and "RUN_SUCCESS" not in out, out[-6000:]
     assert project.status(run_id) == dg.DagsterRunStatus.CANCELED
     left = project.leftovers()
