@@ -7,6 +7,7 @@ written after the data, so a file only verifies once it is complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,7 +15,7 @@ import pickle
 import re
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,11 +24,13 @@ from typing import IO, Any
 
 from loguru import logger
 
+from tinyexp_core import storage
 from tinyexp_core.exceptions import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
+    CheckpointWriteError,
     ConfigValueError,
     InvalidCheckpointTypeError,
     UnsupportedCheckpointFormatError,
@@ -247,15 +250,44 @@ def _check_state(state: Any, label: str) -> dict[str, Any]:
     return state
 
 
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err` (itself, or in its cause/context chain: torch.save wraps a
+    failed write in a RuntimeError about stream positions)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of `path` into CheckpointWriteError naming the file and the OS
+    error (disk full, read-only, file too large); other errors pass unchanged."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as err:
+        cause = _os_error(err)
+        if cause is None:
+            raise
+        raise CheckpointWriteError(str(path), cause) from err
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> str:
     """Atomically write a checkpoint and then its sha256 sidecar; return the sha256."""
     path = Path(path)
     _check_state(state, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Data first, sidecar second: a crash in between leaves a stale or missing sidecar,
-    # which fails verification instead of vouching for the new bytes.
-    sha, size = atomic_write(path, lambda f: torch.save(state, f))
-    _write_sidecar(path, sha, size)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Data first, sidecar second: a crash in between leaves a stale or missing sidecar,
+        # which fails verification instead of vouching for the new bytes.
+        sha, size = atomic_write(path, lambda f: torch.save(state, f))
+        _write_sidecar(path, sha, size)
     return sha
 
 
@@ -273,24 +305,24 @@ def copy_checkpoint(
     src, dst = Path(src), Path(dst)
     if not rehash:
         size = src.stat().st_size
-        try:
+        with _writing(dst):
             atomic_copy(src, dst, size)
-        except OSError as exc:
-            raise CheckpointCorruptError(str(dst), f"copy of {src} failed: {exc}") from exc
-        _write_sidecar(dst, expected_sha, size)
+            _write_sidecar(dst, expected_sha, size)
         return
 
     def copy(f: IO[bytes]) -> None:
         with open(src, "rb") as source:
             shutil.copyfileobj(source, f, CHUNK_BYTES)
 
-    sha, size = atomic_write(dst, copy)
+    with _writing(dst):
+        sha, size = atomic_write(dst, copy)
     if sha != expected_sha:
         # dst now has no matching sidecar, so it fails verification until rewritten.
         raise CheckpointCorruptError(
             str(dst), f"copy of {src} has sha256 {sha}, expected {expected_sha}"
         )
-    _write_sidecar(dst, sha, size)
+    with _writing(dst):
+        _write_sidecar(dst, sha, size)
 
 
 def _read_sidecar(path: Path) -> tuple[str, int]:
@@ -383,6 +415,11 @@ class CheckpointManager:
         self._last = self.directory / last_ckpt_name
         self._best = self.directory / best_ckpt_name
         self._lock = threading.Lock()
+        self._written = False  # the directory existed at a save: its vanishing is news
+        # In a node's mirror of an object-store root, saved files are uploaded in the
+        # background (`tinyexp_core.storage`); a local root uploads nothing.
+        uri = storage.to_uri(self.directory)
+        self.remote = uri if storage.is_remote(uri) else ""
 
     @property
     def last_path(self) -> str:
@@ -414,6 +451,7 @@ class CheckpointManager:
             )
         epoch_path = self.directory / f"epoch_{epoch:04d}.pt"
         with self._lock:
+            self._check_directory()
             # last.pt first: latest_valid() tries it first, so it must never lag the others.
             sha = save_checkpoint(state, self._last)
             copy_checkpoint(self._last, epoch_path, sha, rehash=False)
@@ -421,7 +459,9 @@ class CheckpointManager:
             if is_best:
                 copy_checkpoint(self._last, self._best, sha, rehash=False)
                 written["best"] = str(self._best)
+            self._upload(epoch_path, *([self._best] if is_best else []), self._last)
             self._prune(_EPOCH_FILE_RE)
+            self._written = True
         return written
 
     def save_step(self, state: dict[str, Any]) -> str:
@@ -433,10 +473,38 @@ class CheckpointManager:
             )
         step_path = self.directory / f"step_{step:09d}.pt"
         with self._lock:
+            self._check_directory()
             sha = save_checkpoint(state, self._last)
             copy_checkpoint(self._last, step_path, sha, rehash=False)
+            self._upload(step_path, self._last)
             self._prune(_STEP_FILE_RE)
+            self._written = True
         return str(step_path)
+
+    def _check_directory(self) -> None:
+        """Warn when the directory this manager wrote to has vanished: the write recreates
+        it, but the checkpoints it held are gone."""
+        if self._written and not self.directory.is_dir():
+            logger.warning(
+                f"checkpoint directory {self.directory} vanished; writing it anew "
+                "(the checkpoints it held are gone)"
+            )
+
+    def _upload(self, *paths: Path) -> None:
+        """Hand the files just written to the background uploader (remote roots only), in
+        order: last.pt goes last, so the bucket's last.pt is never newer than its peers.
+        Raises an earlier upload's failure for good (`UploadFailedError`)."""
+        if not self.remote:
+            return
+        uploader = storage.uploader_for(self.directory)
+        for path in paths:
+            uploader.submit(path, f"{self.remote}/{path.name}", snapshot=True)
+
+    def flush_uploads(self, timeout_s: float | None = None) -> None:
+        """Wait for this run's checkpoint uploads (no-op on a local root); raises
+        `UploadFailedError` (naming the file kept on local disk) if one failed for good."""
+        if self.remote:
+            storage.uploader_for(self.directory).flush(timeout_s)
 
     def _prune(self, pattern: re.Pattern[str]) -> None:
         for path in self._epoch_files(pattern)[: -self.keep_last_n]:
@@ -446,6 +514,8 @@ class CheckpointManager:
 
     def latest_valid(self, *, map_location: Any = "cpu") -> tuple[str, dict[str, Any]] | None:
         """(path, state) of last.pt, else of the newest valid epoch/step file; None if none."""
+        if self.remote:  # a resume on any node: what the bucket holds, verified
+            storage.fetch_mirror(self.directory)
         kept = self._epoch_files() + self._epoch_files(_STEP_FILE_RE)
         # Newest first by write time: an epoch file and a step file share no numbering.
         kept.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
@@ -472,6 +542,8 @@ class CheckpointManager:
 
     def best_valid(self, *, map_location: Any = "cpu") -> tuple[str, dict[str, Any]] | None:
         """Return (path, state) of best.pt, None if absent; raises if it is corrupt."""
+        if self.remote:
+            storage.fetch_mirror(self.directory)
         if not self._best.is_file():
             return None
         return str(self._best), load_checkpoint(self._best, map_location=map_location)

@@ -24,6 +24,7 @@ DIRECTIONS: tuple[str, ...] = get_args(Direction)
 
 __all__ = [
     "DIRECTIONS",
+    "KNOWN_METRIC_BOUNDS",
     "Checkpoints",
     "ContractError",
     "EpochRecord",
@@ -95,6 +96,13 @@ def best_val_key(metric: str) -> str:
     return f"best_{VAL_PREFIX}{metric}"
 
 
+# The values a well-known metric can take: a threshold outside them can never be met.
+KNOWN_METRIC_BOUNDS: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(("accuracy", "precision", "recall", "f1", "auc", "r2_clipped"), (0.0, 1.0)),
+    **dict.fromkeys(("rmse", "mae", "mse", "loss", "error_rate"), (0.0, math.inf)),
+}
+
+
 @dataclass(frozen=True)
 class PrimaryMetric:
     """The one number that ranks models: its name and whether higher or lower is better."""
@@ -117,6 +125,16 @@ class PrimaryMetric:
     def best_val_key(self) -> str:
         """The best validation value's name in run summaries: `best_val_<name>`."""
         return best_val_key(self.name)
+
+    def check_threshold(self, key: str, value: float) -> None:
+        """Refuse a threshold this metric can never meet (an rmse below 0, an accuracy
+        above 1): ConfigValueError naming `key`, the value and the metric's range."""
+        low, high = KNOWN_METRIC_BOUNDS.get(self.name, (-math.inf, math.inf))
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise ConfigValueError(key, value, f"a finite number, in {self.name}'s units")
+        if not low <= value <= high:
+            allowed = f"a value of {self.name} ({self.direction}) in [{low:g}, {high:g}]"
+            raise ConfigValueError(key, value, allowed)
 
     def better(self, a: float, b: float) -> bool:
         """Whether `a` is strictly better than `b`; NaN is never better, anything beats NaN."""

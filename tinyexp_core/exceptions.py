@@ -211,6 +211,24 @@ class CheckpointCorruptError(CheckpointError, ValueError):
         super().__init__(f"checkpoint {path} is corrupt: {reason}")
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (disk full, read-only, file too large, ...): the
+    OS error and the file, with the earlier checkpoints left as they were."""
+
+    def __init__(self, path: str, cause: OSError) -> None:
+        self.path = path
+        self.cause = cause
+        reason = cause.strerror or str(cause)
+        code = f"[Errno {cause.errno}] " if cause.errno else ""
+        super().__init__(
+            f"could not write checkpoint {path}: {code}{reason}; the checkpoints written "
+            "before it are untouched"
+        )
+
+    def __str__(self) -> str:  # OSError's own __str__ would show only its args
+        return str(self.args[0]) if self.args else super().__str__()
+
+
 class InvalidCheckpointTypeError(CheckpointError, TypeError):
     def __init__(self, path: str, checkpoint_type: str) -> None:
         self.path = path

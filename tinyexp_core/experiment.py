@@ -26,6 +26,7 @@ from .files import atomic_write_text
 from .logging import LoggerCfg, WandbCfg
 from .overrides import apply_overrides, to_dict, to_yaml
 from .redaction import redact_value
+from .storage.location import local_path
 
 Mode = Literal["train", "val", "help"]
 Launcher = Literal["mp", "ray"]
@@ -125,7 +126,9 @@ class TinyExp:
     num_workers: int = 1  # DDP world size: Ray actors (ray) or local processes (mp)
     num_cpus_per_worker: float = 1.0  # also each rank's torch threads
     num_gpus_per_worker: float = 0.0
-    ray_address: str = ""  # empty: $RAY_ADDRESS if set, else a local Ray on 127.0.0.1
+    # empty: $RAY_ADDRESS if set, else a local Ray on 127.0.0.1 (under Dagster: the storage
+    # root's, kept warm between runs); "local": a local Ray started and stopped for the run
+    ray_address: str = ""
     output_root: str = "./output"  # run directories are <output_root>/<run_id>
     run_id: str = ""  # empty: generated at run start
     seed: int = 0
@@ -166,7 +169,10 @@ class TinyExp:
         return self.run_id
 
     def get_run_dir(self) -> str:
-        return os.path.join(self.output_root, self.ensure_run_id())
+        """`<output_root>/<run_id>` on this node: with an object-store `output_root`
+        (`s3://...`), its place in this node's mirror (`tinyexp_core.storage`)."""
+        run_dir = os.path.join(self.output_root, self.ensure_run_id())
+        return str(local_path(run_dir)) if "://" in run_dir else run_dir
 
     def ensure_run_dir(self) -> str:
         run_dir = self.get_run_dir()

@@ -34,8 +34,28 @@ INTERNAL_FIELDS = frozenset({"overrided_cfg", "hydra"})
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
+MAX_OVERRIDE_CHARS = 64 * 1024  # a config value, not a payload: larger ones are refused
+
+
+def _check_text(override: str) -> None:
+    """Refuse an override that is too long or not text (undecodable bytes from argv arrive
+    as lone surrogates), naming its key and showing its value in a form that prints."""
+    key, sep, value = override.partition("=")
+    if not sep or not _KEY_RE.match(key.strip().lstrip("+")):
+        key, value = "override", override
+    if len(override) > MAX_OVERRIDE_CHARS:
+        shown = f"{value[:40]}... ({len(value)} characters)"
+        raise ConfigValueError(key, shown, f"at most {MAX_OVERRIDE_CHARS} characters")
+    try:
+        override.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        raise ConfigValueError(key, shown, "UTF-8 text") from None
+
+
 def parse_override(override: str) -> tuple[str, Any, str]:
     """Split `key=value` into the key, the YAML-typed value and the raw text."""
+    _check_text(override)
     key, sep, raw = override.partition("=")
     key = key.strip().lstrip("+")
     if not sep or not _KEY_RE.match(key):

@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
+from tinyexp_core import storage
 from tinyexp_core.contract import EpochRecord
 from tinyexp_core.step_checkpoint import (
     DataPosition,
@@ -66,7 +66,9 @@ def resolve_resume(
         return None
     if resume_from == "auto":
         return checkpoint_cfg.build_manager(run_dir).latest_valid()
-    path = Path(resume_from)
+    # An object-store URI (`s3://.../checkpoints/last.pt`, or a folder) is fetched into
+    # this node's mirror, verified; a local path is used as it is.
+    path = storage.localize(resume_from)
     if path.is_dir():
         directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         found = ckpt.CheckpointManager(directory).latest_valid()
@@ -81,6 +83,26 @@ def resolve_resume(
             raise
         logger.warning(f"{err}; falling back to {found[0]}")
         return found
+
+
+def check_experiment_class(exp: Any, path: str, state: dict[str, Any]) -> None:
+    """Refuse a checkpoint another experiment class saved (ConfigValueError naming
+    `resume_from`); the experiment's own class, a parent or a subclass of it is fine."""
+    from tinyexp_core.config import load_exp_class
+    from tinyexp_core.exceptions import ConfigError, ConfigValueError
+
+    saved, current = str(state.get("exp_class") or ""), str(getattr(exp, "exp_class", ""))
+    if not saved or not current or saved == current:
+        return
+    try:
+        saved_cls = load_exp_class(saved)
+    except ConfigError:
+        saved_cls = None
+    mine = type(exp)
+    if saved_cls is not None and (issubclass(mine, saved_cls) or issubclass(saved_cls, mine)):
+        return
+    allowed = f"a checkpoint of {current} (this one was saved by {saved})"
+    raise ConfigValueError("resume_from", path, allowed)
 
 
 @dataclass
@@ -179,6 +201,7 @@ class StepCheckpoints:
     def __call__(self, step: int, position: DataPosition | Callable[[], DataPosition]) -> None:
         """After optimizer step `step`; `position` (or a callable returning it, read only
         when a checkpoint is due) is where the data stands after it."""
+        self._writer.check()  # a failed background write ends the run at this step
         stop, save = self._stopper.poll(step)
         if not (stop or save):
             return

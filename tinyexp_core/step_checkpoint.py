@@ -210,6 +210,12 @@ class StepCheckpointWriter:
             self._on_saved(path, state)
         return path
 
+    def check(self) -> None:
+        """Raise the error of a background write that has already failed (no waiting):
+        the training step after the failure reports it, not the next checkpoint."""
+        if self._error is not None and (self._thread is None or not self._thread.is_alive()):
+            self.wait()
+
     def wait(self) -> None:
         """Wait for the write in flight; raise its error if it failed."""
         if self._thread is not None:

@@ -16,7 +16,8 @@ Early stopping (`{"warmup_epochs": E}`): after E epochs, a trial whose primary m
 epoch k is worse than the median of the other trials' metrics at epoch k is stopped (the
 caller requests a checkpoint-then-stop and records it as `pruned`).
 
-Redis keys of one sweep execution (`tinyexp:sweep:<pipeline>:<scope>`, scope: the backfill):
+Redis keys of one sweep execution (`tinyexp:sweep:<pipeline>:<scope>`, scope: the backfill, the
+`tinyexp-dagster sweep run` batch, or `adhoc`):
 `...:trials` (hash: trial key -> JSON row), `...:epochs` (hash: `<epoch>|<trial>` -> metric),
 `...:meta` (hash: num_trials, metric, direction).
 """

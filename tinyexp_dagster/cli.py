@@ -1,14 +1,17 @@
 """`tinyexp-dagster`: the pipeline's console command.
 
-tinyexp-dagster summary [--pipeline mnist]  latest primary metric, champion, how to open the UI
-tinyexp-dagster models NAME      model versions and the champion (see cli_models.py)
+tinyexp-dagster summary [--pipeline NAME]  latest primary metric, champion, how to open the UI
+tinyexp-dagster models [NAME]    every model and its champion; NAME: its versions (cli_models.py)
 tinyexp-dagster promote NAME VERSION --reason TEXT   move the champion alias by hand
 tinyexp-dagster compare A B [--plot PATH]   two runs: config diff, metric deltas, epochs
+tinyexp-dagster sweep PIPELINE [list|run|leaderboard]   a sweep's trials (see cli_sweep.py)
 tinyexp-dagster redis url|stop   the embedded Redis under the storage root
 tinyexp-dagster ray up|down|status   a local Ray on 127.0.0.1 that outlives runs (warm starts)
 tinyexp-dagster progress [RUN_ID] live training progress from Redis (`--once`: one snapshot)
 tinyexp-dagster resume RUN_ID    run again what a terminated or failed run left, from its checkpoint
 
+Commands about a pipeline find the project's code location as `dagster dev` does (`-m`,
+`-f`, `-w`, else pyproject.toml / workspace.yaml in the working directory; cli_location.py).
 The progress view reads `TINYEXP_REDIS_URL`, else the embedded Redis of `--storage-root`.
 Exit status of `progress`: 0 done (the run succeeded, or no run is active any more),
 1 the run failed, was cancelled or is unknown, 3 no progress store or Redis unreachable.
@@ -28,6 +31,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from .cli_compare import add_compare_command
 from .cli_models import add_model_commands
+from .cli_summary import add_summary_command
+from .cli_sweep import add_sweep_command
 from .resources.storage import default_storage_root
 
 if TYPE_CHECKING:
@@ -38,29 +43,6 @@ EXIT_NO_STORE = 3
 ENV_REDIS_URL = "TINYEXP_REDIS_URL"
 _BAR_WIDTH = 24
 _STALE_HEARTBEAT_S = 10.0  # show the heartbeat's age from this age on
-
-
-def cmd_summary(args: argparse.Namespace) -> int:
-    """Print a pipeline's latest evaluation (its primary metric) of the champion checkpoint."""
-    import dagster as dg
-
-    instance = dg.DagsterInstance.get()
-    name = args.pipeline
-    evaluation = instance.get_latest_materialization_event(dg.AssetKey([name, "model_evaluation"]))
-    if evaluation is None:
-        print(
-            f"no {name}/model_evaluation materialization yet: run `make run` first", file=sys.stderr
-        )
-        return 1
-    ev_meta = evaluation.asset_materialization.metadata
-    metric = str(ev_meta["primary_metric"].value).split(" ")[0]  # "accuracy (max)"
-    print(f"{name} {metric} ({ev_meta['split'].value} split): {ev_meta[metric].value:.4f}")
-    if "champion_version" in ev_meta:
-        print(f"champion: {ev_meta['champion_version'].value}")
-    print(f"checkpoint: {ev_meta['checkpoint'].value}")
-    print(f"sha256: {ev_meta['checkpoint_sha256'].value}")
-    print("open the UI: make dev, then http://127.0.0.1:3000 (same DAGSTER_HOME)")
-    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -294,9 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyexp-dagster", description=__doc__.splitlines()[0])
     parser.add_argument("--storage-root", default=default_storage_root())
     sub = parser.add_subparsers(dest="command", required=True)
-    summary = sub.add_parser("summary", help="latest primary metric and promoted checkpoint")
-    summary.add_argument("--pipeline", default="mnist", help="the pipeline's name (default mnist)")
-    summary.set_defaults(func=cmd_summary)
+    add_summary_command(sub)
     redis = sub.add_parser("redis", help="the embedded Redis server")
     redis.add_argument("action", choices=("url", "stop"))
     redis.set_defaults(func=cmd_redis)
@@ -323,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.set_defaults(func=cmd_resume)
     add_model_commands(sub)
     add_compare_command(sub)
+    add_sweep_command(sub)
     return parser
 
 

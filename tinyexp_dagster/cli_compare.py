@@ -1,11 +1,14 @@
 """`tinyexp-dagster compare A B`: two training runs side by side.
 
-A and B are each a Dagster run id, a partition key (a sweep's trial) or a model version (the
-run directory's id, as `tinyexp-dagster models` lists them), resolved against the pipeline's
-`<pipeline>/trained_model` materializations in the Dagster instance (DAGSTER_HOME). Printed:
+A and B are each a Dagster run id or any unique prefix of one (the UI shows 8 characters), a
+partition key (a sweep's trial) or a model version (the run directory's id, as `tinyexp-dagster
+models` lists them; a unique prefix too), resolved against the `<pipeline>/trained_model`
+materializations in the Dagster instance (DAGSTER_HOME): `--pipeline`'s, else every
+pipeline's. An exact match wins; a prefix of several runs is an error listing them. Printed:
 the overrides that differ, the effective config keys that differ, the metric deltas (B - A)
 and the per-epoch values side by side; `--plot PATH` draws both runs' curves on one PNG.
-Exit status 2: a reference that names no materialization, or no Dagster instance.
+Exit status 2: a reference that names no materialization or several runs, or no Dagster
+instance.
 """
 
 from __future__ import annotations
@@ -39,22 +42,72 @@ class TrainedRun:
     values: dict[str, float | None]  # the headline numbers
 
 
-def resolve(instance: Any, pipeline: str, reference: str) -> TrainedRun:
-    """The newest `<pipeline>/trained_model` materialization that `reference` names."""
-    import dagster as dg
+class AmbiguousReferenceError(UnknownReferenceError):
+    """A prefix of several runs' ids (or versions); the message lists them."""
 
-    key = dg.AssetKey([pipeline, "trained_model"])
-    records = instance.fetch_materializations(key, limit=_SEARCHED).records
+
+def resolve(instance: Any, pipeline: str | None, reference: str) -> TrainedRun:
+    """The newest trained_model materialization that `reference` names: exactly (a run id,
+    partition key or version), else as the prefix of one run's id or version."""
+    records = _trained_records(instance, pipeline)
+    where = f"{pipeline}/trained_model" if pipeline else "any pipeline's trained_model"
+    if not reference:
+        raise UnknownReferenceError(f"an empty reference names no run of {where}")
+    found = []  # (record, version), newest first
     for record in records:
         mat = record.asset_materialization
         run_dir = mat.metadata.get("run_dir")
         version = Path(str(run_dir.value)).name if run_dir is not None else ""
         if reference in (record.run_id, version, mat.partition):
             return _trained_run(reference, record.run_id, version, mat)
+        found.append((record, version))
+    by_run = {}  # run id -> its newest (record, version) whose id or version starts so
+    for record, version in found:
+        if record.run_id.startswith(reference) or (version and version.startswith(reference)):
+            by_run.setdefault(record.run_id, (record, version))
+    if len(by_run) == 1:
+        record, version = next(iter(by_run.values()))
+        return _trained_run(reference, record.run_id, version, record.asset_materialization)
+    if by_run:
+        listed = "; ".join(_candidate(record, version) for record, version in by_run.values())
+        raise AmbiguousReferenceError(
+            f"{reference!r} is the prefix of {len(by_run)} runs of {where}: {listed}"
+        )
     raise UnknownReferenceError(
-        f"{reference!r} is not a run id, partition key or model version of {pipeline}/"
-        f"trained_model ({len(records)} materializations searched)"
+        f"{reference!r} is not a run id, partition key or model version of {where} "
+        f"({len(records)} materializations searched)"
     )
+
+
+def _candidate(record: Any, version: str) -> str:
+    mat = record.asset_materialization
+    trial = f", trial {mat.partition}" if mat.partition else ""
+    own = f", version {version}" if version and version != record.run_id else ""
+    return f"run {record.run_id} ({mat.asset_key.to_user_string()}{trial}{own})"
+
+
+def _trained_records(instance: Any, pipeline: str | None) -> list[Any]:
+    """`<pipeline>/trained_model` materializations (every pipeline's without one), newest
+    first."""
+    import dagster as dg
+
+    if pipeline is not None:
+        keys = [dg.AssetKey([pipeline, "trained_model"])]
+    else:
+        keys = [k for k in instance.get_asset_keys() if k.path[-1] == "trained_model"]
+    records = [
+        record
+        for key in keys
+        for record in instance.fetch_materializations(key, limit=_SEARCHED).records
+    ]
+    return sorted(records, key=lambda r: r.storage_id, reverse=True)
+
+
+def plot_label(tag: str, run: TrainedRun) -> str:
+    """A legend entry that tells the two runs apart: the whole trial key, the short run id."""
+    if run.partition:
+        return f"{tag} {run.partition} (run {run.run_id[:8]})"
+    return f"{tag} run {run.run_id[:8]}"
 
 
 def _trained_run(reference: str, run_id: str, version: str, mat: Any) -> TrainedRun:
@@ -181,19 +234,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from .curves import plot_curves
 
         path = plot_curves(
-            [(f"A {a.reference[:12]}", a.rows), (f"B {b.reference[:12]}", b.rows)],
+            [(plot_label("A", a), a.rows), (plot_label("B", b), b.rows)],
             a.metric,
             args.plot,
         )
-        print(f"curves: {path}")
+        print(f"curves: {path} (legend: {plot_label('A', a)} | {plot_label('B', b)})")
     return 0
 
 
 def add_compare_command(sub: Any) -> None:
     """The `compare` subcommand."""
     compare = sub.add_parser("compare", help="two training runs side by side")
-    compare.add_argument("a", help="a run id, partition key or model version")
+    compare.add_argument("a", help="a run id (or a unique prefix), partition key or model version")
     compare.add_argument("b", help="another one")
-    compare.add_argument("--pipeline", default="mnist", help="the pipeline's name (default mnist)")
+    compare.add_argument(
+        "--pipeline", "-p", default=None, help="search this pipeline's runs (default: every one)"
+    )
     compare.add_argument("--plot", metavar="PATH", help="write both runs' curves to this PNG")
     compare.set_defaults(func=cmd_compare)

@@ -1,5 +1,6 @@
 """`tinyexp-dagster models|promote`: a pipeline's model versions and its champion alias.
 
+tinyexp-dagster models                             every model: versions, champion, its metric
 tinyexp-dagster models NAME                        versions, metric, data version, champion mark
 tinyexp-dagster promote NAME VERSION --reason TEXT move the champion alias by hand (rollback)
 
@@ -18,16 +19,39 @@ from typing import Any
 EXIT_BAD_INPUT = 2
 
 
+def _models_dir(args: argparse.Namespace) -> Path:
+    return Path(args.storage_root).expanduser().resolve() / "models"
+
+
 def _registry(args: argparse.Namespace) -> Any:
     from .registry import ModelRegistry
 
-    return ModelRegistry(Path(args.storage_root).expanduser().resolve() / "models", args.name)
+    return ModelRegistry(_models_dir(args), args.name)
+
+
+def _train_hint(args: argparse.Namespace, name: str | None) -> str:
+    """How this project trains a model (best effort: the pipelines' own commands)."""
+    from .cli_location import LocationError, all_pipelines
+
+    try:
+        pipelines = [p for p in all_pipelines(args) if name is None or p.name == name]
+    except LocationError:
+        pipelines = []
+    if not pipelines:
+        return (
+            "train a pipeline first (`dagster dev` in the project's folder, or "
+            "`dagster job execute -m <module> -j <name>_training_pipeline`)"
+        )
+    return "train one first: " + "; ".join(f"`{p.run_hint()}`" for p in pipelines)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the versions of model NAME, oldest first, the champion marked with `*`."""
+    """Without NAME: every model with its champion; with NAME: its versions, oldest first,
+    the champion marked with `*`."""
     from .registry import UnknownModelError
 
+    if args.name is None:
+        return _list_models(args)
     try:
         registry = _registry(args)
     except UnknownModelError as err:
@@ -35,28 +59,66 @@ def cmd_models(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     versions = registry.versions()
     if not versions:
-        print(f"error: no versions of model {args.name} under {registry.root}", file=sys.stderr)
+        print(f"error: no versions of model {args.name} under {registry.root}; "
+              f"{_train_hint(args, args.name)}", file=sys.stderr)  # fmt: skip
         return EXIT_BAD_INPUT
     champion = registry.champion_version()
     metric = versions[-1]["primary_metric"]["name"]
     rows = [["", "version", f"val_{metric}", "data_version", "config_hash", "created"]]
     for v in versions:
-        value = v.get("val_value")
         rows.append(
             [
                 "*" if v["version"] == champion else "",
                 v["version"],
-                "nan" if value is None else f"{value:.4f}",
+                _value(v),
                 v.get("data_version") or "-",
                 v.get("config_hash") or "-",
                 v.get("created", ""),
             ]
         )
+    _print_rows(rows)
+    print(f"champion: {champion or 'none'} (* above)")
+    return 0
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    """One line per model under the storage root: versions, champion and its metric."""
+    from .registry import ModelRegistry, UnknownModelError
+
+    models_dir = _models_dir(args)
+    folders = models_dir.iterdir() if models_dir.is_dir() else ()
+    names = sorted(p.name for p in folders if p.is_dir())
+    rows = [["model", "versions", "champion", "metric", "latest"]]
+    for name in names:
+        try:
+            registry = ModelRegistry(models_dir, name)
+        except UnknownModelError:  # a folder that is no model's (not a valid name)
+            continue
+        versions = registry.versions()
+        if not versions:
+            continue
+        champion = registry.champion_version()
+        record = next((v for v in versions if v["version"] == champion), None)
+        metric = versions[-1]["primary_metric"]["name"]
+        shown = f"val_{metric} {_value(record)}" if record is not None else "-"
+        rows.append([name, str(len(versions)), champion or "none", shown, versions[-1]["version"]])
+    if len(rows) == 1:
+        print(f"no models under {models_dir}; {_train_hint(args, None)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _print_rows(rows)
+    print("versions of one model: tinyexp-dagster models NAME")
+    return 0
+
+
+def _value(version: dict[str, Any]) -> str:
+    value = version.get("val_value")
+    return "nan" if value is None else f"{value:.4f}"
+
+
+def _print_rows(rows: list[list[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    print(f"champion: {champion or 'none'} (* above)")
-    return 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -102,8 +164,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def add_model_commands(sub: Any) -> None:
     """The `models` and `promote` subcommands."""
-    models = sub.add_parser("models", help="a model's versions and its champion")
-    models.add_argument("name", help="the model's name (the pipeline's, by default)")
+    from .cli_location import add_location_options
+
+    models = sub.add_parser("models", help="every model and its champion, or one's versions")
+    models.add_argument(
+        "name", nargs="?", help="the model's name (a pipeline's); default: list every model"
+    )
+    add_location_options(models)  # for the hint that names how this project trains
     models.set_defaults(func=cmd_models)
     promote = sub.add_parser("promote", help="move a model's champion alias (e.g. a rollback)")
     promote.add_argument("name", help="the model's name")

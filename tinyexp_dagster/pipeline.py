@@ -134,7 +134,11 @@ def pipeline_defs(
         # request one unpartitioned run, are not built.
         sensors.append(build_sweep_pool_sensor(spec))
         return dg.Definitions(
-            assets=assets, asset_checks=checks, jobs=list(jobs.values()), sensors=sensors
+            assets=assets,
+            asset_checks=checks,
+            jobs=list(jobs.values()),
+            sensors=sensors,
+            executor=dg.in_process_executor,
         )
     if has["prepare_data"]:
         training = jobs["training"].name
@@ -149,6 +153,10 @@ def pipeline_defs(
         jobs=list(jobs.values()),
         sensors=sensors,
         schedules=[schedule],
+        # Ad hoc materializations too (a sweep trial from the terminal, the UI's
+        # "Materialize"): steps run in the run's process, as the jobs' do (jobs.py), instead
+        # of paying a Python start and a definitions load per step.
+        executor=dg.in_process_executor,
     )
 
 
@@ -237,3 +245,5 @@ def _check_pieces(
     if threshold is not None and not (has["train"] and has["evaluate"]):
         allowed = f"none: {what} has no primary_metric, train() and evaluate() to check"
         raise ConfigValueError(option, threshold, allowed)
+    if threshold is not None:
+        spec.primary_metric.check_threshold(option, threshold)

@@ -253,13 +253,21 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _caught_up(cursor: str, last: str) -> bool:
+    """Nothing waits in the backlog and the stream is read up to `last`."""
+    from tinyexp_dagster.sensors.progress_backlog import Backlog
+
+    backlog = Backlog.parse(cursor)
+    return not backlog.pending and _stream_id(backlog.stream) >= _stream_id(last)
+
+
 def test_a_backlog_over_the_cap_is_worked_off_over_ticks_without_loss_or_repeat(
     redis_url, client, instance, resources, new_run_id, monkeypatch
 ):
-    """More observable events than one tick may emit: each tick emits at most the cap, the
-    cursor moves only past what was observed, and after a few ticks every run's epoch ends
-    are accounted for once (observed, or folded into a newer one of the same run in the
-    same tick) and every outcome observed once."""
+    """More runs to observe than one tick may emit: each tick emits at most the cap, the
+    rest waits in the cursor's backlog, a run's epoch ends are folded into its newest
+    (counted), and after a few ticks every run's epoch ends are accounted for once and
+    every outcome observed once."""
     from tinyexp_dagster.sensors import training_progress
 
     cap = 3
@@ -270,22 +278,22 @@ def test_a_backlog_over_the_cap_is_worked_off_over_ticks_without_loss_or_repeat(
     reporters[burst] = start_run(redis_url, burst, heartbeat=time.time())
     for epoch in range(3):  # one run's epoch ends back to back: folded into the newest
         reporters[burst].epoch_end(epoch=epoch, loss=1.0 / (epoch + 1), metrics={})
-    for epoch in range(2):  # the others' interleaved: one observation each
+    for epoch in range(2):  # the others' interleaved: folded too, while they wait
         for rid in runs:
             reporters[rid].epoch_end(epoch=epoch, loss=0.5, metrics={"val_accuracy": 0.5})
     for rid in [burst, *runs]:
         reporters[rid].finish("succeeded")
     last_ours = stream_end(client)
     expected_epoch_ends = {burst: 3, **{rid: 2 for rid in runs}}
-    wanted = 1 + 2 * len(runs) + len(runs) + 1  # burst's epoch + others' epochs + outcomes
+    wanted = 2 * (1 + len(runs))  # per run: its newest epoch and its outcome
 
     seen: dict[str, list[tuple[str, int | None, int]]] = {rid: [] for rid in expected_epoch_ends}
     ticks = 0
-    while _stream_id(cursor) < _stream_id(last_ours):
+    while not _caught_up(cursor, last_ours):
         assert ticks < 40, f"backlog not worked off after {ticks} ticks (cursor {cursor})"
         data = tick(training_progress_sensor, instance, cursor, resources)
         assert len(data.asset_events) <= cap, "a tick emitted more observations than the cap"
-        assert _stream_id(data.cursor) > _stream_id(cursor), "a tick with events must advance"
+        assert data.cursor != cursor, "a tick with work must move the cursor"
         for obs in data.asset_events:
             rid = obs.metadata["run_id"].value
             if rid in seen:
@@ -305,6 +313,45 @@ def test_a_backlog_over_the_cap_is_worked_off_over_ticks_without_loss_or_repeat(
     assert seen[burst] == [("epoch_end", 3, 2), ("finished", None, 0)]
     again = tick(training_progress_sensor, instance, last_ours, resources)
     assert not [o for o in again.asset_events if o.metadata["run_id"].value in seen]
+
+
+@pytest.mark.timeout(600)
+def test_a_backlog_of_1000_active_runs_empties_with_ticks_bounded_in_time(
+    redis_url, client, instance, resources, new_run_id
+):
+    """Issue 24, item 6: 1000 active runs, each with two epoch ends and an outcome in the
+    stream. Every tick reads within its budget and emits at most the cap; the backlog (at
+    most two slots per run) empties, every run's outcome observed once."""
+    from tinyexp_dagster.sensors import training_progress as tp
+
+    cursor = stream_end(client)
+    runs = [new_run_id() for _ in range(1000)]
+    for rid in runs:
+        rep = RedisProgressReporter(redis_url, rid, throttle_s=0.0)
+        rep.start(asset="mnist/trained_model", num_epochs=2, num_steps=10)
+        for epoch in range(2):
+            rep.epoch_end(epoch=epoch, loss=0.5, metrics={})
+        rep.finish("succeeded")
+        rep.close()
+    last_ours = stream_end(client)
+    outcomes: dict[str, int] = dict.fromkeys(runs, 0)
+    ticks, slowest = 0, 0.0
+    bound = -(-2 * len(runs) // tp.MAX_OBSERVATIONS_PER_TICK) + 2
+    while not _caught_up(cursor, last_ours):
+        assert ticks < bound, f"backlog not empty after {ticks} ticks"
+        started = time.monotonic()
+        data = tick(training_progress_sensor, instance, cursor, resources)
+        slowest = max(slowest, time.monotonic() - started)
+        assert len(data.asset_events) <= tp.MAX_OBSERVATIONS_PER_TICK
+        for obs in data.asset_events:
+            rid = obs.metadata["run_id"].value
+            if rid in outcomes and obs.metadata["event"].value == "finished":
+                outcomes[rid] += 1
+        cursor, ticks = data.cursor, ticks + 1
+    assert set(outcomes.values()) == {1}, "every run's outcome observed exactly once"
+    assert ticks >= 2 * len(runs) // tp.MAX_OBSERVATIONS_PER_TICK, "the cap held every tick"
+    # The read budget, plus building at most the cap's observations (generous: shared CPUs).
+    assert slowest < tp.READ_BUDGET_S + 5.0, slowest
 
 
 def test_progress_without_a_store_or_with_redis_down(instance, down_resources, tmp_path):

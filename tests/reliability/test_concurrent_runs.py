@@ -118,4 +118,8 @@ def test_two_concurrent_runs_do_not_interfere(ray_cluster, redis_url, storage, i
     # (this location's tolerance lets every version in: tests/reliability/support.py)
     history = [json.loads(line) for line in (models / "champion_history.jsonl").open()]
     assert sorted(m["version"] for m in history) == sorted([id_a, id_b])
+    # One decision at a time: the second gate compared against the champion the first one
+    # had just made, and its entry says so.
+    assert history[0]["previous"] is None, history
+    assert history[1]["previous"] == history[0]["version"], history
     assert json.loads((models / "champion.json").read_text())["version"] == history[-1]["version"]

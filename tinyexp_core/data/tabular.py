@@ -27,6 +27,7 @@ import torch
 from tinyexp_core.contract import PreparedData
 from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
 from tinyexp_core.files import sha256_file
+from tinyexp_core.storage import localize_dataset
 
 FORMAT = "tinyexp.tabular/1"
 SPLITS = ("train", "val", "test")
@@ -171,7 +172,7 @@ def _histogram(
 
 def read_tabular_manifest(path: str | Path) -> PreparedData:
     """The manifest of a prepared tabular dataset (its directory or the file itself)."""
-    path = Path(path)
+    path = localize_dataset(path, MANIFEST_NAME)
     file = path if path.name == MANIFEST_NAME else path / MANIFEST_NAME
     if not file.is_file():
         raise DatasetNotFoundError(str(file), "Prepare it with the experiment's prepare_data().")

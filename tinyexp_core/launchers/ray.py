@@ -37,9 +37,16 @@ from ..exceptions import (
 from ..stop import STOP_GRACE_S, StopHandle, process_handle
 from ..timing import ENV_TIMING_FILE, mark
 from . import ray_pool
-from .runtime import forward_stdout, set_log_forwarder, steady_malloc
+from .runtime import (
+    forward_stdout,
+    set_log_forwarder,
+    steady_malloc,
+    thread_env_defaults,
+    torchrun_env_defaults,
+)
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
+LOCAL_RAY = "local"  # an address: a local Ray started for this run and stopped after it
 LOCAL_HOST = "127.0.0.1"
 _ENV_RAY_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local node is 127.0.0.1
 _PEER_DEATH_GRACE_S = 3.0  # after a rank fails, how long to look for a peer that died
@@ -82,7 +89,7 @@ class RayLaunchSpec:
             raise ConfigValueError("num_gpus_per_worker", self.num_gpus_per_worker, ">= 0")
         if self.placement_timeout_s <= 0:
             raise ConfigValueError("placement_timeout_s", self.placement_timeout_s, "> 0")
-        if not self.resolved_address():
+        if self.resolved_address() in ("", LOCAL_RAY):
             check_fits_local(self)
 
     def resolved_address(self) -> str:
@@ -158,7 +165,8 @@ def _loopback_only() -> Iterator[None]:
 def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterator[bool]:
     """Reuse a connected Ray, connect to `address`, or start a local one; yields `owned`.
 
-    Only a session opened here is shut down on exit.
+    Only a session opened here is shut down on exit. `address` "" or `local`: a local Ray
+    started here (and so stopped on exit).
     """
     import ray
 
@@ -166,7 +174,7 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
         yield False
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
+    if address and address != LOCAL_RAY:
         _check_reachable(address, connect_timeout_s)
         try:
             if _is_loopback(address) and not _answers_beyond_loopback(address):
@@ -362,6 +370,20 @@ def _release_announcement() -> None:
         release_dump_handler()
 
 
+def _runtime_env(spec: RayLaunchSpec) -> dict[str, Any]:
+    """The ranks' runtime_env: the spec's, with the driver's import path, torchrun's thread
+    defaults (set at process start: OpenMP reads them when torch is imported) and the
+    timing file (a Ray this process did not start, a warm one, has its own environment)."""
+    runtime_env = dict(spec.runtime_env)
+    env_vars = runtime_env["env_vars"] = dict(runtime_env.get("env_vars", {}))
+    env_vars.setdefault("PYTHONPATH", _python_path())
+    for name, value in thread_env_defaults(int(spec.num_cpus_per_worker)).items():
+        env_vars.setdefault(name, value)
+    if os.environ.get(ENV_TIMING_FILE):
+        env_vars.setdefault(ENV_TIMING_FILE, os.environ[ENV_TIMING_FILE])
+    return runtime_env
+
+
 def _python_path() -> str:
     """The driver's import path, so ranks import the same experiment modules locally."""
     entries = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)]
@@ -427,12 +449,8 @@ class RayLauncher:
                     f"placement group of {spec.num_workers} x {bundle}", spec.placement_timeout_s
                 ) from None
             sink = ray.remote(num_cpus=0)(_LogSink).remote()
-            runtime_env = dict(spec.runtime_env)
-            env_vars = runtime_env.setdefault("env_vars", {})
-            env_vars.setdefault("PYTHONPATH", _python_path())
-            if os.environ.get(ENV_TIMING_FILE):
-                # A Ray this process did not start (a warm one) has its own environment.
-                env_vars.setdefault(ENV_TIMING_FILE, os.environ[ENV_TIMING_FILE])
+            runtime_env = _runtime_env(spec)
+            env_vars = runtime_env["env_vars"]
             warm = [] if pool is None else ray_pool.take(pool, spec.num_workers, token)
             self.warm_ranks = len(warm)
             actors.extend(warm)
@@ -500,9 +518,18 @@ class RayLauncher:
             master_addr = LOCAL_HOST
         refs = []
         exp_blob = ray.cloudpickle.dumps(exp)
+        nodes = list(dict.fromkeys(node_ids))
+        threads = max(1, int(spec.num_cpus_per_worker))
         for rank, actor in enumerate(actors):
             same_node = [r for r, n in enumerate(node_ids) if n == node_ids[rank]]
             env = {
+                **torchrun_env_defaults(
+                    num_threads=threads,
+                    group_rank=nodes.index(node_ids[rank]),
+                    num_groups=len(nodes),
+                    rank=rank,
+                    world_size=spec.num_workers,
+                ),
                 **env_vars,  # a warm rank started before the run's runtime_env existed
                 "RANK": str(rank),
                 "WORLD_SIZE": str(spec.num_workers),
@@ -514,7 +541,6 @@ class RayLauncher:
             }
             if master_addr == LOCAL_HOST and "GLOO_SOCKET_IFNAME" not in os.environ:
                 env["GLOO_SOCKET_IFNAME"] = "lo"  # every rank is on this host
-            threads = max(1, int(spec.num_cpus_per_worker))
             refs.append(actor.run.remote(exp_blob, env, sink if rank == 0 else None, threads))
         if self.on_started is not None:
             self.on_started(self)

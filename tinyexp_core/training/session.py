@@ -83,7 +83,19 @@ class TrainingSession:
             )
             self.logger.info(f"overrides: {self.exp.overrided_cfg or 'none'}")
         mark(f"process_group_ready_rank{self.rank}")
+        self._resume_from = self._find_resume()
         return self
+
+    def _find_resume(self) -> tuple[str, dict[str, Any]] | None:
+        """The checkpoint `resume_from` names (None: a fresh start), read and checked before
+        any data or model work: a missing, corrupt or foreign checkpoint fails here."""
+        from tinyexp_core.recipe import check_experiment_class, resolve_resume
+
+        exp = self.exp
+        found = resolve_resume(exp.resume_from, exp.checkpoint_cfg, self.run_dir, self.logger)
+        if found is not None:
+            check_experiment_class(exp, *found)
+        return found
 
     def __exit__(self, *exc: Any) -> bool | None:
         return self._stack.__exit__(*exc)
@@ -157,10 +169,9 @@ class TrainingSession:
         from `resume_from` when set, start progress and tracking; returns the model ready for
         training (DDP-wrapped on several ranks). `num_steps`: batches per epoch on this rank.
         Build the model with the same seed on every rank before calling it."""
-        from tinyexp_core.recipe import resolve_resume, resume_run
+        from tinyexp_core.recipe import resume_run
 
-        exp = self.exp
-        found = resolve_resume(exp.resume_from, exp.checkpoint_cfg, self.run_dir, self.logger)
+        exp, found = self.exp, self._resume_from
         resumed = resume_run(
             found,
             accelerator=self.accelerator,
@@ -178,6 +189,9 @@ class TrainingSession:
             # replace their description.
             exp.dump_config(self.run_dir)
             self.logger.info("effective config:\n" + exp.config_yaml())
+        # Registered before the loop's own exits, so it runs after them: the checkpoint in
+        # flight is written, then uploaded (a remote storage root only).
+        self._stack.callback(self._publish_run)
         self._loop = _Loop(self, model, optimizer, scheduler, extra, resumed, num_epochs, num_steps)
         mark(f"dataset_loaded_rank{self.rank}")
         return self.accelerator.prepare_model(model)
@@ -229,6 +243,22 @@ class TrainingSession:
         """Where the latest epoch checkpoint (`last.pt`) is written."""
         return str(self._require_loop().manager.last_path)
 
+    def _publish_run(self) -> None:
+        """Rank 0 with a remote storage root: wait for the checkpoint uploads (raises
+        `UploadFailedError` naming the file kept on local disk), then upload the run's
+        records (config.yaml, logs, history) beside them."""
+        loop = self._loop
+        if loop is None or not loop.manager.remote or not self.is_main_process:
+            return
+        from pathlib import Path
+
+        from tinyexp_core import storage
+
+        loop.manager.flush_uploads()
+        for entry in Path(self.run_dir).iterdir():
+            if entry != loop.manager.directory and not entry.name.startswith("."):
+                storage.publish(entry)
+
     def flush_checkpoints(self) -> None:
         """Wait for the checkpoint being written in the background (raises its error)."""
         self._require_loop().checkpoints.wait()
@@ -243,18 +273,21 @@ class TrainingSession:
             name = type(self.exp).__name__
             raise ConfigValueError(f"{name}.primary_metric", None, "a PrimaryMetric(name, dir)")
         trained_now = [r.samples_per_s for r in self.history[loop.first_new :]]
+        from tinyexp_core.storage import to_uri
+
+        # With a remote storage root the paths are URIs: another node reads the bucket.
         result = TrainResult(
             run_id=self.exp.run_id,
-            run_dir=self.run_dir,
+            run_dir=to_uri(self.run_dir),
             checkpoints=Checkpoints(
-                best=str(loop.manager.best_path), last=str(loop.manager.last_path)
+                best=to_uri(loop.manager.best_path), last=to_uri(loop.manager.last_path)
             ),
             history=self.history,
             primary_metric=metric,
             wall_time_s=time.perf_counter() - self._started,
             world_size=self.world_size,
             config=self.exp.config_dict(),
-            resumed_from=self.resumed_from,
+            resumed_from=to_uri(self.resumed_from) if self.resumed_from else "",
             samples_per_s=sum(trained_now) / len(trained_now) if trained_now else math.nan,
         )
         result.tracker.update(loop.finish_tracker(result.to_dict()))

@@ -158,10 +158,12 @@ def _with_threshold(spec: PipelineSpec, threshold: float, bound: str) -> type[dg
 def evaluate_checkpoint(spec: PipelineSpec, checkpoint: dict[str, Any], split: str) -> Any:
     """The experiment's EvalResult of a registered version's file on `split`."""
     from tinyexp_core.contract import EvalResult
+    from tinyexp_core.storage import to_uri
     from tinyexp_core.timing import mark
 
     path = checkpoint["dataset_path"]
-    forced = {"data_cfg.prepared_path": path} if path else {}  # else its own data
+    # As a URI under an object-store root: read from the bucket into this node's mirror.
+    forced = {"data_cfg.prepared_path": to_uri(path)} if path else {}  # else its own data
     exp = build_experiment(checkpoint["experiment"], checkpoint["overrides"], forced)
     mark("evaluate_start")
     result = exp.evaluate(checkpoint["path"], split)

@@ -57,11 +57,13 @@ def make_plan(
     resources: tuple[RayDDPResource, RedisProgressResource, StorageResource],
     trains: bool,
 ) -> TrainPlan:
-    """The run's plan from its config, its dataset and the resources (ray, redis, storage)."""
+    """The run's plan from its config, its dataset and the resources (ray, redis, storage).
+    An object-store root is checked first (before Ray starts): one line naming the URI."""
     from tinyexp_core.exceptions import TinyExpError
     from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT
 
     ray, redis, storage = resources
+    storage.check()
     root = str(storage.resolved_root())
     layers = spec.run_overrides(config.exp, config.overrides, spec.trial(context))
     forced = _identity(context, config, dataset, storage, redis, trains)
@@ -106,12 +108,13 @@ def _identity(
     output_root = storage.runs_dir() if trains else storage.runs_dir() / run_id
     forced: dict[str, Any] = {
         "mode": "train",
-        "output_root": str(output_root),
+        # URIs with an object-store root: each rank maps them to its own node's mirror.
+        "output_root": storage.to_uri(output_root),
         "run_id": run_id,
         **redis.forced(),
     }
     if dataset is not None:
-        forced["data_cfg.prepared_path"] = dataset["path"]
+        forced["data_cfg.prepared_path"] = storage.to_uri(dataset["path"])
     if trains:  # a run()-only experiment resumes (or not) by itself
         forced["resume_from"] = "auto" if config.resume == "auto" else ""
     return forced

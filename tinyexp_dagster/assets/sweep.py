@@ -18,6 +18,8 @@ from .common import PipelineSpec, table
 
 LEADERBOARD = "sweep_leaderboard"
 BACKFILL_TAG = "dagster/backfill"
+# The runs one `tinyexp-dagster sweep NAME run` launched (cli_sweep_run.py): one execution.
+BATCH_TAG = "tinyexp/sweep_batch"
 POLL_S = 0.5  # how often the monitor reads the run's progress events
 COLUMNS = ("rank", "trial", "status", "epoch", "metric", "best", "overrides")
 
@@ -33,8 +35,10 @@ def partitions_def(spec: PipelineSpec) -> dg.StaticPartitionsDefinition | None:
 
 
 def sweep_scope(context: dg.AssetExecutionContext) -> str:
-    """The sweep execution a run belongs to: its backfill, or `adhoc` for single runs."""
-    return context.run.tags.get(BACKFILL_TAG) or "adhoc"
+    """The sweep execution a run belongs to: its backfill, the `sweep run` command that
+    launched it, or `adhoc` for single runs (pruning compares trials of one execution)."""
+    tags = context.run.tags
+    return tags.get(BACKFILL_TAG) or tags.get(BATCH_TAG) or "adhoc"
 
 
 def board_key(pipeline: str, scope: str) -> str:

@@ -68,12 +68,15 @@ def write_curves_best_effort(
 ) -> Any:
     """`<run_dir>/learning_curves.png`, or None (with a warning) when it cannot be drawn: a
     picture never fails a finished training."""
-    from pathlib import Path
+    from tinyexp_core import storage
 
     from ..curves import plot_curves
 
     try:
-        return plot_curves([("run", rows)], metric, Path(run_dir) / CURVES_FILE)
+        # An object-store run directory (a URI): drawn in this node's mirror, then uploaded.
+        path = plot_curves([("run", rows)], metric, storage.local_path(run_dir) / CURVES_FILE)
+        storage.publish(path)
+        return path
     except Exception as err:  # matplotlib missing or broken, disk full: the run stands
         context.log.warning(f"learning curves not drawn: {type(err).__name__}: {err}")
         return None

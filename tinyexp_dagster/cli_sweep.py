@@ -1,0 +1,166 @@
+"""`tinyexp-dagster sweep PIPELINE [list|run|leaderboard]`: a sweep from the terminal.
+
+tinyexp-dagster sweep NAME                   the trials: partition key, state, epochs, metric, run
+tinyexp-dagster sweep NAME run KEY [KEY ...] train these trials (no daemon needed)
+tinyexp-dagster sweep NAME run --all         train every trial
+tinyexp-dagster sweep NAME leaderboard       materialize `NAME/sweep_leaderboard`, print it
+
+A trial runs as `dagster job execute <location> -j NAME_training_pipeline` with its partition
+(one process per trial, its output in `<storage_root>/sweeps/NAME/<trial>.log`), so it is
+recorded in the project's Dagster instance (DAGSTER_HOME) like a run from the UI. At most
+the sweep's `max_concurrent` trials train at once: the pipeline's pool sensor sets that
+limit on the pool `tinyexp_NAME_sweep` in the instance first, and this command starts no
+more trials than it. The runs join the local Ray of `tinyexp-dagster ray up` (recorded
+under the storage root) or `RAY_ADDRESS`; with neither and more than one trial to run, a
+local Ray is started for the trials and stopped after them. A missing
+`NAME/prepared_dataset` is materialized first; the leaderboard is refreshed at the end.
+Exit status: 0 every trial succeeded, 1 one failed, 2 a bad pipeline, trial or location,
+130 interrupted (each running trial got one SIGINT: its ranks checkpoint and stop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cli_location import (
+    LocationError,
+    Pipeline,
+    PipelineChoiceError,
+    add_location_options,
+    all_pipelines,
+    choose_pipeline,
+)
+from .cli_sweep_run import print_leaderboard, print_rows, run_trials
+from .resources.storage import ENV_STORAGE_ROOT
+
+ACTIONS = ("list", "run", "leaderboard")
+EXIT_BAD_INPUT = 2
+_IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """List, run or rank a sweep's trials."""
+    import dagster as dg
+
+    # Before the location loads: its resources read the storage root from the environment.
+    root = str(Path(args.storage_root).expanduser().resolve())
+    os.environ[ENV_STORAGE_ROOT] = root
+    try:
+        pipelines = all_pipelines(args)
+        name, action, keys = _words(args.words, pipelines)
+        pipeline = choose_pipeline(pipelines, name, needs_sweep=True)
+        unknown = [k for k in keys if k not in pipeline.trial_keys]
+        if unknown:
+            raise PipelineChoiceError(
+                f"trial {unknown[0]!r} is not a partition of {pipeline.name}: "
+                f"{', '.join(pipeline.trial_keys)}"
+            )
+    except (LocationError, PipelineChoiceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    instance = dg.DagsterInstance.get()
+    if action == "list":
+        print_rows(trial_rows(instance, pipeline))
+        return 0
+    if action == "leaderboard":
+        return print_leaderboard(instance, pipeline)
+    if not keys and not args.all:
+        print(f"error: name the trials to run, or --all: {', '.join(pipeline.trial_keys)}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_BAD_INPUT
+    return run_trials(instance, pipeline, list(pipeline.trial_keys) if args.all else keys, root)
+
+
+def _words(words: list[str], pipelines: list[Pipeline]) -> tuple[str | None, str, list[str]]:
+    """(pipeline, action, trial keys) from `[PIPELINE] [ACTION] [KEY ...]`."""
+    names = {p.name for p in pipelines}
+    name = None
+    if words and (words[0] in names or words[0] not in ACTIONS):
+        name, words = words[0], words[1:]
+    action = words[0] if words else "list"
+    if action not in ACTIONS:
+        raise PipelineChoiceError(f"sweep action {action!r}: expected one of {', '.join(ACTIONS)}")
+    keys = words[1:]
+    if keys and action != "run":
+        raise PipelineChoiceError(f"sweep {action} takes no trial keys (got {keys[0]!r})")
+    return name, action, keys
+
+
+# ---------------------------------------------------------------- the trials' state
+
+
+def trial_rows(instance: Any, pipeline: Pipeline) -> list[list[str]]:
+    """A table: each trial's state (its newest run's, or its materialization's
+    `sweep_status`), epochs, best validation metric and the run's short id."""
+    import dagster as dg
+
+    key = dg.AssetKey([pipeline.name, "trained_model"])
+    rows = [["trial", "state", "epochs", "metric", "run"]]
+    for trial in pipeline.trial_keys:
+        mats = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[trial]), limit=1
+        ).records
+        run = _latest_run(instance, pipeline, trial)
+        mat = mats[0] if mats else None
+        state, epochs, metric, run_id = "not run", "-", "-", "-"
+        if mat is not None:
+            meta = mat.asset_materialization.metadata
+            state = str(meta["sweep_status"].value) if "sweep_status" in meta else "materialized"
+            epochs = str(meta["epochs"].value) if "epochs" in meta else "-"
+            metric = _metric_text(meta)
+            run_id = mat.run_id
+        created = run.create_timestamp.timestamp() if run is not None else 0.0
+        newer = run is not None and (mat is None or created > mat.timestamp)
+        if newer:
+            status = run.dagster_run.status.value
+            state = "running" if status in _IN_PROGRESS else status.lower()
+            run_id = run.dagster_run.run_id
+        rows.append([trial, state, epochs, metric, run_id[:8]])
+    return rows
+
+
+def _latest_run(instance: Any, pipeline: Pipeline, trial: str) -> Any:
+    """The newest run record of this trial's training (any job that trains it), or None."""
+    import dagster as dg
+
+    key = dg.AssetKey([pipeline.name, "trained_model"])
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={"dagster/partition": trial}), limit=50
+    )  # newest first
+    for record in records:
+        run = record.dagster_run
+        if run.job_name == pipeline.training_job or key in (run.asset_selection or ()):
+            return record
+    return None
+
+
+def _metric_text(meta: Any) -> str:
+    metric = str(meta["primary_metric"].value).split(" ")[0] if "primary_metric" in meta else ""
+    best = meta.get(f"best_val_{metric}")
+    return f"val_{metric} {best.value:.4f}" if best is not None else "-"
+
+
+def add_sweep_command(sub: Any) -> None:
+    """The `sweep` subcommand."""
+    sweep = sub.add_parser(
+        "sweep",
+        help="a sweep's trials: list, run (no daemon needed), leaderboard",
+        description=__doc__.split("\n\n")[1],
+        usage="tinyexp-dagster sweep [PIPELINE] [list|run|leaderboard] [KEY ...] [--all] "
+        "[-m MODULE | -f FILE | -w WORKSPACE]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument(
+        "words",
+        nargs="*",
+        metavar="WORD",
+        help="the sweep pipeline (default: the only one), the action (default list) and, "
+        "for run, the trials' partition keys",
+    )
+    sweep.add_argument("--all", action="store_true", help="run: every trial of the sweep")
+    add_location_options(sweep)
+    sweep.set_defaults(func=cmd_sweep)
