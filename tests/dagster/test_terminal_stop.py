@@ -5,7 +5,8 @@ Ray or rank process is left; that command finishes the run with weights equal to
 uninterrupted run's. A second Ctrl-C ends the ranks at once, leaving nothing behind.
 
 Real subprocesses: each `dagster job execute` starts (and stops) its own local Ray with 2
-ranks; training is slowed (`train_cfg.step_delay_s`) on the small digits set."""
+ranks (`RAY_ADDRESS=local`; by default a run leaves a warm Ray for the next one);
+training is slowed (`train_cfg.step_delay_s`) on the small digits set."""
 
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ class Project:
             "TINYEXP_REDIS_URL": redis_url,
             leftovers.ENV_SESSION: f"{outer}:{self.mark}" if outer else self.mark,
         }
-        self.env.pop("RAY_ADDRESS", None)  # each command starts its own local Ray
+        # Each command starts its own local Ray and stops it (`local`), so "nothing left"
+        # means nothing: not even the warm Ray a default run would leave for the next one.
+        self.env["RAY_ADDRESS"] = "local"
         # What ran before (the session's Ray among it) is never this project's leftover.
         self.before = frozenset(_identities())
 
