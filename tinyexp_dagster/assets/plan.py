@@ -35,7 +35,7 @@ class TrainPlan:
     resume: bool  # continue the run directory's last valid checkpoint (when there is one)
     progress: Any  # the run's RunProgress
     launch: Any  # the RayLaunchSpec, read back from the experiment
-    storage_root: str
+    storage_root: str  # as configured (a local path or a URI): what `--storage-root` takes
     trains: bool  # train() -> TrainResult; else a run()-only experiment
 
     def run_dir(self) -> str:
@@ -87,7 +87,7 @@ def make_plan(
         resume=bool(forced.get("resume_from")),
         progress=progress,
         launch=launch,
-        storage_root=root,
+        storage_root=storage.root_location(),
         trains=trains,
     )
 
