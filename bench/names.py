@@ -94,16 +94,16 @@ MEASURES: dict[str, tuple[str, ...]] = {
     "sensor_cost": (
         "bench/sensor_cost.py",
         "tinyexp_dagster/sensors",
-        "tinyexp_core/progress.py",
+        "tinyexp_core/progress/",
     ),
     "step_checkpoint": (
         "bench/step_checkpoint.py",
         "tinyexp_core/step_checkpoint.py",
-        "tinyexp_core/checkpoint.py",
+        "tinyexp_core/checkpoint/",
     ),
     "progress_overhead": (
         "bench/progress_overhead.py",
-        "tinyexp_core/progress.py",
+        "tinyexp_core/progress/",
         "tinyexp_core/redis_client.py",
         "tinyexp_core/training",
     ),

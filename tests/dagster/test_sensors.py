@@ -36,15 +36,14 @@ from tinyexp_core.progress import (
 from tinyexp_core.redis_client import make_client
 from tinyexp_core.redis_server import RedisClusterManager, free_port
 from tinyexp_core.stacks import RankStack, StackReport
+from tinyexp_dagster import default_resources
 from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
 from tinyexp_dagster.definitions import defs
-from tinyexp_dagster.resources import RedisProgressResource, StorageResource
+from tinyexp_dagster.resources import RedisProgressResource, StallSettingsResource, StorageResource
 from tinyexp_dagster.sensors import (
     STALLED_AT_TAG,
     STALLED_RUN_TAG,
     evaluation_key,
-    stall_action,
-    stall_after_s,
     stalled_training_sensor,
     training_progress_sensor,
 )
@@ -134,6 +133,7 @@ def resources(redis_url: str, tmp_path: Path) -> dict[str, Any]:
     return {
         "redis": RedisProgressResource(url=redis_url),
         "storage": StorageResource(root=str(tmp_path / "storage")),
+        "stalls": StallSettingsResource(after_s=60),
     }
 
 
@@ -143,6 +143,7 @@ def down_resources(tmp_path: Path) -> dict[str, Any]:
     return {
         "redis": RedisProgressResource(url=f"redis://127.0.0.1:{free_port()}/0"),
         "storage": StorageResource(root=str(tmp_path / "storage")),
+        "stalls": StallSettingsResource(after_s=60),
     }
 
 
@@ -157,7 +158,9 @@ def tick(
     cursor: str | None = None,
     resources: dict[str, Any] | None = None,
 ) -> Any:
-    """One evaluation as the daemon does it; returns run requests, skip message, cursor."""
+    """One evaluation as the daemon does it; returns run requests, skip message, cursor.
+    Without a `stalls` resource the default settings are the deployment's."""
+    resources = {"stalls": StallSettingsResource(), **(resources or {})}
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     return sensor.evaluate_tick(context)
 
@@ -404,8 +407,9 @@ def test_rejected_credentials_fail_the_tick_instead_of_skipping(instance, tmp_pa
 
 @pytest.fixture
 def stall_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("TINYEXP_STALL_AFTER_S", "60")
-    monkeypatch.delenv("TINYEXP_STALL_ACTION", raising=False)
+    """No stall setting comes from the environment: the `stalls` resource decides."""
+    monkeypatch.setenv("TINYEXP_STALL_AFTER_S", "1")
+    monkeypatch.setenv("TINYEXP_STALL_ACTION", "terminate")
     return monkeypatch
 
 
@@ -488,7 +492,7 @@ def test_redis_down_is_not_a_stall(
 def test_terminate_action_requests_one_resume_run(
     redis_url, client, track, resources, pipeline_job, stall_env
 ):
-    stall_env.setenv("TINYEXP_STALL_ACTION", "terminate")
+    resources["stalls"] = StallSettingsResource(after_s=60, action="terminate")
     launcher = {"module": __name__, "class": TerminatingRunLauncher.__name__}
     with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
         run = dagster_run(instance, pipeline_job)
@@ -525,7 +529,7 @@ def test_no_resume_when_the_run_cannot_be_terminated(
 ):
     """DagsterInstance.ephemeral()'s run launcher cannot terminate: two trainers must not
     share a run directory, so nothing is requested."""
-    stall_env.setenv("TINYEXP_STALL_ACTION", "terminate")
+    resources["stalls"] = StallSettingsResource(after_s=60, action="terminate")
     instance = dg.DagsterInstance.ephemeral()
     run = dagster_run(instance, pipeline_job)
     track(run.run_id)
@@ -607,7 +611,7 @@ def test_a_resume_run_hanging_at_the_same_step_again_is_failed_not_resumed(
     """The resume run of a run that stalled at `first_stall` stalls at epoch 0 step 5: at the
     same step it is terminated and failed (Dagster and the progress store name the step and
     carry the stacks), with no third attempt; at another step it is resumed again."""
-    stall_env.setenv("TINYEXP_STALL_ACTION", "terminate")
+    resources["stalls"] = StallSettingsResource(after_s=60, action="terminate")
     launcher = {"module": __name__, "class": TerminatingRunLauncher.__name__}
     tags = {STALLED_RUN_TAG: "first-run", STALLED_AT_TAG: first_stall, RESUME_RUN_DIR_TAG: "r"}
     with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
@@ -648,10 +652,16 @@ def test_a_resume_run_hanging_at_the_same_step_again_is_failed_not_resumed(
         assert client.ttl(run_key(run.run_id)) > 0
 
 
-def test_stall_settings_come_from_the_environment(monkeypatch):
+def test_stall_settings_are_a_resource_read_from_the_environment_once(monkeypatch):
     monkeypatch.delenv("TINYEXP_STALL_AFTER_S", raising=False)
     monkeypatch.delenv("TINYEXP_STALL_ACTION", raising=False)
-    assert (stall_after_s(), stall_action()) == (600.0, "report")
+    settings = StallSettingsResource.from_env()
+    assert (settings.after_s, settings.action) == (600.0, "report")
+    assert default_resources()["stalls"].after_s == 600.0
+    monkeypatch.setenv("TINYEXP_STALL_AFTER_S", "90")
+    monkeypatch.setenv("TINYEXP_STALL_ACTION", "terminate")
+    settings = default_resources()["stalls"]
+    assert (settings.after_s, settings.action) == (90.0, "terminate")
     for name, bad in [
         ("TINYEXP_STALL_AFTER_S", "soon"),
         ("TINYEXP_STALL_AFTER_S", "-5"),
@@ -660,7 +670,9 @@ def test_stall_settings_come_from_the_environment(monkeypatch):
         with monkeypatch.context() as env:
             env.setenv(name, bad)
             with pytest.raises(ConfigValueError, match=name):
-                (stall_after_s(), stall_action())
+                StallSettingsResource.from_env()
+    with pytest.raises(Exception, match="after_s"):
+        StallSettingsResource(after_s=0)
 
 
 # ---------------------------------------------------------------- mnist_retrain_on_new_data_sensor

@@ -157,7 +157,7 @@ class ReliabilityExp(MnistExp):
         """SIGKILL this rank at the chosen point of the next write of last.pt."""
         import torch
 
-        from tinyexp_core import checkpoint as ckpt
+        from tinyexp_core.checkpoint import format as ckpt  # where the files are written
 
         if self.fault == "crash_mid_write":
             real_save = torch.save
@@ -182,7 +182,7 @@ class ReliabilityExp(MnistExp):
             if os.fspath(dst) == last_path:
                 _kill_self()
 
-        ckpt.os.replace = replace_then_die  # type: ignore[attr-defined]
+        os.replace = replace_then_die  # what atomic writes rename with (tinyexp_core.files)
 
 
 @dataclass(repr=False)

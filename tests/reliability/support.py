@@ -21,6 +21,7 @@ from tinyexp_dagster.resources import (
     RayDDPResource,
     RedisProgressResource,
     RunScopedJSONIOManager,
+    StallSettingsResource,
     StorageResource,
 )
 
@@ -62,6 +63,7 @@ def resources(storage_root: str | Path, redis_url: str | None, **ray_config: Any
         "ray": HookedRayResource(**ray_config),
         "redis": RedisProgressResource(url=redis_url),
         "storage": StorageResource(root=str(storage_root)),
+        "stalls": StallSettingsResource(),
     }
 
 
@@ -85,6 +87,7 @@ def training_pipeline_job() -> dg.JobDefinition:
                 "ray": HookedRayResource(num_workers=2, num_cpus_per_worker=1.0),
                 "redis": RedisProgressResource(url=dg.EnvVar(ENV_REDIS)),
                 "storage": StorageResource(root=dg.EnvVar(ENV_STORAGE)),
+                "stalls": StallSettingsResource(),
                 "io_manager": RunScopedJSONIOManager(
                     storage=StorageResource(root=dg.EnvVar(ENV_STORAGE))
                 ),

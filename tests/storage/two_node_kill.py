@@ -129,7 +129,12 @@ def run_kill(work: Path, redis_url: str, s3: Any, mp: Any, make_cluster: Any) ->
     from dagster._core.test_utils import instance_for_test
 
     from tests.dagster.support import ASSETS, key
-    from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
+    from tinyexp_dagster.resources import (
+        RayDDPResource,
+        RedisProgressResource,
+        StallSettingsResource,
+        StorageResource,
+    )
 
     cluster = make_cluster(work)
     (node_b,) = list(cluster.worker_nodes)
@@ -144,6 +149,7 @@ def run_kill(work: Path, redis_url: str, s3: Any, mp: Any, make_cluster: Any) ->
         "ray": HookedRay(address=cluster.address, num_workers=2, num_cpus_per_worker=1),
         "redis": RedisProgressResource(url=redis_url),
         "storage": StorageResource(root=f"s3://{s3.bucket}/team"),
+        "stalls": StallSettingsResource(),
     }
     selection = [key("prepared_dataset"), key("trained_model")]
     config = {"ops": {"mnist__trained_model": {"config": {"overrides": BASE}}}}

@@ -67,7 +67,12 @@ def _run(work: Path, redis_url: str, s3, mp) -> dict:
 
     from tests.dagster.support import ASSET_CHECKS, ASSETS, key, run_config
     from tinyexp_core.storage import local_path
-    from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
+    from tinyexp_dagster.resources import (
+        RayDDPResource,
+        RedisProgressResource,
+        StallSettingsResource,
+        StorageResource,
+    )
 
     root = f"s3://{s3.bucket}/team"
     cluster = _cluster(work)  # its raylets inherit the AWS_* environment set above
@@ -76,6 +81,7 @@ def _run(work: Path, redis_url: str, s3, mp) -> dict:
         "ray": RayDDPResource(address=cluster.address, num_workers=2, num_cpus_per_worker=1),
         "redis": RedisProgressResource(url=redis_url),
         "storage": StorageResource(root=root),
+        "stalls": StallSettingsResource(),
     }
     report: dict = {"root": root, "bucket": s3.bucket}
     try:
