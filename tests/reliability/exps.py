@@ -91,6 +91,7 @@ class ReliabilityExp(MnistExp):
     fault_epoch: int = 0
     fault_step: int = 0  # fault=raise_at_step: the global step after which rank 0 raises
     fault_marker: str = ""  # file holding how many more attempts fail
+    eval_delay_s: float = 0.0  # seconds evaluate() waits first (a test terminates it there)
 
     def train(self) -> Any:
         with contextlib.ExitStack() as hooks:
@@ -101,6 +102,10 @@ class ReliabilityExp(MnistExp):
             if self.fault == "raise_at_step":
                 hooks.enter_context(wrapped(StepCheckpoints, "__call__", after=self._fail_at))
             return super().train()
+
+    def evaluate(self, checkpoint_path: str, split: str = "test") -> Any:
+        time.sleep(self.eval_delay_s)
+        return super().evaluate(checkpoint_path, split)
 
     def _epoch_started(self, session: TrainingSession, *_: Any) -> None:
         self._started = time.time()

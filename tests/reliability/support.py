@@ -44,8 +44,9 @@ REDIS_PASSWORD = "rel-Secret-7f3a9c"  # the password Redis's secret, searched fo
 class HookedRayResource(RayDDPResource):
     """RayDDPResource whose launcher calls `HOOKS.on_started` once the ranks run."""
 
-    def run(self, exp: Any, spec: Any, *, log=None, on_started=None) -> list[Any]:
-        return super().run(exp, spec, log=log, on_started=on_started or HOOKS.on_started)
+    def run(self, exp: Any, spec: Any, *, log=None, on_started=None, stop=None) -> list[Any]:
+        hook = on_started or HOOKS.on_started
+        return super().run(exp, spec, log=log, on_started=hook, stop=stop)
 
 
 @dataclass

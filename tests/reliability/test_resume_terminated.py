@@ -37,7 +37,6 @@ STEP_DELAY_S = 0.5
 OVERRIDES = [
     "train_cfg.num_epochs=2",
     f"train_cfg.step_delay_s={STEP_DELAY_S}",
-    "progress_cfg.throttle_s=0",
     "checkpoint_cfg.every_n_steps=4",
     "seed=3",
 ]

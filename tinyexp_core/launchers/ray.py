@@ -7,11 +7,12 @@ exit path (success, a worker failure, KeyboardInterrupt or Dagster's termination
 are BaseExceptions) kill the actors, remove the placement group and stop the Ray that
 this launcher started, and nothing else.
 
-Stopping: a stop request in the driver (`tinyexp_core.stop.request_stop`, e.g. a SIGTERM
-to the CLI) or an interrupt (KeyboardInterrupt, Dagster's termination) first asks every
-rank actor to stop (`_RankWorker.request_stop`, served beside `run` by a threaded actor):
-the ranks agree on a step, rank 0 checkpoints, they raise RunStoppedError. Ranks still
-running `STOP_GRACE_S` later are killed.
+Stopping: a stop request on the launcher's `StopHandle` (given to it, else the process's:
+`tinyexp_core.stop.request_stop`; a terminal signal inside `signals_stop`, a sweep's pruning)
+or an interrupt (KeyboardInterrupt, Dagster's termination) first asks every rank actor to
+stop (`_RankWorker.request_stop`, served beside `run` by a threaded actor): the ranks agree
+on a step, rank 0 checkpoints, they raise RunStoppedError. Ranks still running
+`STOP_GRACE_S` later are killed; a forced stop (a second Ctrl-C) kills them at once.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..exceptions import (
     RunStoppedError,
     WorkerFailedError,
 )
-from ..stop import STOP_GRACE_S, stop_requested
+from ..stop import STOP_GRACE_S, StopHandle, process_handle
 from ..timing import ENV_TIMING_FILE, mark
 from . import ray_pool
 from .runtime import (
@@ -393,10 +394,15 @@ class RayLauncher:
     """Runs `exp.run()` on `num_workers` Ray actors as one DDP job; returns rank results."""
 
     def __init__(
-        self, spec: RayLaunchSpec, *, log_callback: Callable[[str], None] | None = None
+        self,
+        spec: RayLaunchSpec,
+        *,
+        log_callback: Callable[[str], None] | None = None,
+        stop: StopHandle | None = None,
     ) -> None:
         self.spec = spec
         self.log_callback = log_callback
+        self.stop = stop if stop is not None else process_handle()
         self.actor_pids: list[int] = []  # for tests and fault injection
         self.actors: list[Any] = []  # this run's rank actors, rank order
         self.warm_ranks = 0  # how many of them came from a warm Ray's pool (ray_pool)
@@ -407,6 +413,7 @@ class RayLauncher:
         with ray_session(
             self.spec.resolved_address(), connect_timeout_s=self.spec.connect_timeout_s
         ):
+            self.stop.reclaim_signals()  # ray.init replaced the driver's SIGTERM handler
             try:
                 _check_cluster_fits(self.spec)
                 return self._run_in_session(exp)
@@ -469,7 +476,7 @@ class RayLauncher:
             try:
                 return self._wait(refs, sink)
             except BaseException as err:
-                if _is_interrupt(err):  # a checkpoint first, then the kill below
+                if _is_interrupt(err) and not self.stop.forced:  # a checkpoint, then the kill
                     self._ask_to_stop(actors, refs, wait_s=STOP_GRACE_S)
                 raise
         finally:
@@ -549,9 +556,11 @@ class RayLauncher:
         stop_deadline: float | None = None
         pending = list(refs)
         while pending:
-            if stop_requested() and stop_deadline is None:
+            if self.stop.requested and stop_deadline is None:
                 stop_deadline = time.monotonic() + STOP_GRACE_S
-                self._ask_to_stop(self.actors, [], wait_s=0)
+                self._ask_to_stop(self.actors, [], wait_s=0, reason=self.stop.reason)
+            if self.stop.forced:
+                raise RunStoppedError("", -1, f"{self.stop.reason}: ranks ended at once")
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 raise RunStoppedError("", -1, f"ranks did not stop within {STOP_GRACE_S:g} s")
             done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
@@ -580,13 +589,15 @@ class RayLauncher:
             raise min(stopped, key=lambda e: not e.checkpoint)  # rank 0's names the file
         return [results[r] for r in range(len(refs))]
 
-    def _ask_to_stop(self, actors: list[Any], refs: list[Any], *, wait_s: float) -> None:
+    def _ask_to_stop(
+        self, actors: list[Any], refs: list[Any], *, wait_s: float, reason: str = ""
+    ) -> None:
         """Send every rank a stop request; wait up to `wait_s` for their runs to end."""
         import ray
 
         for actor in actors:
             with contextlib.suppress(Exception):
-                actor.request_stop.remote()
+                actor.request_stop.remote(reason or "stop requested by the Ray launcher")
         if refs and wait_s > 0:
             with contextlib.suppress(BaseException):
                 ray.wait(refs, num_returns=len(refs), timeout=wait_s)
@@ -659,8 +670,13 @@ def passthrough_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("TINYEXP_")}
 
 
-def launch_on_ray(exp: Any, *, log_callback: Callable[[str], None] | None = None) -> list[Any]:
+def launch_on_ray(
+    exp: Any,
+    *,
+    log_callback: Callable[[str], None] | None = None,
+    stop: StopHandle | None = None,
+) -> list[Any]:
     """`launcher=ray` for the CLI: the experiment's own worker settings, its rank results."""
     exp.ensure_run_id()
     spec = RayLaunchSpec.from_exp(exp, env=passthrough_env())
-    return RayLauncher(spec, log_callback=log_callback).run(exp)
+    return RayLauncher(spec, log_callback=log_callback, stop=stop).run(exp)

@@ -8,8 +8,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from ..resources import StorageResource
+from ..resources import RedisProgressResource, StorageResource
 from .common import PipelineSpec
+from .outcome import cancelled_if_terminated
 from .sweep import partitions_def
 
 
@@ -62,8 +63,10 @@ def build_model_checkpoint(spec: PipelineSpec) -> dg.AssetsDefinition:
         config: CheckpointConfig,
         trained_model: dict[str, Any],
         storage: StorageResource,
+        redis: RedisProgressResource,
     ) -> dg.Output[dict[str, Any]]:
-        return promote_run(context, config, trained_model, storage, spec.name)
+        with cancelled_if_terminated(context, redis, storage):
+            return promote_run(context, config, trained_model, storage, spec.name)
 
     return model_checkpoint
 

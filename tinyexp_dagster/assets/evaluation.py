@@ -13,8 +13,9 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from ..resources import StorageResource
+from ..resources import RedisProgressResource, StorageResource
 from .common import PipelineSpec, build_experiment, table
+from .outcome import cancelled_if_terminated
 from .sweep import partitions_def
 
 MIN_METRIC_CHECK = "minimum_metric"
@@ -63,11 +64,13 @@ def build_model_evaluation(spec: PipelineSpec, threshold: float | None) -> dg.As
         config: config_cls,
         model_checkpoint: dict[str, Any],
         storage: StorageResource,
+        redis: RedisProgressResource,
     ):
-        champion, other = champion_and_other(storage, model_checkpoint)
-        # the data of this pipeline run (the champion may have been trained on older data)
-        scored = {**champion, "dataset_path": model_checkpoint["dataset_path"]}
-        result = evaluate_checkpoint(spec, scored, config.split)
+        with cancelled_if_terminated(context, redis, storage):
+            champion, other = champion_and_other(storage, model_checkpoint)
+            # the data of this pipeline run (the champion may be trained on older data)
+            scored = {**champion, "dataset_path": model_checkpoint["dataset_path"]}
+            result = evaluate_checkpoint(spec, scored, config.split)
         context.log.info(
             f"{config.split} {metric.name} {result.value:.4f} of champion "
             f"{champion['version']} ({champion['path']})"

@@ -150,10 +150,12 @@ class RayDDPResource(dg.ConfigurableResource):
         *,
         log: Callable[[str], None] | None = None,
         on_started: Callable[[Any], None] | None = None,
+        stop: Any = None,
     ) -> list[Any]:
-        """Run `exp` on `spec.num_workers` ranks; returns every rank's result, rank 0 first."""
+        """Run `exp` on `spec.num_workers` ranks; returns every rank's result, rank 0 first.
+        `stop`: the run's `tinyexp_core.stop.StopHandle` (None: the process's)."""
         from tinyexp_core.launchers.ray import RayLauncher
 
-        launcher = RayLauncher(spec, log_callback=log)
+        launcher = RayLauncher(spec, log_callback=log, stop=stop)
         launcher.on_started = on_started
         return launcher.run(exp)

@@ -20,7 +20,7 @@ from tinyexp_core.progress import (
 )
 from tinyexp_core.stacks import StackReport
 
-from ..assets.training import RESUME_RUN_DIR_TAG
+from ..assets.plan import RESUME_RUN_DIR_TAG, run_dir_id
 from ..resources import RedisProgressResource, StallSettingsResource, StorageResource
 from . import hang
 from .common import shared_sensor, with_store
@@ -271,7 +271,7 @@ def _terminate_and_resume(
         )
         return None
     context.log.warning(f"terminated stalled run {run.run_id}; requesting a resume run")
-    run_dir = run.root_run_id or run.tags.get(RESUME_RUN_DIR_TAG) or run.run_id
+    run_dir = run_dir_id(run)
     # `<name>/trained_model` (from the progress hash) names the stalled run's pipeline.
     # The stalled run's own selection, when Dagster recorded it, holds only assets that exist.
     prefix = dg.AssetKey.from_user_string(asset or "trained_model").path[:-1]
