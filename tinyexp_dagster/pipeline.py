@@ -35,8 +35,7 @@ from typing import Any
 import dagster as dg
 
 from tinyexp_core.exceptions import ConfigValueError
-
-from .assets import (
+from tinyexp_dagster.assets import (
     PipelineSpec,
     build_champion_gate,
     build_checkpoint_integrity,
@@ -48,11 +47,15 @@ from .assets import (
     build_sweep_pool_sensor,
     build_trained_model,
 )
-from .dagster_warnings import partitioned_checks
-from .declarations import declare
-from .jobs import build_jobs
-from .schedules import DEFAULT_RETRAIN_CRON, DEFAULT_RETRAIN_TIMEZONE, build_retrain_schedule
-from .sensors import (
+from tinyexp_dagster.dagster_warnings import partitioned_checks
+from tinyexp_dagster.declarations import declare
+from tinyexp_dagster.jobs import build_jobs
+from tinyexp_dagster.schedules import (
+    DEFAULT_RETRAIN_CRON,
+    DEFAULT_RETRAIN_TIMEZONE,
+    build_retrain_schedule,
+)
+from tinyexp_dagster.sensors import (
     SHARED_SENSORS,
     build_metric_regression_sensor,
     build_retrain_on_new_data_sensor,

@@ -20,7 +20,7 @@ from typing import Any
 
 import dagster as dg
 
-from .assets.plan import RESUME_RUN_DIR_TAG, run_dir_id
+from tinyexp_dagster.assets.plan import RESUME_RUN_DIR_TAG, run_dir_id
 
 RESUMED_FROM_RUN_TAG = "tinyexp/resumed_from_run"
 # Dagster's own tags that describe what a run computes (its partition); the others describe

@@ -26,7 +26,7 @@ _pending: dict[str, object] = {}
 def resume_command(run_id: str, storage_root: str) -> str:
     """`tinyexp-dagster resume <run id>`, naming the storage root when it is not the one the
     command finds by itself ($TINYEXP_STORAGE_ROOT, else ./.tinyexp)."""
-    from .resources.storage import default_storage_root
+    from tinyexp_dagster.resources.storage import default_storage_root
 
     words = ["tinyexp-dagster"]
     if _resolved(storage_root) != _resolved(default_storage_root()):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CHROMIUM_ARGS, E2EDeployment
-from .helpers import REPO_ROOT, dagster_dev, run_failure_report, wait_for
+from tests.e2e.conftest import CHROMIUM_ARGS, E2EDeployment
+from tests.e2e.helpers import REPO_ROOT, dagster_dev, run_failure_report, wait_for
 
 pytestmark = pytest.mark.e2e
 

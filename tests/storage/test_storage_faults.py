@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.storage.s3_server import SECRET_KEY, free_port, s3_server
 from tinyexp_core import storage
 from tinyexp_core.storage import (
     ObjectIncompleteError,
@@ -18,8 +19,6 @@ from tinyexp_core.storage import (
     UploadFailedError,
 )
 from tinyexp_core.storage.store import open_store, reset_stores
-
-from .s3_server import SECRET_KEY, free_port, s3_server
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
+from tests.storage.s3_server import free_port
 from tinyexp_core.storage import StorageUnreachableError, UploadFailedError
 from tinyexp_core.storage.store import reset_stores
 from tinyexp_dagster.resources import StorageResource
-
-from .s3_server import free_port
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"
 

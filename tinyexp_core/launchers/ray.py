@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import (
+from tinyexp_core.exceptions import (
     ConfigValueError,
     InsufficientResourcesError,
     RayConnectionError,
@@ -34,16 +34,16 @@ from ..exceptions import (
     RunStoppedError,
     WorkerFailedError,
 )
-from ..stop import STOP_GRACE_S, StopHandle, process_handle
-from ..timing import ENV_TIMING_FILE, mark
-from . import ray_pool
-from .runtime import (
+from tinyexp_core.launchers import ray_pool
+from tinyexp_core.launchers.runtime import (
     forward_stdout,
     set_log_forwarder,
     steady_malloc,
     thread_env_defaults,
     torchrun_env_defaults,
 )
+from tinyexp_core.stop import STOP_GRACE_S, StopHandle, process_handle
+from tinyexp_core.timing import ENV_TIMING_FILE, mark
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
 LOCAL_RAY = "local"  # an address: a local Ray started for this run and stopped after it
@@ -324,7 +324,7 @@ class _RankWorker:
 
     def warm_up(self, preimports: tuple[str, ...]) -> int:
         """A warm rank's start (`ray_pool`): malloc settings and imports ahead of its run."""
-        from .ray_pool import warm_up
+        from tinyexp_core.launchers.ray_pool import warm_up
 
         return warm_up(preimports)
 
@@ -334,7 +334,7 @@ class _RankWorker:
         so a rank started before its run (a warm one) imports the driver's modules too."""
         from ray import cloudpickle
 
-        from .ray_pool import apply_python_path
+        from tinyexp_core.launchers.ray_pool import apply_python_path
 
         os.environ.update(env)
         apply_python_path(env.get("PYTHONPATH", ""))
@@ -364,7 +364,7 @@ def _announce(exp: Any, rank: int) -> None:
 
 
 def _release_announcement() -> None:
-    from ..stacks import release_dump_handler
+    from tinyexp_core.stacks import release_dump_handler
 
     with contextlib.suppress(Exception):  # cleanup must never mask the run's outcome
         release_dump_handler()

@@ -35,8 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..exceptions import RayConnectionError
-from ..files import atomic_write
+from tinyexp_core.exceptions import RayConnectionError
+from tinyexp_core.files import atomic_write
 
 HEAD_DIR = "ray"  # under the storage root
 ADDRESS_FILE = "address"
@@ -133,7 +133,7 @@ def _locked(root: str | Path) -> Iterator[None]:
 def idle_stop_s() -> float:
     """`TINYEXP_RAY_IDLE_STOP_S`: seconds a default local Ray that no run uses stays up (the
     same rule and default as the embedded Redis's)."""
-    from ..redis_server import idle_stop_s as parse
+    from tinyexp_core.redis_server import idle_stop_s as parse
 
     return parse(ENV_IDLE_STOP_S)
 
@@ -291,8 +291,8 @@ def serve(
     with `idle_s`, that long without a run), shut Ray down."""
     import ray
 
-    from . import ray_pool
-    from .ray import ENV_RAY_ADDRESS, LOCAL_HOST, _loopback_only, _RankWorker
+    from tinyexp_core.launchers import ray_pool
+    from tinyexp_core.launchers.ray import ENV_RAY_ADDRESS, LOCAL_HOST, _loopback_only, _RankWorker
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop(ENV_RAY_ADDRESS, None)

@@ -18,15 +18,21 @@ import os
 import threading
 from pathlib import Path
 
-from .check import check_storage
-from .errors import (
+from tinyexp_core.storage.check import check_storage
+from tinyexp_core.storage.errors import (
     ObjectIncompleteError,
     StorageError,
     StorageUnreachableError,
     UploadFailedError,
 )
-from .location import ENV_NODE_CACHE, is_remote, local_path, node_cache_dir, to_uri
-from .uploader import RetryPolicy, Uploader
+from tinyexp_core.storage.location import (
+    ENV_NODE_CACHE,
+    is_remote,
+    local_path,
+    node_cache_dir,
+    to_uri,
+)
+from tinyexp_core.storage.uploader import RetryPolicy, Uploader
 
 __all__ = [
     "ENV_NODE_CACHE",
@@ -58,7 +64,7 @@ def localize(location: str | os.PathLike[str]) -> Path:
     text = os.fspath(location)
     if not is_remote(text):
         return local_path(text)
-    from .store import SIDECAR_SUFFIX, open_store
+    from tinyexp_core.storage.store import SIDECAR_SUFFIX, open_store
 
     store = open_store(text)
     if store.exists(text + SIDECAR_SUFFIX):
@@ -85,7 +91,7 @@ def fetch_mirror(directory: str | os.PathLike[str]) -> bool:
     uri = to_uri(directory)
     if not is_remote(uri):
         return False
-    from .store import open_store
+    from tinyexp_core.storage.store import open_store
 
     open_store(uri).fetch_tree(uri, directory)
     return True
@@ -96,7 +102,7 @@ def publish(path: str | os.PathLike[str]) -> list[str]:
     uri = to_uri(path)
     if not is_remote(uri):
         return []
-    from .store import open_store
+    from tinyexp_core.storage.store import open_store
 
     store = open_store(uri)
     if Path(path).is_dir():
@@ -113,7 +119,7 @@ def uploader_for(path: str | os.PathLike[str]) -> Uploader | None:
         return None
     with _uploader_lock:
         if _uploader is None:
-            from .store import open_store
+            from tinyexp_core.storage.store import open_store
 
             _uploader = Uploader(open_store(uri))
         return _uploader

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import uuid
 
-from .errors import StorageUnreachableError
-from .location import _split, is_remote
+from tinyexp_core.storage.errors import StorageUnreachableError
+from tinyexp_core.storage.location import _split, is_remote
 
 __all__ = ["check_storage"]
 
@@ -44,7 +44,7 @@ def check_storage(root: str) -> None:
     A local root is left alone (it is created where it is used)."""
     if not is_remote(root):
         return
-    from .store import open_store
+    from tinyexp_core.storage.store import open_store
 
     scheme, rest = _split(root)  # type: ignore[misc]
     bucket = rest.strip("/").split("/", 1)[0]

@@ -20,9 +20,8 @@ from typing import Any
 from loguru import logger
 
 from tinyexp_core.files import sha256_file, temp_path
-
-from .errors import ObjectIncompleteError
-from .location import _split, local_path
+from tinyexp_core.storage.errors import ObjectIncompleteError
+from tinyexp_core.storage.location import _split, local_path
 
 __all__ = ["ObjectStore", "SIDECAR_SUFFIX", "open_store"]
 

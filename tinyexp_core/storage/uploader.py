@@ -19,9 +19,8 @@ from pathlib import Path
 from loguru import logger
 
 from tinyexp_core.redaction import redact_text
-
-from .errors import UploadFailedError
-from .store import ObjectStore, local_sidecar
+from tinyexp_core.storage.errors import UploadFailedError
+from tinyexp_core.storage.store import ObjectStore, local_sidecar
 
 __all__ = ["RetryPolicy", "Uploader"]
 

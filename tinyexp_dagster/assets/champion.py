@@ -18,9 +18,9 @@ from typing import Any
 
 import dagster as dg
 
-from ..resources import StorageResource
-from .common import PipelineSpec
-from .sweep import partitions_def
+from tinyexp_dagster.assets.common import PipelineSpec
+from tinyexp_dagster.assets.sweep import partitions_def
+from tinyexp_dagster.resources import StorageResource
 
 CHAMPION_GATE_CHECK = "champion_gate"
 GATE_SPLIT = "val"
@@ -63,7 +63,7 @@ def _evaluator(spec: PipelineSpec, new: dict[str, Any], evaluates: bool):
     """version record -> its primary metric on the gate's split."""
     if not evaluates:
         return lambda record: float("nan") if record["val_value"] is None else record["val_value"]
-    from .evaluation import evaluate_checkpoint
+    from tinyexp_dagster.assets.evaluation import evaluate_checkpoint
 
     def score(record: dict[str, Any]) -> float:
         # the champion's own experiment and overrides rebuild its model; the data is the
@@ -88,8 +88,7 @@ def gate(
     from tinyexp_core.checkpoint import verify_checkpoint
     from tinyexp_core.contract import PrimaryMetric
     from tinyexp_core.exceptions import TinyExpError
-
-    from ..registry import ModelRegistry
+    from tinyexp_dagster.registry import ModelRegistry
 
     metric = PrimaryMetric.from_dict(new["primary_metric"])
     registry = ModelRegistry(storage.models_dir(), new["name"])

@@ -8,10 +8,10 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from ..resources import RedisProgressResource, StorageResource
-from .common import PipelineSpec
-from .outcome import cancelled_if_terminated
-from .sweep import partitions_def
+from tinyexp_dagster.assets.common import PipelineSpec
+from tinyexp_dagster.assets.outcome import cancelled_if_terminated
+from tinyexp_dagster.assets.sweep import partitions_def
+from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 
 
 class CheckpointConfig(dg.Config):
@@ -88,8 +88,7 @@ def promote_run(
     """Register the TrainResult's best checkpoint as a version named by its run id; the value
     names the file, its source and what the champion gate needs to rebuild the experiment."""
     from tinyexp_core.contract import TrainResult
-
-    from ..registry import ModelRegistry, now_iso
+    from tinyexp_dagster.registry import ModelRegistry, now_iso
 
     result = TrainResult.from_dict(trained_model)
     name = config.model_name or pipeline

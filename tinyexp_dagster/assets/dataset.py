@@ -5,9 +5,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from ..resources import StorageResource
-from ..schema import with_exp_field
-from .common import PipelineSpec, build_experiment, config_failure, table
+from tinyexp_dagster.assets.common import PipelineSpec, build_experiment, config_failure, table
+from tinyexp_dagster.resources import StorageResource
+from tinyexp_dagster.schema import with_exp_field
 
 # The dataset op's `exp`: the data section and the seed (which draws the split), no more.
 DATA_FIELDS = ("data_cfg", "seed")

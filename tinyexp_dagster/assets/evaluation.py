@@ -13,10 +13,10 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from ..resources import RedisProgressResource, StorageResource
-from .common import PipelineSpec, build_experiment, table
-from .outcome import cancelled_if_terminated
-from .sweep import partitions_def
+from tinyexp_dagster.assets.common import PipelineSpec, build_experiment, table
+from tinyexp_dagster.assets.outcome import cancelled_if_terminated
+from tinyexp_dagster.assets.sweep import partitions_def
+from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 
 MIN_METRIC_CHECK = "minimum_metric"
 
@@ -94,7 +94,7 @@ def champion_and_other(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The champion's version record, and the version to compare it with: the new one when
     it is not the champion, else the champion it replaced (None for the first)."""
-    from ..registry import ModelRegistry, UnknownModelError
+    from tinyexp_dagster.registry import ModelRegistry, UnknownModelError
 
     registry = ModelRegistry(storage.models_dir(), new["name"])
     version = registry.champion_version()

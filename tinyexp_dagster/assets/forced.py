@@ -9,8 +9,8 @@ from typing import Any
 
 import dagster as dg
 
-from ..resources import RayDDPResource
-from .common import PipelineSpec, config_failure
+from tinyexp_dagster.assets.common import PipelineSpec, config_failure
+from tinyexp_dagster.resources import RayDDPResource
 
 
 def ray_forced(

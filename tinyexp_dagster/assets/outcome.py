@@ -24,10 +24,10 @@ from typing import Any
 
 import dagster as dg
 
-from ..terminal_stop import exit_after_run, resume_command
-from .common import PipelineSpec, config_failure
-from .plan import TrainPlan
-from .sweep import SweepMonitor, pruned_output, sweep_monitor, trial_metadata
+from tinyexp_dagster.assets.common import PipelineSpec, config_failure
+from tinyexp_dagster.assets.plan import TrainPlan
+from tinyexp_dagster.assets.sweep import SweepMonitor, pruned_output, sweep_monitor, trial_metadata
+from tinyexp_dagster.terminal_stop import exit_after_run, resume_command
 
 
 def train_on_ray(

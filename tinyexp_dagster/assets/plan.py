@@ -9,10 +9,9 @@ from typing import Any
 import dagster as dg
 
 from tinyexp_core.redaction import redact_overrides
-
-from ..resources import RayDDPResource, RedisProgressResource, StorageResource
-from .common import PipelineSpec, build_experiment, config_failure
-from .forced import ray_forced
+from tinyexp_dagster.assets.common import PipelineSpec, build_experiment, config_failure
+from tinyexp_dagster.assets.forced import ray_forced
+from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 
 # Tag of a run that continues another run's directory (set by stalled_training_sensor and
 # `tinyexp-dagster resume`).

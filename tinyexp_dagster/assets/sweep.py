@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from .common import PipelineSpec, table
+from tinyexp_dagster.assets.common import PipelineSpec, table
 
 LEADERBOARD = "sweep_leaderboard"
 BACKFILL_TAG = "dagster/backfill"

@@ -12,14 +12,19 @@ from typing import Any, Literal, get_args
 import dagster as dg
 from pydantic import Field
 
-from ..resources import RayDDPResource, RedisProgressResource, StorageResource
-from ..resources.ray import RayAccelerator
-from ..schema import with_exp_field
-from .common import PipelineSpec
-from .outcome import train_on_ray
-from .plan import RESUME_RUN_DIR_TAG, make_plan  # noqa: F401 (the tag's import path)
-from .sweep import partitions_def, pool_name
-from .training_output import CURVES_FILE, run_output, train_output, write_curves_best_effort
+from tinyexp_dagster.assets.common import PipelineSpec
+from tinyexp_dagster.assets.outcome import train_on_ray
+from tinyexp_dagster.assets.plan import RESUME_RUN_DIR_TAG, make_plan  # noqa: F401 (the tag's import path)
+from tinyexp_dagster.assets.sweep import partitions_def, pool_name
+from tinyexp_dagster.assets.training_output import (
+    CURVES_FILE,
+    run_output,
+    train_output,
+    write_curves_best_effort,
+)
+from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
+from tinyexp_dagster.resources.ray import RayAccelerator
+from tinyexp_dagster.schema import with_exp_field
 
 __all__ = [
     "CURVES_FILE",

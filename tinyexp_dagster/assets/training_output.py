@@ -5,9 +5,9 @@ from typing import Any
 
 import dagster as dg
 
-from ..curves import epoch_metadata
-from .common import PipelineSpec, config_hash, table
-from .plan import TrainPlan
+from tinyexp_dagster.assets.common import PipelineSpec, config_hash, table
+from tinyexp_dagster.assets.plan import TrainPlan
+from tinyexp_dagster.curves import epoch_metadata
 
 CURVES_FILE = "learning_curves.png"  # in the run directory
 
@@ -69,8 +69,7 @@ def write_curves_best_effort(
     """`<run_dir>/learning_curves.png`, or None (with a warning) when it cannot be drawn: a
     picture never fails a finished training."""
     from tinyexp_core import storage
-
-    from ..curves import plot_curves
+    from tinyexp_dagster.curves import plot_curves
 
     try:
         # An object-store run directory (a URI): drawn in this node's mirror, then uploaded.

@@ -12,12 +12,12 @@ import os
 
 import dagster as dg
 
-from ..dev_redis import hold_embedded_redis_for_dagster_dev
-from .io import RunScopedJSONIOManager
-from .ray import RayDDPResource
-from .redis import RedisProgressResource
-from .stalls import StallSettingsResource
-from .storage import StorageResource
+from tinyexp_dagster.dev_redis import hold_embedded_redis_for_dagster_dev
+from tinyexp_dagster.resources.io import RunScopedJSONIOManager
+from tinyexp_dagster.resources.ray import RayDDPResource
+from tinyexp_dagster.resources.redis import RedisProgressResource
+from tinyexp_dagster.resources.stalls import StallSettingsResource
+from tinyexp_dagster.resources.storage import StorageResource
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:

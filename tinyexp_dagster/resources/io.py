@@ -21,8 +21,7 @@ import dagster as dg
 from pydantic import Field
 
 from tinyexp_core.files import atomic_write_text
-
-from .storage import StorageResource
+from tinyexp_dagster.resources.storage import StorageResource
 
 SUFFIX = ".json"
 LATEST = f"latest{SUFFIX}"

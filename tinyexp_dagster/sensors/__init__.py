@@ -27,15 +27,18 @@ progress store, which is also a `SkipReason`. Rejected credentials raise: that i
 configuration error, not an outage.
 """
 
-from .metric_regression import build_metric_regression_sensor, evaluation_key
-from .retrain_on_new_data import build_retrain_on_new_data_sensor, data_version
-from .stalled_training import (
+from tinyexp_dagster.sensors.metric_regression import build_metric_regression_sensor, evaluation_key
+from tinyexp_dagster.sensors.retrain_on_new_data import (
+    build_retrain_on_new_data_sensor,
+    data_version,
+)
+from tinyexp_dagster.sensors.stalled_training import (
     STALLED_AT_TAG,
     STALLED_RUN_TAG,
     resume_run_config,
     stalled_training_sensor,
 )
-from .training_progress import (
+from tinyexp_dagster.sensors.training_progress import (
     MAX_EVENTS_PER_TICK,
     MAX_OBSERVATIONS_PER_TICK,
     progress_observation,

@@ -19,11 +19,10 @@ from tinyexp_core.progress import (
     run_key,
 )
 from tinyexp_core.stacks import StackReport
-
-from ..assets.plan import RESUME_RUN_DIR_TAG, run_dir_id
-from ..resources import RedisProgressResource, StallSettingsResource, StorageResource
-from . import hang
-from .common import shared_sensor, with_store
+from tinyexp_dagster.assets.plan import RESUME_RUN_DIR_TAG, run_dir_id
+from tinyexp_dagster.resources import RedisProgressResource, StallSettingsResource, StorageResource
+from tinyexp_dagster.sensors import hang
+from tinyexp_dagster.sensors.common import shared_sensor, with_store
 
 STALLED_RUN_TAG = "tinyexp/stalled_run"
 # `<epoch>:<step>` where the stalled run hung, on its resume run: a second hang there fails.

@@ -15,11 +15,10 @@ from tinyexp_core.progress import (
     read_events,
     read_runs,
 )
-
-from ..assets.sweep import LEADERBOARD, leaderboard_metadata
-from ..resources import RedisProgressResource, StorageResource
-from .common import shared_sensor, with_store
-from .progress_backlog import EPOCH, OUTCOME, Backlog
+from tinyexp_dagster.assets.sweep import LEADERBOARD, leaderboard_metadata
+from tinyexp_dagster.resources import RedisProgressResource, StorageResource
+from tinyexp_dagster.sensors.common import shared_sensor, with_store
+from tinyexp_dagster.sensors.progress_backlog import EPOCH, OUTCOME, Backlog
 
 TRAINED_MODEL = "trained_model"  # the last part of every pipeline's training asset key
 MAX_EVENTS_PER_TICK = 500  # events per read; a tick reads batches until READ_BUDGET_S
