@@ -41,6 +41,7 @@ SMOKE_ARGS = {
     "torchrun_compare": ["--reps", "1", "--epochs", "2"],
     "orchestration": ["--reps", "1", "--epochs", "1"],
     "step_checkpoint": ["--steps", "20", "--every", "5", "--trials", "2"],
+    "storage_upload": ["--steps", "20", "--every", "5", "--trials", "2", "--resumes", "2"],
     "warm_start": ["--reps", "1", "--epochs", "1"],
     "sweep": ["--reps", "1", "--epochs", "2", "--trials", "3", "--num-samples", "256"],
 }
@@ -49,7 +50,7 @@ SMOKE_ARGS = {
 # Longest first, so that parallel smoke lanes finish together (seconds seen in smoke runs).
 SMOKE_ORDER = ("startup", "torchrun_compare", "warm_start", "training_overhead", "ddp_scaling")
 SMOKE_ORDER += ("sweep", "orchestration", "progress_overhead", "input_pipeline", "sensor_cost")
-SMOKE_ORDER += ("step_checkpoint",)
+SMOKE_ORDER += ("step_checkpoint", "storage_upload")
 
 
 def run_one(name: str, directory: Path, extra: list[str], capture: bool) -> str:

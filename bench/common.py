@@ -188,3 +188,65 @@ def free_port() -> int:
     from tinyexp_core.redis_server import free_port as _free_port
 
     return _free_port()
+
+
+# Every timed job runs this many epochs after its last timed one, untimed: the jobs take
+# turns, so without it the job holding the last turn runs its last timed epoch while the
+# others tear down (item 2 once measured that epoch at ~62% speed in 16 of 16 runs).
+TRAILING_EPOCHS = 1
+
+
+def turn_order(sides: Sequence[str], rep: int) -> list[str]:
+    """The order of `sides` in round `rep`: side `rep % n` first (each side goes first
+    equally often), the others in an order that also changes from one cycle to the next."""
+    import itertools
+
+    n = len(sides)
+    first = sides[rep % n]
+    rest = list(itertools.permutations([s for s in sides if s != first]))
+    return [first, *rest[(rep // n) % len(rest)]]
+
+
+def timed_epochs(rates: Sequence[float], num_epochs: int) -> list[float]:
+    """The steady-state epochs of a run of `num_epochs` timed epochs (+ the trailing ones):
+    the first (warm-up) and the trailing (untimed) ones left out."""
+    if len(rates) != num_epochs + TRAILING_EPOCHS:
+        raise RuntimeError(f"{len(rates)} epochs, expected {num_epochs} + {TRAILING_EPOCHS}")
+    return list(rates[1:num_epochs])
+
+
+def local_ray(root: str | Path, *, warm: bool) -> None:
+    """Before a timed run on storage root `root`: `warm`: its default local Ray running
+    (started now if needed, untimed, as after a first run); else none (a cold start)."""
+    from tinyexp_core.launchers.ray_head import start_head, stop_head
+
+    if warm:
+        start_head(root, idle_stop_after_s=3600.0)
+    else:
+        stop_head(root)
+
+
+def stop_local_ray(root: str | Path) -> None:
+    """After a benchmark: stop the default local Ray its runs left warm on `root`."""
+    local_ray(root, warm=False)
+
+
+def settle_local_ray(root: str | Path, timeout_s: float = 120.0) -> None:
+    """Wait (untimed) until the warm local Ray of `root`, if one runs, has refilled its pool
+    of warm ranks: a refill imports torch in new processes, which would otherwise land in
+    the next timed run, whichever side it is."""
+    from tinyexp_core.launchers import ray_pool
+    from tinyexp_core.launchers.ray import ray_session
+    from tinyexp_core.launchers.ray_head import live_head_address
+
+    address, _ = live_head_address(root)
+    if not address:
+        return
+    with ray_session(address):
+        pool = ray_pool.find_pool()
+        deadline = time.monotonic() + timeout_s
+        while pool is not None and time.monotonic() < deadline:
+            status = ray_pool.pool_status(pool)
+            if status["ready"] >= status["size"]:
+                break
+            time.sleep(0.5)

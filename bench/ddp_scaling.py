@@ -5,8 +5,10 @@ group, rank environment, TinyExp's CPU accelerator: gloo DDP). torchrun: `bench/
 with its own gloo process group. Both: the MNIST example's network on the same prepared
 synthetic tensors, batch 32 per rank, 1 torch thread per rank, loopback rendezvous. The
 jobs (and a second torchrun, an A/A control) run at the same time and take turns, one epoch
-each, so that all see the same machine (this one is shared and noisy). Steady state = every
-epoch but the first; a pair is one epoch turn of each job, the ratio Ray's epoch over the
+each, so that all see the same machine (this one is shared and noisy); the order of the
+turns rotates through all six orders over the runs, and every job ends with an untimed
+epoch, so that no timed epoch overlaps another job's teardown. Steady state = every
+timed epoch but the first; a pair is one epoch turn of each job, the ratio Ray's epoch over the
 mean of the two torchrun epochs (95% interval, verdict: `bench.stats`), the A/A control the
 second torchrun over the first. Target: >= 0.95 of torchrun's.
 
@@ -23,7 +25,15 @@ import tempfile
 from pathlib import Path
 
 from bench.bare_loop import parse_result
-from bench.common import free_port, prepare_data, python, steady_malloc
+from bench.common import (
+    TRAILING_EPOCHS,
+    free_port,
+    prepare_data,
+    python,
+    steady_malloc,
+    timed_epochs,
+    turn_order,
+)
 from bench.results import Run, add_results_arg
 from bench.stats import compare
 
@@ -37,7 +47,7 @@ def on_ray(prepared: str, epochs: int, batch_size: int, turn_file: str, then: st
 
     exp = BareLoopExp(
         prepared_path=prepared,
-        num_epochs=epochs,
+        num_epochs=epochs + TRAILING_EPOCHS,
         batch_size=batch_size,
         turn_file=turn_file,
         turn_me="ray",
@@ -53,7 +63,7 @@ def start_torchrun(
 ) -> subprocess.Popen:
     cmd = [python(), "-m", "torch.distributed.run", f"--nproc-per-node={WORKERS}"]
     cmd += ["--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", "bench.bare_loop"]
-    cmd += ["--data", prepared, "--epochs", str(args.epochs)]
+    cmd += ["--data", prepared, "--epochs", str(args.epochs + TRAILING_EPOCHS)]
     cmd += ["--batch-size", str(args.batch_size), "--threads", "1"]
     cmd += ["--turn-file", turn_file, "--turn-names", name, then]
     # The Ray launcher pins gloo to loopback when every rank is local; so does this side.
@@ -64,11 +74,11 @@ def start_torchrun(
 
 def one_rep(tmp: Path, prepared: str, rep: int, args: argparse.Namespace) -> dict[str, list]:
     """Three jobs at once, one epoch turn each: Ray and two torchruns (the second an A/A
-    control); the torchruns swap places in the cycle between reps."""
-    cycle = ["ray", "torchrun", "torchrun2"] if rep % 2 == 0 else ["ray", "torchrun2", "torchrun"]
+    control); which goes first, and the order after it, changes every rep (`turn_order`)."""
+    cycle = turn_order(("ray", "torchrun", "torchrun2"), rep)
     after = {name: cycle[(i + 1) % len(cycle)] for i, name in enumerate(cycle)}
     turn_file = tmp / f"turn-{rep}"
-    turn_file.write_text("ray")
+    turn_file.write_text(cycle[0])
     logs = {name: tmp / f"{name}-{rep}.log" for name in ("torchrun", "torchrun2")}
     procs = {
         name: start_torchrun(name, after[name], prepared, args, str(turn_file), log)
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 found = one_rep(Path(tmp), prepared, rep, args)
             for side in sides:
                 print(f"rep {rep} {side}: {[round(r) for r in found[side]]} samples/s", flush=True)
-                rates[side] += found[side][1:]
+                rates[side] += timed_epochs(found[side], args.epochs)
     torchrun_mean = [
         (a + b) / 2 for a, b in zip(rates["torchrun"], rates["torchrun2"], strict=True)
     ]
@@ -127,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     notes = (
         f"The bare loop on {args.num_samples} synthetic 28x28 samples, batch "
         f"{args.batch_size} per rank, 1 torch thread per rank, gloo over loopback; epoch 1 of "
-        "each run is warm-up and left out. Ray: `bench.ddp_exp.BareLoopExp` through "
+        "each run is warm-up and left out, and every job runs one more, untimed epoch after its "
+        "last timed one, so no timed epoch overlaps another job's teardown. Ray: "
+        "`bench.ddp_exp.BareLoopExp` through "
         "`RayLauncher` (2 workers x 1 CPU, TinyExp's CPU accelerator wraps the model in "
         "DDP). torchrun: `torchrun --nproc-per-node 2 -m bench.bare_loop`; a second torchrun "
         "job is the A/A control. The jobs run at once and take turns, one epoch each "
-        "(`bench.bare_loop.Turns`; the torchruns swap places between runs); all run with the "
+        "(`bench.bare_loop.Turns`; which job goes first, and the order after it, rotates "
+        "through all 6 orders over the runs: `bench.common.turn_order`); all run with the "
         "same glibc malloc settings (`bench.common.STEADY_MALLOC`). With 2 ranks on 2 cores, "
         "anything else running on the machine slows the rank it lands on, and DDP waits for "
         "the slowest."

@@ -1,176 +1,199 @@
-"""GPU check (issue 7, item 8): the examples on CUDA through TinyExp vs a bare loop.
+"""GPU check (issue 7 item 8, issue 24): one script, under 5 minutes on one GPU.
 
-For a machine with a CUDA GPU (run `bash bench/gpu_check.sh`); not part of `make bench`.
+    .venv/bin/python -m bench.gpu_check [--reps 3] [--epochs 3] [--budget-s 270]
 
-- MNIST example (`tinyexp_core.examples.mnist_exp`) and ResNet-18 example
-  (`tinyexp_core.examples.resnet_exp`, on a generated image folder) launched by `RayLauncher`
-  on 1 worker x 1 GPU with `accelerator_cfg.accelerator=ddp` (CUDA device; nccl once there
-  are 2 ranks) and `accelerator_cfg.mixed_precision=true` (bf16 autocast), vs
-  `bench/bare_loop.py` with the same network, data, batch size and bf16 autocast on the
-  same GPU, in its own process;
-- with 2 or more GPUs also: the MNIST example on 2 Ray workers x 1 GPU (nccl DDP) vs
-  `torchrun --nproc-per-node 2` of the bare loop with nccl.
+Refuses, exit code 2, saving nothing, when torch sees no CUDA device. Measures, on the
+CUDA device(s) of this machine:
 
-Steady state = every epoch but the first (a run's value is their mean); a round runs the
-TinyExp side and the bare loop twice (the second bare run is the A/A control), in an order
-that rotates every round; ratios, intervals and verdicts as in `bench.stats`. The result is
-saved as `gpu_check-<stamp>.json` (`bench.results`). `--device cpu` runs the same code paths
-on the CPU with tiny sizes (a smoke test; save it to a scratch `--results-dir`).
+1. first step: seconds from `RayLauncher.run` to rank 0's first optimizer step of the MNIST
+   example (`accelerator_cfg.accelerator=ddp`, bf16) on 1 GPU, on a Ray this script started
+   once (so not Ray's own start), each round (no target: CUDA context and cuDNN set-up
+   included);
+2. steady step time vs a bare loop: the MNIST example through `RayLauncher` on 1 worker x 1
+   GPU vs `bench/bare_loop.py` with the same network, data, batch and bf16 autocast on the
+   same GPU in its own process, and the bare loop again (the A/A control); a round runs the
+   three in an order that changes every round (`bench.common.turn_order`); steady state =
+   every epoch but the first; ratio TinyExp / bare of samples/s (the inverse of step time),
+   target >= 0.97;
+3. NCCL all-reduce: `torch.distributed.all_reduce` of a 64 MiB float32 tensor on
+   min(2, GPUs) ranks (one process per GPU, nccl), median of 20 after 5 warm-up calls, as
+   bus bandwidth in GB/s (no target; with one GPU it shows that NCCL initializes and runs).
 
-    .venv/bin/python -m bench.gpu_check [--reps 4] [--epochs 3]
+Rounds stop early when `--budget-s` is spent (the rounds run are recorded). The result is
+saved as `gpu_check-<stamp>.json` like every benchmark (`bench.results`), with the commit.
+`--device cpu` runs the same code (gloo, tiny sizes) as a smoke test of the script itself:
+save it to a scratch `--results-dir`, its numbers are not a GPU's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from bench.bare_loop import parse_result
-from bench.common import free_port, prepare_data, python, run
+from bench.common import first_marks, free_port, prepare_data, python, run, turn_order
 from bench.results import Run, add_results_arg
-from bench.stats import compare as paired
+from bench.stats import compare, value_against_target
 
 TARGET = 0.97
+EXAMPLE = "tinyexp_core.examples.mnist_exp:Exp"
+ALLREDUCE_MIB = 64
+SIDES = ("tinyexp", "bare", "bare2")
 
 
-def on_ray(exp_path: str, overrides: list[str], workers: int, gpu: bool) -> list[float]:
-    """Per-epoch samples/s of an example trained by RayLauncher."""
+def on_ray(overrides: list[str], gpu: bool, timing: Path) -> tuple[list[float], float]:
+    """Per-epoch samples/s of the example through RayLauncher, and seconds to first step."""
     from tinyexp_core.config import build_exp
     from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
+    from tinyexp_core.timing import ENV_TIMING_FILE
 
-    exp = build_exp(exp_path, overrides)
-    spec = RayLaunchSpec(
-        num_workers=workers, num_cpus_per_worker=1.0, num_gpus_per_worker=1.0 if gpu else 0.0
-    )
+    os.environ[ENV_TIMING_FILE] = str(timing)  # the ranks mark their first step there
+    exp = build_exp(EXAMPLE, overrides)
+    spec = RayLaunchSpec(num_workers=1, num_cpus_per_worker=1.0, num_gpus_per_worker=float(gpu))
+    start = time.time()
     summary = RayLauncher(spec).run(exp)[0]
-    return [h["samples_per_s"] for h in summary["history"]]
+    first_step = first_marks(timing)["first_step_rank0"] - start
+    return [record.samples_per_s for record in summary.history], first_step
 
 
-def bare(args: list[str], workers: int) -> list[float]:
-    """Per-epoch samples/s of the bare loop (torchrun with nccl for 2 ranks)."""
-    cmd = [python(), "-m", "bench.bare_loop", *args]
-    if workers > 1:
-        launcher = [python(), "-m", "torch.distributed.run", f"--nproc-per-node={workers}"]
-        launcher += ["--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m"]
-        cmd = [*launcher, "bench.bare_loop", *args]
-    return parse_result(run(cmd))["samples_per_s"]
+def allreduce_rank(rank: int, world: int, port: int, device: str, out: Any) -> None:
+    """One rank of the all-reduce measurement; rank 0 stores the median seconds."""
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    try:
+        numel = ALLREDUCE_MIB * 2**20 // 4 if cuda else 2**16
+        tensor = torch.ones(numel, device=f"cuda:{rank}" if cuda else "cpu")
+        times = []
+        for i in range(25):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            dist.all_reduce(tensor)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= 5:
+                times.append(time.perf_counter() - t0)
+        expected = float(world) ** 25  # ones, summed over `world` ranks 25 times
+        if rank == 0:
+            out["seconds"] = statistics.median(times)
+            out["bytes"] = numel * 4
+            out["correct"] = bool(torch.allclose(tensor[:1].cpu(), torch.tensor([expected])))
+    finally:
+        dist.destroy_process_group()
 
 
-def compare(name: str, ray_side: Any, bare_side: Any, reps: int) -> tuple[dict, dict]:
-    """Rounds of TinyExp, bare, bare again (rotating); the comparison and the raw values."""
-    sides: dict[str, list[float]] = {"tinyexp": [], "bare": [], "bare2": []}
-    names = tuple(sides)
-    for rep in range(reps):
-        for side in names[rep % 3 :] + names[: rep % 3]:
-            rates = ray_side() if side == "tinyexp" else bare_side()
-            sides[side].append(statistics.mean(rates[1:]))
-            print(f"{name} rep {rep} {side}: {[round(r) for r in rates]} samples/s", flush=True)
-    comparison = paired(
-        f"8. {name}: TinyExp / bare loop, samples/s",
-        sides["tinyexp"],
-        sides["bare"],
-        target=TARGET,
-        direction="higher",
-        control=(sides["bare2"], sides["bare"]),
-        what="steady-state samples/s per run, TinyExp over the bare loop",
-    )
-    return comparison, sides
+def allreduce(device: str) -> dict[str, Any]:
+    import torch
+    import torch.multiprocessing as mp
+
+    world = min(2, torch.cuda.device_count()) if device == "cuda" else 2
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(allreduce_rank, args=(world, free_port(), device, out), nprocs=world)
+        found = dict(out)
+    # Bus bandwidth as nccl-tests defines it for all-reduce: bytes * 2 (n-1)/n per second.
+    factor = 2 * (world - 1) / world if world > 1 else 1.0
+    found["bus_gb_per_s"] = found["bytes"] * factor / found["seconds"] / 1e9
+    found["world_size"] = world
+    return found
+
+
+def rounds(args: argparse.Namespace, tmp: Path, gpu: bool, deadline: float) -> dict[str, list]:
+    """Rounds of TinyExp, bare, bare again, until `--reps` or the budget."""
+    data = prepare_data(tmp / "datasets", "synthetic", 512 if not gpu else 60_000)
+    batch = 256 if gpu else 32
+    overrides = [f"train_cfg.num_epochs={args.epochs}", f"data_cfg.prepared_path={data}"]
+    overrides += [f"data_cfg.batch_size={batch}", f"output_root={tmp / 'runs'}"]
+    overrides += [f"accelerator_cfg.accelerator={'ddp' if gpu else 'cpu'}"]
+    overrides += ["accelerator_cfg.mixed_precision=true", "progress_cfg.enabled=false"]
+    bare_cmd = [python(), "-m", "bench.bare_loop", "--data", data, "--epochs", str(args.epochs)]
+    bare_cmd += ["--batch-size", str(batch), "--threads", "1"]
+    bare_cmd += ["--device", "cuda", "--bf16"] if gpu else ["--device", "cpu"]
+    found: dict[str, list] = {side: [] for side in SIDES}
+    found["first_step_s"] = []
+    for rep in range(args.reps):
+        if time.monotonic() > deadline and rep >= 2:
+            print(f"budget spent: {rep} rounds", flush=True)
+            break
+        for side in turn_order(SIDES, rep):
+            if side == "tinyexp":
+                rates, first = on_ray(overrides, gpu, tmp / f"timing-{rep}.txt")
+                found["first_step_s"].append(first)
+            else:
+                rates = parse_result(run(bare_cmd))["samples_per_s"]
+            found[side].append(statistics.mean(rates[1:]))
+            print(f"rep {rep} {side}: {[round(r) for r in rates]} samples/s", flush=True)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=4, help="rounds (>= 2 for an interval)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3, help="rounds (>= 2 for an interval)")
+    parser.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up")
+    parser.add_argument("--budget-s", type=float, default=270.0, help="stop rounds after this")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     add_results_arg(parser)
     args = parser.parse_args(argv)
+    if args.epochs < 2 or args.reps < 2:
+        parser.error("--epochs and --reps must be >= 2 (a warm-up epoch, an interval)")
 
     import torch
 
-    from bench.input_pipeline import make_image_folder
-
     gpu = args.device == "cuda"
     if gpu and not torch.cuda.is_available():
-        print("no CUDA device: run this on a GPU machine (or --device cpu for a smoke test)")
+        print(f"refused: no CUDA device (torch {torch.__version__}, built for CUDA "
+              f"{torch.version.cuda}, sees none); nothing measured, nothing saved. Run it on "
+              "a GPU machine; `--device cpu` only smoke-tests this script.",
+              file=sys.stderr)  # fmt: skip
         return 2
-    small = not gpu
-    num_samples, images = (512, 64) if small else (60_000, 10_000)
-    batches = {"mnist": 32 if small else 256, "resnet18": 16 if small else 128}
-    accel = "ddp" if gpu else "cpu"
-    common = [
-        f"train_cfg.num_epochs={args.epochs}",
-        f"accelerator_cfg.accelerator={accel}",
-        "accelerator_cfg.mixed_precision=true",
-        "progress_cfg.enabled=false",
-    ]
-    bare_common = ["--epochs", str(args.epochs), "--device", args.device, "--threads", "1"]
-    bare_common += ["--bf16"] if gpu else []
+    deadline = time.monotonic() + args.budget_s
     bench_run = Run("gpu_check", {k: v for k, v in vars(args).items() if k != "results_dir"})
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as name:
-        tmp = Path(name)
-        mnist_data = prepare_data(tmp / "datasets", "synthetic", num_samples)
-        make_image_folder(tmp / "images", images, 64)
-        from tinyexp_core.config import build_exp
+    from tinyexp_core.launchers.ray import ray_session
 
-        resnet = build_exp(
-            "tinyexp_core.examples.resnet_exp:Exp",
-            [f"data_cfg.root={tmp / 'images'}", "data_cfg.redis_cache=false"],
-        )
-        resnet_data = resnet.prepare_data(str(tmp)).path
-        out = f"output_root={tmp / 'runs'}"
-        mnist = [*common, out, f"data_cfg.prepared_path={mnist_data}"]
-        mnist.append(f"data_cfg.batch_size={batches['mnist']}")
-        res = [*common, out, f"data_cfg.prepared_path={resnet_data}"]
-        res.append(f"data_cfg.batch_size={batches['resnet18']}")
-        bare_mnist = [*bare_common, "--data", mnist_data, "--batch-size", str(batches["mnist"])]
-        bare_res = [*bare_common, "--data", resnet_data, "--arch", "resnet18"]
-        bare_res += ["--batch-size", str(batches["resnet18"]), "--mean", "0.5", "--std", "0.25"]
-        mnist_exp, resnet_exp = (
-            "tinyexp_core.examples.mnist_exp:Exp",
-            "tinyexp_core.examples.resnet_exp:Exp",
-        )
-        rows.append(
-            compare(
-                "MNIST example, 1 GPU",
-                lambda: on_ray(mnist_exp, mnist, 1, gpu),
-                lambda: bare(bare_mnist, 1),
-                args.reps,
-            )
-        )
-        rows.append(
-            compare(
-                "ResNet-18 example, 1 GPU",
-                lambda: on_ray(resnet_exp, res, 1, gpu),
-                lambda: bare(bare_res, 1),
-                args.reps,
-            )
-        )
-        if gpu and torch.cuda.device_count() >= 2:
-            rows.append(
-                compare(
-                    "MNIST example, 2 GPUs (nccl DDP)",
-                    lambda: on_ray(mnist_exp, mnist, 2, gpu),
-                    lambda: bare(bare_mnist, 2),
-                    args.reps,
-                )
-            )
-    device = torch.cuda.get_device_name(0) if gpu else "CPU (smoke test)"
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as name, ray_session():
+        found = rounds(args, Path(name), gpu, deadline)
+    reduce = allreduce(args.device)
+    comparisons = [
+        compare(
+            "8. MNIST example on 1 GPU: TinyExp / bare loop, steady samples/s",
+            found["tinyexp"],
+            found["bare"],
+            target=TARGET,
+            direction="higher",
+            control=(found["bare2"], found["bare"]),
+            what="steady-state samples/s per run (1 / step time), TinyExp over the bare loop",
+        ),
+        value_against_target(
+            "8. first step of the MNIST example on 1 GPU (Ray running)",
+            found["first_step_s"],
+            target=None,
+            direction="lower",
+            unit="s",
+            what="seconds from RayLauncher.run to rank 0's first optimizer step",
+        ),
+    ]
+    device = torch.cuda.get_device_name(0) if gpu else "CPU (smoke test of the script)"
     notes = (
-        f"Device: {device}; torch {torch.__version__}, CUDA {torch.version.cuda}. "
-        f"Steady-state samples/s (epochs 2..{args.epochs}); TinyExp side: `RayLauncher`, "
-        "`accelerator_cfg.accelerator=ddp`, `accelerator_cfg.mixed_precision=true` (bf16); "
-        "bare side: `bench/bare_loop.py` with bf16 autocast on the same GPU. Batches "
-        f"{batches}; {num_samples} synthetic MNIST-size samples, {images} generated 64x64 PNGs "
-        "decoded to 32x32."
+        f"Device: {device}; torch {torch.__version__}, CUDA {torch.version.cuda}; "
+        f"{torch.cuda.device_count() if gpu else 0} GPU(s). {len(found['tinyexp'])} rounds. "
+        f"NCCL all-reduce ({'nccl' if gpu else 'gloo'}, {reduce['world_size']} rank(s), "
+        f"{reduce['bytes'] / 2**20:.0f} MiB): median {reduce['seconds'] * 1e3:.2f} ms, bus "
+        f"bandwidth {reduce['bus_gb_per_s']:.1f} GB/s, result correct: {reduce['correct']}."
     )
-    raw = {comp["item"]: sides for comp, sides in rows}
-    bench_run.save(raw, [comp for comp, _ in rows], args.results_dir, notes)
-    return 0
+    bench_run.save({**found, "allreduce": reduce}, comparisons, args.results_dir, notes)
+    return 0 if reduce["correct"] else 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 7, item 8, for a machine with a CUDA GPU (not part of `make bench`): the MNIST and
-# ResNet-18 examples with the DDP accelerator on CUDA (nccl with 2+ GPUs) and bf16 mixed
-# precision vs a bare PyTorch loop on the same GPU. Saves bench/results/gpu_check-<stamp>.json
-# and regenerates docs/benchmarks.md. Takes about 5-10 minutes on one GPU.
+# Issue 7 item 8 / issue 24, for a machine with a CUDA GPU (not part of `make bench`): first
+# step, steady step time of the MNIST example (DDP accelerator on CUDA, bf16) vs a bare loop
+# on the same GPU, NCCL all-reduce (see bench/gpu_check.py). Saves
+# bench/results/gpu_check-<stamp>.json and regenerates docs/benchmarks.md. Under 5 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

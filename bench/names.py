@@ -30,12 +30,17 @@ BENCHMARKS = (
     (
         "sensor_cost",
         "6. Sensor cost, persistence included",
-        "daemon-like tick at 1000 runs, SQLite on disk and Postgres (< 1 s)",
+        "daemon-like tick at 1000 runs, SQLite on disk and Postgres (< 1 s); backlog drained",
     ),
     (
         "step_checkpoint",
         "10. Step checkpoints on / off",
-        "step time, step checkpoints every 20 steps on / off (<= 1.02)",
+        "step time on 2 ranks x 2 cores, step checkpoints every 20 steps on / off (<= 1.02)",
+    ),
+    (
+        "storage_upload",
+        "13. Checkpoints in object storage: background upload on / off, resume from the bucket",
+        "step time, upload of step checkpoints on / off (<= 1.02); resume from the bucket",
     ),
     (
         "progress_overhead",
@@ -60,7 +65,8 @@ BENCHMARKS = (
     (
         "torchrun_compare",
         "9. The default path vs a plain torchrun script",
-        "epoch-to-epoch speed, torchrun script / retrain_job (>= 0.95); whole job; first step",
+        "torchrun script vs retrain_job: epoch speed (>= 0.95); warm whole job (<= 1.3), "
+        "first step (<= 1.0); cold whole job (<= 1.8), first step (<= 2.0)",
     ),
     (
         "warm_start",
@@ -70,7 +76,7 @@ BENCHMARKS = (
     (
         "orchestration",
         "7. Orchestration overhead of make run",
-        "share of wall time outside the loops (no target)",
+        "share of a warm make run's wall time outside the loops (<= 0.40)",
     ),
     (
         "sweep",
@@ -78,3 +84,50 @@ BENCHMARKS = (
         "wall time with / without early stopping; best accuracy with / without (no target)",
     ),
 )
+
+# The code each benchmark measures, as paths for `git log`: a saved run older than a change
+# to any of them is flagged stale on the page (`bench.provenance`). The benchmark's own
+# modules count too: a change to the method changes the number.
+_WHOLE_PATH = ("tinyexp_core", "tinyexp_dagster")  # the whole job: every part of it counts
+MEASURES: dict[str, tuple[str, ...]] = {
+    "input_pipeline": ("bench/input_pipeline.py", "tinyexp_core/data"),
+    "sensor_cost": (
+        "bench/sensor_cost.py",
+        "tinyexp_dagster/sensors",
+        "tinyexp_core/progress/",
+    ),
+    "step_checkpoint": (
+        "bench/step_checkpoint.py",
+        "tinyexp_core/step_checkpoint.py",
+        "tinyexp_core/checkpoint/",
+    ),
+    "progress_overhead": (
+        "bench/progress_overhead.py",
+        "tinyexp_core/progress/",
+        "tinyexp_core/redis_client.py",
+        "tinyexp_core/training",
+    ),
+    "training_overhead": (
+        "bench/training_overhead.py",
+        "bench/bare_loop.py",
+        "bench/ddp_exp.py",
+        "tinyexp_core/training",
+        "tinyexp_core/launchers",
+        "tinyexp_core/accelerators",
+        "tinyexp_core/examples/mnist_exp.py",
+        "tinyexp_dagster/assets/training.py",
+    ),
+    "ddp_scaling": (
+        "bench/ddp_scaling.py",
+        "bench/bare_loop.py",
+        "bench/ddp_exp.py",
+        "tinyexp_core/launchers",
+        "tinyexp_core/accelerators",
+    ),
+    "startup": ("bench/startup.py", "bench/torchtrainer_startup.py", *_WHOLE_PATH),
+    "torchrun_compare": ("bench/torchrun_compare.py", "bench/torchrun_script.py", *_WHOLE_PATH),
+    "warm_start": ("bench/warm_start.py", *_WHOLE_PATH),
+    "orchestration": ("bench/orchestration.py", *_WHOLE_PATH),
+    "sweep": ("bench/sweep.py", "tinyexp_core/sweep.py", "tinyexp_dagster/assets/sweep.py"),
+    "gpu_check": ("bench/gpu_check.py", "tinyexp_core/accelerators", "tinyexp_core/training"),
+}

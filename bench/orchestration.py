@@ -7,10 +7,13 @@ event log (step start/success) and the timing marks; "useful" time is the time i
 training loop (the `wall_time_s` that `trained_model` reports: its epoch loop, validation and
 checkpoints included) and inside the evaluation (`exp.evaluate()` in `model_evaluation`).
 Overhead = (wall time - useful time) / wall time, per run; the value is its geometric mean
-over runs with a 95% interval (no target: the goal was to cut it where large). Per-phase
-seconds of every run are in the raw results.
+over runs with a 95% interval. Warm (the default): every run on one storage root after an
+untimed first run, as a second `make run` finds it (its embedded Redis and local Ray with
+warm ranks running, the dataset prepared); target <= 0.40. `--cold`: each run on a fresh
+storage root, as a first `make run` (no target). Per-phase seconds of every run are in the
+raw results.
 
-    .venv/bin/python -m bench.orchestration [--reps 4] [--epochs 5]
+    .venv/bin/python -m bench.orchestration [--reps 4] [--epochs 5] [--cold]
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import dagster_events, embedded_server, first_marks, spawn_timed
+from bench.common import (
+    dagster_events,
+    embedded_server,
+    first_marks,
+    settle_local_ray,
+    spawn_timed,
+    stop_local_ray,
+)
 from bench.names import (
     CODE_LOCATION,
     MODEL_EVALUATION,
@@ -33,6 +43,7 @@ from bench.results import Run, add_results_arg
 from bench.startup import DAGSTER, dagster_env, run_config
 from bench.stats import value_against_target
 
+WARM_TARGET = 0.40  # issue 24: a warm `make run` spends at most 40% outside the loops
 # Inside the trained_model step: (label, mark that ends it), starting at STEP_START.
 TRAINING = (
     ("input load, build experiment, Redis check/start", "launch_start"),
@@ -44,15 +55,16 @@ TRAINING = (
 )
 
 
-def pipeline_run(tmp: Path, rep: int, epochs: int) -> dict[str, float]:
-    """One `training_pipeline` run in its own home and root; times relative to spawn."""
+def pipeline_run(tmp: Path, rep: int, epochs: int, root: Path) -> dict[str, float]:
+    """One `training_pipeline` run in its own home, on storage root `root`; times relative
+    to spawn."""
     import dagster as dg
 
     home = tmp / f"home-{rep}"
     home.mkdir()
     env = dagster_env(tmp, tmp / f"timing-{rep}.txt")
     env["DAGSTER_HOME"] = str(home)
-    env["TINYEXP_STORAGE_ROOT"] = str(tmp / f"root-{rep}")
+    env["TINYEXP_STORAGE_ROOT"] = str(root)
     config = tmp / f"config-{rep}.yaml"
     config.write_text(run_config(epochs))
     cmd = [DAGSTER, "job", "execute", "-m", CODE_LOCATION, "-c", str(config)]
@@ -113,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=4, help="pipeline runs (>= 2)")
     parser.add_argument("--epochs", type=int, default=5, help="make run's default: 5")
+    parser.add_argument("--cold", action="store_true", help="a fresh storage root per run")
     add_results_arg(parser)
     args = parser.parse_args(argv)
 
@@ -120,18 +133,25 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-orchestration-") as name:
         tmp = Path(name)
+        roots = [tmp / (f"root-{rep}" if args.cold else "root") for rep in range(args.reps)]
         try:
+            if not args.cold:
+                pipeline_run(tmp, -1, 1, roots[0])  # untimed: the first `make run`
             for rep in range(args.reps):
-                runs.append(pipeline_run(tmp, rep, args.epochs))
+                if not args.cold:
+                    settle_local_ray(roots[rep])  # its warm ranks refilled, untimed
+                runs.append(pipeline_run(tmp, rep, args.epochs, roots[rep]))
                 print(f"rep {rep}: wall {runs[-1]['exit']:.1f} s", flush=True)
         finally:
-            for rep in range(args.reps):
-                embedded_server(tmp / f"root-{rep}").stop()
+            for root in set(roots):
+                stop_local_ray(root)
+                embedded_server(root).stop()
     overheads = [(r["exit"] - r["train_loop_s"] - r["eval_loop_s"]) / r["exit"] for r in runs]
     comparison = value_against_target(
-        f"7. {TRAINING_JOB}: (wall - training and evaluation loops) / wall",
+        f"7. {TRAINING_JOB}{' (cold)' if args.cold else ' (warm)'}: (wall - training and "
+        "evaluation loops) / wall",
         overheads,
-        target=None,
+        target=None if args.cold else WARM_TARGET,
         direction="lower",
         unit="",
         what="share of the job's wall time outside the training loop and exp.evaluate()",
@@ -145,8 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     notes = (
         f"`dagster job execute -j {TRAINING_JOB}` with `make run`'s defaults but "
-        f"{args.epochs} epoch(s), each run in a fresh DAGSTER_HOME and storage root (so each "
-        "starts its embedded Redis and its local Ray, as a first `make run` does). Useful "
+        f"{args.epochs} epoch(s), each run in a fresh DAGSTER_HOME; "
+        + (
+            "each on a fresh storage root (so each starts its embedded Redis and its local "
+            "Ray, as a first `make run` does). "
+            if args.cold
+            else "all on one storage root after an untimed first run (its embedded Redis and "
+            "local Ray with warm ranks running, the dataset prepared, as a second `make run` "
+            "finds them; the warm ranks refilled before each run). "
+        )
+        + "Useful "
         f"time: the training loop (`wall_time_s` of `{TRAINED_MODEL}`: epochs, validation, "
         f"checkpoints) and `exp.evaluate()` in `{MODEL_EVALUATION}`. Per-phase seconds of "
         "every run (Dagster events and timing marks) are in the raw results."

@@ -4,7 +4,9 @@ A file holds what the run measured and under which conditions: the machine, the 
 average and CPU-speed probes (`bench.common.cpu_probe`, `cpu_sustained`) before and after,
 the command, the sizes, the raw per-repetition numbers, and the computed comparisons
 (ratio, 95% interval, A/A control, verdict; see `bench.stats`).
-`docs/benchmarks.md` is generated from the newest file of each benchmark (`bench.report`).
+Each file also records the commit it measured and whether the tree was clean (`provenance`).
+`docs/benchmarks.md` is generated from the newest file of each benchmark (`bench.report`),
+with the count and verdicts of all of them.
 
 The directory is `bench/results/` unless `--results-dir` or `$TINYEXP_BENCH_RESULTS` says
 otherwise (`make bench-smoke` writes to a temporary one, so smoke runs never become
@@ -81,6 +83,7 @@ class Run:
             "raw": raw,
             "comparisons": comparisons,
             "notes": notes,
+            **provenance(),
         }
         problems = validate(doc)
         if problems:
@@ -94,6 +97,29 @@ class Run:
         for comp in comparisons:
             print(summary_line(comp), flush=True)
         return path
+
+
+def provenance() -> dict[str, Any]:
+    """The commit the run measured and whether the tree was clean (no change to a tracked
+    file, no untracked file outside ignored ones): `commit` None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=normal")
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "clean_tree": None, "dirty_files": []}
+    files = [line[3:] for line in dirty.splitlines()]
+    # Results written by this very run are not a change to the code it measured.
+    files = [f for f in files if not f.startswith("bench/results/")]
+    return {"commit": commit, "clean_tree": not files, "dirty_files": files[:50]}
 
 
 def _no_nan(value: Any) -> Any:
@@ -157,6 +183,22 @@ def load(path: str | Path) -> dict[str, Any]:
     if problems:
         raise ValueError(f"{path}: malformed result: {'; '.join(problems)}")
     return doc
+
+
+def every_run(directory: str | Path | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every saved result of each benchmark, oldest first, by name (each with `_path`)."""
+    found: dict[str, list[tuple[str, Path]]] = {}
+    for path in Path(directory or results_dir()).glob("*-*.json"):
+        name, stamp = path.stem.rsplit("-", 1)
+        found.setdefault(name, []).append((stamp, path))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, stamped in found.items():
+        out[name] = []
+        for _, path in sorted(stamped):
+            doc = load(path)
+            doc["_path"] = str(path)
+            out[name].append(doc)
+    return out
 
 
 def newest(directory: str | Path | None = None) -> dict[str, dict[str, Any]]:

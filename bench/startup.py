@@ -26,9 +26,12 @@ from bench.common import (
     dagster_events,
     embedded_server,
     first_marks,
+    local_ray,
     python,
     run,
     spawn_timed,
+    stop_local_ray,
+    turn_order,
 )
 from bench.names import CODE_LOCATION, PREPARED_DATASET, RETRAIN_JOB, TRAINED_MODEL_OP
 from bench.results import Run, add_results_arg
@@ -142,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             prepared = setup(tmp)
             for rep in range(args.reps):
-                order = SIDES[rep % 3 :] + SIDES[: rep % 3]
-                for side in order:
+                for side in turn_order(SIDES, rep):
                     if side == "ours":
+                        # This item is the cold start: the run starts the root's Ray.
+                        local_ray(tmp / "root", warm=False)
                         res = ours(tmp, rep, args.epochs)
                     else:
+                        stop_local_ray(tmp / "root")  # no Ray left warm by ours runs beside
                         res = theirs(tmp, f"{side}-{rep}", prepared, args.epochs)
                     runs[side].append(res)
                     print(
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
         finally:
+            stop_local_ray(tmp / "root")
             embedded_server(tmp / "root").stop()
     first = {side: [r["first_step_rank0"] for r in rs] for side, rs in runs.items()}
     control = (first["theirs2"], first["theirs"])

@@ -9,8 +9,10 @@ process. Same network, prepared tensors (synthetic), batch size, optimizer and t
 This machine is shared and its load swings within seconds, so the jobs run at the same time
 and take turns, one epoch each (`bench.bare_loop.Turns`; the orchestrated side is
 `bench.ddp_exp.TurnTakingMnistExp`, the example with a wait before each epoch): compared
-epochs are seconds apart. A second bare loop in the cycle is an A/A control. Steady state =
-every epoch but the first; a pair is one epoch turn of each job, the ratio the orchestrated
+epochs are seconds apart. A second bare loop in the cycle is an A/A control. The order of
+the turns rotates through all six orders over the runs, and every job ends with an untimed
+epoch, so no timed epoch overlaps another job's teardown. Steady state = every timed epoch
+but the first; a pair is one epoch turn of each job, the ratio the orchestrated
 epoch over the mean of the two bare ones (95% interval, verdict: `bench.stats`), the A/A
 control the second bare loop over the first. Target: >= 0.97.
 
@@ -20,6 +22,7 @@ control the second bare loop over the first. Target: >= 0.97.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,7 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.bare_loop import parse_result
-from bench.common import prepare_data, python, redis_client, steady_malloc
+from bench.common import (
+    TRAILING_EPOCHS,
+    local_ray,
+    prepare_data,
+    python,
+    redis_client,
+    settle_local_ray,
+    steady_malloc,
+    stop_local_ray,
+    timed_epochs,
+    turn_order,
+)
 from bench.results import Run, add_results_arg
 from bench.stats import compare
 
@@ -50,7 +64,7 @@ def orchestrated(
 
     data = ["data_cfg.source=synthetic", f"data_cfg.num_samples={args.num_samples}"]
     overrides = [
-        f"train_cfg.num_epochs={args.epochs}",
+        f"train_cfg.num_epochs={args.epochs + TRAILING_EPOCHS}",
         f"data_cfg.batch_size={args.batch_size}",
         f"turn_file={turn_file}",
         f"turn_next={then}",
@@ -101,7 +115,8 @@ def orchestrated(
 def start_bare(
     name: str, then: str, prepared: str, turn_file: Path, log: Path, args: argparse.Namespace
 ) -> subprocess.Popen:
-    cmd = [python(), "-m", "bench.bare_loop", "--data", prepared, "--epochs", str(args.epochs)]
+    epochs = str(args.epochs + TRAILING_EPOCHS)
+    cmd = [python(), "-m", "bench.bare_loop", "--data", prepared, "--epochs", epochs]
     cmd += ["--threads", str(args.threads), "--batch-size", str(args.batch_size)]
     cmd += ["--turn-file", str(turn_file), "--turn-names", name, then]
     # What Ray sets in a worker with that many CPUs: the two sides' processes match.
@@ -114,11 +129,12 @@ def one_rep(
     root: Path, redis_url: str, prepared: str, rep: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Three jobs at once, one epoch turn each: the orchestrated one and two bare loops (the
-    second an A/A control); the bare loops swap places in the cycle between reps."""
-    cycle = ["tinyexp", "bare", "bare2"] if rep % 2 == 0 else ["tinyexp", "bare2", "bare"]
+    second an A/A control); which goes first, and the order after it, changes every rep
+    (`turn_order`)."""
+    cycle = turn_order(("tinyexp", "bare", "bare2"), rep)
     after = {name: cycle[(i + 1) % len(cycle)] for i, name in enumerate(cycle)}
     turn_file = root / f"turn-{rep}"
-    turn_file.write_text("tinyexp")
+    turn_file.write_text(cycle[0])
     procs = {
         name: start_bare(name, after[name], prepared, turn_file, root / f"{name}-{rep}.log", args)
         for name in ("bare", "bare2")
@@ -166,17 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     statuses = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         root = Path(tmp)
-        with embedded_redis(root) as url:
+        with embedded_redis(root) as url, contextlib.ExitStack() as stack:
+            stack.callback(stop_local_ray, root)  # the runs leave the root's Ray warm
             prepared = prepare_data(root / "datasets", "synthetic", args.num_samples)
             num_train = int(read_manifest(prepared).counts["train"])
             for rep in range(args.reps):
+                # Untimed: the root's Ray running with its warm ranks ready, so no refill
+                # (new processes importing torch) lands in a timed epoch.
+                local_ray(root, warm=True)
+                settle_local_ray(root)
                 with steady_malloc():
                     res = one_rep(root, url, prepared, rep, args)
                 for side in sides:
                     rates, cpu_rates = res[side]
                     print(f"rep {rep} {side}: {[round(r) for r in rates]} samples/s", flush=True)
-                    wall[side] += rates[1:]
-                    cpu[side] += cpu_rates[1:]
+                    wall[side] += timed_epochs(rates, args.epochs)
+                    cpu[side] += timed_epochs(cpu_rates, args.epochs)
                 statuses.append(res["status"])
 
     def mean_bare(values: dict[str, list[float]]) -> list[float]:
@@ -206,14 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     notes = (
         f"The MNIST example's network on {args.num_samples} synthetic 28x28 samples (train "
         f"split {num_train}), batch {args.batch_size}, {args.threads} torch thread(s) on all "
-        "sides; epoch 1 of each run is warm-up and left out. Orchestrated: the "
+        "sides; epoch 1 of each run is warm-up and left out, and each job runs one more, "
+        "untimed epoch after its last timed one (no timed epoch overlaps a teardown). "
+        "Orchestrated: the "
         "`trained_model` asset through `dg.materialize` (Dagster step, `RayDDPResource`, one "
         "Ray worker, the CPU accelerator, the example's own epoch loop, a checkpoint per "
         "epoch, Redis progress on: the runs' progress hashes ended "
         f"{', '.join(sorted(set(statuses)))}). Bare: `bench/bare_loop.py` in its own process; "
         "a second bare loop is the A/A control. The three jobs run at once and take turns, "
-        "one epoch each (`bench.bare_loop.Turns`; the two bare loops swap places between "
-        "runs); all run with the same glibc malloc settings (`bench.common.STEADY_MALLOC`). "
+        "one epoch each (`bench.bare_loop.Turns`; which job goes first, and the order after "
+        "it, rotates through all 6 orders over the runs: `bench.common.turn_order`); all run "
+        "with the same glibc malloc settings (`bench.common.STEADY_MALLOC`). "
         "Validation and checkpoints happen between epochs, outside the timed loops: item 9 "
         "counts them. Ray runs its workers at nice 15, which counts against the "
         "orchestrated side on a busy machine."

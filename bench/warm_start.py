@@ -38,7 +38,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.common import dagster_events, embedded_server, first_marks, spawn_timed
+from bench.common import dagster_events, embedded_server, first_marks, spawn_timed, turn_order
 from bench.names import CODE_LOCATION, RETRAIN_JOB
 from bench.results import Run, add_results_arg
 from bench.startup import (
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"the Ray at {head.address} has no warm-rank pool")
             wait_for_full_pool(pool)
             for rep in range(args.reps):
-                for side in SIDES[rep % len(SIDES) :] + SIDES[: rep % len(SIDES)]:
+                for side in turn_order(SIDES, rep):
                     wait_for_full_pool(pool)  # no side shares the CPUs with a refill
                     if side == "ours":
                         res = ours(tmp, rep, args.epochs, head.address)

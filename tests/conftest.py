@@ -8,7 +8,9 @@ At its end the session fails if a redis-server, Ray, Dagster or worker process t
 started is still alive after a grace period (see tests/leftovers.py); before that check, the
 embedded Redis servers that tests started under the session's temporary directories (every
 run on a temporary storage root starts one, and by design it outlives the run until idle)
-are stopped.
+are stopped, and so are the default local Rays (`tinyexp_core.launchers.ray_head`) that runs
+left warm there. Those stop themselves after `TINYEXP_RAY_IDLE_STOP_S`, which the session
+sets short (each test has its own storage root, so a warm Ray is never reused across tests).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 from tests import leftovers
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TINYEXP_RAY_IDLE_STOP_S", "10")
 _SNAPSHOT_KEY = pytest.StashKey[leftovers.Snapshot]()
 
 
@@ -55,10 +58,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _embedded_roots(base: Path, max_depth: int = 4) -> Iterator[Path]:
-    """Storage roots under `base` (a few levels deep) with an embedded Redis address file."""
+def _embedded_roots(
+    base: Path, marker: str = "redis/redis.pid", max_depth: int = 4
+) -> Iterator[Path]:
+    """Storage roots under `base` (a few levels deep) with `marker` (by default an embedded
+    Redis's pid file)."""
     for depth in range(max_depth):
-        pattern = "/".join(["*"] * depth + ["redis", "redis.pid"])
+        pattern = "/".join(["*"] * depth + [marker])
         for pid_file in base.glob(pattern):
             yield pid_file.parent.parent
 
@@ -71,6 +77,18 @@ def stop_embedded_redis_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     for root in _embedded_roots(tmp_path_factory.getbasetemp()):
         EmbeddedRedis(root).stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_ray_heads_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Stop every default local Ray that runs left warm under the session's temporary dirs."""
+    yield
+    from tinyexp_core.launchers.ray_head import stop_head
+
+    base = tmp_path_factory.getbasetemp()
+    roots = {r for n in ("address", "starting") for r in _embedded_roots(base, f"ray/{n}")}
+    for root in roots:
+        stop_head(root)
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +119,9 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(
+            # A new local Ray, never one another process left in /tmp/ray/ray_current_cluster
+            # (a multi-node test cluster, a `ray start`).
+            address="local",
             num_cpus=2,
             _node_ip_address="127.0.0.1",
             include_dashboard=False,

@@ -49,3 +49,22 @@ def test_a_long_module_is_reported(tmp_path: Path) -> None:
     (tmp_path / "big.py").write_text("x = 1\n" * 401)
     done = _check("--max-module-lines", "400", str(tmp_path))
     assert done.returncode == 1 and "401 lines (at most 400)" in done.stdout
+
+
+def test_known_debt_is_tolerated_and_a_paid_entry_must_leave_the_list(tmp_path: Path) -> None:
+    (tmp_path / "big.py").write_text("x = 1\n" * 401)
+    (tmp_path / "small.py").write_text("x = 1\n")
+    debt = tmp_path / "debt.txt"
+    debt.write_text(f"# known\n{(tmp_path / 'big.py').as_posix()}\n")
+    assert _check("--max-module-lines", "400", "--debt", str(debt), str(tmp_path)).returncode == 0
+    debt.write_text(f"{(tmp_path / 'small.py').as_posix()}\n{(tmp_path / 'big.py').as_posix()}\n")
+    done = _check("--max-module-lines", "400", "--debt", str(debt), str(tmp_path))
+    assert done.returncode == 1 and "small.py no longer exceeds its limit" in done.stdout
+
+
+def test_the_two_packages_keep_their_shape_with_the_listed_debt() -> None:
+    done = _check(
+        "--max-module-lines", "400", "--max-function-lines", "60",
+        "--debt", "scripts/code_shape_debt.txt", "tinyexp_core", "tinyexp_dagster",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout

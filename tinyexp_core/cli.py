@@ -15,9 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import build_exp, format_help
-from .exceptions import ConfigError, RunStoppedError, TinyExpError
-from .redaction import redact_text, redact_value
+from tinyexp_core.config import build_exp, format_help
+from tinyexp_core.exceptions import ConfigError, RunStoppedError, TinyExpError
+from tinyexp_core.redaction import redact_text, redact_value
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
@@ -46,21 +46,21 @@ def launch(exp: Any) -> Any:
     A SIGTERM/SIGINT here becomes a stop request: in this process (one rank) the loop
     sees it; the mp and Ray launchers pass it on to their ranks.
     """
-    from .stop import stop_on_signals
+    from tinyexp_core.stop import stop_on_signals
 
     with stop_on_signals():
         return _launch(exp)
 
 
 def _launch(exp: Any) -> Any:
-    from .redis_cache import serving_redis_cache
+    from tinyexp_core.redis_cache import serving_redis_cache
 
     with serving_redis_cache(exp):
         if exp.launcher == "ray":
-            from .launchers.ray import launch_on_ray
+            from tinyexp_core.launchers.ray import launch_on_ray
 
             return launch_on_ray(exp, log_callback=lambda line: print(line, file=sys.stderr))[0]
-        from .launchers import launch_local
+        from tinyexp_core.launchers import launch_local
 
         return launch_local(exp)[0]
 

@@ -11,9 +11,9 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from .exceptions import ExperimentImportError
-from .experiment import TinyExp
-from .overrides import (
+from tinyexp_core.exceptions import ExperimentImportError
+from tinyexp_core.experiment import TinyExp
+from tinyexp_core.overrides import (
     INTERNAL_FIELDS,
     Override,
     apply_overrides,
@@ -25,7 +25,7 @@ from .overrides import (
     to_yaml,
     validate,
 )
-from .redaction import redact_value
+from tinyexp_core.redaction import redact_value
 
 __all__ = [
     "INTERNAL_FIELDS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .redaction import redact_value
+from tinyexp_core.redaction import redact_value
 
 
 class TinyExpError(Exception):

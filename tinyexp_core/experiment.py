@@ -16,16 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .checkpoint import CheckpointCfg
-from .exceptions import (
+from tinyexp_core.checkpoint import CheckpointCfg
+from tinyexp_core.exceptions import (
     ConfigValueError,
     UnknownConfigurationKeyError,
     UnknownExperimentModeError,
 )
-from .files import atomic_write_text
-from .logging import LoggerCfg, WandbCfg
-from .overrides import apply_overrides, to_dict, to_yaml
-from .redaction import redact_value
+from tinyexp_core.files import atomic_write_text
+from tinyexp_core.logging import LoggerCfg, WandbCfg
+from tinyexp_core.overrides import apply_overrides, to_dict, to_yaml
+from tinyexp_core.redaction import redact_value
+from tinyexp_core.storage.location import local_path
 
 Mode = Literal["train", "val", "help"]
 Launcher = Literal["mp", "ray"]
@@ -56,8 +57,8 @@ def _default_exp_name() -> str:
 def check_redis_url(key: str, url: str) -> None:
     """Raise ConfigValueError naming `key` unless `url` is a well-formed Redis URL; the
     value shown has its password hidden."""
-    from .exceptions import InvalidRedisUrlError
-    from .redis_client import validate_redis_url
+    from tinyexp_core.exceptions import InvalidRedisUrlError
+    from tinyexp_core.redis_client import validate_redis_url
 
     try:
         validate_redis_url(url)
@@ -86,7 +87,7 @@ class ProgressCfg:
 
     def build_reporter(self, run_id: str, *, is_main_process: bool = True):
         """A Redis reporter on the main process when a URL is known, else a no-op one."""
-        from .progress import NullProgressReporter, build_progress_reporter
+        from tinyexp_core.progress import NullProgressReporter, build_progress_reporter
 
         url = self.url or os.environ.get(ENV_PROGRESS_URL, "")
         run_id = os.environ.get(ENV_PROGRESS_RUN_ID) or run_id
@@ -99,7 +100,7 @@ class ProgressCfg:
     def announce_rank(self, run_id: str, *, rank: int, run_dir: str) -> None:
         """Register this rank process (host, pid) in the progress store and install its
         stack dump, so a hung run can be diagnosed (`tinyexp_core.stacks`); best effort."""
-        from .stacks import announce_rank
+        from tinyexp_core.stacks import announce_rank
 
         url = (self.url or os.environ.get(ENV_PROGRESS_URL, "")) if self.enabled else ""
         attempt = os.environ.get(ENV_ATTEMPT, "1")
@@ -125,7 +126,9 @@ class TinyExp:
     num_workers: int = 1  # DDP world size: Ray actors (ray) or local processes (mp)
     num_cpus_per_worker: float = 1.0  # also each rank's torch threads
     num_gpus_per_worker: float = 0.0
-    ray_address: str = ""  # empty: $RAY_ADDRESS if set, else a local Ray on 127.0.0.1
+    # empty: $RAY_ADDRESS if set, else a local Ray on 127.0.0.1 (under Dagster: the storage
+    # root's, kept warm between runs); "local": a local Ray started and stopped for the run
+    ray_address: str = ""
     output_root: str = "./output"  # run directories are <output_root>/<run_id>
     run_id: str = ""  # empty: generated at run start
     seed: int = 0
@@ -160,13 +163,16 @@ class TinyExp:
     def ensure_run_id(self) -> str:
         """The run id: configured (an orchestrator forces its own), or generated once."""
         if not self.run_id:
-            from .progress import new_run_id
+            from tinyexp_core.progress import new_run_id
 
             self.run_id = new_run_id()
         return self.run_id
 
     def get_run_dir(self) -> str:
-        return os.path.join(self.output_root, self.ensure_run_id())
+        """`<output_root>/<run_id>` on this node: with an object-store `output_root`
+        (`s3://...`), its place in this node's mirror (`tinyexp_core.storage`)."""
+        run_dir = os.path.join(self.output_root, self.ensure_run_id())
+        return str(local_path(run_dir)) if "://" in run_dir else run_dir
 
     def ensure_run_dir(self) -> str:
         run_dir = self.get_run_dir()

@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from .exceptions import ConfigValueError
-from .overrides import Override
+from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.overrides import Override
 
 __all__ = [
     "ORCHESTRATED_KEYS",
@@ -116,7 +116,7 @@ class RunOverrides:
         """The experiment (the class itself, not its import path) with these overrides, then
         the orchestrator's `forced` values. A user override of a forced key is refused
         rather than silently replaced: the run record must state what ran."""
-        from .config import build_exp
+        from tinyexp_core.config import build_exp
 
         forced = dict(forced or {})
         for key in forced:

@@ -20,14 +20,14 @@ from typing import Any, Literal, get_args, get_origin
 
 from omegaconf import OmegaConf
 
-from .exceptions import (
+from tinyexp_core.exceptions import (
     ConfigError,
     ConfigTypeError,
     ConfigValueError,
     OverrideSyntaxError,
     UnknownConfigurationKeyError,
 )
-from .redaction import redact_value
+from tinyexp_core.redaction import redact_value
 
 # Fields of the experiment that are bookkeeping, not configuration.
 INTERNAL_FIELDS = frozenset({"overrided_cfg", "hydra"})

@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
+from tinyexp_core import storage
 from tinyexp_core.contract import EpochRecord
 from tinyexp_core.step_checkpoint import (
     DataPosition,
@@ -66,7 +66,9 @@ def resolve_resume(
         return None
     if resume_from == "auto":
         return checkpoint_cfg.build_manager(run_dir).latest_valid()
-    path = Path(resume_from)
+    # An object-store URI (`s3://.../checkpoints/last.pt`, or a folder) is fetched into
+    # this node's mirror, verified; a local path is used as it is.
+    path = storage.localize(resume_from)
     if path.is_dir():
         directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         found = ckpt.CheckpointManager(directory).latest_valid()

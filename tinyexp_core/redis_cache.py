@@ -15,7 +15,7 @@ from typing import Any
 
 from loguru import logger
 
-from .exceptions import ConfigValueError
+from tinyexp_core.exceptions import ConfigValueError
 
 _DEFAULT_MANAGER_CPUS = 10
 
@@ -55,7 +55,7 @@ class RedisCfgMixin:
             """Start the shards and return their RedisClusterManager; None when disabled."""
             if not self.redis_cache_enabled:
                 return None
-            from .redis_server import RedisClusterManager
+            from tinyexp_core.redis_server import RedisClusterManager
 
             if self.redis_cluster_manager_cpus != _DEFAULT_MANAGER_CPUS:
                 logger.warning(

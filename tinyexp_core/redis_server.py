@@ -56,10 +56,11 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
 
 
-def idle_stop_s() -> float:
-    """`TINYEXP_REDIS_IDLE_STOP_S`: seconds an embedded Redis that nobody uses stays up
-    (`redis_idle` stops it then)."""
-    text = os.environ.get(ENV_IDLE_STOP_S, "").strip()
+def idle_stop_s(name: str = ENV_IDLE_STOP_S) -> float:
+    """`TINYEXP_REDIS_IDLE_STOP_S` (or the variable `name`, e.g. the local Ray's
+    `TINYEXP_RAY_IDLE_STOP_S`): seconds a project-managed service that nobody uses stays up
+    (`redis_idle` stops the Redis then, the Ray head's holder itself)."""
+    text = os.environ.get(name, "").strip()
     if not text:
         return DEFAULT_IDLE_STOP_S
     try:
@@ -67,7 +68,7 @@ def idle_stop_s() -> float:
     except ValueError:
         value = math.nan
     if not 0 < value < math.inf:
-        raise ConfigValueError(ENV_IDLE_STOP_S, text, "a finite number of seconds > 0")
+        raise ConfigValueError(name, text, "a finite number of seconds > 0")
     return value
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .progress import ranks_key
+from tinyexp_core.progress import ranks_key
 
 DUMP_SIGNAL = signal.SIGUSR2  # faulthandler's fallback dump (Ray and torch leave it alone)
 PY_SPY_TIMEOUT_S = 8.0  # per py-spy call (a dump takes well under a second)
@@ -122,7 +122,7 @@ def announce_rank(
     effort: a failure is logged, never raised (diagnosis must not fail training)."""
     from loguru import logger
 
-    from .redis_client import make_client
+    from tinyexp_core.redis_client import make_client
 
     pid = os.getpid()
     dump_file = ""

@@ -1,7 +1,10 @@
 """Checkpoint-then-stop: one stop request, whatever asked for it.
 
-A SIGTERM/SIGINT (inside `stop_on_signals`), a launcher, a Ray actor method or an
-orchestrator's termination hook calls `request_stop(reason)`. Nothing is interrupted: the
+A `StopHandle` is one run's request. In a driver the run's own handle is passed to whoever
+may stop it and to the launcher that acts on it (`signals_stop` turns the terminal's
+SIGINT/SIGTERM into requests on it; a sweep's pruning asks it). In a rank, a SIGTERM/SIGINT
+(inside `stop_on_signals`), the launcher's Ray actor method or a test hook calls
+`request_stop(reason)`, which asks the process's own handle. Nothing is interrupted: the
 training loop polls a `StopAgreement` after each optimizer step; the ranks all-reduce their
 flags, so all of them see the stop at the same step, rank 0 writes a step-level checkpoint
 and every rank raises `RunStoppedError`, which the progress reporter records as `cancelled`.
@@ -22,8 +25,11 @@ from typing import Any
 __all__ = [
     "STOP_GRACE_S",
     "StopAgreement",
+    "StopHandle",
     "clear_stop",
+    "process_handle",
     "request_stop",
+    "signals_stop",
     "stop_on_signals",
     "stop_reason",
     "stop_requested",
@@ -33,33 +39,121 @@ __all__ = [
 # before it kills them (the issue's bound: gone within 15 s plus one step).
 STOP_GRACE_S = 15.0
 
-_requested = threading.Event()
-_reason = ""
+
+class StopHandle:
+    """One run's stop request, passed explicitly to whoever may stop it and to the launcher
+    that acts on it: a terminal signal in the driver (`signals_stop`), a sweep's pruning
+    decision, an orchestrator hook. The first request's reason and signal stand; `force()`
+    (a second Ctrl-C) asks to end the ranks at once, without waiting for a checkpoint."""
+
+    def __init__(self) -> None:
+        self._requested = threading.Event()
+        self._forced = threading.Event()
+        self.reason = ""
+        self.signum: int | None = None  # the signal that asked, None for any other stop
+        self._reclaim: Any = None  # set inside `signals_stop`: puts its handlers back
+
+    def request(self, reason: str = "stop requested", *, signum: int | None = None) -> None:
+        """Ask the run to checkpoint and stop; safe from any thread and a signal handler."""
+        if not self._requested.is_set():
+            self.reason, self.signum = reason, signum
+        self._requested.set()
+
+    def force(self, reason: str) -> None:
+        """Ask to end the ranks now (implies a request)."""
+        self.request(reason)
+        self._forced.set()
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was requested (and not cleared)."""
+        return self._requested.is_set()
+
+    @property
+    def forced(self) -> bool:
+        """Whether the ranks are to end at once."""
+        return self._forced.is_set()
+
+    def clear(self) -> None:
+        """Forget the request (a new run with the same handle starts clean)."""
+        self._requested.clear()
+        self._forced.clear()
+        self.reason, self.signum = "", None
+
+    def reclaim_signals(self) -> None:
+        """Inside `signals_stop`: install its handlers again. `ray.init` replaces the
+        process's SIGTERM handler (Ray's exits the process, and its native failure handler
+        prints a stack dump and aborts), so a launcher calls this once Ray is connected."""
+        if self._reclaim is not None:
+            self._reclaim()
+
+
+_PROCESS = StopHandle()  # the process's own handle: `request_stop` and friends
+
+
+def process_handle() -> StopHandle:
+    """The handle `request_stop` sets: the one a rank's loop and a launcher given no
+    handle of its own read."""
+    return _PROCESS
 
 
 def request_stop(reason: str = "stop requested") -> None:
     """Ask this process's training loop to checkpoint and stop; safe from any thread."""
-    global _reason
-    if not _requested.is_set():
-        _reason = reason
-    _requested.set()
+    _PROCESS.request(reason)
 
 
 def stop_requested() -> bool:
     """Whether `request_stop` was called since the last `clear_stop`."""
-    return _requested.is_set()
+    return _PROCESS.requested
 
 
 def stop_reason() -> str:
     """What asked for the stop ("" if nothing did)."""
-    return _reason if _requested.is_set() else ""
+    return _PROCESS.reason if _PROCESS.requested else ""
 
 
 def clear_stop() -> None:
     """Forget a stop request (a new run in the same process starts clean)."""
-    global _reason
-    _requested.clear()
-    _reason = ""
+    _PROCESS.clear()
+
+
+@contextlib.contextmanager
+def signals_stop(
+    handle: StopHandle, say: Any = None, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+) -> Iterator[bool]:
+    """Inside, in a driver's main thread: the first SIGINT/SIGTERM is `handle.request` (the
+    ranks checkpoint and stop), the second `handle.force` plus a KeyboardInterrupt (the
+    ranks end at once), later ones are ignored (cleanup runs undisturbed). `say(line)`
+    tells the user. On exit the handlers found on entry come back. Yields whether the
+    handlers were installed (not outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    tell = say or (lambda _line: None)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if not handle.requested:
+            handle.request(f"received {name}", signum=signum)
+            tell(f"{name}: every rank checkpoints and stops; Ctrl-C again ends them at once")
+        elif not handle.forced:
+            handle.force(f"received {name} again")
+            tell(f"{name} again: ending the ranks now")
+            raise KeyboardInterrupt(f"{name} again")
+
+    def install() -> None:
+        for sig in signals:
+            signal.signal(sig, on_signal)
+
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    install()
+    handle._reclaim = install
+    try:
+        yield True
+    finally:
+        handle._reclaim = None
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -68,20 +162,30 @@ def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) 
 
     Signal handlers can only be set in the main thread; elsewhere (a Ray actor's method
     runs in a worker thread) this does nothing and the launcher calls `request_stop`.
+    A Ray launcher in this process installs them again once `ray.init` replaced them
+    (`StopHandle.reclaim_signals` on the process's handle).
     """
     if threading.current_thread() is not threading.main_thread():
         yield False
         return
 
     def on_signal(signum: int, _frame: Any) -> None:
-        request_stop(f"received {signal.Signals(signum).name}")
+        _PROCESS.request(f"received {signal.Signals(signum).name}", signum=signum)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    def install() -> None:
+        for sig in signals:
+            signal.signal(sig, on_signal)
+
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    outer_reclaim = _PROCESS._reclaim
+    install()
+    _PROCESS._reclaim = install
     try:
         yield True
     finally:
+        _PROCESS._reclaim = outer_reclaim
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 # The most steps between two agreements, whatever the step time: a stop waits two of them.

@@ -37,8 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinyexp_core.exceptions import ConfigError, ConfigValueError
-
-from .orchestration import is_orchestrated
+from tinyexp_core.orchestration import is_orchestrated
 
 __all__ = [
     "EarlyStopping",
@@ -71,7 +70,7 @@ class Trial:
     def overrides(self) -> list[str]:
         """The trial's experiment overrides as `key=value` text (floats by repr: the text
         reads back as the same float); a run applies `values` themselves."""
-        from .overrides import render_value
+        from tinyexp_core.overrides import render_value
 
         return [f"{k}={render_value(v)}" for k, v in self.values]
 
@@ -137,8 +136,7 @@ def build_sweep(
     experiment's own `validate()` runs): a bad key, type or value raises a ConfigValueError
     naming it, before any run starts."""
     from tinyexp_core.config import build_exp
-
-    from .overrides import Override
+    from tinyexp_core.overrides import Override
 
     if not isinstance(sweep, Mapping) or not sweep:
         raise ConfigValueError("sweep", sweep, "a non-empty mapping: a grid or {random: ...}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .dagster_warnings import quiet_output_data_version
+from tinyexp_dagster.dagster_warnings import quiet_output_data_version
 
 __version__ = "0.1.0"
 

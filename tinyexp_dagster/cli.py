@@ -29,11 +29,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .cli_compare import add_compare_command
-from .cli_models import add_model_commands
-from .cli_summary import add_summary_command
-from .cli_sweep import add_sweep_command
-from .resources.storage import default_storage_root
+from tinyexp_dagster.cli_compare import add_compare_command
+from tinyexp_dagster.cli_models import add_model_commands
+from tinyexp_dagster.cli_summary import add_summary_command
+from tinyexp_dagster.cli_sweep import add_sweep_command
+from tinyexp_dagster.resources.storage import default_storage_root
 
 if TYPE_CHECKING:
     from tinyexp_core.progress import RunProgress
@@ -49,7 +49,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """Launch the run that continues RUN_ID from its last valid checkpoint; wait for it."""
     import dagster as dg
 
-    from .resume import ResumeRefused, execute_resume, plan_resume
+    from tinyexp_dagster.resume import ResumeRefused, execute_resume, plan_resume
 
     instance = dg.DagsterInstance.get()
     try:

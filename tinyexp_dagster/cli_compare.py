@@ -231,7 +231,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print("per epoch:")
     _print_table(epochs_side_by_side(a, b))
     if args.plot:
-        from .curves import plot_curves
+        from tinyexp_dagster.curves import plot_curves
 
         path = plot_curves(
             [(plot_label("A", a), a.rows), (plot_label("B", b), b.rows)],

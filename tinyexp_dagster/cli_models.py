@@ -24,14 +24,14 @@ def _models_dir(args: argparse.Namespace) -> Path:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from .registry import ModelRegistry
+    from tinyexp_dagster.registry import ModelRegistry
 
     return ModelRegistry(_models_dir(args), args.name)
 
 
 def _train_hint(args: argparse.Namespace, name: str | None) -> str:
     """How this project trains a model (best effort: the pipelines' own commands)."""
-    from .cli_location import LocationError, all_pipelines
+    from tinyexp_dagster.cli_location import LocationError, all_pipelines
 
     try:
         pipelines = [p for p in all_pipelines(args) if name is None or p.name == name]
@@ -48,7 +48,7 @@ def _train_hint(args: argparse.Namespace, name: str | None) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     """Without NAME: every model with its champion; with NAME: its versions, oldest first,
     the champion marked with `*`."""
-    from .registry import UnknownModelError
+    from tinyexp_dagster.registry import UnknownModelError
 
     if args.name is None:
         return _list_models(args)
@@ -83,7 +83,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _list_models(args: argparse.Namespace) -> int:
     """One line per model under the storage root: versions, champion and its metric."""
-    from .registry import ModelRegistry, UnknownModelError
+    from tinyexp_dagster.registry import ModelRegistry, UnknownModelError
 
     models_dir = _models_dir(args)
     folders = models_dir.iterdir() if models_dir.is_dir() else ()
@@ -126,7 +126,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     observation of `<pipeline>/model_checkpoint`, in Dagster."""
     import dagster as dg
 
-    from .registry import UnknownModelError
+    from tinyexp_dagster.registry import UnknownModelError
 
     reason = (args.reason or "").strip()
     if not reason:
@@ -164,7 +164,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def add_model_commands(sub: Any) -> None:
     """The `models` and `promote` subcommands."""
-    from .cli_location import add_location_options
+    from tinyexp_dagster.cli_location import add_location_options
 
     models = sub.add_parser("models", help="every model and its champion, or one's versions")
     models.add_argument(

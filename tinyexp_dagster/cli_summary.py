@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from .cli_location import (
+from tinyexp_dagster.cli_location import (
     LocationError,
     Pipeline,
     PipelineChoiceError,

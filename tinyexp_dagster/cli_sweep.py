@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_location import (
+from tinyexp_dagster.cli_location import (
     LocationError,
     Pipeline,
     PipelineChoiceError,
@@ -34,8 +34,8 @@ from .cli_location import (
     all_pipelines,
     choose_pipeline,
 )
-from .cli_sweep_run import print_leaderboard, print_rows, run_trials
-from .resources.storage import ENV_STORAGE_ROOT
+from tinyexp_dagster.cli_sweep_run import print_leaderboard, print_rows, run_trials
+from tinyexp_dagster.resources.storage import ENV_STORAGE_ROOT
 
 ACTIONS = ("list", "run", "leaderboard")
 EXIT_BAD_INPUT = 2

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .assets.sweep import BATCH_TAG
-from .cli_location import Pipeline
+from tinyexp_dagster.assets.sweep import BATCH_TAG
+from tinyexp_dagster.cli_location import Pipeline
 
 RUN_TAG = BATCH_TAG  # one value per `sweep run`: its runs, and their sweep board's scope
 _POLL_S = 1.0

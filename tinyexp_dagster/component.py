@@ -33,7 +33,7 @@ from typing import Any
 import dagster as dg
 from pydantic import BaseModel
 
-from .schedules import DEFAULT_RETRAIN_CRON, DEFAULT_RETRAIN_TIMEZONE
+from tinyexp_dagster.schedules import DEFAULT_RETRAIN_CRON, DEFAULT_RETRAIN_TIMEZONE
 
 # What a scaffolded defs.yaml trains until it names the team's own experiment.
 SCAFFOLD_EXPERIMENT = "tinyexp_core.examples.tabular_exp:Exp"
@@ -56,8 +56,7 @@ class TinyExpPipelineScaffolder(dg.Scaffolder[TinyExpPipelineScaffoldParams]):
 
     def scaffold(self, request: dg.ScaffoldRequest[TinyExpPipelineScaffoldParams]) -> None:
         from tinyexp_core.exceptions import ConfigValueError
-
-        from .pipeline import valid_name
+        from tinyexp_dagster.pipeline import valid_name
 
         name = request.params.name or request.target_path.name
         if not valid_name(name):
@@ -112,8 +111,8 @@ class TinyExpPipeline(dg.Component, dg.Resolvable):
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """`pipeline_defs(...)` with this component's attributes, declared by its file."""
-        from .declarations import declared_in
-        from .pipeline import pipeline_defs
+        from tinyexp_dagster.declarations import declared_in
+        from tinyexp_dagster.pipeline import pipeline_defs
 
         where = _declaring_file(context)
         with declared_in(where) if where else contextlib.nullcontext():

@@ -13,8 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from tinyexp_core.timing import mark
-
-from .resources.defaults import default_resources
+from tinyexp_dagster.resources.defaults import default_resources
 
 defs = dg.Definitions.merge(
     dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent),

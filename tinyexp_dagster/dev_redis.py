@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 from loguru import logger
 
-from .resources.storage import StorageResource
+from tinyexp_dagster.resources.storage import StorageResource
 
 ENV_DEV_CLI = "DAGSTER_IS_DEV_CLI"  # set by `dagster dev` for every process it starts
 

@@ -35,8 +35,7 @@ from typing import Any
 import dagster as dg
 
 from tinyexp_core.exceptions import ConfigValueError
-
-from .assets import (
+from tinyexp_dagster.assets import (
     PipelineSpec,
     build_champion_gate,
     build_checkpoint_integrity,
@@ -48,11 +47,15 @@ from .assets import (
     build_sweep_pool_sensor,
     build_trained_model,
 )
-from .dagster_warnings import partitioned_checks
-from .declarations import declare
-from .jobs import build_jobs
-from .schedules import DEFAULT_RETRAIN_CRON, DEFAULT_RETRAIN_TIMEZONE, build_retrain_schedule
-from .sensors import (
+from tinyexp_dagster.dagster_warnings import partitioned_checks
+from tinyexp_dagster.declarations import declare
+from tinyexp_dagster.jobs import build_jobs
+from tinyexp_dagster.schedules import (
+    DEFAULT_RETRAIN_CRON,
+    DEFAULT_RETRAIN_TIMEZONE,
+    build_retrain_schedule,
+)
+from tinyexp_dagster.sensors import (
     SHARED_SENSORS,
     build_metric_regression_sensor,
     build_retrain_on_new_data_sensor,
@@ -78,19 +81,17 @@ def pipeline_defs(
     early_stopping: Mapping[str, Any] | None = None,
 ) -> dg.Definitions:
     """The Definitions of one experiment's pipeline, every name prefixed by `name`.
-
-    - `experiment`: the TinyExp subclass or its import path `package.module:Class` (imported
-      now: keep its module-level imports light, torch inside methods).
-    - `overrides`: the pipeline's own experiment overrides (`key=value`), applied before a
-      run's typed `exp` config and its `overrides`.
+    - `experiment`: the TinyExp subclass or `package.module:Class` (imported now: keep its
+      module-level imports light).
+    - `overrides`: the pipeline's own `key=value` overrides, before a run's `exp` and its own.
     - `metric_threshold`: in the experiment's primary metric, compared in its direction
       (`accuracy` >= 0.9, `rmse` <= 60): the blocking `minimum_metric` check's default and
       the regression sensor's threshold. None: neither exists.
     - `retrain_threshold`: the regression sensor's own threshold, when retraining should
       start before the check fails (retrain below 0.95, gate at 0.9). None: `metric_threshold`.
-    - `retrain_cron`, `retrain_timezone`: `<name>_retrain_schedule` (created STOPPED).
-    - `champion_tolerance`: in the primary metric's units, >= 0: how much worse than the
-      champion (on the validation split) a new version may be and still become champion.
+    - `retrain_cron`, `retrain_timezone`: `<name>_retrain_schedule` (created STOPPED);
+      `champion_tolerance` (>= 0, the metric's units): how much worse than the champion a
+      new version may be on the validation split and still become champion.
     - `sweep`: a grid (`{"optimizer_cfg.lr": [0.001, 0.003]}`) or a random search
       (`{"random": {"params": ..., "num_trials": 8, "seed": 0}}`), see tinyexp_core.sweep:
       the training asset and its downstream assets get one partition per trial, and
@@ -99,19 +100,38 @@ def pipeline_defs(
       every trial). `early_stopping`: `{"warmup_epochs": E, "min_trials": 1}`, off by default.
 
     Raises ConfigValueError naming the argument when the experiment lacks what an option
-    needs, or a name is not a valid Dagster name.
-    """
+    needs, a threshold can never be met, or a name is not a valid Dagster name."""
     spec = _spec(name, experiment, overrides)
     declare(name)  # a second pipeline of this name in the code location fails here
     has = {m: _implements(spec.exp_cls, m) for m in ("prepare_data", "train", "evaluate", "run")}
-    # A train() without a primary metric returns no TrainResult to promote or rank: the
-    # pipeline runs it like a run()-only experiment.
+    # No primary metric: no TrainResult to promote or rank, so it runs like run()-only.
     has["train"] = has["train"] and spec.primary_metric is not None
     spec = _with_sweep(spec, has, sweep, max_concurrent, early_stopping)
     _check_pieces(spec, has, "metric_threshold", metric_threshold)
     _check_pieces(spec, has, "retrain_threshold", retrain_threshold)
     tolerance = _check_tolerance(champion_tolerance)
+    assets, checks = _assets_and_checks(spec, has, metric_threshold, tolerance)
+    names = [a.key.path[-1] for a in assets]
+    jobs = build_jobs(name, names, sweep=spec.sweep is not None)
     retrain_at = metric_threshold if retrain_threshold is None else retrain_threshold
+    sensors, schedules = _triggers(spec, has, jobs, retrain_at, retrain_cron, retrain_timezone)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=list(jobs.values()),
+        sensors=sensors,
+        schedules=schedules,
+        # Ad hoc materializations too (a sweep trial from the terminal, the UI's
+        # "Materialize"): steps run in the run's process, as the jobs' do (jobs.py), instead
+        # of paying a Python start and a definitions load per step.
+        executor=dg.in_process_executor,
+    )
+
+
+def _assets_and_checks(
+    spec: PipelineSpec, has: dict[str, bool], threshold: float | None, tolerance: float
+) -> tuple[list[Any], list[Any]]:
+    """What the experiment implements decides the assets and their checks."""
     assets, checks = [], []
     if has["prepare_data"]:
         assets.append(build_prepared_dataset(spec))
@@ -123,33 +143,35 @@ def pipeline_defs(
             checks.append(build_checkpoint_integrity(spec))
             checks.append(build_champion_gate(spec, tolerance, evaluates=has["evaluate"]))
     if has["train"] and has["evaluate"]:
-        assets.append(build_model_evaluation(spec, metric_threshold))
+        assets.append(build_model_evaluation(spec, threshold))
     if spec.sweep is not None:
         assets.append(build_sweep_leaderboard(spec))
-    names = [a.key.path[-1] for a in assets]
-    jobs = build_jobs(name, names, sweep=spec.sweep is not None)
+    return assets, checks
+
+
+def _triggers(
+    spec: PipelineSpec,
+    has: dict[str, bool],
+    jobs: dict[str, Any],
+    retrain_at: float | None,
+    cron: str,
+    timezone: str,
+) -> tuple[list[Any], list[Any]]:
+    """The shared sensors plus this pipeline's retraining sensors and schedule."""
     sensors = list(SHARED_SENSORS)
     if spec.sweep is not None:
         # A sweep retrains by a backfill of its trials: the retraining triggers, which
         # request one unpartitioned run, are not built.
         sensors.append(build_sweep_pool_sensor(spec))
-        return dg.Definitions(
-            assets=assets, asset_checks=checks, jobs=list(jobs.values()), sensors=sensors
-        )
+        return sensors, []
+    name = spec.name
     if has["prepare_data"]:
         training = jobs["training"].name
         sensors.append(build_retrain_on_new_data_sensor(name, jobs["retrain"], training))
     if retrain_at is not None:
         metric = spec.primary_metric
         sensors.append(build_metric_regression_sensor(name, metric, retrain_at, jobs["retrain"]))
-    schedule = build_retrain_schedule(name, jobs["retrain"], retrain_cron, retrain_timezone)
-    return dg.Definitions(
-        assets=assets,
-        asset_checks=checks,
-        jobs=list(jobs.values()),
-        sensors=sensors,
-        schedules=[schedule],
-    )
+    return sensors, [build_retrain_schedule(name, jobs["retrain"], cron, timezone)]
 
 
 def valid_name(name: object) -> bool:

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tinyexp_core import storage
 from tinyexp_core.exceptions import TinyExpError
 from tinyexp_core.files import atomic_write_text
 
@@ -62,6 +63,8 @@ class ModelRegistry:
             raise UnknownModelError(
                 f"model name {self.name!r} is not valid: letters, digits, '_', '-', '.'"
             )
+        # With an object-store root the bucket is the registry: this node's mirror catches up.
+        storage.fetch_mirror(self.root)
 
     @property
     def root(self) -> Path:
@@ -84,6 +87,7 @@ class ModelRegistry:
                 raise FileExistsError(f"version {self.name}/{version} exists with other weights")
             return existing
         atomic_write_text(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
+        storage.publish(path.parent)  # the weights, then version.json (remote roots only)
         return info
 
     def version(self, version: str) -> dict[str, Any]:
@@ -159,4 +163,6 @@ class ModelRegistry:
             log.flush()
             os.fsync(log.fileno())
         atomic_write_text(self.root / ALIAS_FILE, json.dumps(entry, indent=2, sort_keys=True))
+        storage.publish(self.root / HISTORY_FILE)  # remote roots: the log first, then the alias
+        storage.publish(self.root / ALIAS_FILE)
         return entry

@@ -20,7 +20,7 @@ from typing import Any
 
 import dagster as dg
 
-from .assets.training import RESUME_RUN_DIR_TAG
+from tinyexp_dagster.assets.plan import RESUME_RUN_DIR_TAG, run_dir_id
 
 RESUMED_FROM_RUN_TAG = "tinyexp/resumed_from_run"
 # Dagster's own tags that describe what a run computes (its partition); the others describe
@@ -61,17 +61,17 @@ def plan_resume(instance: dg.DagsterInstance, run_id: str, storage_root: str | P
     if run.status == dg.DagsterRunStatus.SUCCESS:
         raise ResumeRefused(f"run {run_id} succeeded: nothing to resume")
     # The directory its trained_model wrote: a retry's or resume's is the one it continued.
-    run_dir_id = run.root_run_id or run.tags.get(RESUME_RUN_DIR_TAG) or run.run_id
-    checkpoints = Path(storage_root) / "runs" / run_dir_id / "checkpoints"
+    dir_id = run_dir_id(run)
+    checkpoints = Path(storage_root) / "runs" / dir_id / "checkpoints"
     checkpoint = _latest_valid(checkpoints, run_id)
     return ResumePlan(
         run=run,
-        run_dir_id=run_dir_id,
+        run_dir_id=dir_id,
         checkpoint=checkpoint,
         run_config=resume_run_config(run.run_config),
         tags={
             **_carried_tags(run.tags),
-            RESUME_RUN_DIR_TAG: run_dir_id,
+            RESUME_RUN_DIR_TAG: dir_id,
             RESUMED_FROM_RUN_TAG: run.run_id,
         },
     )

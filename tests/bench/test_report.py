@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench import report, results, stats
+import json
+
+from bench import provenance, report, results, stats
 from bench.names import BENCHMARKS
 
 
@@ -17,7 +19,7 @@ def test_page_lists_saved_results_and_says_what_is_not_measured(tmp_path) -> Non
         what="t",
     )
     results.Run("progress_overhead", {"rounds": 4}).save({}, [comp], directory=str(tmp_path))
-    page = report.render(results.newest(tmp_path))
+    page = report.render(results.every_run(tmp_path))
     (line,) = [x for x in page.splitlines() if x.startswith("| 5. step time")][:1]
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[1] == f"**{comp['value']:.3f}**"
@@ -27,3 +29,41 @@ def test_page_lists_saved_results_and_says_what_is_not_measured(tmp_path) -> Non
     others = [name for name, _, _ in BENCHMARKS if name != "progress_overhead"]
     assert page.count("not yet measured with intervals") >= len(others)
     assert "Warm start" in page and "Step checkpoints" in page
+
+
+def _comparison(verdict_value: float) -> dict:
+    return stats.compare(
+        "10. step time, step checkpoints every 20 steps on / off",
+        [verdict_value] * 3,
+        [1.0, 1.0, 1.0],
+        target=1.02,
+        direction="lower",
+        control=([1.0, 1.0, 1.0], [1.0, 1.0, 1.0]),
+        what="t",
+    )
+
+
+def test_every_result_records_its_commit_and_the_page_counts_runs_and_flags_stale(tmp_path):
+    path = results.Run("step_checkpoint", {"trials": 3}).save(
+        {}, [_comparison(1.0)], directory=str(tmp_path)
+    )
+    newest = json.loads(path.read_text())
+    assert len(newest["commit"]) == 40 and isinstance(newest["clean_tree"], bool)
+    # An older run, saved before results recorded a commit, from a day long gone.
+    old = {**newest, "timestamp": "20200101T000000Z", "comparisons": [_comparison(1.5)]}
+    del old["commit"], old["clean_tree"]
+    (tmp_path / "step_checkpoint-20200101T000000Z.json").write_text(json.dumps(old))
+
+    runs = results.every_run(tmp_path)["step_checkpoint"]
+    assert [r["timestamp"] for r in runs] == ["20200101T000000Z", newest["timestamp"]]
+    cells = provenance.summary("step_checkpoint", runs)
+    assert cells["runs"] == "2"
+    assert cells["verdicts"] == "met 1, missed 1"
+    assert cells["commit"] == f"`{newest['commit'][:10]}`"
+    assert cells["stale"] == "current", "nothing changed after the commit it measured"
+    assert provenance.summary("step_checkpoint", runs[:1])["stale"].startswith("**stale**")
+    assert provenance.summary("step_checkpoint", runs[:1])["commit"] == "not recorded"
+    page = report.render(results.every_run(tmp_path))
+    (line,) = [x for x in page.splitlines() if x.startswith("| 10. Step checkpoints")]
+    assert "| 2 | met 1, missed 1 |" in line
+    assert "step_checkpoint-20200101T000000Z.json` (no commit): missed" in page

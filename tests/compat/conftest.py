@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .rewrite import port_tree
+from tests.compat.rewrite import port_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / ".cache" / "compat"

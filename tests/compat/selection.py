@@ -7,7 +7,7 @@ a skip, a test that vanished, or one that appeared).
 
 from __future__ import annotations
 
-from .rewrite import UNPORTED_MODULES
+from tests.compat.rewrite import UNPORTED_MODULES
 
 # Test files not ported: each imports a 0.0.1 module with no counterpart here.
 UNPORTED_FILES: dict[str, str] = {

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.compat.conftest import PortedRelease, compat_env
 from tinyexp_core.data import write_idx_images, write_idx_labels
-
-from .conftest import PortedRelease, compat_env
 
 _FAST_LOADERS = [
     "dataloader_cfg.train_data_worker_per_gpu=0",

@@ -17,6 +17,8 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import instance_for_test
 
+from tests.compat.conftest import PortedRelease
+from tests.compat.test_examples import _FAST_LOADERS, _write_mnist
 from tinyexp_core.exceptions import ConfigValueError
 from tinyexp_dagster import pipeline_defs
 from tinyexp_dagster.resources import (
@@ -25,9 +27,6 @@ from tinyexp_dagster.resources import (
     RunScopedJSONIOManager,
     StorageResource,
 )
-
-from .conftest import PortedRelease
-from .test_examples import _FAST_LOADERS, _write_mnist
 
 NAME = "ported_mnist"
 MODULE = "ported_mnist_exp"  # not `mnist_exp`: the project's own example is importable too

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from .rewrite import RewriteError, check_only_imports_changed, rewrite_imports, unported_module
+from tests.compat.rewrite import (
+    RewriteError,
+    check_only_imports_changed,
+    rewrite_imports,
+    unported_module,
+)
 
 
 def test_import_lines_are_mapped_and_other_lines_kept() -> None:

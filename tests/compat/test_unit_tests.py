@@ -7,8 +7,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .conftest import PortedRelease, compat_env
-from .selection import DESELECTED, EXPECTED_PASSED, UNPORTED_FILES
+from tests.compat.conftest import PortedRelease, compat_env
+from tests.compat.selection import DESELECTED, EXPECTED_PASSED, UNPORTED_FILES
 
 
 def _junit_key(node_id: str) -> str:

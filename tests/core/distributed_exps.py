@@ -163,4 +163,13 @@ class WhoAmIExp(TinyExp):
     exp_name: str = "whoami"
 
     def train(self) -> dict[str, Any]:
-        return {"rank": int(os.environ.get("RANK", "0")), "pid": os.getpid()}
+        import torch
+
+        names = ("OMP_NUM_THREADS", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK")
+        names += ("ROLE_WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+        return {
+            "rank": int(os.environ.get("RANK", "0")),
+            "pid": os.getpid(),
+            "env": {name: os.environ.get(name) for name in names},
+            "torch_threads": torch.get_num_threads(),
+        }

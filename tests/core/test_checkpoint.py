@@ -282,7 +282,7 @@ def _crash_after_data_replace(monkeypatch: pytest.MonkeyPatch, target: Path) -> 
         if os.fspath(dst) == os.fspath(target):
             raise KeyboardInterrupt("simulated crash after data replace")
 
-    monkeypatch.setattr(ckpt.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     return sources
 
 
@@ -322,7 +322,7 @@ def test_temp_names_never_end_with_pt(tmp_path: Path, monkeypatch: pytest.Monkey
         sources.append(os.fspath(src))
         real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     CheckpointManager(tmp_path, keep_last_n=1).save(_state(epoch=0), is_best=True)
     assert len(sources) == 6  # last, epoch and best, each with its sidecar
     assert all(not src.endswith(".pt") for src in sources)

@@ -411,6 +411,15 @@ class _BrokenRedis:
     def set(self, key: str, value: bytes, ex: int | None = None) -> None:
         raise redis.ConnectionError("down")
 
+    def mget(self, keys: list[str]) -> list[bytes]:
+        raise redis.ConnectionError("down")
+
+    def pipeline(self, transaction: bool = True) -> _BrokenRedis:
+        return self
+
+    def execute(self) -> list:
+        raise redis.ConnectionError("down")
+
 
 def test_redis_cache_is_best_effort(image_root: Path) -> None:
     cache = RedisSampleCache(_BrokenRedis(), "broken")
@@ -418,3 +427,6 @@ def test_redis_cache_is_best_effort(image_root: Path) -> None:
     image, _ = dataset[0]
     assert image.shape == (3, 8, 8)
     assert (cache.hits, cache.misses, cache.errors) == (0, 1, 2)
+    raw = load_image_folder(image_root, 8, cache=cache)  # batched: one MGET, one pipeline
+    assert torch.equal(raw.x[0], image) and len(raw.y) == 6
+    assert (cache.hits, cache.misses, cache.errors) == (0, 7, 4)

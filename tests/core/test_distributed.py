@@ -3,6 +3,7 @@ resume equivalence, fail-fast launcher errors and cleanup after a worker failure
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import subprocess
@@ -23,6 +24,7 @@ from tests.core.distributed_exps import (
     MallocExp,
     state_fingerprint,
 )
+from tests.waiting import eventually as _wait
 from tinyexp_core.checkpoint import load_checkpoint
 from tinyexp_core.config import build_exp
 from tinyexp_core.data import (
@@ -71,13 +73,7 @@ def _alive_launcher_actors() -> list[str]:
     ]
 
 
-def _eventually(predicate, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
+_eventually = functools.partial(_wait, timeout_s=15.0)
 
 
 def _pid_alive(pid: int) -> bool:

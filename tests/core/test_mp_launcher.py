@@ -3,6 +3,7 @@ by rank, every child gone on every exit path, and torchrun's world joined, not r
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
@@ -19,6 +20,7 @@ from tests.core.distributed_exps import (
     KilledRankExp,
     state_fingerprint,
 )
+from tests.waiting import eventually as _wait
 from tinyexp_core.checkpoint import load_checkpoint
 from tinyexp_core.config import build_exp
 from tinyexp_core.data import load_source, prepare_dataset
@@ -41,13 +43,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _eventually(predicate, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
+_eventually = functools.partial(_wait, timeout_s=15.0)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,9 @@ SECRET = "Pa55w0rdXyz"
         ("redis://host:6379/0?password=hunter2&db=1", "redis://host:6379/0?password=***&db=1"),
         ("unix:///tmp/r.sock?db=0&password=hunter2", "unix:///tmp/r.sock?db=0&password=***"),
         ("s3://b/k?X-Amz-Signature=abc&x=1", "s3://b/k?X-Amz-Signature=***&x=1"),
+        # An object-store endpoint or root with its keys inline (storage errors quote both).
+        ("https://minio:s3cr3t@minio.local:9000", "https://minio:***@minio.local:9000"),
+        ("s3://AKIAEXAMPLE:wJalr/K7MDENG@bucket/p", "s3://AKIAEXAMPLE:***@bucket/p"),
         ("[redis://:a@h1/0, redis://:b@h2/0]", "[redis://:***@h1/0, redis://:***@h2/0]"),
         ("url: redis://:hunter2@[::1", "url: redis://:***@[::1"),
         ("redis://host:6379/0", "redis://host:6379/0"),

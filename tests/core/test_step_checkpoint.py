@@ -61,7 +61,7 @@ def test_signal_during_a_checkpoint_write_is_deferred_and_last_stays_valid(
         delivered.append(stop_requested())
         real_save(obj, f)
 
-    monkeypatch.setattr(ckpt.torch, "save", save_and_get_signalled)
+    monkeypatch.setattr(torch, "save", save_and_get_signalled)
     with stop_on_signals():
         path = manager.save_step(_state(2))
     assert delivered == [True], "the signal must arrive mid-write, and only set the flag"

@@ -5,25 +5,19 @@ process cannot serve (GPUs, a runtime_env beyond variables) starts ranks of its 
 
 from __future__ import annotations
 
+import functools
 import os
 import textwrap
-import time
 
 import pytest
 
 from tests.core.distributed_exps import FailingExp, WhoAmIExp
+from tests.waiting import eventually as _wait
 from tinyexp_core.exceptions import WorkerFailedError
 from tinyexp_core.launchers import ray_pool
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec, _RankWorker
 
-
-def eventually(predicate, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
+eventually = functools.partial(_wait, timeout_s=60.0)
 
 
 def alive(pid: int) -> bool:
@@ -80,7 +74,32 @@ def test_a_run_needing_more_ranks_than_are_warm_starts_the_rest(pool):
     assert launcher.warm_ranks == 1
     pids = {r["rank"]: r["pid"] for r in results}
     assert pids[0] == warm and pids[1] != warm, "rank 0 warm, rank 1 started for the run"
+    for r in results:  # torchrun's rank environment, warm rank or fresh one alike
+        assert r["env"] == {
+            "OMP_NUM_THREADS": "1",
+            "GROUP_RANK": "0",
+            "GROUP_WORLD_SIZE": "1",
+            "ROLE_RANK": str(r["rank"]),
+            "ROLE_WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        }, r
+        assert r["torch_threads"] == 1
     assert eventually(lambda: full(pool, 1)), status(pool)
+
+
+def test_torchrun_defaults_give_way_to_the_users_values(monkeypatch):
+    from tinyexp_core.launchers.runtime import thread_env_defaults, torchrun_env_defaults
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    defaults = torchrun_env_defaults(num_threads=2, group_rank=1, num_groups=2, rank=3,
+                                     world_size=4)  # fmt: skip
+    assert defaults["OMP_NUM_THREADS"] == "2" and defaults["GROUP_RANK"] == "1"
+    assert defaults["ROLE_RANK"] == "3" and defaults["GROUP_WORLD_SIZE"] == "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert torchrun_env_defaults(num_threads=2, group_rank=0, num_groups=1, rank=0,
+                                 world_size=1)["OMP_NUM_THREADS"] == "7"  # fmt: skip
+    assert thread_env_defaults(2) == {"OMP_NUM_THREADS": "7"}
 
 
 def test_a_module_the_pool_never_imported_runs_in_warm_ranks(pool, tmp_path, monkeypatch):

@@ -11,7 +11,12 @@ from typing import Any
 import dagster as dg
 
 from tinyexp_dagster import pipeline_defs
-from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
+from tinyexp_dagster.resources import (
+    RayDDPResource,
+    RedisProgressResource,
+    StallSettingsResource,
+    StorageResource,
+)
 
 NAME = "mnist"  # the project's default pipeline, as tinyexp_dagster/defs/mnist declares it
 PIPELINE = ["prepared_dataset", "trained_model", "model_checkpoint", "model_evaluation"]
@@ -47,6 +52,7 @@ def dagster_resources(storage_root: Path | str, redis_url: str) -> dict[str, Any
         "ray": RayDDPResource(num_workers=2, num_cpus_per_worker=1),
         "redis": RedisProgressResource(url=redis_url),
         "storage": StorageResource(root=str(storage_root)),
+        "stalls": StallSettingsResource(),
     }
 
 

@@ -30,7 +30,12 @@ from tinyexp_core.progress import read_progress
 from tinyexp_core.redis_client import classify_redis_error, make_client
 from tinyexp_core.redis_server import ENV_IDLE_STOP_S, EmbeddedRedis
 from tinyexp_dagster.cli import main as cli_main
-from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
+from tinyexp_dagster.resources import (
+    RayDDPResource,
+    RedisProgressResource,
+    StallSettingsResource,
+    StorageResource,
+)
 from tinyexp_dagster.sensors import stalled_training_sensor, training_progress_sensor
 
 IDLE_STOP_S = 4.0
@@ -59,6 +64,7 @@ def _resources(root: Path, **redis_fields: Any) -> dict[str, Any]:
         "ray": RayDDPResource(num_workers=1, num_cpus_per_worker=1),
         "redis": RedisProgressResource(**redis_fields),
         "storage": StorageResource(root=str(root)),
+        "stalls": StallSettingsResource(),
     }
 
 
@@ -114,7 +120,11 @@ def _check_clients(instance: dg.DagsterInstance, root: Path, run_id: str, capsys
     out = capsys.readouterr().out
     assert f"{run_id}  succeeded" in out and password not in out
     # The sensors too: the progress sensor observes the run's events, the stall sensor reads.
-    resources = {"redis": RedisProgressResource(), "storage": StorageResource(root=str(root))}
+    resources = {
+        "redis": RedisProgressResource(),
+        "storage": StorageResource(root=str(root)),
+        "stalls": StallSettingsResource(),
+    }
     context = dg.build_sensor_context(instance=instance, cursor="0-0", resources=resources)
     observed = training_progress_sensor.evaluate_tick(context)
     runs = {obs.metadata["run_id"].value for obs in observed.asset_events}

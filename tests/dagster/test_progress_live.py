@@ -28,7 +28,7 @@ from tinyexp_core.progress import RedisProgressReporter, read_run
 from tinyexp_core.redis_client import make_client
 from tinyexp_core.redis_server import RedisClusterManager
 from tinyexp_dagster.cli import main as cli_main
-from tinyexp_dagster.resources import RedisProgressResource, StorageResource
+from tinyexp_dagster.resources import RedisProgressResource, StallSettingsResource, StorageResource
 from tinyexp_dagster.sensors import stalled_training_sensor, training_progress_sensor
 
 PIPELINE_TIMEOUT_S = 300
@@ -71,6 +71,7 @@ def test_trained_model_is_observed_live_during_training_pipeline(redis_url, tmp_
     resources = {
         "redis": RedisProgressResource(url=redis_url),
         "storage": StorageResource(root=str(storage)),
+        "stalls": StallSettingsResource(),
     }
     instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
     cursor = _tick_and_record(instance, None, resources)  # follow from the stream's end
@@ -168,6 +169,7 @@ def test_training_finishes_when_redis_stops_mid_run(tmp_path, digits_prepared, m
     resources = {
         "redis": RedisProgressResource(url=url),
         "storage": StorageResource(root=str(tmp_path / "storage")),
+        "stalls": StallSettingsResource(),
     }
     instance = dg.DagsterInstance.ephemeral()
     for sensor in (training_progress_sensor, stalled_training_sensor):

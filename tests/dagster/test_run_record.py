@@ -20,7 +20,12 @@ from tinyexp_core.experiment import ProgressCfg
 from tinyexp_core.orchestration import RunOverrides
 from tinyexp_core.progress import read_run, run_key
 from tinyexp_core.redis_client import make_client
-from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
+from tinyexp_dagster.resources import (
+    RayDDPResource,
+    RedisProgressResource,
+    StallSettingsResource,
+    StorageResource,
+)
 
 COLLECTIVE_TIMEOUT_S = 123.0  # the resource's, not the default 300
 FINISHED_TTL_S = 4321  # the resource's, not the default 7 days
@@ -57,6 +62,7 @@ def one_worker_run(ray_cluster, redis_url, tmp_path_factory) -> dict[str, Any]:
             url=redis_url, throttle_s=THROTTLE_S, finished_ttl_s=FINISHED_TTL_S
         ),
         "storage": StorageResource(root=str(storage_root)),
+        "stalls": StallSettingsResource(),
     }
     train = {"overrides": ["train_cfg.num_epochs=1"], "num_workers": 1, "accelerator": "cpu"}
     with instance_for_test() as instance:

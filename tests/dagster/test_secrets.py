@@ -16,7 +16,12 @@ from dagster._serdes import serialize_value
 
 from tests.dagster.support import ASSETS, materializations
 from tinyexp_dagster.assets.common import config_hash
-from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
+from tinyexp_dagster.resources import (
+    RayDDPResource,
+    RedisProgressResource,
+    StallSettingsResource,
+    StorageResource,
+)
 
 SECRET = "Pa55w0rdXyz"
 
@@ -56,6 +61,7 @@ def test_materialization_with_passwords_in_overrides_shows_them_nowhere(
         "ray": RayDDPResource(num_workers=1, num_cpus_per_worker=1),
         "redis": RedisProgressResource(url=redis_url),
         "storage": StorageResource(root=str(storage_root)),
+        "stalls": StallSettingsResource(),
     }
     small_data = ["data_cfg.source=synthetic", "data_cfg.num_samples=64"]
     run_config = {

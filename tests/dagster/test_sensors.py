@@ -36,15 +36,14 @@ from tinyexp_core.progress import (
 from tinyexp_core.redis_client import make_client
 from tinyexp_core.redis_server import RedisClusterManager, free_port
 from tinyexp_core.stacks import RankStack, StackReport
+from tinyexp_dagster import default_resources
 from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
 from tinyexp_dagster.definitions import defs
-from tinyexp_dagster.resources import RedisProgressResource, StorageResource
+from tinyexp_dagster.resources import RedisProgressResource, StallSettingsResource, StorageResource
 from tinyexp_dagster.sensors import (
     STALLED_AT_TAG,
     STALLED_RUN_TAG,
     evaluation_key,
-    stall_action,
-    stall_after_s,
     stalled_training_sensor,
     training_progress_sensor,
 )
@@ -134,6 +133,7 @@ def resources(redis_url: str, tmp_path: Path) -> dict[str, Any]:
     return {
         "redis": RedisProgressResource(url=redis_url),
         "storage": StorageResource(root=str(tmp_path / "storage")),
+        "stalls": StallSettingsResource(after_s=60),
     }
 
 
@@ -143,6 +143,7 @@ def down_resources(tmp_path: Path) -> dict[str, Any]:
     return {
         "redis": RedisProgressResource(url=f"redis://127.0.0.1:{free_port()}/0"),
         "storage": StorageResource(root=str(tmp_path / "storage")),
+        "stalls": StallSettingsResource(after_s=60),
     }
 
 
@@ -157,7 +158,9 @@ def tick(
     cursor: str | None = None,
     resources: dict[str, Any] | None = None,
 ) -> Any:
-    """One evaluation as the daemon does it; returns run requests, skip message, cursor."""
+    """One evaluation as the daemon does it; returns run requests, skip message, cursor.
+    Without a `stalls` resource the default settings are the deployment's."""
+    resources = {"stalls": StallSettingsResource(), **(resources or {})}
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     return sensor.evaluate_tick(context)
 
@@ -253,13 +256,21 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _caught_up(cursor: str, last: str) -> bool:
+    """Nothing waits in the backlog and the stream is read up to `last`."""
+    from tinyexp_dagster.sensors.progress_backlog import Backlog
+
+    backlog = Backlog.parse(cursor)
+    return not backlog.pending and _stream_id(backlog.stream) >= _stream_id(last)
+
+
 def test_a_backlog_over_the_cap_is_worked_off_over_ticks_without_loss_or_repeat(
     redis_url, client, instance, resources, new_run_id, monkeypatch
 ):
-    """More observable events than one tick may emit: each tick emits at most the cap, the
-    cursor moves only past what was observed, and after a few ticks every run's epoch ends
-    are accounted for once (observed, or folded into a newer one of the same run in the
-    same tick) and every outcome observed once."""
+    """More runs to observe than one tick may emit: each tick emits at most the cap, the
+    rest waits in the cursor's backlog, a run's epoch ends are folded into its newest
+    (counted), and after a few ticks every run's epoch ends are accounted for once and
+    every outcome observed once."""
     from tinyexp_dagster.sensors import training_progress
 
     cap = 3
@@ -270,22 +281,22 @@ def test_a_backlog_over_the_cap_is_worked_off_over_ticks_without_loss_or_repeat(
     reporters[burst] = start_run(redis_url, burst, heartbeat=time.time())
     for epoch in range(3):  # one run's epoch ends back to back: folded into the newest
         reporters[burst].epoch_end(epoch=epoch, loss=1.0 / (epoch + 1), metrics={})
-    for epoch in range(2):  # the others' interleaved: one observation each
+    for epoch in range(2):  # the others' interleaved: folded too, while they wait
         for rid in runs:
             reporters[rid].epoch_end(epoch=epoch, loss=0.5, metrics={"val_accuracy": 0.5})
     for rid in [burst, *runs]:
         reporters[rid].finish("succeeded")
     last_ours = stream_end(client)
     expected_epoch_ends = {burst: 3, **{rid: 2 for rid in runs}}
-    wanted = 1 + 2 * len(runs) + len(runs) + 1  # burst's epoch + others' epochs + outcomes
+    wanted = 2 * (1 + len(runs))  # per run: its newest epoch and its outcome
 
     seen: dict[str, list[tuple[str, int | None, int]]] = {rid: [] for rid in expected_epoch_ends}
     ticks = 0
-    while _stream_id(cursor) < _stream_id(last_ours):
+    while not _caught_up(cursor, last_ours):
         assert ticks < 40, f"backlog not worked off after {ticks} ticks (cursor {cursor})"
         data = tick(training_progress_sensor, instance, cursor, resources)
         assert len(data.asset_events) <= cap, "a tick emitted more observations than the cap"
-        assert _stream_id(data.cursor) > _stream_id(cursor), "a tick with events must advance"
+        assert data.cursor != cursor, "a tick with work must move the cursor"
         for obs in data.asset_events:
             rid = obs.metadata["run_id"].value
             if rid in seen:
@@ -305,6 +316,45 @@ def test_a_backlog_over_the_cap_is_worked_off_over_ticks_without_loss_or_repeat(
     assert seen[burst] == [("epoch_end", 3, 2), ("finished", None, 0)]
     again = tick(training_progress_sensor, instance, last_ours, resources)
     assert not [o for o in again.asset_events if o.metadata["run_id"].value in seen]
+
+
+@pytest.mark.timeout(600)
+def test_a_backlog_of_1000_active_runs_empties_with_ticks_bounded_in_time(
+    redis_url, client, instance, resources, new_run_id
+):
+    """Issue 24, item 6: 1000 active runs, each with two epoch ends and an outcome in the
+    stream. Every tick reads within its budget and emits at most the cap; the backlog (at
+    most two slots per run) empties, every run's outcome observed once."""
+    from tinyexp_dagster.sensors import training_progress as tp
+
+    cursor = stream_end(client)
+    runs = [new_run_id() for _ in range(1000)]
+    for rid in runs:
+        rep = RedisProgressReporter(redis_url, rid, throttle_s=0.0)
+        rep.start(asset="mnist/trained_model", num_epochs=2, num_steps=10)
+        for epoch in range(2):
+            rep.epoch_end(epoch=epoch, loss=0.5, metrics={})
+        rep.finish("succeeded")
+        rep.close()
+    last_ours = stream_end(client)
+    outcomes: dict[str, int] = dict.fromkeys(runs, 0)
+    ticks, slowest = 0, 0.0
+    bound = -(-2 * len(runs) // tp.MAX_OBSERVATIONS_PER_TICK) + 2
+    while not _caught_up(cursor, last_ours):
+        assert ticks < bound, f"backlog not empty after {ticks} ticks"
+        started = time.monotonic()
+        data = tick(training_progress_sensor, instance, cursor, resources)
+        slowest = max(slowest, time.monotonic() - started)
+        assert len(data.asset_events) <= tp.MAX_OBSERVATIONS_PER_TICK
+        for obs in data.asset_events:
+            rid = obs.metadata["run_id"].value
+            if rid in outcomes and obs.metadata["event"].value == "finished":
+                outcomes[rid] += 1
+        cursor, ticks = data.cursor, ticks + 1
+    assert set(outcomes.values()) == {1}, "every run's outcome observed exactly once"
+    assert ticks >= 2 * len(runs) // tp.MAX_OBSERVATIONS_PER_TICK, "the cap held every tick"
+    # The read budget, plus building at most the cap's observations (generous: shared CPUs).
+    assert slowest < tp.READ_BUDGET_S + 5.0, slowest
 
 
 def test_progress_without_a_store_or_with_redis_down(instance, down_resources, tmp_path):
@@ -357,8 +407,9 @@ def test_rejected_credentials_fail_the_tick_instead_of_skipping(instance, tmp_pa
 
 @pytest.fixture
 def stall_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("TINYEXP_STALL_AFTER_S", "60")
-    monkeypatch.delenv("TINYEXP_STALL_ACTION", raising=False)
+    """No stall setting comes from the environment: the `stalls` resource decides."""
+    monkeypatch.setenv("TINYEXP_STALL_AFTER_S", "1")
+    monkeypatch.setenv("TINYEXP_STALL_ACTION", "terminate")
     return monkeypatch
 
 
@@ -441,7 +492,7 @@ def test_redis_down_is_not_a_stall(
 def test_terminate_action_requests_one_resume_run(
     redis_url, client, track, resources, pipeline_job, stall_env
 ):
-    stall_env.setenv("TINYEXP_STALL_ACTION", "terminate")
+    resources["stalls"] = StallSettingsResource(after_s=60, action="terminate")
     launcher = {"module": __name__, "class": TerminatingRunLauncher.__name__}
     with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
         run = dagster_run(instance, pipeline_job)
@@ -478,7 +529,7 @@ def test_no_resume_when_the_run_cannot_be_terminated(
 ):
     """DagsterInstance.ephemeral()'s run launcher cannot terminate: two trainers must not
     share a run directory, so nothing is requested."""
-    stall_env.setenv("TINYEXP_STALL_ACTION", "terminate")
+    resources["stalls"] = StallSettingsResource(after_s=60, action="terminate")
     instance = dg.DagsterInstance.ephemeral()
     run = dagster_run(instance, pipeline_job)
     track(run.run_id)
@@ -560,7 +611,7 @@ def test_a_resume_run_hanging_at_the_same_step_again_is_failed_not_resumed(
     """The resume run of a run that stalled at `first_stall` stalls at epoch 0 step 5: at the
     same step it is terminated and failed (Dagster and the progress store name the step and
     carry the stacks), with no third attempt; at another step it is resumed again."""
-    stall_env.setenv("TINYEXP_STALL_ACTION", "terminate")
+    resources["stalls"] = StallSettingsResource(after_s=60, action="terminate")
     launcher = {"module": __name__, "class": TerminatingRunLauncher.__name__}
     tags = {STALLED_RUN_TAG: "first-run", STALLED_AT_TAG: first_stall, RESUME_RUN_DIR_TAG: "r"}
     with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
@@ -601,10 +652,16 @@ def test_a_resume_run_hanging_at_the_same_step_again_is_failed_not_resumed(
         assert client.ttl(run_key(run.run_id)) > 0
 
 
-def test_stall_settings_come_from_the_environment(monkeypatch):
+def test_stall_settings_are_a_resource_read_from_the_environment_once(monkeypatch):
     monkeypatch.delenv("TINYEXP_STALL_AFTER_S", raising=False)
     monkeypatch.delenv("TINYEXP_STALL_ACTION", raising=False)
-    assert (stall_after_s(), stall_action()) == (600.0, "report")
+    settings = StallSettingsResource.from_env()
+    assert (settings.after_s, settings.action) == (600.0, "report")
+    assert default_resources()["stalls"].after_s == 600.0
+    monkeypatch.setenv("TINYEXP_STALL_AFTER_S", "90")
+    monkeypatch.setenv("TINYEXP_STALL_ACTION", "terminate")
+    settings = default_resources()["stalls"]
+    assert (settings.after_s, settings.action) == (90.0, "terminate")
     for name, bad in [
         ("TINYEXP_STALL_AFTER_S", "soon"),
         ("TINYEXP_STALL_AFTER_S", "-5"),
@@ -613,7 +670,9 @@ def test_stall_settings_come_from_the_environment(monkeypatch):
         with monkeypatch.context() as env:
             env.setenv(name, bad)
             with pytest.raises(ConfigValueError, match=name):
-                (stall_after_s(), stall_action())
+                StallSettingsResource.from_env()
+    with pytest.raises(Exception, match="after_s"):
+        StallSettingsResource(after_s=0)
 
 
 # ---------------------------------------------------------------- mnist_retrain_on_new_data_sensor

@@ -1,12 +1,16 @@
-"""The local Ray that outlives runs (`tinyexp-dagster ray up` / `down` / `status`): a run on
-the same storage root joins it instead of starting a Ray, takes a warm rank from its pool,
-and leaves it running; `down` leaves no Ray process (warm ranks included); a stale record
-falls back to a Ray started for the run."""
+"""The local Ray that outlives runs (`tinyexp-dagster ray up` / `down` / `status`, and the
+default local Ray a run starts when none runs): a run on the same storage root joins it
+instead of starting a Ray, takes a warm rank from its pool, and leaves it running; `down`
+leaves no Ray process (warm ranks included); the default one stops itself after
+`TINYEXP_RAY_IDLE_STOP_S` without runs; `ray_address=local` starts and stops a Ray per run;
+a stale record is replaced by a new head."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -31,13 +35,17 @@ from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_dagster.resources import RayDDPResource
 
 log = []
-address = RayDDPResource().run_address(sys.argv[1], log=log.append)
+address = RayDDPResource(address=sys.argv[2] if len(sys.argv) > 2 else None).run_address(
+    sys.argv[1], log=log.append)
 seen = {}
+
+def own(proc):  # started by this process, not by a Ray head's holder it spawned
+    return not any("tinyexp_core.launchers.ray_head" in a.cmdline() for a in proc.parents())
 
 def started(_):
     seen["gcs"] = ray.get_runtime_context().gcs_address
     seen["own_daemons"] = [p.name() for p in psutil.Process().children(recursive=True)
-                           if p.name() in ("raylet", "gcs_server")]
+                           if p.name() in ("raylet", "gcs_server") and own(p)]
 
 launcher = RayLauncher(RayLaunchSpec(num_workers=1, address=address))
 launcher.on_started = started
@@ -143,14 +151,19 @@ def dead_pid() -> int:
 
 
 @pytest.mark.parametrize("holder", ["dead", "not_a_holder"])
-def test_a_stale_record_falls_back_to_a_ray_started_for_the_run(tmp_path, capsys, holder):
+def test_a_stale_record_is_replaced_by_a_new_head(tmp_path, capsys, monkeypatch, holder):
+    from tinyexp_core.launchers import ray_head
+
     root = tmp_path / "root"
     write_record(root, dead_pid() if holder == "dead" else os.getpid())
     address, why = live_head_address(root)
     assert address == "" and "is stale" in why
+    fresh = ray_head.RayHead("127.0.0.1:1", 1)
+    monkeypatch.setattr(ray_head, "ensure_head", lambda r: (fresh, True))
     log: list[str] = []
-    assert RayDDPResource().run_address(str(root), log=log.append) == ""
-    assert len(log) == 1 and "stale" in log[0] and "starting a local Ray" in log[0]
+    assert RayDDPResource().run_address(str(root), log=log.append) == fresh.address
+    assert "stale" in log[0] and "starting a new one" in log[0]
+    assert "started the local Ray at 127.0.0.1:1" in log[1] and "stays warm" in log[1]
     assert ray_cli(root, "status") == 1
     assert "stale" in capsys.readouterr().out
     assert ray_cli(root, "down") == 0
@@ -158,19 +171,93 @@ def test_a_stale_record_falls_back_to_a_ray_started_for_the_run(tmp_path, capsys
     assert psutil.pid_exists(os.getpid()), "down never signals a process that is no holder"
 
 
-def test_without_a_record_or_with_an_address_no_head_is_looked_for(tmp_path, monkeypatch):
+def test_an_address_or_local_never_starts_a_head(tmp_path, monkeypatch):
+    from tinyexp_core.launchers import ray_head
+    from tinyexp_core.launchers.ray import RayLaunchSpec
+
+    def refuse(root):
+        raise AssertionError("a head was started")
+
+    monkeypatch.setattr(ray_head, "ensure_head", refuse)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     log: list[str] = []
-    assert RayDDPResource().run_address(str(tmp_path), log=log.append) == ""
-    assert log == [], "no record: nothing to say"
     write_record(tmp_path, dead_pid())
     explicit = RayDDPResource(address="ray://10.0.0.1:10001")
     assert explicit.run_address(str(tmp_path), log=log.append) == "ray://10.0.0.1:10001"
+    assert RayDDPResource(address="local").run_address(str(tmp_path)) == "local"
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     assert RayDDPResource().run_address(str(tmp_path), log=log.append) == "auto"
     assert log == []
     forced = RayDDPResource().forced(address="127.0.0.1:6380")
     assert forced["ray_address"] == "127.0.0.1:6380", "the run record states the address used"
+    with pytest.raises(Exception, match="CPU"):  # `local` is this machine: checked up front
+        RayLaunchSpec(num_workers=4096, address="local").validate()
+
+
+def test_a_bad_idle_stop_fails_before_anything_starts(tmp_path, monkeypatch):
+    from tinyexp_core.exceptions import ConfigValueError
+    from tinyexp_core.launchers.ray_head import ENV_IDLE_STOP_S
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv(ENV_IDLE_STOP_S, "soon")
+    allowed = "a finite number of seconds > 0"
+    with pytest.raises(ConfigValueError, match=rf"{ENV_IDLE_STOP_S}.*soon.*{allowed}"):
+        RayDDPResource().run_address(str(tmp_path / "root"))
+    assert read_head(tmp_path / "root") is None
+
+
+def run_probe(root: Path, env: dict[str, str], *address: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN_PROBE, str(root), *address],
+        capture_output=True, text=True, timeout=200, cwd=REPO_ROOT, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_the_default_local_ray_is_reused_and_stops_itself_when_idle(tmp_path):
+    """Must-show 2 of issue 24: no `ray up`, no address. The first run starts the storage
+    root's Ray and leaves it warm; the second joins it (and takes a warm rank); after the
+    idle time no process of it is left. `local` meanwhile starts and stops its own."""
+    from tinyexp_core.launchers.ray_head import ENV_IDLE_STOP_S
+
+    # Long enough for the second run's process to start (imports on a busy 2-core machine
+    # take 10 s and more) and reach the Ray before the idle stop.
+    idle_s = 30.0
+    root = tmp_path / "root"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env[ENV_IDLE_STOP_S] = str(idle_s)
+
+    local = run_probe(root, env, "local")
+    assert local["address"] == "local" and sorted(local["own_daemons"]) == sorted(RAY_DAEMONS)
+    assert read_head(root) is None, "`local` leaves no Ray behind"
+
+    first = run_probe(root, env)
+    head = read_head(root)
+    assert head is not None and first["address"] == first["gcs"] == head.address
+    assert "started the local Ray" in first["log"][0] and first["own_daemons"] == []
+    holder = psutil.Process(head.pid)
+    seen = {p.pid: p for p in subtree(head.pid)}
+    assert {name_of(p) for p in seen.values()} >= set(RAY_DAEMONS)
+
+    second = run_probe(root, env)
+    assert second["address"] == second["gcs"] == head.address, "the second run reused it"
+    assert "warm start" in second["log"][0] and second["own_daemons"] == []
+    assert second["warm_ranks"] == 1, "its rank came from the pool of warm ranks"
+    assert read_head(root) == head and holder.is_running()
+
+    deadline = time.monotonic() + idle_s + 60
+    while holder.is_running() and holder.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the idle Ray did not stop itself"
+        with contextlib.suppress(psutil.Error):
+            seen.update({p.pid: p for p in subtree(head.pid)})  # warm ranks refilled
+        time.sleep(0.5)
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=30)
+    assert alive == [], [(p.pid, name_of(p)) for p in alive]
+    assert not address_file(root).exists()
+    assert f"idle for {idle_s:g} s ({ENV_IDLE_STOP_S})" in (root / "ray" / "head.log").read_text()
 
 
 @pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])

@@ -23,6 +23,7 @@ from dagster._core.test_utils import instance_for_test
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC = REPO_ROOT / "docs" / "your-model.md"
+DOC_IMAGES = REPO_ROOT / "docs" / "images"
 BLOCK = re.compile(r"<!-- (file|run): (\S+) -->\n```\w*\n(.*?)\n```", re.DOTALL)
 
 
@@ -43,9 +44,10 @@ def test_the_page_has_every_step() -> None:
         "regressor_project/wine.py",
         "regressor_project/defs/regressor/defs.yaml",
         "regressor_project/defs/wine/defs.yaml",
+        "regressor_project/defs/regressor_sweep/defs.yaml",
         "regressor_project/definitions.py",
     }
-    assert set(commands) == {"terminal", "materialize", "materialize-wine"}
+    assert set(commands) == {"terminal", "materialize", "materialize-wine", "sweep", "compare"}
     assert "tinyexp_dagster.TinyExpPipeline" in files["regressor_project/defs/regressor/defs.yaml"]
 
 
@@ -93,11 +95,10 @@ def test_follow_the_page_from_an_empty_folder(ray_cluster, redis_url: str, tmp_p
         )
         assert listed.returncode == 0, listed.stderr[-3000:]
         defs = json.loads(listed.stdout[listed.stdout.index("{") :])
+        assets = ("prepared_dataset", "trained_model", "model_checkpoint", "model_evaluation")
         assert {a["asset_key"] for a in defs["assets"]} == {
-            f"{name}/{a}"
-            for name in ("regressor", "wine")
-            for a in ("prepared_dataset", "trained_model", "model_checkpoint", "model_evaluation")
-        }
+            f"{name}/{a}" for name in ("regressor", "wine", "regressor_sweep") for a in assets
+        } | {"regressor_sweep/sweep_leaderboard"}
         jobs = {j["name"] for j in defs["jobs"]}
         assert {"regressor_training_pipeline", "wine_training_pipeline"} <= jobs
 
@@ -136,6 +137,45 @@ def test_follow_the_page_from_an_empty_folder(ray_cluster, redis_url: str, tmp_p
         )
         assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
         _check_wine(instance)
+
+        # Step 6: the sweep, from the terminal.
+        run = subprocess.run(
+            ["bash", "-c", commands["sweep"]],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=540,
+        )
+        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        _check_sweep(instance, run.stdout)
+        compared = subprocess.run(
+            ["bash", "-c", commands["compare"]],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert compared.returncode == 0, (compared.stdout + compared.stderr)[-4000:]
+        assert "lr=0.001" in compared.stdout and "lr=0.01" in compared.stdout
+        picture = project / "curves.png"
+        assert picture.read_bytes()[:4] == b"\x89PNG"
+        shutil.copyfile(picture, DOC_IMAGES / "sweep-compare.png")  # the page shows this run's
+
+
+def _check_sweep(instance: dg.DagsterInstance, printed: str) -> None:
+    """Both trials trained and recorded in the instance; the leaderboard printed them."""
+    key = dg.AssetKey(["regressor_sweep", "trained_model"])
+    trials = {"lr=0.001", "lr=0.01"}
+    for trial in trials:
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[trial]), limit=1
+        ).records
+        assert found, f"trial {trial} was not materialized"
+        metadata = found[0].event_log_entry.asset_materialization.metadata
+        assert metadata["sweep_status"].value == "finished", metadata["sweep_status"]
+        assert trial in printed, printed[-3000:]
 
 
 def _check_wine(instance: dg.DagsterInstance) -> None:

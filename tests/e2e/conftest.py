@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO_ROOT, subprocess_env
+from tests.e2e.helpers import REPO_ROOT, subprocess_env
 
 CHROMIUM_ENV = "TINYEXP_CHROMIUM"
 DEFAULT_CHROMIUM = "/usr/bin/chromium"

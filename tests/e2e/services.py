@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from .helpers import VENV_BIN, ManagedProcess, free_port, tail, wait_for
+from tests.e2e.helpers import VENV_BIN, ManagedProcess, free_port, tail, wait_for
 
 RAY_STARTUP_S = 180
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import E2EDeployment
-from .helpers import dagster_cmd, run_cli, run_failure_report
+from tests.e2e.conftest import E2EDeployment
+from tests.e2e.helpers import dagster_cmd, run_cli, run_failure_report
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import E2EDeployment
-from .helpers import (
+from tests.e2e.conftest import E2EDeployment
+from tests.e2e.helpers import (
     ManagedProcess,
     daemon_cmd,
     dagster_cmd,

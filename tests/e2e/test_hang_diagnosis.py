@@ -31,8 +31,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import E2EDeployment
-from .helpers import ManagedProcess, daemon_cmd, dagster_cmd, run_cli, run_failure_report, wait_for
+from tests.e2e.conftest import E2EDeployment
+from tests.e2e.helpers import (
+    ManagedProcess,
+    daemon_cmd,
+    dagster_cmd,
+    run_cli,
+    run_failure_report,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e]
 

@@ -12,9 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import CHROMIUM_ARGS, E2EDeployment
-from .helpers import dagster_cmd, dagster_dev, graphql, run_cli, run_failure_report, wait_for
-from .test_ui import _dismiss_community_dialog
+from tests.e2e.conftest import CHROMIUM_ARGS, E2EDeployment
+from tests.e2e.helpers import (
+    dagster_cmd,
+    dagster_dev,
+    graphql,
+    run_cli,
+    run_failure_report,
+    wait_for,
+)
+from tests.e2e.test_ui import _dismiss_community_dialog
 
 pytestmark = pytest.mark.e2e
 

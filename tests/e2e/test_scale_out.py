@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import E2EDeployment
-from .helpers import REPO_ROOT, dagster_cmd, dagster_dev, graphql, run_cli, wait_for
-from .services import dagster_postgres_url, postgres_database, ray_head
+from tests.e2e.conftest import E2EDeployment
+from tests.e2e.helpers import REPO_ROOT, dagster_cmd, dagster_dev, graphql, run_cli, wait_for
+from tests.e2e.services import dagster_postgres_url, postgres_database, ray_head
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

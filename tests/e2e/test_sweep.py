@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CHROMIUM_ARGS, E2EDeployment
-from .helpers import dagster_dev, graphql, run_failure_report, wait_for
-from .services import ray_head
+from tests.e2e.conftest import CHROMIUM_ARGS, E2EDeployment
+from tests.e2e.helpers import dagster_dev, graphql, run_failure_report, wait_for
+from tests.e2e.services import ray_head
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

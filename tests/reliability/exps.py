@@ -91,6 +91,7 @@ class ReliabilityExp(MnistExp):
     fault_epoch: int = 0
     fault_step: int = 0  # fault=raise_at_step: the global step after which rank 0 raises
     fault_marker: str = ""  # file holding how many more attempts fail
+    eval_delay_s: float = 0.0  # seconds evaluate() waits first (a test terminates it there)
 
     def train(self) -> Any:
         with contextlib.ExitStack() as hooks:
@@ -101,6 +102,10 @@ class ReliabilityExp(MnistExp):
             if self.fault == "raise_at_step":
                 hooks.enter_context(wrapped(StepCheckpoints, "__call__", after=self._fail_at))
             return super().train()
+
+    def evaluate(self, checkpoint_path: str, split: str = "test") -> Any:
+        time.sleep(self.eval_delay_s)
+        return super().evaluate(checkpoint_path, split)
 
     def _epoch_started(self, session: TrainingSession, *_: Any) -> None:
         self._started = time.time()
@@ -152,7 +157,7 @@ class ReliabilityExp(MnistExp):
         """SIGKILL this rank at the chosen point of the next write of last.pt."""
         import torch
 
-        from tinyexp_core import checkpoint as ckpt
+        from tinyexp_core.checkpoint import format as ckpt  # where the files are written
 
         if self.fault == "crash_mid_write":
             real_save = torch.save
@@ -177,7 +182,7 @@ class ReliabilityExp(MnistExp):
             if os.fspath(dst) == last_path:
                 _kill_self()
 
-        ckpt.os.replace = replace_then_die  # type: ignore[attr-defined]
+        os.replace = replace_then_die  # what atomic writes rename with (tinyexp_core.files)
 
 
 @dataclass(repr=False)

@@ -21,6 +21,7 @@ from tinyexp_dagster.resources import (
     RayDDPResource,
     RedisProgressResource,
     RunScopedJSONIOManager,
+    StallSettingsResource,
     StorageResource,
 )
 
@@ -43,8 +44,9 @@ REDIS_PASSWORD = "rel-Secret-7f3a9c"  # the password Redis's secret, searched fo
 class HookedRayResource(RayDDPResource):
     """RayDDPResource whose launcher calls `HOOKS.on_started` once the ranks run."""
 
-    def run(self, exp: Any, spec: Any, *, log=None, on_started=None) -> list[Any]:
-        return super().run(exp, spec, log=log, on_started=on_started or HOOKS.on_started)
+    def run(self, exp: Any, spec: Any, *, log=None, on_started=None, stop=None) -> list[Any]:
+        hook = on_started or HOOKS.on_started
+        return super().run(exp, spec, log=log, on_started=hook, stop=stop)
 
 
 @dataclass
@@ -61,6 +63,7 @@ def resources(storage_root: str | Path, redis_url: str | None, **ray_config: Any
         "ray": HookedRayResource(**ray_config),
         "redis": RedisProgressResource(url=redis_url),
         "storage": StorageResource(root=str(storage_root)),
+        "stalls": StallSettingsResource(),
     }
 
 
@@ -84,6 +87,7 @@ def training_pipeline_job() -> dg.JobDefinition:
                 "ray": HookedRayResource(num_workers=2, num_cpus_per_worker=1.0),
                 "redis": RedisProgressResource(url=dg.EnvVar(ENV_REDIS)),
                 "storage": StorageResource(root=dg.EnvVar(ENV_STORAGE)),
+                "stalls": StallSettingsResource(),
                 "io_manager": RunScopedJSONIOManager(
                     storage=StorageResource(root=dg.EnvVar(ENV_STORAGE))
                 ),
@@ -178,15 +182,6 @@ def pid_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def eventually(predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 # ---------------------------------------------------------------- Redis

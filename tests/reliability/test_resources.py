@@ -12,7 +12,6 @@ import pytest
 from tests.reliability.support import (
     alive_launcher_actors,
     events,
-    eventually,
     new_placement_groups,
     placement_group_states,
     prepared_dataset,
@@ -21,6 +20,7 @@ from tests.reliability.support import (
     train_config,
     trained_model,
 )
+from tests.waiting import eventually
 
 
 def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:

@@ -20,13 +20,13 @@ import pytest
 from tests.reliability.support import (
     REPO_ROOT,
     alive_launcher_actors,
-    eventually,
     materialization_metadata,
     pid_alive,
     redis_client,
     train_config,
 )
 from tests.reliability.test_termination import LAUNCH, TERMINATE
+from tests.waiting import eventually
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.progress import read_run
 from tinyexp_core.stop import STOP_GRACE_S
@@ -37,7 +37,6 @@ STEP_DELAY_S = 0.5
 OVERRIDES = [
     "train_cfg.num_epochs=2",
     f"train_cfg.step_delay_s={STEP_DELAY_S}",
-    "progress_cfg.throttle_s=0",
     "checkpoint_cfg.every_n_steps=4",
     "seed=3",
 ]

@@ -12,8 +12,8 @@ its Ray connection would), 2 ranks each, in a fixed rotation:
 - `success`: 1 epoch, the job materializes trained_model, model_checkpoint, model_evaluation;
 - `failure`: rank 0 raises a non-retryable error after saving epoch 0 (`fault=reject`), so
   the step fails once, Redis says `failed`;
-- `stop`: once Redis says `running`, a thread of this process asks for a stop
-  (`tinyexp_core.stop.request_stop`, as an orchestrator hook would): the launcher asks the
+- `stop`: once Redis says `running`, a thread of this process asks the run's stop handle
+  (`RayLauncher.stop`, as an orchestrator hook would) for a stop: the launcher asks the
   ranks, rank 0 writes a step checkpoint, the step fails without retry, Redis says
   `cancelled` and names the checkpoint.
 
@@ -36,7 +36,6 @@ import pytest
 from tests.reliability.support import (
     HOOKS,
     build_defs,
-    eventually,
     new_placement_groups,
     placement_group_states,
     prepared_dataset,
@@ -44,9 +43,9 @@ from tests.reliability.support import (
     train_config,
     wait_for_status,
 )
+from tests.waiting import eventually
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, DEFAULT_TTL_S, EVENTS_STREAM, run_key
-from tinyexp_core.stop import clear_stop, request_stop
 
 KINDS = ("success", "failure", "stop")
 WARMUP = 6  # two rotations: first imports, Ray's idle worker pool, Dagster's caches
@@ -109,7 +108,8 @@ def _live_groups(before: dict[str, str]) -> int:
 
 
 class StopWhenRunning:
-    """An `on_started` hook: once the run's Redis status is `running`, ask for a stop."""
+    """An `on_started` hook: once the run's Redis status is `running`, ask the launcher's
+    stop handle (the run's own, as an orchestrator hook would) for a stop."""
 
     def __init__(self) -> None:
         self.errors: list[str] = []
@@ -119,16 +119,16 @@ class StopWhenRunning:
         env = launcher.spec.env
         thread = threading.Thread(
             target=self._stop,
-            args=(env["TINYEXP_PROGRESS_URL"], env["TINYEXP_PROGRESS_RUN_ID"]),
+            args=(env["TINYEXP_PROGRESS_URL"], env["TINYEXP_PROGRESS_RUN_ID"], launcher.stop),
             daemon=True,
         )
         self.threads.append(thread)
         thread.start()
 
-    def _stop(self, url: str, run_id: str) -> None:
+    def _stop(self, url: str, run_id: str, stop) -> None:
         try:
             wait_for_status(url, run_id, ["running"], timeout_s=120)
-            request_stop("soak: stop requested mid-run")
+            stop.request("soak: stop requested mid-run")
         except Exception as err:  # reported by the test
             self.errors.append(f"{type(err).__name__}: {err}")
 
@@ -211,12 +211,11 @@ def test_mixed_runs_leak_nothing(ray_cluster, redis_url, storage, instance, tmp_
             marker.write_text("1" if kind == "failure" else "0")
             HOOKS.on_started = stopper if kind == "stop" else None
             begun = time.monotonic()
-            try:
-                result = job.execute_in_process(
-                    instance=instance, run_config=_run_config(kind, marker), raise_on_error=False
-                )
-            finally:
-                clear_stop()  # a stop that came too late for the run must not stop the next
+            # Each run has its own stop handle: a stop that came too late for a run cannot
+            # stop the next.
+            result = job.execute_in_process(
+                instance=instance, run_config=_run_config(kind, marker), raise_on_error=False
+            )
             run_ids.append(result.run_id)
             _check_run(kind, client.hgetall(run_key(result.run_id)), result)
             # Between runs nothing of the last one may still be running.

@@ -1,5 +1,6 @@
 """Item 3: terminating a run from Dagster stops training, removes the actors and the
-placement group, and marks the run `cancelled` in Redis.
+placement group, and marks the run `cancelled` in Redis. Issue 26: a run terminated in its
+last epoch or after training (during evaluation) stays CANCELED, its progress `cancelled`.
 
 The run goes the way of a run started and stopped in the UI: `tests.reliability.location`
 (the test experiment as the `mnist` pipeline) is loaded by a gRPC code server (a
@@ -22,7 +23,6 @@ from tests.reliability.support import (
     REPO_ROOT,
     alive_launcher_actors,
     events,
-    eventually,
     new_placement_groups,
     pid_alive,
     placement_group_states,
@@ -30,6 +30,7 @@ from tests.reliability.support import (
     train_config,
     wait_for_status,
 )
+from tests.waiting import eventually
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, read_run
 
 LAUNCH = """
@@ -125,13 +126,91 @@ def test_terminate_from_dagster_stops_training_and_cleans_up(
     finally:
         client.close()
 
-    # The step failed once, on Dagster's interrupt, and was not retried (a retry would
-    # start training again in a terminated run); nothing after prepared_dataset ran.
+    # Dagster's interrupt became a stop: every rank checkpointed, the step failed once and
+    # was not retried (a retry would start training again in a terminated run); nothing
+    # after prepared_dataset ran.
     failures = events(instance, run_id, dg.DagsterEventType.STEP_FAILURE)
     assert [e.step_key for e in failures] == ["mnist__trained_model"]
     error = failures[0].dagster_event.event_specific_data.error
-    assert "the run was terminated" in error.message, error
-    assert "DagsterExecutionInterruptedError" in str(error), error
+    assert "the run was terminated: every rank checkpointed" in error.message, error
+    assert f"continue with: tinyexp-dagster resume {run_id}" in error.message, error
     assert not events(instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     materialized = events(instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
     assert [e.dagster_event.asset_key.path for e in materialized] == [["mnist", "prepared_dataset"]]
+
+
+def _step_started(instance: dg.DagsterInstance, run_id: str, step_key: str) -> bool:
+    started = events(instance, run_id, dg.DagsterEventType.STEP_START)
+    return any(e.step_key == step_key for e in started)
+
+
+# phase -> (overrides, what to wait for before terminating)
+PHASES = {
+    # 2 slowed epochs; terminated once the progress shows epoch 1 (0-based: the last)
+    "last_epoch": (["train_cfg.num_epochs=2", "train_cfg.step_delay_s=0.05"], "epoch 1"),
+    # 1 epoch; evaluate() waits 60 s, terminated while model_evaluation runs
+    "evaluation": (["train_cfg.num_epochs=1", "eval_delay_s=60"], "mnist__model_evaluation"),
+}
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_a_run_terminated_late_stays_canceled(
+    ray_cluster, redis_url, storage, launching_instance, monkeypatch, phase
+):
+    """Terminated in the last epoch or after training, the run is CANCELED and its progress
+    `cancelled` for the following 60 s: no late rank, step or sensor marks it finished."""
+    instance = launching_instance
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster_graphql.test.utils import execute_dagster_graphql, infer_job_selector
+
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.get_runtime_context().gcs_address)
+    monkeypatch.setenv("TINYEXP_STORAGE_ROOT", str(storage))
+    monkeypatch.setenv("TINYEXP_REDIS_URL", redis_url)
+    overrides, until = PHASES[phase]
+    target = ModuleTarget(
+        module_name="tests.reliability.location",
+        attribute=None,
+        working_directory=str(REPO_ROOT),
+        location_name="tinyexp",
+    )
+    client = redis_client(redis_url)
+    with WorkspaceProcessContext(instance, target) as process:
+        context = process.create_request_context()
+        params = {
+            "selector": infer_job_selector(context, "mnist_training_pipeline"),
+            "runConfigData": train_config(overrides),
+            "mode": "default",
+        }
+        launched = execute_dagster_graphql(context, LAUNCH, {"executionParams": params})
+        payload = launched.data["launchPipelineExecution"]
+        assert payload["__typename"] == "LaunchRunSuccess", payload
+        run_id = payload["run"]["runId"]
+
+        def reached() -> bool:
+            if until.startswith("epoch "):
+                progress = read_run(client, run_id)
+                return progress.get("status") == "running" and progress.get("epoch") == "1"
+            return _step_started(instance, run_id, until)
+
+        if not eventually(reached, timeout_s=180):
+            logs = [e.user_message for e in instance.all_logs(run_id)]
+            raise AssertionError(f"{phase} not reached: {read_run(client, run_id)} {logs[-20:]}")
+        terminated = execute_dagster_graphql(
+            process.create_request_context(), TERMINATE, {"runId": run_id}
+        )
+        assert terminated.data["terminateRun"]["__typename"] == "TerminateRunSuccess", terminated
+        assert eventually(lambda: instance.get_run_by_id(run_id).is_finished, timeout_s=60)
+
+        seen = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = instance.get_run_by_id(run_id).status
+            progress = read_run(client, run_id).get("status")
+            seen.add((status, progress))
+            time.sleep(1.0)
+    client.close()
+    assert seen == {(dg.DagsterRunStatus.CANCELED, "cancelled")}, seen
+    assert not events(instance, run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert not events(instance, run_id, dg.DagsterEventType.RUN_SUCCESS)

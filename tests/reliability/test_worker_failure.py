@@ -14,7 +14,6 @@ from tests.reliability.support import (
     KillRankWhenRunning,
     alive_launcher_actors,
     events,
-    eventually,
     new_placement_groups,
     pid_alive,
     placement_group_states,
@@ -25,6 +24,7 @@ from tests.reliability.support import (
     train_config,
     trained_model,
 )
+from tests.waiting import eventually
 from tinyexp_core.config import build_exp
 from tinyexp_core.exceptions import WorkerFailedError
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec

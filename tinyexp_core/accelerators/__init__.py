@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
-from ..exceptions import ConfigValueError, UnknownAcceleratorTypeError
+from tinyexp_core.exceptions import ConfigValueError, UnknownAcceleratorTypeError
 
 if TYPE_CHECKING:
-    from .base import Accelerator
+    from tinyexp_core.accelerators.base import Accelerator
 
 AcceleratorName = Literal["auto", "cpu", "ddp", "hf"]
 ACCELERATORS: tuple[str, ...] = get_args(AcceleratorName)
@@ -54,15 +54,15 @@ def build_accelerator(
 
         kind = "ddp" if torch.cuda.is_available() else "cpu"
     if kind == "cpu":
-        from .cpu import CPUAccelerator
+        from tinyexp_core.accelerators.cpu import CPUAccelerator
 
         return CPUAccelerator(timeout_s=timeout_s, mixed_precision=mixed_precision)
     if kind == "ddp":
-        from .ddp import DDPAccelerator
+        from tinyexp_core.accelerators.ddp import DDPAccelerator
 
         return DDPAccelerator(timeout_s=timeout_s, mixed_precision=mixed_precision)
     if kind == "hf":
-        from .hf import HFAccelerator
+        from tinyexp_core.accelerators.hf import HFAccelerator
 
         return HFAccelerator(mixed_precision=mixed_precision)
     raise UnknownAcceleratorTypeError(kind, ACCELERATORS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import TorchDistributedAccelerator
+from tinyexp_core.accelerators.base import TorchDistributedAccelerator
 
 
 class CPUAccelerator(TorchDistributedAccelerator):

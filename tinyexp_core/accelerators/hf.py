@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..exceptions import ConfigValueError
+from tinyexp_core.exceptions import ConfigValueError
 
 
 class HFAccelerator:

@@ -22,6 +22,7 @@ import torch
 from tinyexp_core.data.raw import RawDataset
 from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
 from tinyexp_core.files import atomic_write, atomic_write_text, sha256_file
+from tinyexp_core.storage import localize_dataset
 
 FORMAT = "tinyexp.prepared/1"
 SPLITS = ("train", "val", "test")
@@ -244,8 +245,9 @@ def _valid_existing(target: Path, version: str) -> Manifest | None:
 
 
 def read_manifest(path: str | Path) -> Manifest:
-    """Read `manifest.json` of a prepared dataset (the directory or the file itself)."""
-    path = Path(path)
+    """Read `manifest.json` of a prepared dataset (the directory or the file itself); an
+    object-store URI is fetched into this node's mirror first (files verified)."""
+    path = localize_dataset(path, MANIFEST_NAME)
     file = path if path.name == MANIFEST_NAME else path / MANIFEST_NAME
     if not file.is_file():
         hint = "Create it with prepare_dataset (the prepared_dataset asset)."

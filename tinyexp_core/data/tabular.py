@@ -27,6 +27,7 @@ import torch
 from tinyexp_core.contract import PreparedData
 from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
 from tinyexp_core.files import sha256_file
+from tinyexp_core.storage import localize_dataset
 
 FORMAT = "tinyexp.tabular/1"
 SPLITS = ("train", "val", "test")
@@ -105,29 +106,37 @@ def prepare_tabular(
         train_y = y[rows["train"]].double()
         params.update(target_mean=float(train_y.mean()), target_std=float(train_y.std()))
     targets = y.long() if num_classes else y.float()
+    splits = {
+        name: (((x[idx].double() - mean) / std).float(), targets[idx]) for name, idx in rows.items()
+    }
+    data = PreparedData(
+        path=str(target),
+        data_version=version,
+        source=source,
+        counts={name: int(idx.numel()) for name, idx in rows.items()},
+        files={},
+        shape=[int(x.shape[1])],
+        params=params,
+        num_classes=int(num_classes),
+        class_histogram=_histogram(targets, rows, num_classes),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    _publish(target, data, splits)
+    return read_tabular_manifest(target)
 
+
+def _publish(
+    target: Path, data: PreparedData, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> None:
+    """Write the split files and the manifest aside, then rename the folder into place: a
+    reader sees the whole version or none of it."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Written aside, then renamed: a reader sees the whole version or none of it.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{data.data_version}.tmp-", dir=target.parent))
     try:
-        files = {}
-        for name, idx in rows.items():
-            features = ((x[idx].double() - mean) / std).float()
-            torch.save({"x": features, "y": targets[idx]}, tmp / f"{name}.pt")
+        for name, (features, labels) in splits.items():
             file = tmp / f"{name}.pt"
-            files[file.name] = {"sha256": sha256_file(file), "size": file.stat().st_size}
-        data = PreparedData(
-            path=str(target),
-            data_version=version,
-            source=source,
-            counts={name: int(idx.numel()) for name, idx in rows.items()},
-            files=files,
-            shape=[int(x.shape[1])],
-            params=params,
-            num_classes=int(num_classes),
-            class_histogram=_histogram(targets, rows, num_classes),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
+            torch.save({"x": features, "y": labels}, file)
+            data.files[file.name] = {"sha256": sha256_file(file), "size": file.stat().st_size}
         manifest = {"format": FORMAT, **data.to_dict()}
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         try:
@@ -137,7 +146,6 @@ def prepare_tabular(
                 raise  # not a concurrent publisher of the same version: a real failure
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return read_tabular_manifest(target)
 
 
 def _split_rows(
@@ -171,7 +179,7 @@ def _histogram(
 
 def read_tabular_manifest(path: str | Path) -> PreparedData:
     """The manifest of a prepared tabular dataset (its directory or the file itself)."""
-    path = Path(path)
+    path = localize_dataset(path, MANIFEST_NAME)
     file = path if path.name == MANIFEST_NAME else path / MANIFEST_NAME
     if not file.is_file():
         raise DatasetNotFoundError(str(file), "Prepare it with the experiment's prepare_data().")

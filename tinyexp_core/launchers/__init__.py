@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .inprocess import run_in_process
-from .mp import launch_local
+from tinyexp_core.launchers.inprocess import run_in_process
+from tinyexp_core.launchers.mp import launch_local
 
 __all__ = ["LAUNCHERS", "launch_local", "run_in_process"]
 

@@ -27,14 +27,14 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ..exceptions import (
+from tinyexp_core.exceptions import (
     ConfigValueError,
     InsufficientResourcesError,
     RunStoppedError,
     WorkerFailedError,
 )
-from ..stop import STOP_GRACE_S, stop_requested
-from .runtime import steady_malloc
+from tinyexp_core.launchers.runtime import steady_malloc
+from tinyexp_core.stop import STOP_GRACE_S, stop_requested
 
 LOCAL_HOST = "127.0.0.1"
 _PEER_DEATH_GRACE_S = 3.0  # after a rank fails, how long to look for a peer that died

@@ -7,11 +7,12 @@ exit path (success, a worker failure, KeyboardInterrupt or Dagster's termination
 are BaseExceptions) kill the actors, remove the placement group and stop the Ray that
 this launcher started, and nothing else.
 
-Stopping: a stop request in the driver (`tinyexp_core.stop.request_stop`, e.g. a SIGTERM
-to the CLI) or an interrupt (KeyboardInterrupt, Dagster's termination) first asks every
-rank actor to stop (`_RankWorker.request_stop`, served beside `run` by a threaded actor):
-the ranks agree on a step, rank 0 checkpoints, they raise RunStoppedError. Ranks still
-running `STOP_GRACE_S` later are killed.
+Stopping: a stop request on the launcher's `StopHandle` (given to it, else the process's:
+`tinyexp_core.stop.request_stop`; a terminal signal inside `signals_stop`, a sweep's pruning)
+or an interrupt (KeyboardInterrupt, Dagster's termination) first asks every rank actor to
+stop (`_RankWorker.request_stop`, served beside `run` by a threaded actor): the ranks agree
+on a step, rank 0 checkpoints, they raise RunStoppedError. Ranks still running
+`STOP_GRACE_S` later are killed; a forced stop (a second Ctrl-C) kills them at once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import (
+from tinyexp_core.exceptions import (
     ConfigValueError,
     InsufficientResourcesError,
     RayConnectionError,
@@ -33,12 +34,19 @@ from ..exceptions import (
     RunStoppedError,
     WorkerFailedError,
 )
-from ..stop import STOP_GRACE_S, stop_requested
-from ..timing import ENV_TIMING_FILE, mark
-from . import ray_pool
-from .runtime import forward_stdout, set_log_forwarder, steady_malloc
+from tinyexp_core.launchers import ray_pool
+from tinyexp_core.launchers.runtime import (
+    forward_stdout,
+    set_log_forwarder,
+    steady_malloc,
+    thread_env_defaults,
+    torchrun_env_defaults,
+)
+from tinyexp_core.stop import STOP_GRACE_S, StopHandle, process_handle
+from tinyexp_core.timing import ENV_TIMING_FILE, mark
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"
+LOCAL_RAY = "local"  # an address: a local Ray started for this run and stopped after it
 LOCAL_HOST = "127.0.0.1"
 _ENV_RAY_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local node is 127.0.0.1
 _PEER_DEATH_GRACE_S = 3.0  # after a rank fails, how long to look for a peer that died
@@ -81,7 +89,7 @@ class RayLaunchSpec:
             raise ConfigValueError("num_gpus_per_worker", self.num_gpus_per_worker, ">= 0")
         if self.placement_timeout_s <= 0:
             raise ConfigValueError("placement_timeout_s", self.placement_timeout_s, "> 0")
-        if not self.resolved_address():
+        if self.resolved_address() in ("", LOCAL_RAY):
             check_fits_local(self)
 
     def resolved_address(self) -> str:
@@ -157,7 +165,8 @@ def _loopback_only() -> Iterator[None]:
 def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterator[bool]:
     """Reuse a connected Ray, connect to `address`, or start a local one; yields `owned`.
 
-    Only a session opened here is shut down on exit.
+    Only a session opened here is shut down on exit. `address` "" or `local`: a local Ray
+    started here (and so stopped on exit).
     """
     import ray
 
@@ -165,7 +174,7 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
         yield False
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
+    if address and address != LOCAL_RAY:
         _check_reachable(address, connect_timeout_s)
         try:
             if _is_loopback(address) and not _answers_beyond_loopback(address):
@@ -315,7 +324,7 @@ class _RankWorker:
 
     def warm_up(self, preimports: tuple[str, ...]) -> int:
         """A warm rank's start (`ray_pool`): malloc settings and imports ahead of its run."""
-        from .ray_pool import warm_up
+        from tinyexp_core.launchers.ray_pool import warm_up
 
         return warm_up(preimports)
 
@@ -325,7 +334,7 @@ class _RankWorker:
         so a rank started before its run (a warm one) imports the driver's modules too."""
         from ray import cloudpickle
 
-        from .ray_pool import apply_python_path
+        from tinyexp_core.launchers.ray_pool import apply_python_path
 
         os.environ.update(env)
         apply_python_path(env.get("PYTHONPATH", ""))
@@ -355,10 +364,24 @@ def _announce(exp: Any, rank: int) -> None:
 
 
 def _release_announcement() -> None:
-    from ..stacks import release_dump_handler
+    from tinyexp_core.stacks import release_dump_handler
 
     with contextlib.suppress(Exception):  # cleanup must never mask the run's outcome
         release_dump_handler()
+
+
+def _runtime_env(spec: RayLaunchSpec) -> dict[str, Any]:
+    """The ranks' runtime_env: the spec's, with the driver's import path, torchrun's thread
+    defaults (set at process start: OpenMP reads them when torch is imported) and the
+    timing file (a Ray this process did not start, a warm one, has its own environment)."""
+    runtime_env = dict(spec.runtime_env)
+    env_vars = runtime_env["env_vars"] = dict(runtime_env.get("env_vars", {}))
+    env_vars.setdefault("PYTHONPATH", _python_path())
+    for name, value in thread_env_defaults(int(spec.num_cpus_per_worker)).items():
+        env_vars.setdefault(name, value)
+    if os.environ.get(ENV_TIMING_FILE):
+        env_vars.setdefault(ENV_TIMING_FILE, os.environ[ENV_TIMING_FILE])
+    return runtime_env
 
 
 def _python_path() -> str:
@@ -371,10 +394,15 @@ class RayLauncher:
     """Runs `exp.run()` on `num_workers` Ray actors as one DDP job; returns rank results."""
 
     def __init__(
-        self, spec: RayLaunchSpec, *, log_callback: Callable[[str], None] | None = None
+        self,
+        spec: RayLaunchSpec,
+        *,
+        log_callback: Callable[[str], None] | None = None,
+        stop: StopHandle | None = None,
     ) -> None:
         self.spec = spec
         self.log_callback = log_callback
+        self.stop = stop if stop is not None else process_handle()
         self.actor_pids: list[int] = []  # for tests and fault injection
         self.actors: list[Any] = []  # this run's rank actors, rank order
         self.warm_ranks = 0  # how many of them came from a warm Ray's pool (ray_pool)
@@ -385,6 +413,7 @@ class RayLauncher:
         with ray_session(
             self.spec.resolved_address(), connect_timeout_s=self.spec.connect_timeout_s
         ):
+            self.stop.reclaim_signals()  # ray.init replaced the driver's SIGTERM handler
             try:
                 _check_cluster_fits(self.spec)
                 return self._run_in_session(exp)
@@ -420,12 +449,8 @@ class RayLauncher:
                     f"placement group of {spec.num_workers} x {bundle}", spec.placement_timeout_s
                 ) from None
             sink = ray.remote(num_cpus=0)(_LogSink).remote()
-            runtime_env = dict(spec.runtime_env)
-            env_vars = runtime_env.setdefault("env_vars", {})
-            env_vars.setdefault("PYTHONPATH", _python_path())
-            if os.environ.get(ENV_TIMING_FILE):
-                # A Ray this process did not start (a warm one) has its own environment.
-                env_vars.setdefault(ENV_TIMING_FILE, os.environ[ENV_TIMING_FILE])
+            runtime_env = _runtime_env(spec)
+            env_vars = runtime_env["env_vars"]
             warm = [] if pool is None else ray_pool.take(pool, spec.num_workers, token)
             self.warm_ranks = len(warm)
             actors.extend(warm)
@@ -451,7 +476,7 @@ class RayLauncher:
             try:
                 return self._wait(refs, sink)
             except BaseException as err:
-                if _is_interrupt(err):  # a checkpoint first, then the kill below
+                if _is_interrupt(err) and not self.stop.forced:  # a checkpoint, then the kill
                     self._ask_to_stop(actors, refs, wait_s=STOP_GRACE_S)
                 raise
         finally:
@@ -493,9 +518,18 @@ class RayLauncher:
             master_addr = LOCAL_HOST
         refs = []
         exp_blob = ray.cloudpickle.dumps(exp)
+        nodes = list(dict.fromkeys(node_ids))
+        threads = max(1, int(spec.num_cpus_per_worker))
         for rank, actor in enumerate(actors):
             same_node = [r for r, n in enumerate(node_ids) if n == node_ids[rank]]
             env = {
+                **torchrun_env_defaults(
+                    num_threads=threads,
+                    group_rank=nodes.index(node_ids[rank]),
+                    num_groups=len(nodes),
+                    rank=rank,
+                    world_size=spec.num_workers,
+                ),
                 **env_vars,  # a warm rank started before the run's runtime_env existed
                 "RANK": str(rank),
                 "WORLD_SIZE": str(spec.num_workers),
@@ -507,7 +541,6 @@ class RayLauncher:
             }
             if master_addr == LOCAL_HOST and "GLOO_SOCKET_IFNAME" not in os.environ:
                 env["GLOO_SOCKET_IFNAME"] = "lo"  # every rank is on this host
-            threads = max(1, int(spec.num_cpus_per_worker))
             refs.append(actor.run.remote(exp_blob, env, sink if rank == 0 else None, threads))
         if self.on_started is not None:
             self.on_started(self)
@@ -523,9 +556,11 @@ class RayLauncher:
         stop_deadline: float | None = None
         pending = list(refs)
         while pending:
-            if stop_requested() and stop_deadline is None:
+            if self.stop.requested and stop_deadline is None:
                 stop_deadline = time.monotonic() + STOP_GRACE_S
-                self._ask_to_stop(self.actors, [], wait_s=0)
+                self._ask_to_stop(self.actors, [], wait_s=0, reason=self.stop.reason)
+            if self.stop.forced:
+                raise RunStoppedError("", -1, f"{self.stop.reason}: ranks ended at once")
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 raise RunStoppedError("", -1, f"ranks did not stop within {STOP_GRACE_S:g} s")
             done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
@@ -554,13 +589,15 @@ class RayLauncher:
             raise min(stopped, key=lambda e: not e.checkpoint)  # rank 0's names the file
         return [results[r] for r in range(len(refs))]
 
-    def _ask_to_stop(self, actors: list[Any], refs: list[Any], *, wait_s: float) -> None:
+    def _ask_to_stop(
+        self, actors: list[Any], refs: list[Any], *, wait_s: float, reason: str = ""
+    ) -> None:
         """Send every rank a stop request; wait up to `wait_s` for their runs to end."""
         import ray
 
         for actor in actors:
             with contextlib.suppress(Exception):
-                actor.request_stop.remote()
+                actor.request_stop.remote(reason or "stop requested by the Ray launcher")
         if refs and wait_s > 0:
             with contextlib.suppress(BaseException):
                 ray.wait(refs, num_returns=len(refs), timeout=wait_s)
@@ -633,8 +670,13 @@ def passthrough_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("TINYEXP_")}
 
 
-def launch_on_ray(exp: Any, *, log_callback: Callable[[str], None] | None = None) -> list[Any]:
+def launch_on_ray(
+    exp: Any,
+    *,
+    log_callback: Callable[[str], None] | None = None,
+    stop: StopHandle | None = None,
+) -> list[Any]:
     """`launcher=ray` for the CLI: the experiment's own worker settings, its rank results."""
     exp.ensure_run_id()
     spec = RayLaunchSpec.from_exp(exp, env=passthrough_env())
-    return RayLauncher(spec, log_callback=log_callback).run(exp)
+    return RayLauncher(spec, log_callback=log_callback, stop=stop).run(exp)

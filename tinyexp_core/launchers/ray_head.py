@@ -8,6 +8,15 @@ its Ray down and removes the file. A run on the same storage root finds the file
 (`live_head_address`), connects to that Ray instead of starting one, and leaves it running.
 A file whose holder is gone, or whose Ray does not answer, is stale: runs say so and start
 their own Ray as before. `stop_head` ends the holder (and with it its Ray processes).
+
+Warm by default: a run on the default local Ray (no address, no `$RAY_ADDRESS`) calls
+`ensure_head`, which starts that holder when none runs, so the Ray and its warm ranks
+outlive the run like the embedded Redis does. Such a head stops itself after
+`TINYEXP_RAY_IDLE_STOP_S` seconds (default 600) without a run: a run is a connected driver
+(a live job in Ray's job table) or a recent claim (`claim`, made by a run about to connect).
+A head from `ray up` has no idle stop (nor has a running one that `ray up` found: it is
+held, `<root>/ray/held`): it runs until `ray down`. `spawn_head` starts the
+holder without waiting for it, so Ray's start-up overlaps other work (dataset preparation).
 """
 
 from __future__ import annotations
@@ -26,12 +35,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..exceptions import RayConnectionError
-from ..files import atomic_write
+from tinyexp_core.exceptions import RayConnectionError
+from tinyexp_core.files import atomic_write
 
 HEAD_DIR = "ray"  # under the storage root
 ADDRESS_FILE = "address"
+STARTING_FILE = "starting"  # pid of a holder spawned but not yet recorded
+CLAIM_FILE = "claim"  # touched by a run about to connect: the head is not idle
+HELD_FILE = "held"  # `ray up` holds the head: no idle stop until `ray down`
 LOG_FILE = "head.log"
+ENV_IDLE_STOP_S = "TINYEXP_RAY_IDLE_STOP_S"
 _MODULE = "tinyexp_core.launchers.ray_head"
 START_TIMEOUT_S = 120.0  # Ray's own start-up on a busy 2-core machine takes 10-30 s
 STOP_TIMEOUT_S = 30.0
@@ -117,28 +130,80 @@ def _locked(root: str | Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def idle_stop_s() -> float:
+    """`TINYEXP_RAY_IDLE_STOP_S`: seconds a default local Ray that no run uses stays up (the
+    same rule and default as the embedded Redis's)."""
+    from tinyexp_core.redis_server import idle_stop_s as parse
+
+    return parse(ENV_IDLE_STOP_S)
+
+
 def start_head(
     root: str | Path,
     *,
     num_cpus: int | None = None,
     warm_ranks: int | None = None,
+    idle_stop_after_s: float | None = None,
     timeout_s: float = START_TIMEOUT_S,
 ) -> tuple[RayHead, bool]:
     """Start the head of `root`, or reuse the live one; returns (head, started now).
 
     `warm_ranks`: rank processes kept started with torch imported for the runs to take
-    (`ray_pool`); None: `ray_pool.default_size` of its CPUs, 0: none."""
+    (`ray_pool`); None: `ray_pool.default_size` of its CPUs, 0: none. `idle_stop_after_s`:
+    the head stops itself after that long without a run; None: it runs until `stop_head`."""
+    if idle_stop_after_s is None:  # `ray up`: also a head already running stops no more
+        head_dir(root).mkdir(parents=True, exist_ok=True)
+        (head_dir(root) / HELD_FILE).touch()
+    head, pid, started = spawn_head(
+        root, num_cpus=num_cpus, warm_ranks=warm_ranks, idle_stop_after_s=idle_stop_after_s
+    )
+    if head is not None:
+        return head, False
+    return wait_head(root, pid, timeout_s), started
+
+
+def ensure_head(root: str | Path, *, timeout_s: float = START_TIMEOUT_S) -> tuple[RayHead, bool]:
+    """The default local Ray of `root` for a run: the live head (one from `ray up`, or one
+    a previous run left warm), else one started now that stops after `idle_stop_s()`
+    without a run; claimed for the run (`claim`) either way. Returns (head, started now)."""
+    idle = idle_stop_s()  # a bad value fails before anything starts
+    head, started = start_head(root, idle_stop_after_s=idle, timeout_s=timeout_s)
+    claim(root)
+    return head, started
+
+
+def claim(root: str | Path) -> None:
+    """Tell the head of `root` that a run is about to connect (it is not idle then)."""
+    path = head_dir(root) / CLAIM_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+
+
+def spawn_head(
+    root: str | Path,
+    *,
+    num_cpus: int | None = None,
+    warm_ranks: int | None = None,
+    idle_stop_after_s: float | None = None,
+) -> tuple[RayHead | None, int, bool]:
+    """Start the holder of `root` without waiting for its Ray: (the live head or None, the
+    holder's pid, spawned now). A holder already starting is not started twice."""
     root = Path(root).resolve()
     with _locked(root):
         head = read_head(root)
         if head is not None and not why_not_live(head):
-            return head, False
+            return head, head.pid, False
+        starting = _starting_pid(root)
+        if starting and _is_holder(starting):
+            return None, starting, False
         address_file(root).unlink(missing_ok=True)  # stale: replaced below
         cmd = [sys.executable, "-m", _MODULE, "--root", str(root)]
         if num_cpus is not None:
             cmd += ["--num-cpus", str(num_cpus)]
         if warm_ranks is not None:
             cmd += ["--warm-ranks", str(warm_ranks)]
+        if idle_stop_after_s is not None:
+            cmd += ["--idle-stop-s", str(idle_stop_after_s)]
         with open(head_dir(root) / LOG_FILE, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -147,16 +212,38 @@ def start_head(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives this command and its terminal
             )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            head = read_head(root)
-            if head is not None and head.pid == proc.pid:
-                return head, True
-            if proc.poll() is not None:
-                raise RayConnectionError("local", f"the Ray head exited: {_log_tail(root)}")
-            time.sleep(0.2)
-        _end(proc.pid, STOP_TIMEOUT_S)
-        raise RayConnectionError("local", f"no Ray head within {timeout_s:g} s: {_log_tail(root)}")
+        (head_dir(root) / STARTING_FILE).write_text(str(proc.pid))
+        return None, proc.pid, True
+
+
+def wait_head(root: str | Path, pid: int, timeout_s: float = START_TIMEOUT_S) -> RayHead:
+    """The head that holder `pid` records under `root`, once it does (bounded wait)."""
+    root = Path(root).resolve()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        head = read_head(root)
+        if head is not None and head.pid == pid:
+            return head
+        if _gone(pid):  # not `_is_holder`: a child just forked may not have exec'd yet
+            raise RayConnectionError("local", f"the Ray head exited: {_log_tail(root)}")
+        time.sleep(0.1)
+    _end(pid, STOP_TIMEOUT_S)
+    raise RayConnectionError("local", f"no Ray head within {timeout_s:g} s: {_log_tail(root)}")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _starting_pid(root: Path) -> int:
+    try:
+        return int((head_dir(root) / STARTING_FILE).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def stop_head(root: str | Path, *, timeout_s: float = STOP_TIMEOUT_S) -> RayHead | None:
@@ -166,7 +253,11 @@ def stop_head(root: str | Path, *, timeout_s: float = STOP_TIMEOUT_S) -> RayHead
         head = read_head(root)
         if head is not None and _is_holder(head.pid):
             _end(head.pid, timeout_s)
-        address_file(root).unlink(missing_ok=True)
+        starting = _starting_pid(root)
+        if starting and _is_holder(starting):  # spawned, not yet recorded
+            _end(starting, timeout_s)
+        for name in (ADDRESS_FILE, STARTING_FILE, HELD_FILE):
+            (head_dir(root) / name).unlink(missing_ok=True)
         return head
 
 
@@ -193,13 +284,15 @@ def _log_tail(root: Path, lines: int = 15) -> str:
 # ---------------------------------------------------------------- the holder process
 
 
-def serve(root: Path, num_cpus: int | None, warm_ranks: int | None = None) -> int:
-    """The holder: start Ray and its warm-rank pool, record it, wait for SIGTERM/SIGINT,
-    shut Ray down."""
+def serve(
+    root: Path, num_cpus: int | None, warm_ranks: int | None = None, idle_s: float | None = None
+) -> int:
+    """The holder: start Ray and its warm-rank pool, record it, wait for SIGTERM/SIGINT (or,
+    with `idle_s`, that long without a run), shut Ray down."""
     import ray
 
-    from . import ray_pool
-    from .ray import ENV_RAY_ADDRESS, LOCAL_HOST, _loopback_only, _RankWorker
+    from tinyexp_core.launchers import ray_pool
+    from tinyexp_core.launchers.ray import ENV_RAY_ADDRESS, LOCAL_HOST, _loopback_only, _RankWorker
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop(ENV_RAY_ADDRESS, None)
@@ -215,9 +308,9 @@ def serve(root: Path, num_cpus: int | None, warm_ranks: int | None = None) -> in
             logging_level="WARNING",
             object_store_memory=256 * 1024 * 1024,
         )
-    stop = []
+    stop: list[str] = []
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
-        signal.signal(sig, lambda *_: stop.append(True))
+        signal.signal(sig, lambda *_: stop.append("stopped by a signal"))
     me = os.getpid()
     if warm_ranks is None:
         warm_ranks = ray_pool.default_size(ray.cluster_resources().get("CPU", 0))
@@ -225,20 +318,58 @@ def serve(root: Path, num_cpus: int | None, warm_ranks: int | None = None) -> in
     pool = ray_pool.start_pool(warm_ranks, _RankWorker) if warm_ranks > 0 else None
     try:
         address = ray.get_runtime_context().gcs_address
-        record = json.dumps({"address": address, "pid": me, "started": time.time()})
-        atomic_write(address_file(root), lambda f: f.write(record.encode()))
-        print(f"Ray head at {address} (pid {me}) for {root}, {warm_ranks} warm ranks",
+        record = {"address": address, "pid": me, "started": time.time(), "idle_stop_s": idle_s}
+        atomic_write(address_file(root), lambda f: f.write(json.dumps(record).encode()))
+        (head_dir(root) / STARTING_FILE).unlink(missing_ok=True)
+        until = "until stopped" if idle_s is None else f"until idle for {idle_s:g} s"
+        print(f"Ray head at {address} (pid {me}) for {root}, {warm_ranks} warm ranks, {until}",
               flush=True)  # fmt: skip
-        while not stop:
-            time.sleep(0.5)
+        _hold(root, idle_s, stop)
     finally:
         head = read_head(root)
         if head is not None and head.pid == me:
             address_file(root).unlink(missing_ok=True)
         del pool
         ray.shutdown()
-        print(f"Ray head (pid {me}) stopped", flush=True)
+        print(f"Ray head (pid {me}) stopped: {stop[0] if stop else 'exiting'}", flush=True)
     return 0
+
+
+def _hold(root: Path, idle_s: float | None, stop: list[str]) -> None:
+    """Return when `stop` gets a reason: a signal, or `idle_s` seconds without a run."""
+    import ray
+
+    own_job = ray.get_runtime_context().get_job_id()
+    poll_s = 0.5 if idle_s is None else min(1.0, max(0.1, idle_s / 5))
+    last_busy = time.monotonic()
+    while not stop:
+        time.sleep(poll_s)
+        if idle_s is None:
+            continue
+        if _in_use(root, own_job, idle_s):
+            last_busy = time.monotonic()
+        elif time.monotonic() - last_busy >= idle_s:
+            stop.append(f"idle for {idle_s:g} s ({ENV_IDLE_STOP_S})")
+
+
+def _in_use(root: Path, own_job: str, idle_s: float) -> bool:
+    """A run uses this Ray: a live driver other than the holder (Ray's job table; a driver
+    killed hard counts until Ray marks its job dead), or a claim younger than `idle_s`."""
+    from ray._private import state
+
+    if (head_dir(root) / HELD_FILE).exists():
+        return True
+    try:
+        claimed = time.time() - (head_dir(root) / CLAIM_FILE).stat().st_mtime < idle_s
+    except OSError:
+        claimed = False
+    if claimed:
+        return True
+    try:
+        jobs = state.jobs()
+    except Exception:  # the GCS did not answer this time: not evidence of idleness
+        return True
+    return any(not job["IsDead"] and job["JobID"] != own_job for job in jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True)
     parser.add_argument("--num-cpus", type=int, default=None)
     parser.add_argument("--warm-ranks", type=int, default=None)
+    parser.add_argument("--idle-stop-s", type=float, default=None)
     args = parser.parse_args(argv)
-    return serve(Path(args.root), args.num_cpus, args.warm_ranks)
+    return serve(Path(args.root), args.num_cpus, args.warm_ranks, args.idle_stop_s)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import os
 import sys
 from typing import Any
 
-from .runtime import steady_malloc
+from tinyexp_core.launchers.runtime import steady_malloc
 
 POOL_NAME = "tinyexp-warm-ranks"
 POOL_NAMESPACE = "tinyexp"

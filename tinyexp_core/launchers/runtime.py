@@ -135,3 +135,33 @@ def steady_malloc() -> bool:
         and mallopt(_M_TOP_PAD, STEADY_MALLOC_TOP_PAD) == 1
     )
     return _steady_malloc
+
+
+# What torchrun (its elastic agent) puts in every rank's environment beyond the rendezvous
+# variables, so code written for torchrun finds it under our launchers too.
+_TORCHRUN_THREAD_VARS = ("OMP_NUM_THREADS",)
+
+
+def torchrun_env_defaults(
+    *, num_threads: int, group_rank: int, num_groups: int, rank: int, world_size: int
+) -> dict[str, str]:
+    """torchrun's defaults for one rank: `OMP_NUM_THREADS` (torchrun: 1 with several ranks
+    per node; here the rank's CPUs, the threads torch is told to use), the group (node) and
+    role ranks and sizes, and `TORCH_NCCL_ASYNC_ERROR_HANDLING=1`. A variable the user set in
+    the launching process's environment keeps the user's value."""
+    defaults = {
+        "OMP_NUM_THREADS": str(max(1, num_threads)),
+        "GROUP_RANK": str(group_rank),
+        "GROUP_WORLD_SIZE": str(num_groups),
+        "ROLE_RANK": str(rank),
+        "ROLE_WORLD_SIZE": str(world_size),
+        "ROLE_NAME": "default",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    }
+    return {name: os.environ.get(name, value) for name, value in defaults.items()}
+
+
+def thread_env_defaults(num_threads: int) -> dict[str, str]:
+    """The thread variables of `torchrun_env_defaults`, for a process's start (OpenMP reads
+    them when torch is imported); the user's own values win."""
+    return {name: os.environ.get(name, str(max(1, num_threads))) for name in _TORCHRUN_THREAD_VARS}

@@ -189,6 +189,9 @@ class TrainingSession:
             # replace their description.
             exp.dump_config(self.run_dir)
             self.logger.info("effective config:\n" + exp.config_yaml())
+        # Registered before the loop's own exits, so it runs after them: the checkpoint in
+        # flight is written, then uploaded (a remote storage root only).
+        self._stack.callback(self._publish_run)
         self._loop = _Loop(self, model, optimizer, scheduler, extra, resumed, num_epochs, num_steps)
         mark(f"dataset_loaded_rank{self.rank}")
         return self.accelerator.prepare_model(model)
@@ -240,6 +243,22 @@ class TrainingSession:
         """Where the latest epoch checkpoint (`last.pt`) is written."""
         return str(self._require_loop().manager.last_path)
 
+    def _publish_run(self) -> None:
+        """Rank 0 with a remote storage root: wait for the checkpoint uploads (raises
+        `UploadFailedError` naming the file kept on local disk), then upload the run's
+        records (config.yaml, logs, history) beside them."""
+        loop = self._loop
+        if loop is None or not loop.manager.remote or not self.is_main_process:
+            return
+        from pathlib import Path
+
+        from tinyexp_core import storage
+
+        loop.manager.flush_uploads()
+        for entry in Path(self.run_dir).iterdir():
+            if entry != loop.manager.directory and not entry.name.startswith("."):
+                storage.publish(entry)
+
     def flush_checkpoints(self) -> None:
         """Wait for the checkpoint being written in the background (raises its error)."""
         self._require_loop().checkpoints.wait()
@@ -254,18 +273,21 @@ class TrainingSession:
             name = type(self.exp).__name__
             raise ConfigValueError(f"{name}.primary_metric", None, "a PrimaryMetric(name, dir)")
         trained_now = [r.samples_per_s for r in self.history[loop.first_new :]]
+        from tinyexp_core.storage import to_uri
+
+        # With a remote storage root the paths are URIs: another node reads the bucket.
         result = TrainResult(
             run_id=self.exp.run_id,
-            run_dir=self.run_dir,
+            run_dir=to_uri(self.run_dir),
             checkpoints=Checkpoints(
-                best=str(loop.manager.best_path), last=str(loop.manager.last_path)
+                best=to_uri(loop.manager.best_path), last=to_uri(loop.manager.last_path)
             ),
             history=self.history,
             primary_metric=metric,
             wall_time_s=time.perf_counter() - self._started,
             world_size=self.world_size,
             config=self.exp.config_dict(),
-            resumed_from=self.resumed_from,
+            resumed_from=to_uri(self.resumed_from) if self.resumed_from else "",
             samples_per_s=sum(trained_now) / len(trained_now) if trained_now else math.nan,
         )
         result.tracker.update(loop.finish_tracker(result.to_dict()))

@@ -2,14 +2,19 @@
 `<name>/prepared_dataset -> <name>/trained_model -> <name>/model_checkpoint ->
 <name>/model_evaluation`, and their checks. `tinyexp_dagster.pipeline_defs` assembles them."""
 
-from .champion import CHAMPION_GATE_CHECK, build_champion_gate
-from .checkpoint import build_model_checkpoint
-from .checks import build_checkpoint_integrity, build_dataset_sanity
-from .common import PipelineSpec
-from .dataset import build_prepared_dataset
-from .evaluation import MIN_METRIC_CHECK, build_model_evaluation
-from .sweep import LEADERBOARD, build_sweep_leaderboard, build_sweep_pool_sensor, pool_name
-from .training import build_trained_model
+from tinyexp_dagster.assets.champion import CHAMPION_GATE_CHECK, build_champion_gate
+from tinyexp_dagster.assets.checkpoint import build_model_checkpoint
+from tinyexp_dagster.assets.checks import build_checkpoint_integrity, build_dataset_sanity
+from tinyexp_dagster.assets.common import PipelineSpec
+from tinyexp_dagster.assets.dataset import build_prepared_dataset
+from tinyexp_dagster.assets.evaluation import MIN_METRIC_CHECK, build_model_evaluation
+from tinyexp_dagster.assets.sweep import (
+    LEADERBOARD,
+    build_sweep_leaderboard,
+    build_sweep_pool_sensor,
+    pool_name,
+)
+from tinyexp_dagster.assets.training import build_trained_model
 
 __all__ = [
     "CHAMPION_GATE_CHECK",

@@ -18,9 +18,9 @@ from typing import Any
 
 import dagster as dg
 
-from ..resources import StorageResource
-from .common import PipelineSpec
-from .sweep import partitions_def
+from tinyexp_dagster.assets.common import PipelineSpec
+from tinyexp_dagster.assets.sweep import partitions_def
+from tinyexp_dagster.resources import StorageResource
 
 CHAMPION_GATE_CHECK = "champion_gate"
 GATE_SPLIT = "val"
@@ -63,7 +63,7 @@ def _evaluator(spec: PipelineSpec, new: dict[str, Any], evaluates: bool):
     """version record -> its primary metric on the gate's split."""
     if not evaluates:
         return lambda record: float("nan") if record["val_value"] is None else record["val_value"]
-    from .evaluation import evaluate_checkpoint
+    from tinyexp_dagster.assets.evaluation import evaluate_checkpoint
 
     def score(record: dict[str, Any]) -> float:
         # the champion's own experiment and overrides rebuild its model; the data is the
@@ -88,8 +88,7 @@ def gate(
     from tinyexp_core.checkpoint import verify_checkpoint
     from tinyexp_core.contract import PrimaryMetric
     from tinyexp_core.exceptions import TinyExpError
-
-    from ..registry import ModelRegistry
+    from tinyexp_dagster.registry import ModelRegistry
 
     metric = PrimaryMetric.from_dict(new["primary_metric"])
     registry = ModelRegistry(storage.models_dir(), new["name"])
@@ -118,11 +117,7 @@ def gate(
             gap = new_value - old_value if metric.direction == "max" else old_value - new_value
             meta["gap"] = _finite(gap)
         if not metric.is_at_least_as_good(new_value, old_value, tolerance):
-            lost_by = (
-                f"{version} lost: {metric.name} {new_value:.4f} vs champion {champion}'s "
-                f"{old_value:.4f} on {GATE_SPLIT} (worse by {-meta.get('gap', math.nan):.4f}, "
-                f"tolerance {tolerance:g}); it stays registered, not champion"
-            )
+            lost_by = _lost_by(version, champion, metric.name, new_value, old_value, meta)
             return _result(False, meta, champion, lost_by, severity=lost)
         reason = (
             f"first version: {metric.name} {new_value:.4f} on {GATE_SPLIT}"
@@ -135,6 +130,17 @@ def gate(
             log.info(f"champion of {new['name']} moved to {version}: {reason}")
         meta["moved_by"] = moved_by
         return _result(True, meta, version, f"{version} is the new champion: {reason}")
+
+
+def _lost_by(
+    version: str, champion: str, name: str, new: float, old: float, meta: dict[str, Any]
+) -> str:
+    """Why `version` did not become champion, in one sentence."""
+    return (
+        f"{version} lost: {name} {new:.4f} vs champion {champion}'s {old:.4f} on {GATE_SPLIT} "
+        f"(worse by {-meta.get('gap', math.nan):.4f}, tolerance {meta['tolerance']:g}); it "
+        "stays registered, not champion"
+    )
 
 
 def _finite(value: float) -> float | None:

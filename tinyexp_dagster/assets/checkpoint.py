@@ -8,9 +8,10 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from ..resources import StorageResource
-from .common import PipelineSpec
-from .sweep import partitions_def
+from tinyexp_dagster.assets.common import PipelineSpec
+from tinyexp_dagster.assets.outcome import cancelled_if_terminated
+from tinyexp_dagster.assets.sweep import partitions_def
+from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 
 
 class CheckpointConfig(dg.Config):
@@ -27,7 +28,9 @@ def promote(source: str, target_dir: Path) -> tuple[Path, str]:
     """Copy a verified checkpoint into a new version folder, atomically; never overwrite."""
     from tinyexp_core.checkpoint import copy_checkpoint, verify_checkpoint
     from tinyexp_core.exceptions import CheckpointCorruptError
+    from tinyexp_core.storage import localize
 
+    source = str(localize(source))  # a URI (a rank on another node): fetched, verified
     sha = verify_checkpoint(source)
     target = target_dir / "model.pt"
     if target.exists() and verify_checkpoint(target) == sha:
@@ -60,10 +63,19 @@ def build_model_checkpoint(spec: PipelineSpec) -> dg.AssetsDefinition:
         config: CheckpointConfig,
         trained_model: dict[str, Any],
         storage: StorageResource,
+        redis: RedisProgressResource,
     ) -> dg.Output[dict[str, Any]]:
-        return promote_run(context, config, trained_model, storage, spec.name)
+        with cancelled_if_terminated(context, redis, storage):
+            return promote_run(context, config, trained_model, storage, spec.name)
 
     return model_checkpoint
+
+
+# What a version keeps of its training run, and what the asset's value (the champion gate's
+# input) carries of the version record.
+_FROM_TRAINING = ("config_hash", "experiment", "overrides", "dataset_path")
+_VALUE_KEYS = (*_FROM_TRAINING, "path", "sha256", "name", "version", "source_run")
+_VALUE_KEYS += ("primary_metric", "val_value", "data_version")
 
 
 def promote_run(
@@ -76,8 +88,7 @@ def promote_run(
     """Register the TrainResult's best checkpoint as a version named by its run id; the value
     names the file, its source and what the champion gate needs to rebuild the experiment."""
     from tinyexp_core.contract import TrainResult
-
-    from ..registry import ModelRegistry, now_iso
+    from tinyexp_dagster.registry import ModelRegistry, now_iso
 
     result = TrainResult.from_dict(trained_model)
     name = config.model_name or pipeline
@@ -85,39 +96,24 @@ def promote_run(
     best = result.checkpoints.best
     target, sha = promote(best, registry.version_dir(result.run_id))
     metric = result.primary_metric
-    info = registry.write_version(
-        result.run_id,
-        {
-            "name": name,
-            "version": result.run_id,
-            "pipeline": pipeline,
-            "path": str(target),
-            "sha256": sha,
-            "primary_metric": metric.to_dict(),
-            "val_value": trained_model["best_value"],
-            "data_version": trained_model.get("data_version", ""),
-            "config_hash": trained_model["config_hash"],
-            "experiment": trained_model["experiment"],
-            "overrides": trained_model["overrides"],
-            "dataset_path": trained_model["dataset_path"],
-            "source_run": result.run_id,
-            "created": now_iso(),
-            "created_by": f"dagster run {context.run.run_id} ({pipeline}/model_checkpoint)",
-        },
-    )
-    context.log.info(f"registered {best} as {name} version {result.run_id} ({target})")
-    champion = registry.champion_version()
-    value = {
-        **{k: trained_model[k] for k in ("experiment", "overrides", "dataset_path", "config_hash")},
-        "path": str(target),
-        "sha256": sha,
+    record = {
         "name": name,
         "version": result.run_id,
-        "source_run": result.run_id,
+        "pipeline": pipeline,
+        "path": str(target),
+        "sha256": sha,
         "primary_metric": metric.to_dict(),
         "val_value": trained_model["best_value"],
-        "data_version": info["data_version"],
+        "data_version": trained_model.get("data_version", ""),
+        **{k: trained_model[k] for k in _FROM_TRAINING},
+        "source_run": result.run_id,
+        "created": now_iso(),
+        "created_by": f"dagster run {context.run.run_id} ({pipeline}/model_checkpoint)",
     }
+    info = registry.write_version(result.run_id, record)  # the one record of the version
+    context.log.info(f"registered {best} as {name} version {result.run_id} ({target})")
+    value = {k: info[k] for k in _VALUE_KEYS}
+    champion = registry.champion_version()
     metadata = {
         "model_path": dg.MetadataValue.path(str(target)),
         "sha256": sha,

@@ -43,8 +43,7 @@ class PipelineSpec:
         A bad one is a step failure (not retried)."""
         from tinyexp_core.exceptions import ConfigError
         from tinyexp_core.orchestration import RunOverrides
-
-        from ..schema import exp_values
+        from tinyexp_dagster.schema import exp_values
 
         try:
             return RunOverrides.of(

@@ -5,9 +5,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from ..resources import StorageResource
-from ..schema import with_exp_field
-from .common import PipelineSpec, build_experiment, config_failure, table
+from tinyexp_dagster.assets.common import PipelineSpec, build_experiment, config_failure, table
+from tinyexp_dagster.resources import StorageResource
+from tinyexp_dagster.schema import with_exp_field
 
 # The dataset op's `exp`: the data section and the seed (which draws the split), no more.
 DATA_FIELDS = ("data_cfg", "seed")
@@ -48,10 +48,12 @@ def build_prepared_dataset(spec: PipelineSpec) -> dg.AssetsDefinition:
         from tinyexp_core.exceptions import DatasetError
 
         exp = build_experiment(spec.exp_cls, spec.run_overrides(config.exp, config.overrides))
+        storage.check()  # an object-store root: reachable, keys accepted, bucket there
         try:
             prepared = exp.prepare_data(str(storage.resolved_root()))
         except DatasetError as err:
             raise config_failure(err, "invalid dataset") from None
+        storage.publish(prepared.path)  # with an object-store root: into the bucket, verified
         if not isinstance(prepared, PreparedData):  # an older manifest type with to_dict()
             prepared = PreparedData.from_dict(prepared.to_dict())
         context.log.info(f"prepared {prepared.source} v{prepared.data_version} at {prepared.path}")

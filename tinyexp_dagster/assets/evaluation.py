@@ -13,9 +13,10 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from ..resources import StorageResource
-from .common import PipelineSpec, build_experiment, table
-from .sweep import partitions_def
+from tinyexp_dagster.assets.common import PipelineSpec, build_experiment, table
+from tinyexp_dagster.assets.outcome import cancelled_if_terminated
+from tinyexp_dagster.assets.sweep import partitions_def
+from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 
 MIN_METRIC_CHECK = "minimum_metric"
 
@@ -63,11 +64,13 @@ def build_model_evaluation(spec: PipelineSpec, threshold: float | None) -> dg.As
         config: config_cls,
         model_checkpoint: dict[str, Any],
         storage: StorageResource,
+        redis: RedisProgressResource,
     ):
-        champion, other = champion_and_other(storage, model_checkpoint)
-        # the data of this pipeline run (the champion may have been trained on older data)
-        scored = {**champion, "dataset_path": model_checkpoint["dataset_path"]}
-        result = evaluate_checkpoint(spec, scored, config.split)
+        with cancelled_if_terminated(context, redis, storage):
+            champion, other = champion_and_other(storage, model_checkpoint)
+            # the data of this pipeline run (the champion may be trained on older data)
+            scored = {**champion, "dataset_path": model_checkpoint["dataset_path"]}
+            result = evaluate_checkpoint(spec, scored, config.split)
         context.log.info(
             f"{config.split} {metric.name} {result.value:.4f} of champion "
             f"{champion['version']} ({champion['path']})"
@@ -91,7 +94,7 @@ def champion_and_other(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The champion's version record, and the version to compare it with: the new one when
     it is not the champion, else the champion it replaced (None for the first)."""
-    from ..registry import ModelRegistry, UnknownModelError
+    from tinyexp_dagster.registry import ModelRegistry, UnknownModelError
 
     registry = ModelRegistry(storage.models_dir(), new["name"])
     version = registry.champion_version()
@@ -155,10 +158,12 @@ def _with_threshold(spec: PipelineSpec, threshold: float, bound: str) -> type[dg
 def evaluate_checkpoint(spec: PipelineSpec, checkpoint: dict[str, Any], split: str) -> Any:
     """The experiment's EvalResult of a registered version's file on `split`."""
     from tinyexp_core.contract import EvalResult
+    from tinyexp_core.storage import to_uri
     from tinyexp_core.timing import mark
 
     path = checkpoint["dataset_path"]
-    forced = {"data_cfg.prepared_path": path} if path else {}  # else its own data
+    # As a URI under an object-store root: read from the bucket into this node's mirror.
+    forced = {"data_cfg.prepared_path": to_uri(path)} if path else {}  # else its own data
     exp = build_experiment(checkpoint["experiment"], checkpoint["overrides"], forced)
     mark("evaluate_start")
     result = exp.evaluate(checkpoint["path"], split)

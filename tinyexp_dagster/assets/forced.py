@@ -1,69 +1,19 @@
-"""What the orchestrator forces on a training run's experiment, as typed values.
-
-The run's identity, paths and progress settings, and the Ray resource's (or the run's)
-workers, address and accelerator. The keys are `tinyexp_core.orchestration.ORCHESTRATED_KEYS`
-(`RunOverrides.build` refuses any other); the values reach the experiment as they are, and
-the accelerator is one the experiment's own accelerator config can take."""
+"""What the Ray resource (or the run's config) forces on a training run's experiment, as
+typed values: workers, address and accelerator. The run's identity, paths and resume
+decision are the run plan's (`assets/plan.py`). The keys are
+`tinyexp_core.orchestration.ORCHESTRATED_KEYS` (`RunOverrides.build` refuses any other); the
+values reach the experiment as they are, and the accelerator is one the experiment's own
+accelerator config can take."""
 
 from typing import Any
 
 import dagster as dg
 
-from ..resources import RayDDPResource, RedisProgressResource, StorageResource
-from .common import PipelineSpec, config_failure
-
-# Tag of a run that continues another run's directory (set by stalled_training_sensor).
-RESUME_RUN_DIR_TAG = "tinyexp/resume_run_dir"
+from tinyexp_dagster.assets.common import PipelineSpec, config_failure
+from tinyexp_dagster.resources import RayDDPResource
 
 
-def run_forced(
-    context: dg.AssetExecutionContext,
-    spec: PipelineSpec,
-    config: Any,
-    dataset: dict[str, Any] | None,
-    storage: StorageResource,
-    redis: RedisProgressResource,
-    ray: RayDDPResource,
-    trains: bool,
-) -> dict[str, Any]:
-    """Every value forced on the run's experiment: identity, paths, progress, Ray."""
-    forced = _identity(context, config, dataset, storage, redis, trains)
-    forced.update(_ray_forced(context, spec, config, ray, str(storage.resolved_root())))
-    return forced
-
-
-def _identity(
-    context: dg.AssetExecutionContext,
-    config: Any,
-    dataset: dict[str, Any] | None,
-    storage: StorageResource,
-    redis: RedisProgressResource,
-    trains: bool,
-) -> dict[str, Any]:
-    """The run's identity, paths and progress settings."""
-    # Retries and re-executions share the root run's directory, so they can resume; so does
-    # the resume run that the stalled-training sensor requests (tagged with that directory).
-    run_dir_id = (
-        context.run.root_run_id or context.run.tags.get(RESUME_RUN_DIR_TAG) or context.run.run_id
-    )
-    # A run()-only experiment writes where it likes under output_root (TinyExp 0.0.1:
-    # `<output_root>/<ClassName>/log.txt`): the run's directory is its output_root, so runs
-    # do not share one, and it is the directory the asset records.
-    output_root = storage.runs_dir() if trains else storage.runs_dir() / run_dir_id
-    forced: dict[str, Any] = {
-        "mode": "train",
-        "output_root": str(output_root),
-        "run_id": run_dir_id,
-        **redis.forced(),
-    }
-    if dataset is not None:
-        forced["data_cfg.prepared_path"] = dataset["path"]
-    if trains:  # a run()-only experiment resumes (or not) by itself
-        forced["resume_from"] = "auto" if config.resume == "auto" else ""
-    return forced
-
-
-def _ray_forced(
+def ray_forced(
     context: dg.AssetExecutionContext,
     spec: PipelineSpec,
     config: Any,

@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from .common import PipelineSpec, table
+from tinyexp_dagster.assets.common import PipelineSpec, table
 
 LEADERBOARD = "sweep_leaderboard"
 BACKFILL_TAG = "dagster/backfill"
@@ -76,12 +76,16 @@ def build_sweep_pool_sensor(spec: PipelineSpec) -> dg.SensorDefinition:
 
 class SweepMonitor:
     """While a trial trains: mirrors its epoch_end events into the sweep's board, and with
-    early stopping requests a checkpoint-then-stop (tinyexp_core.stop) when the trial falls
-    below the median of the others. Best effort: a Redis error ends the monitoring (the
-    trial trains on), it never fails the run."""
+    early stopping asks the run's stop handle (`tinyexp_core.stop.StopHandle`, the one the
+    launcher watches) for a checkpoint-then-stop when the trial falls below the median of
+    the others. Best effort: a Redis error ends the monitoring (the trial trains on), it
+    never fails the run."""
 
-    def __init__(self, spec: PipelineSpec, trial: Any, url: str | None, run_id: str, key: str):
+    def __init__(
+        self, spec: PipelineSpec, trial: Any, url: str | None, run_id: str, key: str, stop: Any
+    ):
         self.spec, self.trial, self.url, self.run_id, self.key = spec, trial, url, run_id, key
+        self.stop = stop  # the run's StopHandle
         self.pruned_at: int | None = None  # 1-based epoch of the pruning decision
         self.last_epoch, self.last_value, self.best = 0, math.nan, math.nan
         self.error = ""
@@ -161,7 +165,6 @@ class SweepMonitor:
         return cursor
 
     def _epoch_done(self, board: Any, epoch: int, value: float) -> None:
-        from tinyexp_core.stop import request_stop
         from tinyexp_core.sweep import is_worse, should_prune
 
         metric = self.spec.primary_metric
@@ -178,10 +181,52 @@ class SweepMonitor:
         if should_prune(value, others, metric.direction, epoch, rule):
             self.pruned_at = epoch
             median = sorted(others)[len(others) // 2]
-            request_stop(
+            self.stop.request(
                 f"pruned: {metric.name} {value:.4g} at epoch {epoch} is worse than the "
                 f"median of {len(others)} other trials (~{median:.4g})"
             )
+
+
+def sweep_monitor(
+    context: dg.AssetExecutionContext, spec: PipelineSpec, progress: Any, stop: Any
+) -> SweepMonitor:
+    """The run's sweep monitor (inactive without a sweep or a progress store); pruning asks
+    `stop`, the run's StopHandle."""
+    if spec.sweep is None:
+        return SweepMonitor(spec, None, None, context.run.run_id, "", stop)
+    pool, limit = pool_name(spec.name), spec.sweep.max_concurrent
+    slots = context.instance.event_log_storage.get_concurrency_info(pool).slot_count
+    if slots != limit:
+        context.log.warning(
+            f"concurrency pool {pool} has {slots} slots, not max_concurrent={limit}: "
+            f"{spec.name}_sweep_pool_sensor sets it (or `dagster instance concurrency set "
+            f"{pool} {limit}`)"
+        )
+    trial = spec.sweep.trial(context.partition_key)
+    key = board_key(spec.name, sweep_scope(context))
+    return SweepMonitor(spec, trial, progress.url, context.run.run_id, key, stop)
+
+
+def trial_metadata(
+    context: dg.AssetExecutionContext,
+    spec: PipelineSpec,
+    monitor: SweepMonitor,
+    status: str,
+    stop_checkpoint: str,
+) -> dict[str, Any]:
+    """What the leaderboard reads from a trial's materialization."""
+    trial = spec.sweep.trial(context.partition_key)
+    metadata: dict[str, Any] = {
+        "sweep_status": status,
+        "sweep_trial": trial.key,
+        "sweep_overrides": dg.MetadataValue.json(trial.overrides),
+    }
+    if monitor.pruned_at is not None and status == "pruned":
+        metadata["pruned_at_epoch"] = monitor.pruned_at
+        metadata["stop_checkpoint"] = dg.MetadataValue.path(stop_checkpoint)
+    if monitor.error:
+        metadata["sweep_monitor_error"] = monitor.error
+    return metadata
 
 
 def pruned_output(

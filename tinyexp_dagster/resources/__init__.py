@@ -1,13 +1,15 @@
-"""Dagster resources: Ray DDP compute, Redis progress store, storage root."""
+"""Dagster resources: Ray DDP compute, Redis progress store, storage root, stall settings."""
 
-from .io import RunScopedJSONIOManager
-from .ray import RayDDPResource
-from .redis import RedisProgressResource
-from .storage import StorageResource
+from tinyexp_dagster.resources.io import RunScopedJSONIOManager
+from tinyexp_dagster.resources.ray import RayDDPResource
+from tinyexp_dagster.resources.redis import RedisProgressResource
+from tinyexp_dagster.resources.stalls import StallSettingsResource
+from tinyexp_dagster.resources.storage import StorageResource
 
 __all__ = [
     "RayDDPResource",
     "RedisProgressResource",
     "RunScopedJSONIOManager",
+    "StallSettingsResource",
     "StorageResource",
 ]

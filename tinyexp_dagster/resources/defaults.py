@@ -2,7 +2,8 @@
 
 Environment (all optional): `TINYEXP_STORAGE_ROOT` (default ./.tinyexp), `RAY_ADDRESS`
 (default: a local Ray started per run), `TINYEXP_REDIS_URL` (default: the embedded Redis
-under the storage root), `TINYEXP_NUM_WORKERS` / `TINYEXP_CPUS_PER_WORKER`.
+under the storage root), `TINYEXP_NUM_WORKERS` / `TINYEXP_CPUS_PER_WORKER`,
+`TINYEXP_STALL_AFTER_S` / `TINYEXP_STALL_ACTION` (the stall sensor's settings).
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import os
 
 import dagster as dg
 
-from ..dev_redis import hold_embedded_redis_for_dagster_dev
-from .io import RunScopedJSONIOManager
-from .ray import RayDDPResource
-from .redis import RedisProgressResource
-from .storage import StorageResource
+from tinyexp_dagster.dev_redis import hold_embedded_redis_for_dagster_dev
+from tinyexp_dagster.resources.io import RunScopedJSONIOManager
+from tinyexp_dagster.resources.ray import RayDDPResource
+from tinyexp_dagster.resources.redis import RedisProgressResource
+from tinyexp_dagster.resources.stalls import StallSettingsResource
+from tinyexp_dagster.resources.storage import StorageResource
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """`ray`, `redis`, `storage` and the JSON `io_manager`, shared by every pipeline of a code
-    location: `dg.Definitions.merge(*pipelines, dg.Definitions(resources=default_resources()))`."""
+    """`ray`, `redis`, `storage`, `stalls` and the JSON `io_manager`, shared by every
+    pipeline of a code location:
+    `dg.Definitions.merge(*pipelines, dg.Definitions(resources=default_resources()))`."""
     redis_url = dg.EnvVar("TINYEXP_REDIS_URL") if os.environ.get("TINYEXP_REDIS_URL") else None
     storage = StorageResource(root=os.environ.get("TINYEXP_STORAGE_ROOT", ""))
     # Under `dagster dev` the embedded Redis lives as long as it (see dev_redis.py).
@@ -32,6 +35,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             num_cpus_per_worker=float(os.environ.get("TINYEXP_CPUS_PER_WORKER", "1")),
         ),
         "redis": RedisProgressResource(url=redis_url),
+        "stalls": StallSettingsResource.from_env(),
         "storage": storage,
         "io_manager": RunScopedJSONIOManager(storage=storage),
     }

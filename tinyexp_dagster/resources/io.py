@@ -21,8 +21,7 @@ import dagster as dg
 from pydantic import Field
 
 from tinyexp_core.files import atomic_write_text
-
-from .storage import StorageResource
+from tinyexp_dagster.resources.storage import StorageResource
 
 SUFFIX = ".json"
 LATEST = f"latest{SUFFIX}"
@@ -56,6 +55,9 @@ class RunScopedJSONIOManager(dg.ConfigurableIOManager):
         latest = _latest(directory, context)
         latest.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(latest, text)
+        # An object-store root: the values go to the bucket too, for run workers elsewhere.
+        self.storage.publish(run_file)
+        self.storage.publish(latest)
         context.add_output_metadata({"stored_value": dg.MetadataValue.path(str(run_file))})
 
     def load_input(self, context: dg.InputContext) -> Any:
@@ -71,6 +73,13 @@ class RunScopedJSONIOManager(dg.ConfigurableIOManager):
         for path in candidates:
             if path.exists():
                 return _read(path, context.asset_key)
+        from tinyexp_core.storage import fetch_mirror
+
+        # Written by a run worker on another host: this host's mirror catches up, once.
+        if fetch_mirror(directory):
+            for path in candidates:
+                if path.exists():
+                    return _read(path, context.asset_key)
         raise dg.Failure(
             f"asset {context.asset_key.to_user_string()} has no stored value under "
             f"{directory}: materialize it first (training_pipeline does)",

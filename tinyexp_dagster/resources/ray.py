@@ -14,8 +14,9 @@ RAY_ACCELERATORS: tuple[str, ...] = get_args(RayAccelerator)
 
 
 class RayDDPResource(dg.ConfigurableResource):
-    """DDP on Ray: a local Ray on 127.0.0.1 by default: the one `tinyexp-dagster ray up`
-    keeps running for the storage root when it is live (a warm start; left running), else
+    """DDP on Ray: a local Ray on 127.0.0.1 by default, one per storage root with warm
+    ranks, started by the first run (or `tinyexp-dagster ray up`) and reused by the next
+    (a warm start), stopped after `TINYEXP_RAY_IDLE_STOP_S` without runs; `address="local"`:
     one started for the run and stopped after; an existing cluster with `address` (`auto`,
     `host:port`, `ray://host:port`) or `$RAY_ADDRESS`. One actor per rank in a placement
     group; actors and the group are removed on every exit path, including Dagster's
@@ -27,9 +28,10 @@ class RayDDPResource(dg.ConfigurableResource):
 
     address: str | None = Field(
         default=None,
-        description="Ray to run on: `auto`, `host:port` or `ray://host:port`; "
-        "unset: $RAY_ADDRESS, else the local Ray of `tinyexp-dagster ray up` when it runs, "
-        "else a local Ray on 127.0.0.1 started for the run",
+        description="Ray to run on: `auto`, `host:port` or `ray://host:port`; `local`: a "
+        "local Ray started for the run and stopped after it; unset: $RAY_ADDRESS, else the "
+        "storage root's warm local Ray (started when none runs, stopped when idle for "
+        "TINYEXP_RAY_IDLE_STOP_S)",
     )
     num_workers: int = Field(
         default=2, description="DDP ranks, one Ray actor each (a run's config may replace it)"
@@ -49,6 +51,13 @@ class RayDDPResource(dg.ConfigurableResource):
     connect_timeout_s: float = Field(
         default=10.0, description="seconds to wait for a Ray address to answer"
     )
+    ship_code: Literal["off", "module", "project"] = Field(
+        default="off",
+        description="ship the experiment's code to workers that lack it, through Ray's "
+        "runtime env: off (installed on the nodes), module (the top-level package holding "
+        "the experiment class, as py_modules), project (the working directory, as "
+        "working_dir, without .venv/.git/.tinyexp/*.pt/data); ranks then start fresh, not warm",
+    )
     collective_timeout_s: float = Field(
         default=300.0,
         description="seconds a rank may wait in a collective for a silent peer before the "
@@ -60,21 +69,32 @@ class RayDDPResource(dg.ConfigurableResource):
         return self.address or os.environ.get("RAY_ADDRESS", "")
 
     def run_address(self, storage_root: str, log: Callable[[str], None] | None = None) -> str:
-        """The address a run uses: `resolved_address()`, else the live local Ray that
-        `tinyexp-dagster ray up` recorded under `storage_root` (a warm start), else ""
-        (a local Ray started for the run; a stale record is logged and ignored)."""
-        from tinyexp_core.launchers.ray_head import live_head_address
+        """The address a run uses: `resolved_address()` (`local`: a Ray started for the
+        run and stopped after it), else the default local Ray of `storage_root`: the live
+        one (`tinyexp-dagster ray up`'s, or one an earlier run left warm), else one started
+        now that outlives the run and stops after `TINYEXP_RAY_IDLE_STOP_S` without runs."""
+        import sys
+
+        from tinyexp_core.launchers.ray_head import ensure_head, live_head_address
 
         explicit = self.resolved_address()
         if explicit:
             return explicit
-        address, why = live_head_address(storage_root)
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            return ""  # this process is connected to a Ray already: the launcher uses it
         say = log or (lambda _: None)
-        if address:
-            say(f"warm start: reusing the local Ray at {address} (`tinyexp-dagster ray up`)")
-        elif why:
-            say(f"{why}; starting a local Ray for this run instead")
-        return address
+        address, why = live_head_address(storage_root)
+        if why:
+            say(f"{why}; starting a new one")
+        head, started = ensure_head(storage_root)
+        if started:
+            say(f"started the local Ray at {head.address} for {storage_root}: it stays warm "
+                "for the next runs (TINYEXP_RAY_IDLE_STOP_S; `ray_address=local` starts "
+                "and stops one per run)")  # fmt: skip
+        else:
+            say(f"warm start: reusing the local Ray at {head.address}")
+        return head.address
 
     def forced(
         self,
@@ -111,12 +131,14 @@ class RayDDPResource(dg.ConfigurableResource):
         this resource's timeouts; validated without touching Ray (impossible sizes fail
         here). `env` carries identity and secrets only, never a config value."""
         from tinyexp_core.launchers.ray import RayLaunchSpec
+        from tinyexp_core.launchers.ship import code_runtime_env
 
         spec = RayLaunchSpec.from_exp(
             exp,
             placement_timeout_s=self.placement_timeout_s,
             connect_timeout_s=self.connect_timeout_s,
             env=dict(env or {}),
+            runtime_env=code_runtime_env(self.ship_code, exp),
         )
         spec.validate()
         return spec
@@ -128,10 +150,12 @@ class RayDDPResource(dg.ConfigurableResource):
         *,
         log: Callable[[str], None] | None = None,
         on_started: Callable[[Any], None] | None = None,
+        stop: Any = None,
     ) -> list[Any]:
-        """Run `exp` on `spec.num_workers` ranks; returns every rank's result, rank 0 first."""
+        """Run `exp` on `spec.num_workers` ranks; returns every rank's result, rank 0 first.
+        `stop`: the run's `tinyexp_core.stop.StopHandle` (None: the process's)."""
         from tinyexp_core.launchers.ray import RayLauncher
 
-        launcher = RayLauncher(spec, log_callback=log)
+        launcher = RayLauncher(spec, log_callback=log, stop=stop)
         launcher.on_started = on_started
         return launcher.run(exp)

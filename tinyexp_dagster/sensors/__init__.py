@@ -17,8 +17,9 @@ One module per sensor; `common` holds what they share (settings, store access).
 The two Redis sensors keep their own cursor (a stream id; the stalls reported); the two that
 react to one asset's materializations are Dagster asset sensors, whose cursor is Dagster's.
 
-Environment, read at every evaluation (invalid values fail the tick, naming the variable):
-`TINYEXP_STALL_AFTER_S` (600), `TINYEXP_STALL_ACTION` (`report` | `terminate`).
+Settings are resources, chosen once per deployment: the stall sensor's are
+the `stalls` resource (`StallSettingsResource`: `after_s` 600, `action` `report` |
+`terminate`; `default_resources()` reads `TINYEXP_STALL_AFTER_S` / `TINYEXP_STALL_ACTION`).
 
 Redis being unreachable is reported as such (a `SkipReason` naming the redacted URL) and
 never as a stall; with no URL configured and no embedded server started yet there is no
@@ -26,16 +27,18 @@ progress store, which is also a `SkipReason`. Rejected credentials raise: that i
 configuration error, not an outage.
 """
 
-from .common import stall_action, stall_after_s
-from .metric_regression import build_metric_regression_sensor, evaluation_key
-from .retrain_on_new_data import build_retrain_on_new_data_sensor, data_version
-from .stalled_training import (
+from tinyexp_dagster.sensors.metric_regression import build_metric_regression_sensor, evaluation_key
+from tinyexp_dagster.sensors.retrain_on_new_data import (
+    build_retrain_on_new_data_sensor,
+    data_version,
+)
+from tinyexp_dagster.sensors.stalled_training import (
     STALLED_AT_TAG,
     STALLED_RUN_TAG,
     resume_run_config,
     stalled_training_sensor,
 )
-from .training_progress import (
+from tinyexp_dagster.sensors.training_progress import (
     MAX_EVENTS_PER_TICK,
     MAX_OBSERVATIONS_PER_TICK,
     progress_observation,
@@ -56,8 +59,6 @@ __all__ = [
     "MAX_OBSERVATIONS_PER_TICK",
     "progress_observation",
     "resume_run_config",
-    "stall_action",
-    "stall_after_s",
     "stalled_training_sensor",
     "training_progress_sensor",
 ]

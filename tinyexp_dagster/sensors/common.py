@@ -1,26 +1,21 @@
-"""What the sensors share: settings from the environment, access to the progress store
-(an outage becomes a `SkipReason`, rejected credentials raise), and `shared_sensor`, the
-decorator of the sensors that belong to the code location rather than to one pipeline."""
+"""What the sensors share: access to the progress store (an outage becomes a `SkipReason`,
+rejected credentials raise), and `shared_sensor`, the decorator of the sensors that belong
+to the code location rather than to one pipeline. Their settings are resources
+(`StallSettingsResource`), never environment variables read in a sensor."""
 
 import functools
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 import redis as redis_py
 
-from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError
+from tinyexp_core.exceptions import InvalidRedisUrlError
 from tinyexp_core.redis_client import classify_redis_error, make_client, redact_url
 from tinyexp_core.redis_server import find_redis_url
-
-from ..resources import RedisProgressResource, StorageResource
+from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 
 ENV_REDIS_URL = "TINYEXP_REDIS_URL"  # where definitions.py takes the resource's URL from
-ENV_STALL_AFTER_S = "TINYEXP_STALL_AFTER_S"
-DEFAULT_STALL_AFTER_S = 600.0
-ENV_STALL_ACTION = "TINYEXP_STALL_ACTION"
-STALL_ACTIONS = ("report", "terminate")
 
 
 # ---------------------------------------------------------------- shared sensors
@@ -62,35 +57,6 @@ def shared_sensor(**kwargs: Any) -> Callable[[Callable[..., Any]], SharedSensorD
         return sensor
 
     return decorate
-
-
-# ---------------------------------------------------------------- environment
-
-
-def stall_after_s() -> float:
-    """Seconds without a heartbeat after which a running run counts as stalled."""
-    value = _env_number(ENV_STALL_AFTER_S, DEFAULT_STALL_AFTER_S)
-    if not 0 < value < float("inf"):
-        raise ConfigValueError(ENV_STALL_AFTER_S, value, "a finite number of seconds > 0")
-    return value
-
-
-def stall_action() -> str:
-    """`report` (mark and log) or `terminate` (also terminate and request a resume run)."""
-    action = os.environ.get(ENV_STALL_ACTION) or "report"
-    if action not in STALL_ACTIONS:
-        raise ConfigValueError(ENV_STALL_ACTION, action, STALL_ACTIONS)
-    return action
-
-
-def _env_number(name: str, default: float) -> float:
-    text = os.environ.get(name)
-    if not text:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigValueError(name, text, "a number") from None
 
 
 # ---------------------------------------------------------------- progress store access

@@ -19,11 +19,10 @@ from tinyexp_core.progress import (
     run_key,
 )
 from tinyexp_core.stacks import StackReport
-
-from ..assets.training import RESUME_RUN_DIR_TAG
-from ..resources import RedisProgressResource, StorageResource
-from . import hang
-from .common import shared_sensor, stall_action, stall_after_s, with_store
+from tinyexp_dagster.assets.plan import RESUME_RUN_DIR_TAG, run_dir_id
+from tinyexp_dagster.resources import RedisProgressResource, StallSettingsResource, StorageResource
+from tinyexp_dagster.sensors import hang
+from tinyexp_dagster.sensors.common import shared_sensor, with_store
 
 STALLED_RUN_TAG = "tinyexp/stalled_run"
 # `<epoch>:<step>` where the stalled run hung, on its resume run: a second hang there fails.
@@ -51,17 +50,20 @@ _RETRAIN_ASSETS = ("trained_model", "model_checkpoint", "model_evaluation")
     description="Marks running trainings without a recent heartbeat as stalled.",
 )
 def stalled_training_sensor(
-    context: dg.SensorEvaluationContext, redis: RedisProgressResource, storage: StorageResource
+    context: dg.SensorEvaluationContext,
+    redis: RedisProgressResource,
+    storage: StorageResource,
+    stalls: StallSettingsResource,
 ):
-    """A run Dagster shows as STARTED whose heartbeat is older than `TINYEXP_STALL_AFTER_S` is
+    """A run Dagster shows as STARTED whose heartbeat is older than `stalls.after_s` is
     marked `stalled` and logged, and every rank's Python stack is recorded on it (py-spy;
-    see `hang.py`); with `TINYEXP_STALL_ACTION=terminate` it is also terminated and a run of
+    see `hang.py`); with `stalls.action="terminate"` it is also terminated and a run of
     its pipeline's retraining assets resumes from its last checkpoint (run key
     `stall:<run_id>:<heartbeat>`, so one request per stall), unless the run is itself such a
     resume run and hangs at the step its predecessor hung at: then it is failed instead.
     Active runs that Dagster shows as finished leave the active set with their real final
     status. Runs this Dagster instance does not know (standalone CLI runs) are left alone."""
-    after_s, action = stall_after_s(), stall_action()
+    after_s, action = stalls.after_s, stalls.action
     return with_store(redis, storage, lambda client: _stall_tick(context, client, after_s, action))
 
 
@@ -268,7 +270,7 @@ def _terminate_and_resume(
         )
         return None
     context.log.warning(f"terminated stalled run {run.run_id}; requesting a resume run")
-    run_dir = run.root_run_id or run.tags.get(RESUME_RUN_DIR_TAG) or run.run_id
+    run_dir = run_dir_id(run)
     # `<name>/trained_model` (from the progress hash) names the stalled run's pipeline.
     # The stalled run's own selection, when Dagster recorded it, holds only assets that exist.
     prefix = dg.AssetKey.from_user_string(asset or "trained_model").path[:-1]

@@ -1,6 +1,7 @@
 """`training_progress_sensor`: progress events in Redis -> observations of each run's
 `<name>/trained_model` (shared by every pipeline: the progress hash names the asset key)."""
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,19 +13,21 @@ from tinyexp_core.progress import (
     RunProgress,
     parse_number,
     read_events,
-    read_progress,
+    read_runs,
 )
-
-from ..assets.sweep import LEADERBOARD, leaderboard_metadata
-from ..resources import RedisProgressResource, StorageResource
-from .common import shared_sensor, with_store
+from tinyexp_dagster.assets.sweep import LEADERBOARD, leaderboard_metadata
+from tinyexp_dagster.resources import RedisProgressResource, StorageResource
+from tinyexp_dagster.sensors.common import shared_sensor, with_store
+from tinyexp_dagster.sensors.progress_backlog import EPOCH, OUTCOME, Backlog
 
 TRAINED_MODEL = "trained_model"  # the last part of every pipeline's training asset key
-MAX_EVENTS_PER_TICK = 500  # a backlog is worked off over several ticks, in order
+MAX_EVENTS_PER_TICK = 500  # events per read; a tick reads batches until READ_BUDGET_S
+READ_BUDGET_S = 0.5  # a tick stops reading new events after this long (the rest: next tick)
 # The daemon writes each observation to the event log in its own transaction (about 10 ms
 # each in bench.sensor_cost on 2 shared cores, several times that under load), so a tick's
 # cost is set by the observations it emits, not the events it reads. 50 per 10 s tick: the
-# newest epoch of 5 runs a second; a busier stream builds a backlog the next ticks work off.
+# newest epoch of 5 runs a second; beyond that, runs wait in the backlog (progress_backlog),
+# which holds at most two slots per run however busy the stream, and so always empties.
 MAX_OBSERVATIONS_PER_TICK = 50
 _OBSERVED_EVENTS = ("epoch_end", "finished", "failed")
 _EVENT_OWN_FIELDS = ("event", "run_id", "epoch", "loss", "status", "error", "path")
@@ -45,10 +48,10 @@ def training_progress_sensor(
     losses, metrics, ETA, run), so the asset page shows live progress. A sweep trial's
     event also refreshes `<name>/sweep_leaderboard` from the sweep's board in Redis: an
     observation while trials train, a materialization once every trial has ended. The
-    cursor is the last stream id handled: each event is seen once. A tick emits at most
-    MAX_OBSERVATIONS_PER_TICK observations, one per run for its newest epoch (plus one for
-    its outcome, and one per sweep refreshed); a larger backlog is worked off over the
-    next ticks, in order."""
+    cursor is the last stream id read plus the backlog (`progress_backlog`): each event is
+    seen once. A tick reads new events for at most READ_BUDGET_S, keeps per run its newest
+    epoch end and its outcome, and emits at most MAX_OBSERVATIONS_PER_TICK observations
+    (plus one per sweep refreshed), oldest first; the rest wait for the next ticks."""
     return with_store(redis, storage, lambda client: _progress_tick(client, context.cursor))
 
 
@@ -62,53 +65,77 @@ def _progress_tick(client: redis_py.Redis, cursor: str | None) -> dg.SensorResul
             "earlier events are not replayed",
             cursor=start,
         )
-    events = read_events(client, cursor, count=MAX_EVENTS_PER_TICK)
-    if not events:
-        return dg.SkipReason(f"no new progress events after stream id {cursor}")
-    observations, handled, boards = _newest_states(client, events)
+    backlog = Backlog.parse(cursor)
+    read, boards = _read_new_events(client, backlog)
+    if not read and not backlog.pending:
+        return dg.SkipReason(f"no new progress events after stream id {backlog.stream}")
+    observations = _observe(client, backlog.take(MAX_OBSERVATIONS_PER_TICK))
     observations += [leaderboard_event(client, key, asset) for key, asset in boards.items()]
-    new_cursor = events[handled - 1][0]  # the first observed event always fits: handled >= 1
     if not observations:
         return dg.SensorResult(
-            skip_reason=f"{handled} new progress events, none of a trained_model epoch or outcome",
-            cursor=new_cursor,
+            skip_reason=f"{read} new progress events, none of a trained_model epoch or outcome",
+            cursor=backlog.dump(),
         )
-    return dg.SensorResult(asset_events=observations, cursor=new_cursor)
+    return dg.SensorResult(asset_events=observations, cursor=backlog.dump())
 
 
-def _newest_states(
-    client: redis_py.Redis, events: list[tuple[str, dict[str, str]]]
-) -> tuple[list[dg.AssetObservation], int, dict[str, str]]:
-    """At most MAX_OBSERVATIONS_PER_TICK observations from the oldest events: per run its
-    newest epoch end (the UI shows the latest epoch; an earlier one of the same batch is
-    folded into it) and its outcome. Returns them and how many events they cover, in
-    order: the rest stays after the cursor for the next tick; and the sweep boards those
-    events touch (board key -> the trials' asset)."""
-    runs: dict[str, RunProgress] = {}
-    chosen: dict[tuple[str, str], dict[str, str]] = {}  # (run, epoch|outcome) -> event
-    folded: dict[str, int] = {}  # epoch ends replaced by a newer one of the same run
-    boards: dict[str, str] = {}  # sweep board key -> the trials' asset
-    handled = 0
-    for _, fields in events:
-        run_id = fields.get("run_id", "")
-        if fields.get("event") in _OBSERVED_EVENTS:
-            if run_id not in runs:
-                runs[run_id] = read_progress(client, run_id)
-            if _is_training_asset(runs[run_id].asset):
-                slot = (run_id, "epoch" if fields["event"] == "epoch_end" else "outcome")
-                if slot not in chosen and len(chosen) >= MAX_OBSERVATIONS_PER_TICK:
-                    break  # this event and the rest: next tick
-                if slot in chosen and slot[1] == "epoch":
-                    folded[run_id] = folded.get(run_id, 0) + 1
-                chosen[slot] = fields
-                if runs[run_id].fields.get("sweep"):
-                    boards[runs[run_id].fields["sweep"]] = runs[run_id].asset
-        handled += 1
-    observations = [
-        progress_observation(fields, runs[run_id], folded=folded.get(run_id, 0) * (kind == "epoch"))
-        for (run_id, kind), fields in chosen.items()
-    ]
-    return observations, handled, boards
+def _read_new_events(client: redis_py.Redis, backlog: Backlog) -> tuple[int, dict[str, str]]:
+    """Read events after the backlog's stream id (batches, within READ_BUDGET_S) into its
+    slots; returns how many were read and the sweep boards they touch (key -> asset)."""
+    deadline = time.monotonic() + READ_BUDGET_S
+    runs: dict[str, dict[str, str]] = {}  # run id -> its asset and sweep fields
+    boards: dict[str, str] = {}
+    read = 0
+    while True:
+        events = read_events(client, backlog.stream, count=MAX_EVENTS_PER_TICK)
+        if not events:
+            break
+        observed = [(eid, f) for eid, f in events if f.get("event") in _OBSERVED_EVENTS]
+        ids = dict.fromkeys(f.get("run_id", "") for _, f in observed)
+        unknown = [run_id for run_id in ids if run_id not in runs]
+        runs.update(read_runs(client, unknown, fields=("asset", "sweep")))
+        for event_id, fields in observed:
+            run = runs[fields.get("run_id", "")]
+            if not _is_training_asset(run.get("asset")):
+                continue
+            kind = EPOCH if fields["event"] == "epoch_end" else OUTCOME
+            backlog.add(fields["run_id"], kind, event_id)
+            if run.get("sweep"):
+                boards[run["sweep"]] = run["asset"]
+        read += len(events)
+        backlog.stream = events[-1][0]
+        if len(events) < MAX_EVENTS_PER_TICK or time.monotonic() > deadline:
+            break
+    return read, boards
+
+
+def _observe(
+    client: redis_py.Redis, slots: list[tuple[str, str, str, int]]
+) -> list[dg.AssetObservation]:
+    """The observations of the slots taken from the backlog: each from its event (or, when
+    the capped stream has dropped it since, from the run's hash) and the run's progress."""
+    pipe = client.pipeline(transaction=False)
+    for _, _, event_id, _ in slots:
+        pipe.xrange(EVENTS_STREAM, min=event_id, max=event_id, count=1)
+    found = pipe.execute() if slots else []
+    hashes = read_runs(client, list(dict.fromkeys(run for run, *_ in slots)))
+    observations = []
+    for (run_id, kind, _, folded), entries in zip(slots, found, strict=True):
+        run = RunProgress.parse(run_id, hashes[run_id])
+        fields = dict(entries[0][1]) if entries else _event_from_hash(run_id, kind, run)
+        observations.append(
+            progress_observation(fields, run, folded=folded if kind == EPOCH else 0)
+        )
+    return observations
+
+
+def _event_from_hash(run_id: str, kind: str, run: RunProgress) -> dict[str, str]:
+    if kind == EPOCH:
+        event = {"event": "epoch_end", "run_id": run_id, "epoch": run.fields.get("epoch", "0")}
+        return {**event, "loss": run.fields.get("loss", "")}
+    status = run.fields.get("status", "finished")
+    return {"event": "failed" if status == "failed" else "finished", "run_id": run_id,
+            "status": status, "error": run.fields.get("error", "")}  # fmt: skip
 
 
 def leaderboard_event(

@@ -1,190 +1,22 @@
-"""The experiment contract: what `prepare_data`, `train` and `evaluate` return.
-
-Plain dataclasses with `to_dict()` / `from_dict()`, so a result crosses a Ray worker,
-a Dagster asset value (JSON) and a checkpoint without losing its shape. Non-finite
-floats (NaN, inf: a metric that was never computed) become `None` in `to_dict()`, since
-strict JSON has no NaN, and come back as NaN from `from_dict()`.
-
-The experiment names one `PrimaryMetric` (`accuracy`/max, `rmse`/min); checks, sensors,
-champion gates and metadata compare models with it, never with a hard-coded name.
-No torch import: the Dagster layer reads these types too.
-"""
+"""What `prepare_data`, `train` and `evaluate` return: PreparedData, EpochRecord,
+Checkpoints, TrainResult, EvalResult (JSON-safe with `to_dict` / `from_dict`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
-from .exceptions import ConfigValueError, TinyExpError
-
-Direction = Literal["max", "min"]
-DIRECTIONS: tuple[str, ...] = get_args(Direction)
-
-__all__ = [
-    "DIRECTIONS",
-    "KNOWN_METRIC_BOUNDS",
-    "Checkpoints",
-    "ContractError",
-    "EpochRecord",
-    "EvalResult",
-    "PreparedData",
-    "PrimaryMetric",
-    "TrainResult",
-    "VAL_PREFIX",
-    "best_val_key",
-    "val_key",
-]
-
-
-class ContractError(TinyExpError, ValueError):
-    """A serialized result does not have the contract's shape (missing key, wrong type)."""
-
-    def __init__(self, what: str, key: str, problem: str) -> None:
-        self.what = what
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{what}: key {key!r} {problem}")
-
-
-# ---------------------------------------------------------------- JSON helpers
-
-
-def _num(value: float | None) -> float | None:
-    """A float for JSON: NaN and inf (never computed, diverged) become None."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _float(value: Any) -> float:
-    """The inverse of `_num`: None reads back as NaN."""
-    return math.nan if value is None else float(value)
-
-
-def _require(data: Mapping[str, Any], what: str, *keys: str) -> None:
-    if not isinstance(data, Mapping):
-        raise ContractError(what, "<root>", f"must be a mapping, got {type(data).__name__}")
-    for key in keys:
-        if key not in data:
-            raise ContractError(what, key, f"is missing (present: {sorted(data)})")
-
-
-def _metrics_out(metrics: Mapping[str, float]) -> dict[str, float | None]:
-    return {str(k): _num(v) for k, v in metrics.items()}
-
-
-def _metrics_in(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    return {str(k): _float(v) for k, v in (metrics or {}).items()}
-
-
-# ---------------------------------------------------------------- primary metric
-
-
-VAL_PREFIX = "val_"  # a validation metric's name in rows, events and metadata
-
-
-def val_key(metric: str) -> str:
-    """`val_<metric>`: a validation metric's name in history rows, events and metadata."""
-    return f"{VAL_PREFIX}{metric}"
-
-
-def best_val_key(metric: str) -> str:
-    """`best_val_<metric>`: the best validation value of a run, in its summaries."""
-    return f"best_{VAL_PREFIX}{metric}"
-
-
-# The values a well-known metric can take: a threshold outside them can never be met.
-KNOWN_METRIC_BOUNDS: dict[str, tuple[float, float]] = {
-    **dict.fromkeys(("accuracy", "precision", "recall", "f1", "auc", "r2_clipped"), (0.0, 1.0)),
-    **dict.fromkeys(("rmse", "mae", "mse", "loss", "error_rate"), (0.0, math.inf)),
-}
-
-
-@dataclass(frozen=True)
-class PrimaryMetric:
-    """The one number that ranks models: its name and whether higher or lower is better."""
-
-    name: str  # a key of EvalResult.metrics and EpochRecord.metrics, e.g. `accuracy`
-    direction: Direction = "max"
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ConfigValueError("primary_metric.name", self.name, "a non-empty metric name")
-        if self.direction not in DIRECTIONS:
-            raise ConfigValueError("primary_metric.direction", self.direction, DIRECTIONS)
-
-    @property
-    def val_key(self) -> str:
-        """Its name in history rows, progress events and metadata: `val_<name>`."""
-        return val_key(self.name)
-
-    @property
-    def best_val_key(self) -> str:
-        """The best validation value's name in run summaries: `best_val_<name>`."""
-        return best_val_key(self.name)
-
-    def check_threshold(self, key: str, value: float) -> None:
-        """Refuse a threshold this metric can never meet (an rmse below 0, an accuracy
-        above 1): ConfigValueError naming `key`, the value and the metric's range."""
-        low, high = KNOWN_METRIC_BOUNDS.get(self.name, (-math.inf, math.inf))
-        if not (isinstance(value, (int, float)) and math.isfinite(value)):
-            raise ConfigValueError(key, value, f"a finite number, in {self.name}'s units")
-        if not low <= value <= high:
-            allowed = f"a value of {self.name} ({self.direction}) in [{low:g}, {high:g}]"
-            raise ConfigValueError(key, value, allowed)
-
-    def better(self, a: float, b: float) -> bool:
-        """Whether `a` is strictly better than `b`; NaN is never better, anything beats NaN."""
-        if math.isnan(a):
-            return False
-        if math.isnan(b):
-            return True
-        return a > b if self.direction == "max" else a < b
-
-    def best(self, values: Iterable[float]) -> float:
-        """The best of `values` (NaN when there is none that is a number)."""
-        result = math.nan
-        for value in values:
-            if self.better(value, result):
-                result = value
-        return result
-
-    def is_at_least_as_good(
-        self, new: float, champion: float | None, tolerance: float = 0.0
-    ) -> bool:
-        """Whether `new` may replace `champion`: no worse than it by more than `tolerance`.
-
-        No champion (None or NaN) accepts any number; a NaN `new` is never accepted.
-        """
-        if tolerance < 0:
-            raise ConfigValueError("tolerance", tolerance, "a number >= 0")
-        if math.isnan(new):
-            return False
-        if champion is None or math.isnan(champion):
-            return True
-        if self.direction == "max":
-            return new >= champion - tolerance
-        return new <= champion + tolerance
-
-    def passes(self, value: float, threshold: float) -> bool:
-        """Whether `value` meets a threshold (>= for max, <= for min); NaN never does."""
-        if math.isnan(value):
-            return False
-        return value >= threshold if self.direction == "max" else value <= threshold
-
-    def to_dict(self) -> dict[str, Any]:
-        """`{"name": ..., "direction": ...}`."""
-        return {"name": self.name, "direction": self.direction}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PrimaryMetric:
-        """Inverse of `to_dict()`."""
-        _require(data, "PrimaryMetric", "name", "direction")
-        return cls(str(data["name"]), data["direction"])
-
+from tinyexp_core.contract.base import (
+    ContractError,
+    _float,
+    _metrics_in,
+    _metrics_out,
+    _num,
+    _require,
+)
+from tinyexp_core.contract.metric import VAL_PREFIX, PrimaryMetric, val_key
 
 # ---------------------------------------------------------------- data
 
