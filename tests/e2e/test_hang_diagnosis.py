@@ -280,6 +280,7 @@ def test_hung_rank_stacks_resume_and_a_repeated_hang_fails(
 ) -> None:
     import dagster as dg
 
+    from tinyexp_core.launchers.ray_head import stop_head
     from tinyexp_core.progress import read_run, stacks_key
     from tinyexp_core.redis_client import make_client
 
@@ -383,5 +384,8 @@ def test_hung_rank_stacks_resume_and_a_repeated_hang_fails(
         if scenario is not None:
             scenario.release_stopped()
         client.close()
+        # The runs' default local Ray outlives them by design (warm, one per storage root):
+        # stopped here, so that what outlives the daemon's shutdown is a leak.
+        stop_head(deployment.storage_root)
         stragglers = daemon.stop()
     assert not stragglers, f"processes outlived the daemon's shutdown: {stragglers}"
