@@ -225,11 +225,9 @@ def materialize_in_process(instance: Any, pipeline: Pipeline, asset: str) -> Any
         instance,
         asset_selection=[key],
         tags={"tinyexp/pipeline": pipeline.name},
-        # One quick step: in this process, its event log in the instance, not on the terminal.
-        run_config={
-            "execution": {"config": {"in_process": {}}},
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-        },
+        # One quick step (the pipeline's executor runs it in this process): its event log in
+        # the instance, not on the terminal.
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
 
 

@@ -3,7 +3,6 @@ resume equivalence, fail-fast launcher errors and cleanup after a worker failure
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import subprocess
@@ -73,7 +72,8 @@ def _alive_launcher_actors() -> list[str]:
     ]
 
 
-_eventually = functools.partial(_wait, timeout_s=15.0)
+def _eventually(predicate, timeout_s: float = 15.0) -> bool:
+    return _wait(predicate, timeout_s)
 
 
 def _pid_alive(pid: int) -> bool:

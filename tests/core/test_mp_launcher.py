@@ -3,7 +3,6 @@ by rank, every child gone on every exit path, and torchrun's world joined, not r
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import signal
@@ -43,7 +42,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_eventually = functools.partial(_wait, timeout_s=15.0)
+def _eventually(predicate, timeout_s: float = 15.0) -> bool:
+    return _wait(predicate, timeout_s)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ process cannot serve (GPUs, a runtime_env beyond variables) starts ranks of its 
 
 from __future__ import annotations
 
-import functools
 import os
 import textwrap
 
@@ -17,7 +16,9 @@ from tinyexp_core.exceptions import WorkerFailedError
 from tinyexp_core.launchers import ray_pool
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec, _RankWorker
 
-eventually = functools.partial(_wait, timeout_s=60.0)
+
+def eventually(predicate, timeout_s: float = 60.0) -> bool:
+    return _wait(predicate, timeout_s)
 
 
 def alive(pid: int) -> bool:

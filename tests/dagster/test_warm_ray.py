@@ -150,8 +150,21 @@ def dead_pid() -> int:
     return proc.pid
 
 
+@pytest.fixture
+def no_ray_connection(monkeypatch):
+    """This process as a fresh step process: not connected to a Ray (the test session's own
+    Ray, started by other tests, would otherwise be used as it is)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+
 @pytest.mark.parametrize("holder", ["dead", "not_a_holder"])
-def test_a_stale_record_is_replaced_by_a_new_head(tmp_path, capsys, monkeypatch, holder):
+def test_a_stale_record_is_replaced_by_a_new_head(
+    tmp_path, capsys, monkeypatch, holder, no_ray_connection
+):
     from tinyexp_core.launchers import ray_head
 
     root = tmp_path / "root"
@@ -194,7 +207,7 @@ def test_an_address_or_local_never_starts_a_head(tmp_path, monkeypatch):
         RayLaunchSpec(num_workers=4096, address="local").validate()
 
 
-def test_a_bad_idle_stop_fails_before_anything_starts(tmp_path, monkeypatch):
+def test_a_bad_idle_stop_fails_before_anything_starts(tmp_path, monkeypatch, no_ray_connection):
     from tinyexp_core.exceptions import ConfigValueError
     from tinyexp_core.launchers.ray_head import ENV_IDLE_STOP_S
 
