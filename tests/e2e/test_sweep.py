@@ -29,6 +29,8 @@ from tests.e2e.conftest import CHROMIUM_ARGS, E2EDeployment
 from tests.e2e.helpers import dagster_dev, graphql, run_failure_report, wait_for
 from tests.e2e.services import ray_head
 
+DOC_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "images" / "sweep-leaderboard.png"
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NAME = "sweep"
@@ -253,6 +255,8 @@ def test_backfill_a_sweep_with_two_trainings_at_once(
                         "rank", "trial", "status", "epoch", "metric", "best", "overrides"
                     ], header  # fmt: skip
                     page.screenshot(path=str(artifacts_dir / "sweep-leaderboard.png"))
+                    # docs/your-model.md shows the leaderboard as this run drew it
+                    page.screenshot(path=str(DOC_IMAGE))
                     cells = [
                         [c.strip() for c in tr.locator("td").all_inner_texts()]
                         for tr in table.locator("tr").all()
