@@ -333,5 +333,17 @@ def dagster_dev(
         wait_for(ready, timeout_s=startup_s, what=f"dagster dev on port {port}", context=proc.tail)
         yield proc, port
     finally:
+        stop_warm_ray(env)
         stragglers = proc.stop()
     assert not stragglers, f"processes outlived dagster dev's shutdown: {stragglers}\n{proc.tail()}"
+
+
+def stop_warm_ray(env: Mapping[str, str]) -> None:
+    """Stop the storage root's default local Ray: it outlives the runs by design (warm, one
+    per root, stopped after its idle time), so a test stops it before it counts leftovers,
+    and what then outlives a shutdown is a leak."""
+    from tinyexp_core.launchers.ray_head import stop_head
+
+    root = env.get("TINYEXP_STORAGE_ROOT")
+    if root and not env.get("RAY_ADDRESS"):
+        stop_head(root)

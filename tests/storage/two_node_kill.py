@@ -142,8 +142,8 @@ def run_kill(work: Path, redis_url: str, s3: Any, mp: Any, make_cluster: Any) ->
     hook = _KillOnNodeB(cluster, node_b, work, s3)
 
     class HookedRay(RayDDPResource):
-        def run(self, exp: Any, spec: Any, *, log=None, on_started=None) -> list[Any]:
-            return super().run(exp, spec, log=log, on_started=hook)
+        def run(self, exp: Any, spec: Any, *, on_started=None, **kwargs: Any) -> list[Any]:
+            return super().run(exp, spec, on_started=hook, **kwargs)
 
     resources = {
         "ray": HookedRay(address=cluster.address, num_workers=2, num_cpus_per_worker=1),
