@@ -46,6 +46,9 @@ class TimedReporter:
         self.inner = inner
         self.seconds = 0.0
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)  # heartbeat, epoch_end, ...: not timed
+
     def wants_step(self) -> bool:
         start = time.perf_counter()
         wanted = self.inner.wants_step()

@@ -152,14 +152,22 @@ def drain_backlog(sensor: Any, instance: Any, resources: dict, num_runs: int) ->
 
 
 def measure(backend: str, url: str, storage: str, num_runs: int, ticks: int) -> dict[str, Any]:
-    from tinyexp_dagster.resources import RedisProgressResource, StorageResource
+    from tinyexp_dagster.resources import (
+        RedisProgressResource,
+        StallSettingsResource,
+        StorageResource,
+    )
     from tinyexp_dagster.sensors import stalled_training_sensor, training_progress_sensor
 
     Path(storage).mkdir(parents=True, exist_ok=True)
     client = redis_client(url)
     client.flushdb()
     client.close()
-    resources = {"redis": RedisProgressResource(url=url), "storage": StorageResource(root=storage)}
+    resources = {
+        "redis": RedisProgressResource(url=url),
+        "storage": StorageResource(root=storage),
+        "stalls": StallSettingsResource(),
+    }
     sensors = {"training_progress_sensor": training_progress_sensor}
     sensors["stalled_training_sensor"] = stalled_training_sensor
     cursors = {"training_progress_sensor": "0-0", "stalled_training_sensor": None}

@@ -27,7 +27,38 @@ from pathlib import Path
 
 from bench.results import Run, add_results_arg
 from bench.stats import compare
-from bench.step_checkpoint import _trial
+
+
+def _trial(steps: int, every: int, batch: int, directory: str) -> list[float]:
+    """Per-step seconds of the MNIST net's training step, one process, with a background
+    step checkpoint every `every` steps into `directory` (a remote root's node mirror
+    uploads each file in the background; a local directory does not)."""
+    import torch
+    import torch.nn.functional as F
+
+    from tinyexp_core import checkpoint as ckpt
+    from tinyexp_core.examples.nets import Net
+    from tinyexp_core.step_checkpoint import StepCheckpointWriter
+
+    torch.manual_seed(0)
+    model = Net(10, 1, 0.25)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    times = []
+    with StepCheckpointWriter(ckpt.CheckpointManager(directory, keep_last_n=2)) as writer:
+        for step in range(1, steps + 1):
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if every and step % every == 0:
+                state = ckpt.build_checkpoint(model=model, optimizer=optimizer, epoch=0,
+                                              step=step)  # fmt: skip
+                writer.submit(state)
+            times.append(time.perf_counter() - t0)
+    return times
+
 
 TARGET = 1.02
 SIDES = ("off", "on", "off2")
