@@ -103,15 +103,7 @@ def test_follow_the_page_from_an_empty_folder(ray_cluster, redis_url: str, tmp_p
         assert {"regressor_training_pipeline", "wine_training_pipeline"} <= jobs
 
         # Step 5: materialize, with the page's command.
-        run = subprocess.run(
-            ["bash", "-c", commands["materialize"]],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=540,
-        )
-        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        _run_printed(commands["materialize"], project, env)
 
         event = instance.get_latest_materialization_event(
             dg.AssetKey(["regressor", "model_evaluation"])
@@ -127,37 +119,13 @@ def test_follow_the_page_from_an_empty_folder(ray_cluster, redis_url: str, tmp_p
         assert trained["effective_config"].value["train_cfg"]["num_epochs"] == 5  # defs.yaml
 
         # The classifier, with the default two Ray workers.
-        run = subprocess.run(
-            ["bash", "-c", commands["materialize-wine"]],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=540,
-        )
-        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        _run_printed(commands["materialize-wine"], project, env)
         _check_wine(instance)
 
         # Step 6: the sweep, from the terminal.
-        run = subprocess.run(
-            ["bash", "-c", commands["sweep"]],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=540,
-        )
-        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-        _check_sweep(instance, run.stdout)
-        compared = subprocess.run(
-            ["bash", "-c", commands["compare"]],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert compared.returncode == 0, (compared.stdout + compared.stderr)[-4000:]
+        swept = _run_printed(commands["sweep"], project, env)
+        _check_sweep(instance, swept.stdout)
+        compared = _run_printed(commands["compare"], project, env)
         assert "lr=0.001" in compared.stdout and "lr=0.01" in compared.stdout
         picture = project / "curves.png"
         assert picture.read_bytes()[:4] == b"\x89PNG"
@@ -176,6 +144,15 @@ def _check_sweep(instance: dg.DagsterInstance, printed: str) -> None:
         metadata = found[0].event_log_entry.asset_materialization.metadata
         assert metadata["sweep_status"].value == "finished", metadata["sweep_status"]
         assert trial in printed, printed[-3000:]
+
+
+def _run_printed(command: str, project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """One of the page's `<!-- run: ... -->` commands, as a user types it; it must succeed."""
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=project, env=env, capture_output=True, text=True, timeout=540
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done
 
 
 def _check_wine(instance: dg.DagsterInstance) -> None:
