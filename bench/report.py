@@ -95,8 +95,9 @@ METHOD_NOTES = """\
   most `MAX_OBSERVATIONS_PER_TICK` (50) of them, oldest first; the rest wait in the
   sensor's cursor (`tinyexp_dagster/sensors/progress_backlog.py`), at most two slots per
   run, so the backlog of 1000 runs empties in about 40 ticks once they slow down, and a
-  busy run is observed about every 2N / 50 ticks. `tests/dagster/test_sensors.py` drains
-  1000 runs; `bench.sensor_cost` saves how many ticks its drain took (`drain`).
+  busy run is observed about every 2N / 50 ticks.
+  `tests/dagster/sensors/test_training_progress_sensor.py` drains 1000 runs;
+  `bench.sensor_cost` saves how many ticks its drain took (`drain`).
 - **Shared machines.** Each result records the load average before and after; a wide A/A
   interval says the run was noisy, and its verdicts are then mostly `inconclusive`.
 - **Machine speed varies between days.** The same machine kind ran everything 2-3x slower
