@@ -70,7 +70,7 @@ def test_pipeline_on_two_nodes_with_the_storage_root_in_s3(tmp_path: Path, redis
     assert driver_runs == [
         f"runs/{run_id}/checkpoints/best.pt",
         f"runs/{run_id}/checkpoints/best.pt.sha256",
-        f"runs/{run_id}/learning_curves.png",  # drawn by the driver, then uploaded
+        f"runs/{run_id}/learning_curves.svg",  # drawn by the driver, then uploaded
     ]
 
     objects = set(report["objects"])
@@ -78,7 +78,7 @@ def test_pipeline_on_two_nodes_with_the_storage_root_in_s3(tmp_path: Path, redis
         assert f"team/runs/{run_id}/checkpoints/{name}" in objects
         assert f"team/runs/{run_id}/checkpoints/{name}.sha256" in objects
     assert f"team/runs/{run_id}/config.yaml" in objects
-    assert f"team/runs/{run_id}/learning_curves.png" in objects
+    assert f"team/runs/{run_id}/learning_curves.svg" in objects
     assert "team/models/mnist/champion.json" in objects
 
     # The champion's model.pt in the bucket, hashed from the bucket's bytes, is what its

@@ -207,9 +207,13 @@ def metric_check(result: Any, threshold: float) -> dg.AssetCheckResult:
 
 
 def confusion_markdown(matrix: list[list[int]]) -> str:
-    """A confusion matrix as a markdown table (rows: true class, columns: predicted)."""
-    import pandas as pd
-
-    frame = pd.DataFrame(matrix)
-    frame.index.name = "true \\ pred"
-    return frame.to_markdown()
+    """A confusion matrix as a markdown table (rows: true class, columns: predicted),
+    right-aligned. Written by hand: importing pandas for it cost ~0.45 s per run."""
+    header = ["true \\ pred", *(str(j) for j in range(len(matrix[0]) if matrix else 0))]
+    rows = [header, *([str(i), *(str(n) for n in row)] for i, row in enumerate(matrix))]
+    widths = [max(len(row[j]) for row in rows) for j in range(len(header))]
+    lines = [
+        "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
+    return "\n".join([lines[0], rule, *lines[1:]])

@@ -9,7 +9,7 @@ from tinyexp_dagster.assets.common import PipelineSpec, config_hash, table
 from tinyexp_dagster.assets.plan import TrainPlan
 from tinyexp_dagster.curves import epoch_metadata
 
-CURVES_FILE = "learning_curves.png"  # in the run directory
+CURVES_FILE = "learning_curves.svg"  # in the run directory
 
 
 def train_output(
@@ -66,17 +66,17 @@ def train_output(
 def write_curves_best_effort(
     context: dg.AssetExecutionContext, rows: list[dict[str, Any]], metric: str, run_dir: str
 ) -> Any:
-    """`<run_dir>/learning_curves.png`, or None (with a warning) when it cannot be drawn: a
+    """`<run_dir>/learning_curves.svg`, or None (with a warning) when it cannot be drawn: a
     picture never fails a finished training."""
     from tinyexp_core import storage
-    from tinyexp_dagster.curves import plot_curves
+    from tinyexp_dagster.curves import svg_curves
 
     try:
         # An object-store run directory (a URI): drawn in this node's mirror, then uploaded.
-        path = plot_curves([("run", rows)], metric, storage.local_path(run_dir) / CURVES_FILE)
+        path = svg_curves(rows, metric, storage.local_path(run_dir) / CURVES_FILE)
         storage.publish(path)
         return path
-    except Exception as err:  # matplotlib missing or broken, disk full: the run stands
+    except Exception as err:  # disk full, a bad row: the run stands
         context.log.warning(f"learning curves not drawn: {type(err).__name__}: {err}")
         return None
 
