@@ -1,15 +1,16 @@
 """Peak resident memory of a benchmark's processes, from Linux's /proc: a sampler thread.
 
-Every `period_s` (0.2 s) the thread lists the processes a finder names (a scan of /proc:
-parent ids, and the command line of a process seen for the first time or still titled
-`ray::...`, whose title changes when it becomes an actor) and reads each one's `VmHWM`
+Every `period_s` (0.2 s) the thread lists the processes a finder names (a listing of /proc;
+the parent id and command line of a process seen for the first time, and again the
+command line of a Ray worker until it takes its actor's title) and reads each one's `VmHWM`
 (the kernel's own peak of its resident set) from /proc/<pid>/status, keeping the last
 value seen per process: the peak is the kernel's, not a sample's, so a short spike between
 two samples counts; only growth in a process's last ~0.2 s can be missed. A process that
 lives across runs (a warm Ray rank) has its peak reset first (`reset_peak`: "5" written to
-/proc/<pid>/clear_refs), so its value is this run's. Cost: one tick reads ~150 small /proc
-files, ~2-5 ms of one core every 0.2 s (1-2% of one core); `Sampler.busy_s` is the total,
-saved with the results.
+/proc/<pid>/clear_refs), so its value is this run's. Cost: a tick lists /proc and reads a
+few small files, ~1-3 ms of one core every 0.2 s (under 2% of one core; reading every
+process's command line each tick cost 40 ms on a loaded 2-core machine, hence the cache);
+`Sampler.busy_s`, its total, is saved with each run.
 """
 
 from __future__ import annotations
@@ -53,11 +54,17 @@ def _environ(pid: int) -> str:
     return _read(f"/proc/{pid}/environ")
 
 
+def _unsettled(title: str) -> bool:
+    """A Ray worker not yet titled as its actor (it starts as `default_worker.py`)."""
+    return "default_worker" in title or title.startswith("ray::IDLE")
+
+
 class ProcessTable:
-    """Parent ids and command lines of this user's processes, re-read cheaply per tick."""
+    """Parent ids and command lines of the processes, cached: a tick lists /proc and reads
+    only new processes and Ray workers still to become an actor."""
 
     def __init__(self) -> None:
-        self._titles: dict[int, str] = {}
+        self._known: dict[int, tuple[int, str]] = {}
 
     def scan(self) -> dict[int, tuple[int, str]]:
         """pid -> (parent pid, command line with spaces)."""
@@ -66,16 +73,15 @@ class ProcessTable:
             if not name.isdigit():
                 continue
             pid = int(name)
-            stat = _read(f"/proc/{pid}/stat")
-            if not stat:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            title = self._titles.get(pid)
-            if title is None or title.startswith("ray::"):
-                title = self._titles[pid] = _read(f"/proc/{pid}/cmdline").replace("\0", " ")
-            out[pid] = (ppid, title)
-        for gone in set(self._titles) - set(out):
-            del self._titles[gone]
+            known = self._known.get(pid)
+            if known is None or _unsettled(known[1]):
+                stat = _read(f"/proc/{pid}/stat")
+                if not stat:
+                    continue
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                known = (ppid, _read(f"/proc/{pid}/cmdline").replace("\0", " "))
+            out[pid] = known
+        self._known = out
         return out
 
 

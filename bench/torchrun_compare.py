@@ -132,7 +132,9 @@ def ours(tmp: Path, rep: str, epochs: int, url: str) -> dict:
     marks = read_marks(str(timing))
     first = min(t for name, t, _ in marks if name == "first_step_rank0")
     ranks = sorted({pid for name, _, pid in marks if name.startswith("process_group_ready_rank")})
-    rank_mib = [mib(sampler.peaks.get(pid)) for pid in ranks]
+    if len(ranks) != 2 or not set(ranks) <= set(sampler.peaks):
+        raise RuntimeError(f"rank processes {ranks}, sampled {sorted(sampler.peaks)}")
+    rank_mib = [mib(sampler.peaks[pid]) for pid in ranks]
     return {
         "first_step_s": first - start,
         "job_s": end - start,
