@@ -44,12 +44,14 @@ SMOKE_ARGS = {
     "storage_upload": ["--steps", "20", "--every", "5", "--trials", "2", "--resumes", "2"],
     "warm_start": ["--reps", "1", "--epochs", "1"],
     "sweep": ["--reps", "1", "--epochs", "2", "--trials", "3", "--num-samples", "256"],
+    "sweep_trial": ["--reps", "1", "--epochs", "2", "--trials", "2", "--num-samples", "256"],
 }
 
 
 # Longest first, so that parallel smoke lanes finish together (seconds seen in smoke runs).
 SMOKE_ORDER = ("startup", "torchrun_compare", "warm_start", "training_overhead", "ddp_scaling")
-SMOKE_ORDER += ("sweep", "orchestration", "progress_overhead", "input_pipeline", "sensor_cost")
+SMOKE_ORDER += ("sweep", "sweep_trial", "orchestration", "progress_overhead", "input_pipeline")
+SMOKE_ORDER += ("sensor_cost",)
 SMOKE_ORDER += ("step_checkpoint", "storage_upload")
 
 

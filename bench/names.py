@@ -66,7 +66,8 @@ BENCHMARKS = (
         "torchrun_compare",
         "9. The default path vs a plain torchrun script",
         "torchrun script vs retrain_job: epoch speed (>= 0.95); warm whole job (<= 1.3), "
-        "first step (<= 1.0); cold whole job (<= 1.8), first step (<= 2.0)",
+        "first step (<= 1.0); cold whole job (<= 1.8), first step (<= 2.0); peak memory, "
+        "largest rank warm and cold, step process, / the script's largest rank (<= 1.1)",
     ),
     (
         "warm_start",
@@ -77,6 +78,11 @@ BENCHMARKS = (
         "orchestration",
         "7. Orchestration overhead of make run",
         "share of a warm make run's wall time outside the loops (<= 0.40)",
+    ),
+    (
+        "sweep_trial",
+        "14. A sweep trial on a warm Ray",
+        "trial wall time / its training loop (<= 1.5)",
     ),
     (
         "sweep",
@@ -125,9 +131,15 @@ MEASURES: dict[str, tuple[str, ...]] = {
         "tinyexp_core/accelerators",
     ),
     "startup": ("bench/startup.py", "bench/torchtrainer_startup.py", *_WHOLE_PATH),
-    "torchrun_compare": ("bench/torchrun_compare.py", "bench/torchrun_script.py", *_WHOLE_PATH),
+    "torchrun_compare": (
+        "bench/torchrun_compare.py",
+        "bench/torchrun_script.py",
+        "bench/peak_rss.py",
+        *_WHOLE_PATH,
+    ),
     "warm_start": ("bench/warm_start.py", *_WHOLE_PATH),
     "orchestration": ("bench/orchestration.py", *_WHOLE_PATH),
+    "sweep_trial": ("bench/sweep_trial.py", "bench/sweep_trial_defs.py", *_WHOLE_PATH),
     "sweep": ("bench/sweep.py", "tinyexp_core/sweep.py", "tinyexp_dagster/assets/sweep.py"),
     "gpu_check": ("bench/gpu_check.py", "tinyexp_core/accelerators", "tinyexp_core/training"),
 }

@@ -24,7 +24,16 @@ for the one before it. Per run:
 - whole-job wall time, process spawn to exit, ours over torchrun's: warm <= 1.3, cold
   <= 1.8 (ours also promotes and evaluates);
 - time to first step, process spawn to rank 0's first optimizer step, ours over
-  torchrun's: warm <= 1.0, cold <= 2.0.
+  torchrun's: warm <= 1.0, cold <= 2.0;
+- peak memory (issue 24): the peak resident set (VmHWM) of each process, from a sampler
+  thread in this process (`bench.peak_rss`: /proc every 0.2 s, ~1-2% of one core, its busy
+  seconds saved per run). Ours: the step process (the `dagster job execute` process: the
+  in-process executor runs the step in it) and each of its 2 Ray ranks (the rank actors
+  whose timing marks this run wrote; a warm rank's peak is reset right before the run, so
+  its warm-up before the run does not count); theirs: each torchrun rank (the agent's
+  children) and, for information, the agent. Compared against the torchrun script's
+  largest rank, lower is better: ours' largest rank, warm and cold, <= 1.1; the step
+  process, warm, <= 1.1.
 
     .venv/bin/python -m bench.torchrun_compare [--reps 5] [--epochs 5]
 """
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -40,21 +50,21 @@ from pathlib import Path
 
 from bench.common import (
     embedded_server,
-    first_marks,
     free_port,
     local_ray,
     python,
     redis_client,
     settle_local_ray,
-    spawn_timed,
     stop_local_ray,
     turn_order,
 )
 from bench.names import CODE_LOCATION, RETRAIN_JOB
+from bench.peak_rss import Sampler, children, mib, rank_pids, reset_rank_peaks, spawn_sampled
 from bench.results import Run, add_results_arg
 from bench.startup import DAGSTER, dagster_env, run_config, setup
 from bench.stats import compare
 from bench.torchrun_script import RESULT_PREFIX
+from tinyexp_core.timing import read_marks
 
 TARGET = 0.95
 SIDES = ("cold", "warm", "torchrun", "torchrun2")  # cold / warm: ours, without / with a Ray
@@ -65,6 +75,14 @@ JOB_TARGETS = (
     ("cold", "job_s", "whole-job wall time, cold", 1.8),
     ("cold", "first_step_s", "time to first step, cold", 2.0),
 )
+MEMORY_TARGET = 1.1
+# (side, key, label): peak MiB of ours over the torchrun script's largest rank, lower is better
+MEMORY_TARGETS = (
+    ("warm", "largest_rank_mib", "peak RSS, largest rank, warm"),
+    ("cold", "largest_rank_mib", "peak RSS, largest rank, cold"),
+    ("warm", "step_mib", "peak RSS, step process, warm"),
+)
+MARKER = "TINYEXP_BENCH_MARKER"  # in this benchmark's environment, so in its Ray ranks'
 SCRIPT = Path(__file__).resolve().with_name("torchrun_script.py")
 
 
@@ -105,14 +123,27 @@ def ours(tmp: Path, rep: str, epochs: int, url: str) -> dict:
     config = tmp / "retrain.yaml"
     config.write_text(run_config(epochs))
     cmd = [DAGSTER, "job", "execute", "-m", CODE_LOCATION, "-j", RETRAIN_JOB, "-c", str(config)]
-    start, end, _ = spawn_timed(cmd, env=dagster_env(tmp, timing))
+    reset = reset_rank_peaks(str(tmp))  # warm ranks live across runs: this run's peak only
+    sampler = Sampler(lambda table, _root: rank_pids(table))
+    start, end, _ = spawn_sampled(cmd, sampler, env=dagster_env(tmp, timing))
     ends = epoch_end_times(url, latest_run_id(tmp / "dagster_home"))
     if len(ends) != epochs:
         raise RuntimeError(f"{RETRAIN_JOB} reported {len(ends)} epoch ends, expected {epochs}")
+    marks = read_marks(str(timing))
+    first = min(t for name, t, _ in marks if name == "first_step_rank0")
+    ranks = sorted({pid for name, _, pid in marks if name.startswith("process_group_ready_rank")})
+    if len(ranks) != 2 or not set(ranks) <= set(sampler.peaks):
+        raise RuntimeError(f"rank processes {ranks}, sampled {sorted(sampler.peaks)}")
+    rank_mib = [mib(sampler.peaks[pid]) for pid in ranks]
     return {
-        "first_step_s": first_marks(timing)["first_step_rank0"] - start,
+        "first_step_s": first - start,
         "job_s": end - start,
         "epoch_ends_s": [t - start for t in ends],
+        "step_mib": mib(sampler.peaks.get(sampler.root)),
+        "rank_mib": rank_mib,
+        "largest_rank_mib": max(rank_mib),
+        "ranks_reset": reset,
+        "sampler_busy_s": sampler.busy_s,
     }
 
 
@@ -122,13 +153,19 @@ def torchrun(tmp: Path, name: str, epochs: int, prepared: str) -> dict:
     cmd += ["--data", prepared, "--out", str(tmp / name), "--epochs", str(epochs)]
     # One thread per rank and gloo on loopback, as the Ray launcher sets up its ranks.
     env = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    start, end, out = spawn_timed(cmd, env=env)
+    sampler = Sampler(children)
+    start, end, out = spawn_sampled(cmd, sampler, env=env)
+    rank_mib = [mib(kib) for pid, kib in sorted(sampler.peaks.items()) if pid != sampler.root]
     (line,) = [x for x in out.splitlines() if x.startswith(RESULT_PREFIX)]
     found = json.loads(line[len(RESULT_PREFIX) :])
     return {
         "first_step_s": found["first_step"] - start,
         "job_s": end - start,
         "epoch_ends_s": [t - start for t in found["epoch_ends"]],
+        "agent_mib": mib(sampler.peaks.get(sampler.root)),
+        "rank_mib": rank_mib,
+        "largest_rank_mib": max(rank_mib),
+        "sampler_busy_s": sampler.busy_s,
     }
 
 
@@ -167,7 +204,25 @@ def comparisons(runs: dict[str, list[dict]]) -> list[dict]:
                 what=f"seconds from process spawn ({label}), ours over theirs",
             )
         )
-    return out
+    return out + memory_comparisons(runs)
+
+
+def memory_comparisons(runs: dict[str, list[dict]]) -> list[dict]:
+    """Peak resident memory of ours' processes over the torchrun script's largest rank."""
+    theirs = [r["largest_rank_mib"] for r in runs["torchrun"]]
+    control = ([r["largest_rank_mib"] for r in runs["torchrun2"]], theirs)
+    return [
+        compare(
+            f"9. {label} / torchrun script's largest rank",
+            [r[key] for r in runs[side]],
+            theirs,
+            target=MEMORY_TARGET,
+            direction="lower",
+            control=control,
+            what="peak resident set (VmHWM, MiB) over the run, ours over theirs",
+        )
+        for side, key, label in MEMORY_TARGETS
+    ]
 
 
 def one_run(tmp: Path, side: str, rep: int, args: argparse.Namespace, url: str, prepared: str):
@@ -178,6 +233,12 @@ def one_run(tmp: Path, side: str, rep: int, args: argparse.Namespace, url: str, 
         return ours(tmp, f"{side}-{rep}", args.epochs, url)
     settle_local_ray(tmp / "root")
     return torchrun(tmp, f"{side}-{rep}", args.epochs, prepared)
+
+
+def memory_extra(res: dict) -> str:
+    if "step_mib" in res:
+        return f", step {res['step_mib']:.0f} ({res['ranks_reset']} warm rank peaks reset)"
+    return f", agent {res['agent_mib']:.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory(prefix="bench-torchrun-") as name:
         tmp = Path(name)
+        os.environ[MARKER] = str(tmp)  # the Ray this run starts passes it on to its ranks
         server = embedded_server(tmp / "root")
         try:
             prepared = setup(tmp)
@@ -203,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                     runs[side].append(res)
                     print(
                         f"rep {rep} {side}: first step {res['first_step_s']:.1f} s, epoch to "
-                        f"epoch {epoch_to_epoch(res):.2f} s, job {res['job_s']:.1f} s",
+                        f"epoch {epoch_to_epoch(res):.2f} s, job {res['job_s']:.1f} s, peak "
+                        f"MiB: ranks {[round(m) for m in res['rank_mib']]}"
+                        f"{memory_extra(res)}",
                         flush=True,
                     )
         finally:
@@ -218,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         "glibc malloc's thresholds before training (`steady_malloc`, "
         "docs/running-modes.md). Theirs: `bench/torchrun_script.py`, as a user writes it "
         "(glibc malloc as it comes). Every run's epoch-end times, first step "
-        "and exit (seconds from spawn) are in the raw results."
+        "and exit (seconds from spawn) are in the raw results, and its peak resident "
+        "memory (VmHWM, MiB, sampled every 0.2 s): ours' step process and ranks, "
+        "torchrun's ranks and agent."
     )
     bench_run.save({"runs": runs}, comparisons(runs), args.results_dir, notes)
     return 0
