@@ -43,7 +43,6 @@ from bench.common import (
 from bench.results import Run, add_results_arg
 from bench.startup import dagster_env
 from bench.stats import value_against_target
-from bench.torchrun_compare import epoch_end_times, latest_run_id
 
 TARGET = 1.5
 LOCATION = "bench.sweep_trial_defs"  # the code location the trials run from
@@ -86,6 +85,10 @@ def trial(tmp: Path, args: argparse.Namespace, key: str, tag: str, url: str) -> 
     cmd = [python(), "-m", "dagster", "job", "execute", "-m", LOCATION, "-d", str(REPO_ROOT)]
     cmd += ["-j", f"{NAME}_training_pipeline", "--tags", json.dumps({"dagster/partition": key})]
     start, end, _ = spawn_timed(cmd, env=location_env(tmp, args, timing))
+    # Here, not at the top: the trials' code location imports this module for its names,
+    # and bench.torchrun_compare imports torch (~2.7 s a trial that a user would not pay).
+    from bench.torchrun_compare import epoch_end_times, latest_run_id
+
     ends = epoch_end_times(url, latest_run_id(tmp / "dagster_home"))
     if len(ends) != args.epochs:
         raise RuntimeError(f"trial {key}: {len(ends)} epoch ends, expected {args.epochs}")
