@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     deadline = time.monotonic() + args.budget_s
     bench_run = Run("gpu_check", {k: v for k, v in vars(args).items() if k != "results_dir"})
-    from tinyexp_core.launchers.ray import ray_session
+    from tinyexp_core.launchers.ray_session import ray_session
 
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as name, ray_session():
         found = rounds(args, Path(name), gpu, deadline)

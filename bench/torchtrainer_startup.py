@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         # A Ray that `tinyexp-dagster ray up` runs on loopback with token authentication:
         # joined the way TinyExp's warm start joins it (node IP 127.0.0.1, the token file).
-        from tinyexp_core.launchers.ray import _connect_loopback
+        from tinyexp_core.launchers.ray_session import _connect_loopback
 
         _connect_loopback(args.address)
     mark(args.timing_file, "ray_ready")

@@ -39,7 +39,7 @@ _EXPORTS = {
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "RayLauncher": "launchers.ray",
-    "RayLaunchSpec": "launchers.ray",
+    "RayLaunchSpec": "launchers.ray_spec",
     "TrainingSession": "training",
 }
 

@@ -41,12 +41,9 @@ from tinyexp_core.exceptions import (
     WorkerFailedError,
 )
 from tinyexp_core.launchers import run_in_process
-from tinyexp_core.launchers.ray import (
-    RayLauncher,
-    RayLaunchSpec,
-    _check_cluster_fits,
-    _check_reachable,
-)
+from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
+from tinyexp_core.launchers.ray_session import _check_reachable
+from tinyexp_core.launchers.ray_spec import check_cluster_fits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_ACTORS = {"_RankWorker", "_LogSink"}
@@ -236,7 +233,7 @@ def test_too_many_workers_fails_before_anything_starts(ray_cluster):
 def test_request_bigger_than_the_cluster_is_refused(ray_cluster):
     # The session cluster has 2 CPUs; no node can host a 3-CPU worker.
     with pytest.raises(InsufficientResourcesError) as info:
-        _check_cluster_fits(RayLaunchSpec(num_workers=1, num_cpus_per_worker=3))
+        check_cluster_fits(RayLaunchSpec(num_workers=1, num_cpus_per_worker=3))
     assert info.value.resource == "CPU" and info.value.available == 2
 
 

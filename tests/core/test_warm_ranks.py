@@ -14,7 +14,8 @@ from tests.core.distributed_exps import FailingExp, WhoAmIExp
 from tests.waiting import eventually as _wait
 from tinyexp_core.exceptions import WorkerFailedError
 from tinyexp_core.launchers import ray_pool
-from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec, _RankWorker
+from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
+from tinyexp_core.launchers.ray_rank import _RankWorker
 
 
 def eventually(predicate, timeout_s: float = 60.0) -> bool:

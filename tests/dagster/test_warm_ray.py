@@ -186,7 +186,7 @@ def test_a_stale_record_is_replaced_by_a_new_head(
 
 def test_an_address_or_local_never_starts_a_head(tmp_path, monkeypatch):
     from tinyexp_core.launchers import ray_head
-    from tinyexp_core.launchers.ray import RayLaunchSpec
+    from tinyexp_core.launchers.ray_spec import RayLaunchSpec
 
     def refuse(root):
         raise AssertionError("a head was started")
@@ -282,7 +282,7 @@ def test_a_loopback_address_is_joined_in_loopback_mode_only_when_ray_listens_the
 
     from ray.util import get_node_ip_address
 
-    from tinyexp_core.launchers.ray import _answers_beyond_loopback
+    from tinyexp_core.launchers.ray_session import _answers_beyond_loopback
 
     if bind == "0.0.0.0" and get_node_ip_address() == "127.0.0.1":
         pytest.skip("this host has no routable address")

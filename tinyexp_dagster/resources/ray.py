@@ -130,7 +130,7 @@ class RayDDPResource(dg.ConfigurableResource):
         """The launch request read from the experiment (workers, CPUs, GPUs, address) plus
         this resource's timeouts; validated without touching Ray (impossible sizes fail
         here). `env` carries identity and secrets only, never a config value."""
-        from tinyexp_core.launchers.ray import RayLaunchSpec
+        from tinyexp_core.launchers.ray_spec import RayLaunchSpec
         from tinyexp_core.launchers.ship import code_runtime_env
 
         spec = RayLaunchSpec.from_exp(
