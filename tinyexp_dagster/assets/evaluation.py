@@ -156,7 +156,14 @@ def _with_threshold(spec: PipelineSpec, threshold: float, bound: str) -> type[dg
 
 
 def evaluate_checkpoint(spec: PipelineSpec, checkpoint: dict[str, Any], split: str) -> Any:
-    """The experiment's EvalResult of a registered version's file on `split`."""
+    """The experiment's EvalResult of a registered version's file on `split`: kept beside
+    the version after the first time (`tinyexp_dagster.eval_cache`)."""
+    from tinyexp_dagster.eval_cache import cached_evaluation
+
+    return cached_evaluation(checkpoint, split, lambda: _evaluate(spec, checkpoint, split))[0]
+
+
+def _evaluate(spec: PipelineSpec, checkpoint: dict[str, Any], split: str) -> Any:
     from tinyexp_core.contract import EvalResult
     from tinyexp_core.storage import to_uri
     from tinyexp_core.timing import mark
