@@ -34,7 +34,8 @@ from tinyexp_core.progress import (
     stacks_key,
 )
 from tinyexp_core.redis_client import make_client
-from tinyexp_core.redis_server import RedisClusterManager, free_port
+from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_cluster import RedisClusterManager
 from tinyexp_core.stacks import RankStack, StackReport
 from tinyexp_dagster import default_resources
 from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
