@@ -167,7 +167,7 @@ def redis_client(url: str, **kwargs: object):
 
 def embedded_server(root: str | Path):
     """The project's embedded Redis of a storage root (not started)."""
-    from tinyexp_core.redis_server import EmbeddedRedis
+    from tinyexp_core.services.embedded_redis import EmbeddedRedis
 
     return EmbeddedRedis(root)
 
@@ -185,7 +185,7 @@ def embedded_redis(root: str | Path) -> Iterator[str]:
 
 def free_port() -> int:
     """A TCP port free on loopback right now."""
-    from tinyexp_core.redis_server import free_port as _free_port
+    from tinyexp_core.services.lifecycle import free_port as _free_port
 
     return _free_port()
 
@@ -218,7 +218,7 @@ def timed_epochs(rates: Sequence[float], num_epochs: int) -> list[float]:
 def local_ray(root: str | Path, *, warm: bool) -> None:
     """Before a timed run on storage root `root`: `warm`: its default local Ray running
     (started now if needed, untimed, as after a first run); else none (a cold start)."""
-    from tinyexp_core.launchers.ray_head import start_head, stop_head
+    from tinyexp_core.services.ray_head import start_head, stop_head
 
     if warm:
         start_head(root, idle_stop_after_s=3600.0)
@@ -235,9 +235,9 @@ def settle_local_ray(root: str | Path, timeout_s: float = 120.0) -> None:
     """Wait (untimed) until the warm local Ray of `root`, if one runs, has refilled its pool
     of warm ranks: a refill imports torch in new processes, which would otherwise land in
     the next timed run, whichever side it is."""
-    from tinyexp_core.launchers import ray_pool
-    from tinyexp_core.launchers.ray import ray_session
-    from tinyexp_core.launchers.ray_head import live_head_address
+    from tinyexp_core.launchers.ray_session import ray_session
+    from tinyexp_core.services import ray_pool
+    from tinyexp_core.services.ray_head import live_head_address
 
     address, _ = live_head_address(root)
     if not address:

@@ -3,14 +3,14 @@ torchrun script's (issue 14).
 
 Ours: `dagster job execute -m <code location> -j retrain_job` (1 epoch, the default 2 Ray
 workers x 1 CPU, embedded Redis progress, already running as after a first run) on a
-storage root where `tinyexp-dagster ray up` (`tinyexp_core.launchers.ray_head.start_head`)
+storage root where `tinyexp-dagster ray up` (`tinyexp_core.services.ray_head.start_head`)
 keeps a local Ray running: the run joins it instead of starting one. Every run is checked to
 have logged the warm start (a run that silently started its own Ray fails the benchmark).
 Theirs: `bench/torchrun_script.py` under `torchrun --nproc-per-node 2` (the same model,
 prepared tensors, batch and optimizer; `bench.torchrun_compare` runs it the same way).
 Both read the digits dataset that `prepared_dataset` prepared once at setup.
 
-The running Ray keeps its default pool of warm ranks (`tinyexp_core.launchers.ray_pool`: rank
+The running Ray keeps its default pool of warm ranks (`tinyexp_core.services.ray_pool`: rank
 processes started ahead with torch imported); each run of ours must log that it took both
 ranks from it. After a run the pool starts replacements in the background: every side starts
 only once the pool is full and idle again, so no side shares the machine with a refill; the
@@ -97,7 +97,7 @@ def check_warm(dagster_home: Path, address: str) -> None:
 
 def wait_for_full_pool(pool: Any) -> float:
     """Seconds until the pool has all its warm ranks ready and none lent out."""
-    from tinyexp_core.launchers.ray_pool import pool_status
+    from tinyexp_core.services.ray_pool import pool_status
 
     start = time.perf_counter()
     while time.perf_counter() - start < REFILL_TIMEOUT_S:
@@ -109,9 +109,9 @@ def wait_for_full_pool(pool: Any) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinyexp_core.launchers.ray import ray_session
-    from tinyexp_core.launchers.ray_head import start_head, stop_head
-    from tinyexp_core.launchers.ray_pool import find_pool
+    from tinyexp_core.launchers.ray_session import ray_session
+    from tinyexp_core.services.ray_head import start_head, stop_head
+    from tinyexp_core.services.ray_pool import find_pool
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=6, help="rounds (>= 2 for an interval)")

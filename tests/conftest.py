@@ -8,7 +8,7 @@ At its end the session fails if a redis-server, Ray, Dagster or worker process t
 started is still alive after a grace period (see tests/leftovers.py); before that check, the
 embedded Redis servers that tests started under the session's temporary directories (every
 run on a temporary storage root starts one, and by design it outlives the run until idle)
-are stopped, and so are the default local Rays (`tinyexp_core.launchers.ray_head`) that runs
+are stopped, and so are the default local Rays (`tinyexp_core.services.ray_head`) that runs
 left warm there. Those stop themselves after `TINYEXP_RAY_IDLE_STOP_S`, which the session
 sets short (each test has its own storage root, so a warm Ray is never reused across tests).
 """
@@ -73,7 +73,7 @@ def _embedded_roots(
 def stop_embedded_redis_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Stop every embedded Redis left running under this session's temporary directories."""
     yield
-    from tinyexp_core.redis_server import EmbeddedRedis
+    from tinyexp_core.services.embedded_redis import EmbeddedRedis
 
     for root in _embedded_roots(tmp_path_factory.getbasetemp()):
         EmbeddedRedis(root).stop()
@@ -83,7 +83,7 @@ def stop_embedded_redis_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iter
 def stop_ray_heads_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Stop every default local Ray that runs left warm under the session's temporary dirs."""
     yield
-    from tinyexp_core.launchers.ray_head import stop_head
+    from tinyexp_core.services.ray_head import stop_head
 
     base = tmp_path_factory.getbasetemp()
     roots = {r for n in ("address", "starting") for r in _embedded_roots(base, f"ray/{n}")}
@@ -98,8 +98,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     if url:
         yield url
         return
-    from tinyexp_core.redis_idle import add_holder
-    from tinyexp_core.redis_server import EmbeddedRedis
+    from tinyexp_core.services.embedded_redis import EmbeddedRedis
+    from tinyexp_core.services.redis_idle import add_holder
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("embedded-redis"))
     url = server.ensure()

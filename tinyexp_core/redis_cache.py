@@ -55,7 +55,7 @@ class RedisCfgMixin:
             """Start the shards and return their RedisClusterManager; None when disabled."""
             if not self.redis_cache_enabled:
                 return None
-            from tinyexp_core.redis_server import RedisClusterManager
+            from tinyexp_core.services.redis_cluster import RedisClusterManager
 
             if self.redis_cluster_manager_cpus != _DEFAULT_MANAGER_CPUS:
                 logger.warning(

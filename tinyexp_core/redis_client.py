@@ -1,7 +1,7 @@
 """Redis clients: URL validation and redaction, clients with explicit timeouts, and the one
 classifier that tells rejected credentials from an outage.
 
-Server management (owned redis-server processes, the embedded server) is in `redis_server`.
+Server management (owned redis-server processes, the embedded server) is in `services`.
 """
 
 from __future__ import annotations

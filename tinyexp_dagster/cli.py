@@ -71,7 +71,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_redis(args: argparse.Namespace) -> int:
     """Show or stop the embedded Redis that serves this storage root."""
     from tinyexp_core.redis_client import redact_url
-    from tinyexp_core.redis_server import EmbeddedRedis
+    from tinyexp_core.services.embedded_redis import EmbeddedRedis
 
     server = EmbeddedRedis(args.storage_root)
     if args.action == "url":
@@ -90,7 +90,7 @@ def cmd_redis(args: argparse.Namespace) -> int:
 def cmd_ray(args: argparse.Namespace) -> int:
     """Start, stop or show the local Ray that runs on this storage root reuse."""
     from tinyexp_core.exceptions import RayConnectionError
-    from tinyexp_core.launchers.ray_head import (
+    from tinyexp_core.services.ray_head import (
         address_file,
         live_head_address,
         read_head,
@@ -132,8 +132,8 @@ def _warm_ranks_text(address: str) -> str:
     """What the running Ray's warm-rank pool holds (connects to that Ray: ~1-2 s)."""
     import ray
 
-    from tinyexp_core.launchers import ray_pool
-    from tinyexp_core.launchers.ray import ray_session
+    from tinyexp_core.launchers.ray_session import ray_session
+    from tinyexp_core.services import ray_pool
 
     if ray.is_initialized() and ray.get_runtime_context().gcs_address != address:
         return "warm ranks not checked (this process is connected to another Ray)"
@@ -155,7 +155,7 @@ def cmd_progress(args: argparse.Namespace) -> int:
 
     from tinyexp_core.exceptions import InvalidRedisUrlError
     from tinyexp_core.redis_client import classify_redis_error, make_client, redact_url
-    from tinyexp_core.redis_server import find_redis_url
+    from tinyexp_core.services.embedded_redis import find_redis_url
 
     try:
         configured = os.environ.get(ENV_REDIS_URL)

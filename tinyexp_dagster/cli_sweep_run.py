@@ -94,7 +94,7 @@ def _ray_for(root: str, num_trials: int) -> Iterator[None]:
     """The runs' Ray: RAY_ADDRESS, or the live `ray up` head of `root` (they find it
     themselves); with neither and several trials, a head started here for them and
     stopped after them (one Ray start instead of one per trial)."""
-    from tinyexp_core.launchers.ray_head import live_head_address, start_head, stop_head
+    from tinyexp_core.services.ray_head import live_head_address, start_head, stop_head
 
     if os.environ.get("RAY_ADDRESS"):
         print(f"trials run on RAY_ADDRESS={os.environ['RAY_ADDRESS']}", flush=True)

@@ -70,8 +70,8 @@ def hold_embedded_redis_for_dagster_dev(storage: StorageResource, redis_url: Any
             ENV_DEV_CLI,
         )
         return False
-    from tinyexp_core.redis_idle import add_holder
-    from tinyexp_core.redis_server import EmbeddedRedis
+    from tinyexp_core.services.embedded_redis import EmbeddedRedis
+    from tinyexp_core.services.redis_idle import add_holder
 
     server = EmbeddedRedis(storage.resolved_root())
     _, started = server.ensure_started()

@@ -33,7 +33,8 @@ from tinyexp_core.progress import (
     run_key,
 )
 from tinyexp_core.redis_client import make_client
-from tinyexp_core.redis_server import RedisClusterManager, free_port
+from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_cluster import RedisClusterManager
 
 
 class FakeClock:

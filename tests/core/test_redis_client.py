@@ -11,7 +11,8 @@ import redis
 from redis.exceptions import AuthorizationError, BusyLoadingError, NoPermissionError
 
 from tinyexp_core.redis_client import classify_redis_error, make_client, probe_redis
-from tinyexp_core.redis_server import RedisClusterManager, free_port
+from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_cluster import RedisClusterManager
 
 
 @pytest.mark.parametrize(

@@ -16,16 +16,13 @@ import psutil
 import pytest
 import redis
 
-from tinyexp_core import redis_server
 from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError, RedisStartError
 from tinyexp_core.redis_client import make_client, probe_redis, redact_url
-from tinyexp_core.redis_server import (
-    EmbeddedRedis,
-    RedisClusterManager,
-    free_port,
-    redis_server_executable,
-    resolve_redis_url,
-)
+from tinyexp_core.services import lifecycle, redis_cluster
+from tinyexp_core.services.embedded_redis import EmbeddedRedis, resolve_redis_url
+from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_cluster import RedisClusterManager
+from tinyexp_core.services.redis_process import redis_server_executable
 
 SYSTEM_URL = "redis://127.0.0.1:6379/0"
 
@@ -93,7 +90,7 @@ def test_free_port_skips_6379(monkeypatch: pytest.MonkeyPatch) -> None:
         def getsockname(self) -> tuple[str, int]:
             return ("127.0.0.1", self.port)
 
-    monkeypatch.setattr(redis_server.socket, "socket", FakeSocket)
+    monkeypatch.setattr(lifecycle.socket, "socket", FakeSocket)
     assert free_port() == 40123
 
 
@@ -139,7 +136,7 @@ def test_cluster_starts_serves_and_stops_its_shards(tmp_path: Path) -> None:
             assert client.config_get("save")["save"] == ""
             client.close()
     assert not manager.is_healthy()
-    assert not any(psutil.pid_exists(pid) and redis_server._pid_alive(pid) for pid in pids)
+    assert not any(psutil.pid_exists(pid) and lifecycle.pid_alive(pid) for pid in pids)
     manager.stop()  # idempotent
     assert manager.owned_ports == []
     assert _system_redis_pid() == system_pid
@@ -185,9 +182,9 @@ def test_cluster_reports_the_servers_own_startup_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A config redis-server rejects: the error must carry the server's message, not a False.
-    original = redis_server._server_config
+    original = redis_cluster.server_config
     monkeypatch.setattr(
-        redis_server, "_server_config", lambda **kw: original(**kw) + "maxmemory lots\n"
+        redis_cluster, "server_config", lambda **kw: original(**kw) + "maxmemory lots\n"
     )
     with pytest.raises(RedisStartError, match="argument must be a memory value"):
         RedisClusterManager(num_shards=1, data_dir=str(tmp_path)).start()
@@ -270,7 +267,7 @@ def _run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 ENSURE = (
-    "import sys; from tinyexp_core.redis_server import EmbeddedRedis; "
+    "import sys; from tinyexp_core.services.embedded_redis import EmbeddedRedis; "
     "print(EmbeddedRedis(sys.argv[1]).ensure())"
 )
 
@@ -293,7 +290,7 @@ def test_embedded_is_shared_across_processes_and_outlives_its_starter(tmp_path: 
         (url,) = urls
         # Every starter has exited; the server must still answer and be found by others.
         assert server.url() == url
-        code = "import sys; from tinyexp_core.redis_server import EmbeddedRedis; "
+        code = "import sys; from tinyexp_core.services.embedded_redis import EmbeddedRedis; "
         code += "print(EmbeddedRedis(sys.argv[1]).url())"
         assert _run_python(code, str(root)).stdout.strip() == url
         assert psutil.Process(server.pid()).ppid() != os.getpid()
@@ -307,7 +304,7 @@ def test_embedded_stop(embedded: EmbeddedRedis) -> None:
     pid = embedded.pid()
     assert pid is not None
     assert embedded.stop() is True
-    assert not redis_server._pid_alive(pid)
+    assert not lifecycle.pid_alive(pid)
     assert not _answers(url)
     assert embedded.url() is None and not embedded.url_file.exists()
     assert embedded.stop() is False
@@ -421,7 +418,7 @@ def test_make_client_has_bounded_timeouts() -> None:
 
 def _gone_within(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while redis_server._pid_alive(pid):
+    while lifecycle.pid_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
@@ -432,7 +429,7 @@ def _gone_within(pid: int, timeout_s: float) -> bool:
 def test_a_bad_idle_stop_setting_is_refused_before_anything_starts(
     embedded: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
-    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, value)
+    monkeypatch.setenv(lifecycle.ENV_IDLE_STOP_S, value)
     allowed = "a finite number of seconds > 0"
     with pytest.raises(ConfigValueError, match=rf"TINYEXP_REDIS_IDLE_STOP_S.*{value}.*{allowed}"):
         embedded.ensure()
@@ -440,16 +437,16 @@ def test_a_bad_idle_stop_setting_is_refused_before_anything_starts(
 
 
 def test_idle_stop_defaults_to_ten_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(redis_server.ENV_IDLE_STOP_S, raising=False)
-    assert redis_server.idle_stop_s() == 600.0
-    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, "2.5")
-    assert redis_server.idle_stop_s() == 2.5
+    monkeypatch.delenv(lifecycle.ENV_IDLE_STOP_S, raising=False)
+    assert lifecycle.idle_stop_s() == 600.0
+    monkeypatch.setenv(lifecycle.ENV_IDLE_STOP_S, "2.5")
+    assert lifecycle.idle_stop_s() == 2.5
 
 
 def test_a_connected_client_keeps_the_server_then_it_stops_when_idle(
     embedded: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, "1")
+    monkeypatch.setenv(lifecycle.ENV_IDLE_STOP_S, "1")
     url = embedded.ensure()
     pid = embedded.pid()
     assert pid is not None
@@ -469,7 +466,7 @@ def test_a_connected_client_keeps_the_server_then_it_stops_when_idle(
 def test_an_active_run_keeps_the_server(
     embedded: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, "1")
+    monkeypatch.setenv(lifecycle.ENV_IDLE_STOP_S, "1")
     url = embedded.ensure()
     pid = embedded.pid()
     client = make_client(url)
@@ -485,9 +482,9 @@ def test_an_active_run_keeps_the_server(
 def test_a_holder_keeps_the_server_and_its_exit_stops_the_server_it_started(
     embedded: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tinyexp_core.redis_idle import add_holder
+    from tinyexp_core.services.redis_idle import add_holder
 
-    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, "600")
+    monkeypatch.setenv(lifecycle.ENV_IDLE_STOP_S, "600")
     embedded.ensure()
     pid = embedded.pid()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -505,9 +502,9 @@ def test_a_holder_keeps_the_server_and_its_exit_stops_the_server_it_started(
 def test_a_holder_that_found_the_server_leaves_it_to_the_idle_rule(
     embedded: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tinyexp_core.redis_idle import add_holder
+    from tinyexp_core.services.redis_idle import add_holder
 
-    monkeypatch.setenv(redis_server.ENV_IDLE_STOP_S, "600")
+    monkeypatch.setenv(lifecycle.ENV_IDLE_STOP_S, "600")
     embedded.ensure()
     pid = embedded.pid()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -519,7 +516,7 @@ def test_a_holder_that_found_the_server_leaves_it_to_the_idle_rule(
 
 def test_the_watcher_never_stops_a_server_it_did_not_start(tmp_path: Path) -> None:
     """A foreign server recorded in the pid file (another pid) is not the watched one."""
-    from tinyexp_core.redis_idle import watch
+    from tinyexp_core.services.redis_idle import watch
 
     with RedisClusterManager(num_shards=1, data_dir=str(tmp_path / "foreign")) as foreign:
         (proc,) = foreign._procs.values()
@@ -541,4 +538,4 @@ def test_a_server_from_before_passwords_is_replaced_and_stopped(embedded: Embedd
     assert embedded.url() is None
     url = embedded.ensure()
     assert embedded.pid() != old_pid and _answers(url)
-    assert not redis_server._pid_alive(old_pid)
+    assert not lifecycle.pid_alive(old_pid)

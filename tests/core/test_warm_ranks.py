@@ -1,4 +1,4 @@
-"""Warm ranks (tinyexp_core.launchers.ray_pool): the pool of a warm Ray keeps rank processes
+"""Warm ranks (tinyexp_core.services.ray_pool): the pool of a warm Ray keeps rank processes
 started with torch imported; a run takes them for its ranks, uses each for that run only,
 and the pool refills after it; a module the pool never saw imports in them; what a started
 process cannot serve (GPUs, a runtime_env beyond variables) starts ranks of its own."""
@@ -13,9 +13,9 @@ import pytest
 from tests.core.distributed_exps import FailingExp, WhoAmIExp
 from tests.waiting import eventually as _wait
 from tinyexp_core.exceptions import WorkerFailedError
-from tinyexp_core.launchers import ray_pool
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_core.launchers.ray_rank import _RankWorker
+from tinyexp_core.services import ray_pool
 
 
 def eventually(predicate, timeout_s: float = 60.0) -> bool:

@@ -96,7 +96,7 @@ class Project:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Project]:
     """The project folder, its instance and storage root, and one `ray up` Ray for them."""
-    from tinyexp_core.launchers.ray_head import start_head, stop_head
+    from tinyexp_core.services.ray_head import start_head, stop_head
 
     folder = tmp_path_factory.mktemp("regress-project")
     (folder / "regress_defs.py").write_text(DEFS)

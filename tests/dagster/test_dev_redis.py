@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyexp_core.redis_server import ENV_IDLE_STOP_S, EmbeddedRedis, _pid_alive
+from tinyexp_core.services.embedded_redis import EmbeddedRedis
+from tinyexp_core.services.lifecycle import ENV_IDLE_STOP_S, pid_alive
 from tinyexp_dagster.dev_redis import ENV_DEV_CLI, hold_embedded_redis_for_dagster_dev
 from tinyexp_dagster.resources import StorageResource
 
@@ -53,7 +54,7 @@ def test_dagster_dev_keeps_the_server_it_started_and_stops_it_on_exit(
     finally:
         dev.kill()
         dev.wait()
-    assert _wait(lambda: not _pid_alive(pid), 10.0)
+    assert _wait(lambda: not pid_alive(pid), 10.0)
     assert not server.url_file.exists() and not server.password_file.exists()
     server.stop()
 

@@ -14,7 +14,8 @@ import redis
 
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, RedisProgressReporter, RunProgress, run_key
 from tinyexp_core.redis_client import make_client
-from tinyexp_core.redis_server import RedisClusterManager, free_port
+from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_cluster import RedisClusterManager
 from tinyexp_dagster.cli import main, render_run
 
 
@@ -174,7 +175,7 @@ def test_without_a_store_or_with_a_dead_embedded_server(monkeypatch, tmp_path, c
 
 
 def test_embedded_server_is_found_through_the_storage_root(monkeypatch, tmp_path, capsys):
-    from tinyexp_core.redis_server import EmbeddedRedis
+    from tinyexp_core.services.embedded_redis import EmbeddedRedis
 
     monkeypatch.delenv("TINYEXP_REDIS_URL", raising=False)
     server = EmbeddedRedis(tmp_path)

@@ -26,7 +26,7 @@ from tinyexp_core.config import build_exp
 from tinyexp_core.launchers import run_in_process
 from tinyexp_core.progress import RedisProgressReporter, read_run
 from tinyexp_core.redis_client import make_client
-from tinyexp_core.redis_server import RedisClusterManager
+from tinyexp_core.services.redis_cluster import RedisClusterManager
 from tinyexp_dagster.cli import main as cli_main
 from tinyexp_dagster.resources import RedisProgressResource, StallSettingsResource, StorageResource
 from tinyexp_dagster.sensors import stalled_training_sensor, training_progress_sensor

@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tinyexp_core.launchers.ray_head import address_file, live_head_address, read_head
-from tinyexp_core.redis_server import free_port
+from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.ray_head import address_file, live_head_address, read_head
 from tinyexp_dagster import cli
 from tinyexp_dagster.resources import RayDDPResource
 
@@ -40,7 +40,7 @@ address = RayDDPResource(address=sys.argv[2] if len(sys.argv) > 2 else None).run
 seen = {}
 
 def own(proc):  # started by this process, not by a Ray head's holder it spawned
-    return not any("tinyexp_core.launchers.ray_head" in a.cmdline() for a in proc.parents())
+    return not any("tinyexp_core.services.ray_head" in a.cmdline() for a in proc.parents())
 
 def started(_):
     seen["gcs"] = ray.get_runtime_context().gcs_address
@@ -165,7 +165,7 @@ def no_ray_connection(monkeypatch):
 def test_a_stale_record_is_replaced_by_a_new_head(
     tmp_path, capsys, monkeypatch, holder, no_ray_connection
 ):
-    from tinyexp_core.launchers import ray_head
+    from tinyexp_core.services import ray_head
 
     root = tmp_path / "root"
     write_record(root, dead_pid() if holder == "dead" else os.getpid())
@@ -185,8 +185,8 @@ def test_a_stale_record_is_replaced_by_a_new_head(
 
 
 def test_an_address_or_local_never_starts_a_head(tmp_path, monkeypatch):
-    from tinyexp_core.launchers import ray_head
     from tinyexp_core.launchers.ray_spec import RayLaunchSpec
+    from tinyexp_core.services import ray_head
 
     def refuse(root):
         raise AssertionError("a head was started")
@@ -209,7 +209,7 @@ def test_an_address_or_local_never_starts_a_head(tmp_path, monkeypatch):
 
 def test_a_bad_idle_stop_fails_before_anything_starts(tmp_path, monkeypatch, no_ray_connection):
     from tinyexp_core.exceptions import ConfigValueError
-    from tinyexp_core.launchers.ray_head import ENV_IDLE_STOP_S
+    from tinyexp_core.services.ray_head import ENV_IDLE_STOP_S
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv(ENV_IDLE_STOP_S, "soon")
@@ -234,7 +234,7 @@ def test_the_default_local_ray_is_reused_and_stops_itself_when_idle(tmp_path):
     """Must-show 2 of issue 24: no `ray up`, no address. The first run starts the storage
     root's Ray and leaves it warm; the second joins it (and takes a warm rank); after the
     idle time no process of it is left. `local` meanwhile starts and stops its own."""
-    from tinyexp_core.launchers.ray_head import ENV_IDLE_STOP_S
+    from tinyexp_core.services.ray_head import ENV_IDLE_STOP_S
 
     # Long enough for the second run's process to start (imports on a busy 2-core machine
     # take 10 s and more) and reach the Ray before the idle stop.

@@ -342,7 +342,7 @@ def stop_warm_ray(env: Mapping[str, str]) -> None:
     """Stop the storage root's default local Ray: it outlives the runs by design (warm, one
     per root, stopped after its idle time), so a test stops it before it counts leftovers,
     and what then outlives a shutdown is a leak."""
-    from tinyexp_core.launchers.ray_head import stop_head
+    from tinyexp_core.services.ray_head import stop_head
 
     root = env.get("TINYEXP_STORAGE_ROOT")
     if root and not env.get("RAY_ADDRESS"):

@@ -280,9 +280,9 @@ def test_hung_rank_stacks_resume_and_a_repeated_hang_fails(
 ) -> None:
     import dagster as dg
 
-    from tinyexp_core.launchers.ray_head import stop_head
     from tinyexp_core.progress import read_run, stacks_key
     from tinyexp_core.redis_client import make_client
+    from tinyexp_core.services.ray_head import stop_head
 
     (deployment.home / "dagster.yaml").write_text(scale.instance_yaml)
     config = tmp_path / "run.yaml"

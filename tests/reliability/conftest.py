@@ -48,7 +48,7 @@ def storage(storage_root: Path, digits_prepared: str) -> Path:
 @pytest.fixture(scope="session")
 def password_redis():
     """A Redis shard of our own that requires a password; yields its URL (with it)."""
-    from tinyexp_core.redis_server import RedisClusterManager
+    from tinyexp_core.services.redis_cluster import RedisClusterManager
 
     with RedisClusterManager(password=REDIS_PASSWORD) as manager:
         yield manager.urls[0]

@@ -104,7 +104,7 @@ def _listening(pid: int) -> list[tuple[str, int]]:
 
 
 def test_embedded_redis_listens_on_loopback_only(tmp_path):
-    from tinyexp_core.redis_server import EmbeddedRedis
+    from tinyexp_core.services.embedded_redis import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "storage")
     url = server.ensure()

@@ -24,16 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 from tinyexp_core.exceptions import ResourceWaitTimeoutError
-from tinyexp_core.launchers import ray_pool
 from tinyexp_core.launchers.ray_rank import _LogSink, _RankWorker
 from tinyexp_core.launchers.ray_session import (
     ENV_RAY_ADDRESS,
     LOCAL_HOST,
     LOCAL_RAY,
     ray_session,
-)
-from tinyexp_core.launchers.ray_session import (
-    _loopback_only as _loopback_only,  # ray_head imports it from here
 )
 from tinyexp_core.launchers.ray_spec import (
     RayLaunchSpec,
@@ -49,6 +45,7 @@ from tinyexp_core.launchers.ray_wait import (
     wait_for_ranks,
 )
 from tinyexp_core.launchers.runtime import torchrun_env_defaults
+from tinyexp_core.services import ray_pool
 from tinyexp_core.stop import STOP_GRACE_S, StopHandle, process_handle
 from tinyexp_core.timing import mark
 

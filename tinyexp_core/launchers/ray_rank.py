@@ -58,7 +58,7 @@ class _RankWorker:
 
     def warm_up(self, preimports: tuple[str, ...]) -> int:
         """A warm rank's start (`ray_pool`): malloc settings and imports ahead of its run."""
-        from tinyexp_core.launchers.ray_pool import warm_up
+        from tinyexp_core.services.ray_pool import warm_up
 
         return warm_up(preimports)
 
@@ -68,7 +68,7 @@ class _RankWorker:
         so a rank started before its run (a warm one) imports the driver's modules too."""
         from ray import cloudpickle
 
-        from tinyexp_core.launchers.ray_pool import apply_python_path
+        from tinyexp_core.services.ray_pool import apply_python_path
 
         os.environ.update(env)
         apply_python_path(env.get("PYTHONPATH", ""))

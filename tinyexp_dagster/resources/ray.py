@@ -75,7 +75,7 @@ class RayDDPResource(dg.ConfigurableResource):
         now that outlives the run and stops after `TINYEXP_RAY_IDLE_STOP_S` without runs."""
         import sys
 
-        from tinyexp_core.launchers.ray_head import ensure_head, live_head_address
+        from tinyexp_core.services.ray_head import ensure_head, live_head_address
 
         explicit = self.resolved_address()
         if explicit:

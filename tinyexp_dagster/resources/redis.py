@@ -128,7 +128,7 @@ class RedisProgressResource(dg.ConfigurableResource):
 
     def resolve_url(self, storage_root: str) -> str:
         """Validate the configured URL or start/reuse the embedded server."""
-        from tinyexp_core.redis_server import resolve_redis_url
+        from tinyexp_core.services.embedded_redis import resolve_redis_url
 
         return resolve_redis_url(self.url or None, storage_root)
 

@@ -13,7 +13,7 @@ import redis
 
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, EVENTS_STREAM, read_events, run_key
 from tinyexp_core.redis_client import make_client
-from tinyexp_core.redis_server import free_port
+from tinyexp_core.services.lifecycle import free_port
 from tinyexp_dagster.definitions import defs
 from tinyexp_dagster.resources import RedisProgressResource, StallSettingsResource, StorageResource
 

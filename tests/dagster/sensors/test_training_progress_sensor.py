@@ -15,7 +15,8 @@ import redis
 from tests.dagster.sensors.support import start_run, tick
 from tinyexp_core.exceptions import InvalidRedisUrlError
 from tinyexp_core.progress import EVENTS_STREAM, RedisProgressReporter
-from tinyexp_core.redis_server import RedisClusterManager, free_port
+from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_cluster import RedisClusterManager
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 from tinyexp_dagster.sensors import stalled_training_sensor, training_progress_sensor
 

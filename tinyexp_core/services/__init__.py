@@ -1,0 +1,10 @@
+"""Services: the long-lived processes the project starts on this machine and lets outlive a
+run. It owns the embedded Redis (`embedded_redis`, one per storage root, with its idle
+watcher and holders in `redis_idle`), the redis-server shards a RedisClusterManager starts
+(`redis_cluster`), and the storage root's local Ray that stays warm between runs
+(`ray_head`) with its pool of warm ranks (`ray_pool`). What they share (state files under
+the storage root, file locks, pid probes, detached spawns, the idle-stop setting) is in
+`lifecycle`; the redis-server process itself (its executable, config, readiness) is in
+`redis_process`. Clients of these services (URLs, Redis clients, Ray sessions) live
+elsewhere: `redis_client`, `launchers.ray`.
+"""
