@@ -13,7 +13,7 @@ import inspect
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tinyexp_core.contract import EpochRecord, val_key
@@ -23,9 +23,11 @@ from tinyexp_core.step_checkpoint import DataPosition
 from tinyexp_core.timing import mark
 
 if TYPE_CHECKING:
-    from tinyexp_core.training.session import TrainingSession
+    import torch
 
-torch = lazy_module("torch")
+    from tinyexp_core.training.session import TrainingSession
+else:
+    torch = lazy_module("torch")
 T = TypeVar("T")
 
 # An epoch starts with torch seeded from (seed, epoch, rank): a run resumed at an epoch
@@ -34,7 +36,7 @@ T = TypeVar("T")
 EPOCH_SEED_STRIDE = 1000
 
 
-def _takes_start_step(set_epoch: Callable[..., Any]) -> bool:
+def _takes_start_step(set_epoch: Callable[..., object]) -> bool:
     """Whether a loader's `set_epoch` can start inside the epoch (`start_step=`)."""
     try:
         return "start_step" in inspect.signature(set_epoch).parameters
@@ -48,10 +50,10 @@ class _Loop:
     def __init__(
         self,
         session: TrainingSession,
-        model: Any,
-        optimizer: Any,
-        scheduler: Any,
-        extra: Callable[[], dict[str, Any]] | None,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        extra: Callable[[], Mapping[str, object]] | None,
         resumed: Resumed,
         num_epochs: int,
         num_steps: int,
@@ -101,7 +103,7 @@ class _Loop:
         self._throttle_s, self._logged_at = float(exp.progress_cfg.throttle_s), -math.inf
 
     # ------------------------------------------------------------------ records
-    def extra_state(self) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, object]:
         """The checkpoint's `extra`: history so far, the tracker run, the experiment's own."""
         return {
             "history": [r.to_dict() for r in self.s.history],
@@ -109,7 +111,7 @@ class _Loop:
             "user": dict(self.extra()) if self.extra is not None else {},
         }
 
-    def fields(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, object]:
         """What every checkpoint holds (`checkpoint.build_checkpoint`'s own fields)."""
         return {
             "model": self.model,
@@ -143,7 +145,9 @@ class _Loop:
             torch.manual_seed(self.s.exp.seed + EPOCH_SEED_STRIDE * epoch + self.s.rank)
         self.epoch, self.epoch_ended = epoch, False
         self.step_in_epoch = self.position.step_in_epoch
-        self.loss_sum: Any = self.position.loss_sum  # a float64 tensor after the first step
+        self.loss_sum: torch.Tensor | float = (
+            self.position.loss_sum
+        )  # a float64 tensor after the first step
         self.seen = self.position.seen
         self.t0, self.elapsed, self.lr = time.perf_counter(), None, math.nan
 
@@ -182,7 +186,7 @@ class _Loop:
         groups = getattr(self.optimizer, "param_groups", None)
         return float(groups[0]["lr"]) if groups else math.nan
 
-    def step(self, loss: Any, batch_size: int) -> None:
+    def step(self, loss: torch.Tensor, batch_size: int) -> None:
         self.global_step += 1
         self.step_in_epoch += 1
         if not self._marked_first:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tinyexp_core.contract import Checkpoints, EpochRecord, PrimaryMetric, TrainResult
@@ -40,9 +40,12 @@ from tinyexp_core.training.context import RunContext
 from tinyexp_core.training.loop import _Loop
 
 if TYPE_CHECKING:
-    import torch
+    from types import TracebackType
 
-    from tinyexp_core.accelerators.base import BaseAccelerator
+    import torch
+    from loguru import Logger
+
+    from tinyexp_core.accelerators.base import Accelerator
     from tinyexp_core.experiment import TinyExp
 
 T = TypeVar("T")
@@ -57,7 +60,7 @@ class TrainingSession:
         self.exp = exp
         self.context = RunContext.from_env()
         self.history: list[EpochRecord] = []  # every epoch so far, resumed ones included
-        self.restored_extra: dict[str, Any] = {}  # `extra()` as the resumed checkpoint saved it
+        self.restored_extra: dict[str, object] = {}  # `extra()` as the resumed checkpoint saved it
         self.resumed_from = ""  # the checkpoint this attempt continues, "" on a fresh start
         self._stack = contextlib.ExitStack()
         self._loop: _Loop | None = None
@@ -70,13 +73,15 @@ class TrainingSession:
         if cfg is None:
             from tinyexp_core.accelerators import CPUAccelerator
 
-            self.accelerator: BaseAccelerator = CPUAccelerator()
+            self.accelerator: Accelerator = CPUAccelerator()
         else:
             self.accelerator = cfg.build_accelerator()
         self._stack.callback(self.accelerator.destroy)  # runs last
         self.run_dir = self.exp.ensure_run_dir()
         # Rank 0's lines also go to the launcher's forwarder (the Dagster step log).
-        self.logger = self.exp.logger_cfg.build_logger(self.run_dir, distributed_rank=self.rank)
+        self.logger: Logger = self.exp.logger_cfg.build_logger(
+            self.run_dir, distributed_rank=self.rank
+        )
         if self.is_main_process:
             self.logger.info(
                 f"run {self.exp.run_id} in {self.run_dir}, world size {self.world_size}"
@@ -97,8 +102,13 @@ class TrainingSession:
             check_experiment_class(exp, *found)
         return found
 
-    def __exit__(self, *exc: Any) -> bool | None:
-        return self._stack.__exit__(*exc)
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return self._stack.__exit__(exc_type, exc, tb)
 
     @property
     def rank(self) -> int:
@@ -150,7 +160,7 @@ class TrainingSession:
         """`loss.backward()` through the accelerator (gradient sync, mixed precision)."""
         self.accelerator.backward(loss)
 
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
         """The accelerator's mixed-precision context (a no-op on CPU)."""
         return self.accelerator.autocast()
 
@@ -159,11 +169,11 @@ class TrainingSession:
         self,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
-        scheduler: Any = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         *,
         num_epochs: int,
         num_steps: int,
-        extra: Callable[[], dict[str, Any]] | None = None,
+        extra: Callable[[], Mapping[str, object]] | None = None,
     ) -> torch.nn.Module:
         """Describe the checkpoint once (model, optimizer, scheduler, `extra()` state), resume
         from `resume_from` when set, start progress and tracking; returns the model ready for

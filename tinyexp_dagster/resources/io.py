@@ -15,7 +15,7 @@ numbers and lists; tensors and checkpoints stay files, referenced by path and sh
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import dagster as dg
 from pydantic import Field
@@ -25,6 +25,9 @@ from tinyexp_dagster.resources.storage import StorageResource
 
 SUFFIX = ".json"
 LATEST = f"latest{SUFFIX}"
+
+# An asset value as JSON holds it (a string: the alias refers to itself).
+JSONValue: TypeAlias = "dict[str, JSONValue] | list[JSONValue] | str | int | float | bool | None"
 
 
 class RunScopedJSONIOManager(dg.ConfigurableIOManager):
@@ -38,7 +41,7 @@ class RunScopedJSONIOManager(dg.ConfigurableIOManager):
     def _asset_dir(self, key: dg.AssetKey) -> Path:
         return (self.storage.resolved_root() / "values").joinpath(*key.path)
 
-    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         directory = self._asset_dir(context.asset_key)
         try:
             text = json.dumps(obj, indent=1, sort_keys=True)
@@ -60,7 +63,7 @@ class RunScopedJSONIOManager(dg.ConfigurableIOManager):
         self.storage.publish(latest)
         context.add_output_metadata({"stored_value": dg.MetadataValue.path(str(run_file))})
 
-    def load_input(self, context: dg.InputContext) -> Any:
+    def load_input(self, context: dg.InputContext) -> JSONValue:
         directory = self._asset_dir(context.asset_key)
         candidates = []
         upstream = context.upstream_output
@@ -102,7 +105,7 @@ def _latest(directory: Path, context: dg.OutputContext | dg.InputContext) -> Pat
     return directory / "partitions" / f"{digest}{SUFFIX}"
 
 
-def _read(path: Path, key: dg.AssetKey) -> Any:
+def _read(path: Path, key: dg.AssetKey) -> JSONValue:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError both are

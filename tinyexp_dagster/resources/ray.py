@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Literal, TypeVar, get_args
 
 import dagster as dg
 from pydantic import Field
+
+if TYPE_CHECKING:
+    from tinyexp_core.experiment import TinyExp
+    from tinyexp_core.launchers.ray import RayLauncher
+    from tinyexp_core.launchers.ray_spec import RayLaunchSpec
+    from tinyexp_core.stop import StopHandle
+
+_T = TypeVar("_T")
 
 RayAccelerator = Literal["auto", "cpu", "ddp"]
 RAY_ACCELERATORS: tuple[str, ...] = get_args(RayAccelerator)
@@ -105,13 +113,13 @@ class RayDDPResource(dg.ConfigurableResource):
         num_gpus_per_worker: float | None = None,
         accelerator: str | None = None,
         collective_timeout_s: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, str | int | float]:
         """What this resource decides for a run, as typed values forced on the experiment:
         each argument replaces the resource's field when not None (`address`:
         `resolved_address()`). The accelerator keys are for a `tinyexp_core` AcceleratorCfg;
         the training asset fits them to an experiment's own accelerator config."""
 
-        def pick(run: Any, own: Any) -> Any:
+        def pick(run: _T | None, own: _T) -> _T:
             return own if run is None else run
 
         return {
@@ -126,7 +134,7 @@ class RayDDPResource(dg.ConfigurableResource):
             ),
         }
 
-    def spec(self, exp: Any, *, env: dict[str, str] | None = None) -> Any:
+    def spec(self, exp: TinyExp, *, env: dict[str, str] | None = None) -> RayLaunchSpec:
         """The launch request read from the experiment (workers, CPUs, GPUs, address) plus
         this resource's timeouts; validated without touching Ray (impossible sizes fail
         here). `env` carries identity and secrets only, never a config value."""
@@ -145,14 +153,15 @@ class RayDDPResource(dg.ConfigurableResource):
 
     def run(
         self,
-        exp: Any,
-        spec: Any,
+        exp: TinyExp,
+        spec: RayLaunchSpec,
         *,
         log: Callable[[str], None] | None = None,
-        on_started: Callable[[Any], None] | None = None,
-        stop: Any = None,
-    ) -> list[Any]:
-        """Run `exp` on `spec.num_workers` ranks; returns every rank's result, rank 0 first.
+        on_started: Callable[[RayLauncher], None] | None = None,
+        stop: StopHandle | None = None,
+    ) -> list[object]:
+        """Run `exp` on `spec.num_workers` ranks; returns every rank's result (what its
+        `exp.run()` returned), rank 0 first.
         `stop`: the run's `tinyexp_core.stop.StopHandle` (None: the process's)."""
         from tinyexp_core.launchers.ray import RayLauncher
 

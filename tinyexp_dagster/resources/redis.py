@@ -5,10 +5,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import dagster as dg
 from pydantic import Field
+
+
+class StepLog(Protocol):
+    """Where `for_run` says whether progress is on: Dagster's `context.log`, or a
+    `logging.Logger`."""
+
+    def info(self, msg: str) -> None: ...
+
+    def warning(self, msg: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ class RedisProgressResource(dg.ConfigurableResource):
         "(the experiment's progress_cfg.finished_ttl_s)",
     )
 
-    def forced(self) -> dict[str, Any]:
+    def forced(self) -> dict[str, int | float]:
         """This resource's reporting settings, forced on the experiment (typed values, in
         the run record)."""
         return {
@@ -104,7 +113,7 @@ class RedisProgressResource(dg.ConfigurableResource):
             "progress_cfg.finished_ttl_s": self.finished_ttl_s,
         }
 
-    def for_run(self, storage_root: str, run_id: str, *, log: Any = None) -> RunProgress:
+    def for_run(self, storage_root: str, run_id: str, *, log: StepLog | None = None) -> RunProgress:
         """The store for one run. A malformed URL or a rejected password raises a
         ConfigError (the run fails now); an unreachable server turns progress off for the
         run, with a warning on `log` (a logger: `context.log`), since progress never
