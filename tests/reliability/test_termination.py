@@ -144,12 +144,21 @@ def _step_started(instance: dg.DagsterInstance, run_id: str, step_key: str) -> b
     return any(e.step_key == step_key for e in started)
 
 
+# How long evaluate() waits in the "evaluation" phase; the run is watched that long and a
+# little more after it ends: an evaluation the terminate did not stop would finish, and
+# mark the run, inside that window (as would a late rank of the last epoch, seconds long).
+EVAL_DELAY_S = 20
+WATCH_S = EVAL_DELAY_S + 5
+
 # phase -> (overrides, what to wait for before terminating)
 PHASES = {
     # 2 slowed epochs; terminated once the progress shows epoch 1 (0-based: the last)
     "last_epoch": (["train_cfg.num_epochs=2", "train_cfg.step_delay_s=0.05"], "epoch 1"),
-    # 1 epoch; evaluate() waits 60 s, terminated while model_evaluation runs
-    "evaluation": (["train_cfg.num_epochs=1", "eval_delay_s=60"], "mnist__model_evaluation"),
+    # 1 epoch; evaluate() waits EVAL_DELAY_S, terminated while model_evaluation runs
+    "evaluation": (
+        ["train_cfg.num_epochs=1", f"eval_delay_s={EVAL_DELAY_S}"],
+        "mnist__model_evaluation",
+    ),
 }
 
 
@@ -159,7 +168,7 @@ def test_a_run_terminated_late_stays_canceled(
     ray_cluster, redis_url, storage, launching_instance, monkeypatch, phase
 ):
     """Terminated in the last epoch or after training, the run is CANCELED and its progress
-    `cancelled` for the following 60 s: no late rank, step or sensor marks it finished."""
+    `cancelled` for the following WATCH_S: no late rank, step or sensor marks it finished."""
     instance = launching_instance
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import ModuleTarget
@@ -204,7 +213,7 @@ def test_a_run_terminated_late_stays_canceled(
         assert eventually(lambda: instance.get_run_by_id(run_id).is_finished, timeout_s=60)
 
         seen = set()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + WATCH_S
         while time.monotonic() < deadline:
             status = instance.get_run_by_id(run_id).status
             progress = read_run(client, run_id).get("status")
