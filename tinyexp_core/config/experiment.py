@@ -40,8 +40,8 @@ Launcher = Literal["mp", "ray"]
 MODES = get_args(Mode)
 LAUNCHERS = get_args(Launcher)
 
-# Environment variable names (defined in `config.env`, re-exported: 0.0.1 code and the
-# previous docs import them from here).
+# The environment-variable names live in `config.env` (no imports, so a reader need not load
+# the experiment); they stay importable from here, where they were defined before.
 __all__ = [
     "ENV_ASSET",
     "ENV_ATTEMPT",
