@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinyexp_core.accelerators import AcceleratorCfg
+from tinyexp_core.config.experiment import TinyExp
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
-from tinyexp_core.experiment import TinyExp
 
 
 @dataclass(repr=False)

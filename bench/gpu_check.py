@@ -49,7 +49,7 @@ SIDES = ("tinyexp", "bare", "bare2")
 
 def on_ray(overrides: list[str], gpu: bool, timing: Path) -> tuple[list[float], float]:
     """Per-epoch samples/s of the example through RayLauncher, and seconds to first step."""
-    from tinyexp_core.config import build_exp
+    from tinyexp_core.config.factory import build_exp
     from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
     from tinyexp_core.timing import ENV_TIMING_FILE
 

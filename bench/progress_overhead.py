@@ -134,7 +134,7 @@ def _session_setup(threads: int, data_root: str, stack: Any) -> tuple[Any, ...]:
     import torch
     from loguru import logger
 
-    from tinyexp_core.config import build_exp
+    from tinyexp_core.config.factory import build_exp
     from tinyexp_core.data import load_source, prepare_dataset
     from tinyexp_core.training import TrainingSession
 

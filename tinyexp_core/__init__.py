@@ -12,11 +12,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "TinyExp": "experiment",
-    "ProgressCfg": "experiment",
-    "build_exp": "config",
-    "apply_overrides": "config",
-    "load_exp_class": "config",
+    "TinyExp": "config.experiment",
+    "ProgressCfg": "config.experiment",
+    "build_exp": "config.factory",
+    "apply_overrides": "config.factory",
+    "load_exp_class": "config.factory",
     "store_and_run_exp": "cli",
     "Accelerator": "accelerators",
     "AcceleratorCfg": "accelerators",
@@ -75,7 +75,7 @@ _EXCEPTIONS = (
     "RedisClusterConfigError",
     "InvalidRedisUrlError",
 )
-_EXPORTS.update({name: "exceptions" for name in _EXCEPTIONS})
+_EXPORTS.update({name: "config.exceptions" for name in _EXCEPTIONS})
 _CONTRACT = ("PrimaryMetric", "PreparedData", "EpochRecord", "TrainResult", "EvalResult")
 _EXPORTS.update({name: "contract" for name in _CONTRACT})
 

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tinyexp_core.config import build_exp, format_help
-from tinyexp_core.exceptions import ConfigError, RunStoppedError, TinyExpError
+from tinyexp_core.config.exceptions import ConfigError, RunStoppedError, TinyExpError
+from tinyexp_core.config.factory import build_exp, format_help
 from tinyexp_core.redaction import redact_text, redact_value
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tinyexp_core.checkpoint import unwrap_model
-from tinyexp_core.exceptions import ConfigValueError, ModelMismatchError
+from tinyexp_core.config.exceptions import ConfigValueError, ModelMismatchError
 
 __all__ = ["update_ema"]
 

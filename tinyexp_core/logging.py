@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from loguru import logger
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_core.launchers.runtime import get_log_forwarder
 from tinyexp_core.redaction import redact_text
 

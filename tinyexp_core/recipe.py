@@ -60,7 +60,7 @@ def resolve_resume(
     corrupt, the newest valid checkpoint beside it, with a warning.
     """
     from tinyexp_core import checkpoint as ckpt
-    from tinyexp_core.exceptions import CheckpointCorruptError, CheckpointNotFoundError
+    from tinyexp_core.config.exceptions import CheckpointCorruptError, CheckpointNotFoundError
 
     if not resume_from:
         return None
@@ -88,8 +88,8 @@ def resolve_resume(
 def check_experiment_class(exp: Any, path: str, state: dict[str, Any]) -> None:
     """Refuse a checkpoint another experiment class saved (ConfigValueError naming
     `resume_from`); the experiment's own class, a parent or a subclass of it is fine."""
-    from tinyexp_core.config import load_exp_class
-    from tinyexp_core.exceptions import ConfigError, ConfigValueError
+    from tinyexp_core.config.exceptions import ConfigError, ConfigValueError
+    from tinyexp_core.config.factory import load_exp_class
 
     saved, current = str(state.get("exp_class") or ""), str(getattr(exp, "exp_class", ""))
     if not saved or not current or saved == current:
@@ -257,7 +257,7 @@ class StepCheckpoints:
 
     def _stop(self, state: dict[str, Any] | None, step: int) -> None:
         """Rank 0 writes the stop checkpoint, every rank waits for it, then all raise."""
-        from tinyexp_core.exceptions import RunStoppedError
+        from tinyexp_core.config.exceptions import RunStoppedError
 
         path = self._writer.save_now(state) if state is not None else ""
         self._acc.wait_for_everyone()
@@ -288,7 +288,7 @@ def reporting(reporter: Any) -> Iterator[Any]:
     try:
         yield reporter
     except BaseException as err:  # Ctrl-C and a Ray/Dagster stop are cancellations
-        from tinyexp_core.exceptions import RunStoppedError
+        from tinyexp_core.config.exceptions import RunStoppedError
 
         # A checkpoint-then-stop already reported its checkpoint (`last_checkpoint`).
         cancelled = isinstance(err, (KeyboardInterrupt, SystemExit, RunStoppedError))

@@ -15,7 +15,7 @@ from typing import Any
 
 from loguru import logger
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 
 _DEFAULT_MANAGER_CPUS = 10
 

@@ -13,7 +13,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from tinyexp_core.exceptions import InvalidRedisUrlError
+from tinyexp_core.config.exceptions import InvalidRedisUrlError
 from tinyexp_core.redaction import redact_url
 
 __all__ = [

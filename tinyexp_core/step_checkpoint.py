@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tinyexp_core.exceptions import CheckpointMismatchError, UnsupportedCheckpointFormatError
+from tinyexp_core.config.exceptions import CheckpointMismatchError, UnsupportedCheckpointFormatError
 from tinyexp_core.lazy import lazy_module
 
 torch = lazy_module("torch")  # loaded on first use: experiment modules import this one

@@ -36,8 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tinyexp_core.exceptions import ConfigError, ConfigValueError
-from tinyexp_core.orchestration import is_orchestrated
+from tinyexp_core.config.exceptions import ConfigError, ConfigValueError
+from tinyexp_core.config.orchestration import is_orchestrated
 
 __all__ = [
     "EarlyStopping",
@@ -70,7 +70,7 @@ class Trial:
     def overrides(self) -> list[str]:
         """The trial's experiment overrides as `key=value` text (floats by repr: the text
         reads back as the same float); a run applies `values` themselves."""
-        from tinyexp_core.overrides import render_value
+        from tinyexp_core.config.overrides import render_value
 
         return [f"{k}={render_value(v)}" for k, v in self.values]
 
@@ -135,8 +135,8 @@ def build_sweep(
     """The sweep's trials, each checked by building the experiment with its overrides (the
     experiment's own `validate()` runs): a bad key, type or value raises a ConfigValueError
     naming it, before any run starts."""
-    from tinyexp_core.config import build_exp
-    from tinyexp_core.overrides import Override
+    from tinyexp_core.config.factory import build_exp
+    from tinyexp_core.config.overrides import Override
 
     if not isinstance(sweep, Mapping) or not sweep:
         raise ConfigValueError("sweep", sweep, "a non-empty mapping: a grid or {random: ...}")

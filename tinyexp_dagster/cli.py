@@ -89,7 +89,7 @@ def cmd_redis(args: argparse.Namespace) -> int:
 
 def cmd_ray(args: argparse.Namespace) -> int:
     """Start, stop or show the local Ray that runs on this storage root reuse."""
-    from tinyexp_core.exceptions import RayConnectionError
+    from tinyexp_core.config.exceptions import RayConnectionError
     from tinyexp_core.services.ray_head import (
         address_file,
         live_head_address,
@@ -153,7 +153,7 @@ def cmd_progress(args: argparse.Namespace) -> int:
     """Show live progress of one run (or of every active run) until it ends."""
     import redis
 
-    from tinyexp_core.exceptions import InvalidRedisUrlError
+    from tinyexp_core.config.exceptions import InvalidRedisUrlError
     from tinyexp_core.redis_client import classify_redis_error, make_client, redact_url
     from tinyexp_core.services.embedded_redis import find_redis_url
 

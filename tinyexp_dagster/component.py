@@ -55,7 +55,7 @@ class TinyExpPipelineScaffolder(dg.Scaffolder[TinyExpPipelineScaffoldParams]):
         return TinyExpPipelineScaffoldParams
 
     def scaffold(self, request: dg.ScaffoldRequest[TinyExpPipelineScaffoldParams]) -> None:
-        from tinyexp_core.exceptions import ConfigValueError
+        from tinyexp_core.config.exceptions import ConfigValueError
         from tinyexp_dagster.pipeline import valid_name
 
         name = request.params.name or request.target_path.name

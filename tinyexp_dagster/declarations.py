@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 
 __all__ = ["declare", "declared_in"]
 

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tinyexp_core.config.exceptions import TinyExpError
 from tinyexp_core.contract import EvalResult
-from tinyexp_core.exceptions import TinyExpError
 from tinyexp_core.files import atomic_write_text
 
 __all__ = ["CACHE_DIR", "cached_evaluation"]

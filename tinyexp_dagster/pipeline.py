@@ -34,7 +34,7 @@ from typing import Any
 
 import dagster as dg
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_dagster.assets import (
     PipelineSpec,
     build_champion_gate,
@@ -180,7 +180,7 @@ def valid_name(name: object) -> bool:
 
 
 def _spec(name: str, experiment: str | type, overrides: Sequence[str]) -> PipelineSpec:
-    from tinyexp_core.config import build_exp, load_exp_class
+    from tinyexp_core.config.factory import build_exp, load_exp_class
 
     if not valid_name(name):
         raise ConfigValueError("name", name, "letters, digits and _, starting with a letter")
@@ -243,7 +243,7 @@ def _with_sweep(
 
 def _implements(exp_cls: type, method: str) -> bool:
     """Whether the experiment class overrides the TinyExp base's `method`."""
-    from tinyexp_core.experiment import TinyExp
+    from tinyexp_core.config.experiment import TinyExp
 
     return getattr(exp_cls, method, None) is not getattr(TinyExp, method, None)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyexp_core import storage
-from tinyexp_core.exceptions import TinyExpError
+from tinyexp_core.config.exceptions import TinyExpError
 from tinyexp_core.files import atomic_write_text
 
 __all__ = ["ModelRegistry", "UnknownModelError", "now_iso"]

@@ -80,7 +80,7 @@ def plan_resume(instance: dg.DagsterInstance, run_id: str, storage_root: str | P
 def _latest_valid(directory: Path, run_id: str) -> str:
     """The checkpoint a resume would start from (verified); refused when there is none."""
     from tinyexp_core.checkpoint import CheckpointManager
-    from tinyexp_core.exceptions import CheckpointCorruptError
+    from tinyexp_core.config.exceptions import CheckpointCorruptError
 
     why = ""
     found = None

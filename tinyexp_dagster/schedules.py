@@ -6,7 +6,7 @@ the UI, or with `dagster schedule start`)."""
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 
 DEFAULT_RETRAIN_CRON = "0 2 * * *"
 DEFAULT_RETRAIN_TIMEZONE = "UTC"

@@ -12,7 +12,7 @@ so the launchpad shows, autocompletes and type-checks `exp: {optimizer_cfg: {lr:
   the source (`lr: float = 1e-3  # for the global batch`), else the comment lines right
   above it, else the sentence of the class docstring that names the field in backticks;
   a section's description is its class docstring.
-- fields the orchestrator owns (`tinyexp_core.orchestration.ORCHESTRATED_KEYS`: launcher,
+- fields the orchestrator owns (`tinyexp_core.config.orchestration.ORCHESTRATED_KEYS`: launcher,
   workers, run id, output and resume, ...) are left out: the orchestrator forces them, so a
   value set in `exp` would do nothing.
 
@@ -40,8 +40,8 @@ from typing import Annotated, Any, Literal, Optional, get_args, get_origin
 import dagster as dg
 import pydantic
 
-from tinyexp_core.orchestration import ORCHESTRATED_KEYS
-from tinyexp_core.overrides import Override, render_value
+from tinyexp_core.config.orchestration import ORCHESTRATED_KEYS
+from tinyexp_core.config.overrides import Override, render_value
 
 __all__ = [
     "ORCHESTRATED_FIELDS",
@@ -259,7 +259,7 @@ def _model_for(
         model = pydantic.create_model(klass.__name__, __base__=dg.Config, **definitions)
     except (NameError, TypeError, pydantic.PydanticUserError) as err:
         # e.g. a field named like a pydantic attribute (`json`, `schema`, `copy`)
-        from tinyexp_core.exceptions import ConfigValueError
+        from tinyexp_core.config.exceptions import ConfigValueError
 
         raise ConfigValueError(
             prefix.rstrip(".") or klass.__name__,
@@ -321,7 +321,7 @@ def with_exp_field(
 # ---------------------------------------------------------------- exp -> overrides
 
 
-# The CLI syntax's rendering lives with the parser (tinyexp_core.overrides).
+# The CLI syntax's rendering lives with the parser (tinyexp_core.config.overrides).
 render_override_value = render_value
 
 
@@ -330,7 +330,7 @@ def _checked(key: str, value: Any, tp: Any) -> Override:
     read back as the same value."""
     override = Override.typed(key, value)
     if not override.reads_back(tp):
-        from tinyexp_core.exceptions import ConfigTypeError
+        from tinyexp_core.config.exceptions import ConfigTypeError
 
         raise ConfigTypeError(key, value, "a value that the key=value syntax can express")
     return override
@@ -344,7 +344,7 @@ def exp_values(
     exclude: Sequence[str] = ORCHESTRATED_FIELDS,
     defaults: Any = None,
 ) -> list[Override]:
-    """The `exp` config value as typed overrides (`tinyexp_core.overrides.Override`): the
+    """The `exp` config value as typed overrides (`tinyexp_core.config.overrides.Override`): the
     values themselves reach the experiment, never a text round trip.
 
     `only_changed=True` (the default) lists only values that differ from the dataclass
@@ -370,7 +370,7 @@ def exp_overrides(exp_cls: type, value: Any, **kwargs: Any) -> list[str]:
 def _collect(
     obj: Any, value: Mapping[str, Any], prefix: str, exclude: tuple, only_changed: bool, out: list
 ) -> None:
-    from tinyexp_core.exceptions import ConfigValueError, UnknownConfigurationKeyError
+    from tinyexp_core.config.exceptions import ConfigValueError, UnknownConfigurationKeyError
 
     names = {f.name for f in dataclasses.fields(obj)}
     hints = _type_hints(type(obj))

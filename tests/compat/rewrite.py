@@ -14,7 +14,7 @@ from pathlib import Path
 # 0.0.1 module -> tinyexp_core module with the same public names.
 IMPORT_MAP: dict[str, str] = {
     "tinyexp": "tinyexp_core",
-    "tinyexp.exceptions": "tinyexp_core.exceptions",
+    "tinyexp.exceptions": "tinyexp_core.config.exceptions",
     "tinyexp.tiny_engine.accelerator": "tinyexp_core.accelerators",
     "tinyexp.dataset.sampler": "tinyexp_core.data",
     "tinyexp.dataset.fake_dataloader": "tinyexp_core.data",

@@ -19,7 +19,7 @@ from dagster._core.test_utils import instance_for_test
 
 from tests.compat.conftest import PortedRelease
 from tests.compat.test_examples import _FAST_LOADERS, _write_mnist
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_dagster import pipeline_defs
 from tinyexp_dagster.resources import (
     RayDDPResource,
@@ -128,9 +128,9 @@ def test_ported_accelerator_cfg_takes_cpu_and_ddp_and_its_error_lists_no_other_c
     ported_mnist: str,
 ) -> None:
     """What the pipeline reads from 0.0.1's own AcceleratorCfg, and the error it raises."""
-    from tinyexp_core.config import load_exp_class
-    from tinyexp_core.exceptions import UnknownAcceleratorTypeError
-    from tinyexp_core.orchestration import accelerator_choices, experiment_accelerator
+    from tinyexp_core.config.exceptions import UnknownAcceleratorTypeError
+    from tinyexp_core.config.factory import load_exp_class
+    from tinyexp_core.config.orchestration import accelerator_choices, experiment_accelerator
 
     cfg = load_exp_class(ported_mnist)().accelerator_cfg
     assert accelerator_choices(cfg) == ("cpu", "ddp")

@@ -26,7 +26,7 @@ def test_import_lines_are_mapped_and_other_lines_kept() -> None:
         "from tinyexp_core import TinyExp, store_and_run_exp\n"
         "from tinyexp_core import RedisClusterManager\n"
         "    from tinyexp_core.accelerators import CPUAccelerator\n"
-        "import tinyexp_core.exceptions as errors\n"
+        "import tinyexp_core.config.exceptions as errors\n"
         'print("tinyexp stays tinyexp in text")\n'
     )
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tests.hooks import wrapped
+from tinyexp_core.config.experiment import TinyExp
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
-from tinyexp_core.experiment import TinyExp
 from tinyexp_core.training import TrainingSession
 
 RANK_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

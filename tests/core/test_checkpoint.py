@@ -22,7 +22,7 @@ from tinyexp_core.checkpoint import (
     sha256_file,
     verify_checkpoint,
 )
-from tinyexp_core.exceptions import (
+from tinyexp_core.config.exceptions import (
     CheckpointCorruptError,
     CheckpointMismatchError,
     CheckpointNotFoundError,

@@ -9,12 +9,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from tinyexp_core import RedisCfgMixin, RedisClusterManager, TinyExp
-from tinyexp_core.config import build_exp
-from tinyexp_core.exceptions import (
+from tinyexp_core.config.exceptions import (
     ConfigValueError,
     RedisClusterConfigError,
     UnknownConfigurationKeyError,
 )
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.launchers.runtime import forward_stdout
 
 

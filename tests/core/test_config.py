@@ -10,15 +10,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from tinyexp_core import TinyExp, build_exp
-from tinyexp_core.config import format_help, iter_config_keys, to_dict
-from tinyexp_core.examples.mnist_exp import Exp as MnistExp
-from tinyexp_core.exceptions import (
+from tinyexp_core.config.exceptions import (
     ConfigTypeError,
     ConfigValueError,
     ExperimentImportError,
     OverrideSyntaxError,
     UnknownConfigurationKeyError,
 )
+from tinyexp_core.config.factory import format_help, iter_config_keys, to_dict
+from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 
 
 @dataclass(repr=False)

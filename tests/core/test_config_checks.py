@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from tinyexp_core.cli import EXIT_USAGE, main
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.exceptions import ConfigError
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.examples.pi_exp import Exp as PiExp
 from tinyexp_core.examples.resnet_exp import Exp as ResNetExp
-from tinyexp_core.exceptions import ConfigError
 
 EXPERIMENTS = {"mnist": MnistExp, "resnet": ResNetExp, "pi": PiExp}
 

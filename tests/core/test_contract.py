@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_core.contract import (
     Checkpoints,
     ContractError,
@@ -14,7 +15,6 @@ from tinyexp_core.contract import (
     PrimaryMetric,
     TrainResult,
 )
-from tinyexp_core.exceptions import ConfigValueError
 
 ACC = PrimaryMetric("accuracy", "max")
 RMSE = PrimaryMetric("rmse", "min")

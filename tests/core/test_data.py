@@ -12,6 +12,11 @@ import redis
 import torch
 from PIL import Image
 
+from tinyexp_core.config.exceptions import (
+    ConfigValueError,
+    DatasetCorruptError,
+    DatasetNotFoundError,
+)
 from tinyexp_core.data import (
     MNIST_FILES,
     SOURCES,
@@ -31,7 +36,6 @@ from tinyexp_core.data import (
     write_idx_images,
     write_idx_labels,
 )
-from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
 
 
 @pytest.fixture

@@ -25,7 +25,12 @@ from tests.core.distributed_exps import (
 )
 from tests.waiting import eventually as _wait
 from tinyexp_core.checkpoint import load_checkpoint
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.exceptions import (
+    InsufficientResourcesError,
+    RayConnectionError,
+    WorkerFailedError,
+)
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.data import (
     RedisSampleCache,
     image_folder,
@@ -35,11 +40,6 @@ from tinyexp_core.data import (
 )
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.examples.resnet_exp import Exp as ResNetExp
-from tinyexp_core.exceptions import (
-    InsufficientResourcesError,
-    RayConnectionError,
-    WorkerFailedError,
-)
 from tinyexp_core.launchers import run_in_process
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_core.launchers.ray_session import _check_reachable
@@ -250,7 +250,7 @@ _UNREACHABLE_SCRIPT = """
 import sys, time
 import ray
 from tinyexp_core.examples.pi_exp import Exp
-from tinyexp_core.exceptions import RayConnectionError
+from tinyexp_core.config.exceptions import RayConnectionError
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 
 spec = RayLaunchSpec(num_workers=1, address="127.0.0.1:1", connect_timeout_s=3.0)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from loguru import logger
 
+from tinyexp_core.config.exceptions import ConfigValueError, ModelMismatchError
 from tinyexp_core.ema import update_ema
-from tinyexp_core.exceptions import ConfigValueError, ModelMismatchError
 from tinyexp_core.logging import LoggerCfg, WandbCfg, tiny_logger_setup
 
 

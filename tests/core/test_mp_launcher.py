@@ -21,13 +21,13 @@ from tests.core.distributed_exps import (
 )
 from tests.waiting import eventually as _wait
 from tinyexp_core.checkpoint import load_checkpoint
-from tinyexp_core.config import build_exp
-from tinyexp_core.data import load_source, prepare_dataset
-from tinyexp_core.exceptions import (
+from tinyexp_core.config.exceptions import (
     ConfigValueError,
     InsufficientResourcesError,
     WorkerFailedError,
 )
+from tinyexp_core.config.factory import build_exp
+from tinyexp_core.data import load_source, prepare_dataset
 from tinyexp_core.launchers import launch_local
 from tinyexp_core.launchers.mp import free_port
 

@@ -9,17 +9,17 @@ from dataclasses import dataclass
 import pytest
 
 from tinyexp_core.accelerators import ACCELERATORS, AcceleratorCfg
-from tinyexp_core.config import build_exp
-from tinyexp_core.examples.mnist_exp import Exp
-from tinyexp_core.exceptions import ConfigValueError, UnknownAcceleratorTypeError
-from tinyexp_core.orchestration import (
+from tinyexp_core.config.exceptions import ConfigValueError, UnknownAcceleratorTypeError
+from tinyexp_core.config.factory import build_exp
+from tinyexp_core.config.orchestration import (
     ORCHESTRATED_KEYS,
     RunOverrides,
     accelerator_choices,
     experiment_accelerator,
     is_orchestrated,
 )
-from tinyexp_core.overrides import Override
+from tinyexp_core.config.overrides import Override
+from tinyexp_core.examples.mnist_exp import Exp
 from tinyexp_core.sweep import build_sweep
 
 LR = 0.00012345678901234

@@ -12,7 +12,11 @@ import pytest
 import redis
 from loguru import logger
 
-from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError, InvalidRunStatusError
+from tinyexp_core.config.exceptions import (
+    ConfigValueError,
+    InvalidRedisUrlError,
+    InvalidRunStatusError,
+)
 from tinyexp_core.progress import (
     ACTIVE_RUNS_KEY,
     EVENTS_STREAM,

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import redis
 
-from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError, RedisStartError
+from tinyexp_core.config.exceptions import ConfigValueError, InvalidRedisUrlError, RedisStartError
 from tinyexp_core.redis_client import make_client, probe_redis, redact_url
 from tinyexp_core.services import lifecycle, redis_cluster
 from tinyexp_core.services.embedded_redis import EmbeddedRedis, resolve_redis_url

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tinyexp_core.cli import main
-from tinyexp_core.config import build_exp, format_help
+from tinyexp_core.config.exceptions import ConfigTypeError, ConfigValueError, OverrideSyntaxError
+from tinyexp_core.config.factory import build_exp, format_help
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
 from tinyexp_core.examples.resnet_exp import Exp as ResNetExp
-from tinyexp_core.exceptions import ConfigTypeError, ConfigValueError, OverrideSyntaxError
 from tinyexp_core.redaction import has_credential, redact_overrides, redact_text, redact_value
 
 SECRET = "Pa55w0rdXyz"

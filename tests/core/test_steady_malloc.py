@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.core.distributed_exps import MallocExp
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.launchers import launch_local
 
 pytestmark = pytest.mark.skipif(

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from tinyexp_core import checkpoint as ckpt
+from tinyexp_core.config.exceptions import CheckpointMismatchError, ConfigValueError
 from tinyexp_core.data import TensorBatchLoader, load_source, prepare_dataset
-from tinyexp_core.exceptions import CheckpointMismatchError, ConfigValueError
 from tinyexp_core.step_checkpoint import (
     DataPosition,
     StepCheckpointWriter,

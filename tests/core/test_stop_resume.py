@@ -158,8 +158,8 @@ def _train_losses(run_dir: Path) -> list[float]:
 def test_ray_launcher_passes_a_stop_request_to_its_ranks(ray_cluster, prepared, tmp_path):
     """The driver's stop request (what a SIGTERM to the CLI or Dagster's termination makes)
     reaches the rank actors through `request_stop`; they checkpoint mid-epoch and end."""
-    from tinyexp_core.config import build_exp
-    from tinyexp_core.exceptions import RunStoppedError
+    from tinyexp_core.config.exceptions import RunStoppedError
+    from tinyexp_core.config.factory import build_exp
     from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
     from tinyexp_core.stop import clear_stop, request_stop
 

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_core.examples.mnist_exp import Exp
-from tinyexp_core.exceptions import ConfigValueError
 from tinyexp_core.sweep import (
     EarlyStopping,
     SweepBoard,

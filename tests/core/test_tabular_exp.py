@@ -17,11 +17,11 @@ import torch
 from tests.core.distributed_exps import state_fingerprint
 from tests.hooks import stopping_after_step, wrapped
 from tinyexp_core.checkpoint import load_checkpoint
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.exceptions import CheckpointError, DatasetCorruptError, RunStoppedError
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.contract import EvalResult, PreparedData, TrainResult
 from tinyexp_core.data.tabular import load_tabular_split, read_tabular_manifest
 from tinyexp_core.examples.tabular_exp import Exp
-from tinyexp_core.exceptions import CheckpointError, DatasetCorruptError, RunStoppedError
 from tinyexp_core.launchers import run_in_process
 from tinyexp_core.launchers.mp import launch_local
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec

@@ -14,9 +14,9 @@ import pytest
 
 from tests.hooks import stopping_after_step
 from tinyexp_core import checkpoint as ckpt
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.exceptions import RunStoppedError
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
-from tinyexp_core.exceptions import RunStoppedError
 from tinyexp_core.stop import clear_stop
 
 # The .wandb transaction log: a 7-byte header (":W&B", magic 0xBEE1, version 0), then

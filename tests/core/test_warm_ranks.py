@@ -12,7 +12,7 @@ import pytest
 
 from tests.core.distributed_exps import FailingExp, WhoAmIExp
 from tests.waiting import eventually as _wait
-from tinyexp_core.exceptions import WorkerFailedError
+from tinyexp_core.config.exceptions import WorkerFailedError
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_core.launchers.ray_rank import _RankWorker
 from tinyexp_core.services import ray_pool
@@ -111,7 +111,7 @@ def test_a_module_the_pool_never_imported_runs_in_warm_ranks(pool, tmp_path, mon
         textwrap.dedent(
             """
             import os
-            from tinyexp_core.experiment import TinyExp
+            from tinyexp_core.config.experiment import TinyExp
 
             class Exp(TinyExp):
                 exp_name: str = "my_team_model"

@@ -20,7 +20,7 @@ import dagster as dg
 import pytest
 
 from tests.dagster.support import dagster_resources, materializations
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_dagster import pipeline_defs
 from tinyexp_dagster.cli import main
 from tinyexp_dagster.registry import ModelRegistry, UnknownModelError

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_dagster import TinyExpPipeline, default_resources, pipeline_defs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ def test_dg_list_defs_lists_the_mnist_pipeline(tmp_path: Path) -> None:
 
 
 def test_missing_pieces_are_one_line_at_definition_time() -> None:
-    from tinyexp_core.experiment import TinyExp
+    from tinyexp_core.config.experiment import TinyExp
 
     class NoTrain(TinyExp):
         pass

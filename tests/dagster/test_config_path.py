@@ -15,8 +15,8 @@ import pytest
 import yaml
 from dagster._core.test_utils import instance_for_test
 
-import tinyexp_core.config
-import tinyexp_core.overrides
+import tinyexp_core.config.factory
+import tinyexp_core.config.overrides
 from tinyexp_core.checkpoint import load_checkpoint
 from tinyexp_dagster import pipeline_defs
 from tinyexp_dagster.resources import (
@@ -68,14 +68,14 @@ def test_grid_float_reaches_the_optimizer_bit_identical_and_each_override_is_par
         # Every parse in this process from here on: the training step's (the ranks get
         # the built experiment). Both names of the function are counted.
         calls: collections.Counter[str] = collections.Counter()
-        parse = tinyexp_core.overrides.parse_override
+        parse = tinyexp_core.config.overrides.parse_override
 
         def counted(text: str):
             calls[text] += 1
             return parse(text)
 
-        monkeypatch.setattr(tinyexp_core.overrides, "parse_override", counted)
-        monkeypatch.setattr(tinyexp_core.config, "parse_override", counted)
+        monkeypatch.setattr(tinyexp_core.config.overrides, "parse_override", counted)
+        monkeypatch.setattr(tinyexp_core.config.factory, "parse_override", counted)
         result = dg.materialize(
             assets,
             selection=[key("trained_model")],

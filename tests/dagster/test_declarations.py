@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_dagster import default_resources, pipeline_defs
 
 TABULAR = "tinyexp_core.examples.tabular_exp:Exp"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tinyexp_core.config.exceptions import CheckpointCorruptError
 from tinyexp_core.contract import EvalResult, PrimaryMetric
-from tinyexp_core.exceptions import CheckpointCorruptError
 from tinyexp_dagster.eval_cache import CACHE_DIR, cache_path, cached_evaluation
 
 EXPERIMENT = "tinyexp_core.examples.tabular_exp:Exp"

@@ -22,7 +22,7 @@ from dagster._core.instance.ref import InstanceRef
 from loguru import logger
 
 from tinyexp_core.checkpoint import load_checkpoint, verify_checkpoint
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.launchers import run_in_process
 from tinyexp_core.progress import RedisProgressReporter, read_run
 from tinyexp_core.redis_client import make_client

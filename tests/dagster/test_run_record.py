@@ -15,9 +15,9 @@ from dagster._core.test_utils import instance_for_test
 
 from tests.dagster.support import materializations, prepared_dataset, trained_model
 from tinyexp_core.checkpoint import load_checkpoint
+from tinyexp_core.config.experiment import ProgressCfg
+from tinyexp_core.config.orchestration import RunOverrides
 from tinyexp_core.examples.mnist_exp import Exp
-from tinyexp_core.experiment import ProgressCfg
-from tinyexp_core.orchestration import RunOverrides
 from tinyexp_core.progress import read_run, run_key
 from tinyexp_core.redis_client import make_client
 from tinyexp_dagster.resources import (

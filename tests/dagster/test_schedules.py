@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import pytest
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_dagster import default_resources, pipeline_defs
 from tinyexp_dagster.definitions import defs
 

@@ -6,9 +6,9 @@ from typing import Literal, Optional
 import dagster as dg
 import pytest
 
-from tinyexp_core.config import build_exp
-from tinyexp_core.exceptions import ConfigTypeError, ConfigValueError
-from tinyexp_core.experiment import TinyExp
+from tinyexp_core.config.exceptions import ConfigTypeError, ConfigValueError
+from tinyexp_core.config.experiment import TinyExp
+from tinyexp_core.config.factory import build_exp
 from tinyexp_dagster.schema import (
     ORCHESTRATED_FIELDS,
     exp_config_fields,

@@ -21,7 +21,7 @@ from dagster._core.launcher import RunLauncher
 from dagster._serdes import ConfigurableClass
 
 from tests.hung_process import WAIT_FUNCTION, hung_rank
-from tinyexp_core.exceptions import ConfigValueError, InvalidRedisUrlError
+from tinyexp_core.config.exceptions import ConfigValueError, InvalidRedisUrlError
 from tinyexp_core.progress import (
     ACTIVE_RUNS_KEY,
     EVENTS_STREAM,

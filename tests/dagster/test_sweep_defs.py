@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import instance_for_test
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_dagster import TinyExpPipeline, default_resources, pipeline_defs
 
 EXP = "tinyexp_core.examples.mnist_exp:Exp"

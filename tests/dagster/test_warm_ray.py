@@ -30,7 +30,7 @@ RAY_DAEMONS = ("raylet", "gcs_server")
 _RUN_PROBE = """
 import json, sys
 import psutil, ray
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_dagster.resources import RayDDPResource
 
@@ -208,7 +208,7 @@ def test_an_address_or_local_never_starts_a_head(tmp_path, monkeypatch):
 
 
 def test_a_bad_idle_stop_fails_before_anything_starts(tmp_path, monkeypatch, no_ray_connection):
-    from tinyexp_core.exceptions import ConfigValueError
+    from tinyexp_core.config.exceptions import ConfigValueError
     from tinyexp_core.services.ray_head import ENV_IDLE_STOP_S
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

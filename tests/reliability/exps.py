@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 from tests.hooks import wrapped
 from tinyexp_core.accelerators import AcceleratorCfg
+from tinyexp_core.config.exceptions import TinyExpError
+from tinyexp_core.config.experiment import TinyExp
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
-from tinyexp_core.exceptions import TinyExpError
-from tinyexp_core.experiment import TinyExp
 from tinyexp_core.recipe import StepCheckpoints
 from tinyexp_core.training import TrainingSession
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.exceptions import ConfigValueError
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.examples.tabular_exp import Exp as TabularExp
-from tinyexp_core.exceptions import ConfigValueError
 from tinyexp_core.files import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -27,8 +27,8 @@ from tests.reliability.support import (
     trained_model,
 )
 from tinyexp_core.checkpoint import CheckpointManager, load_checkpoint, sha256_file
-from tinyexp_core.config import build_exp
-from tinyexp_core.exceptions import CheckpointCorruptError, WorkerFailedError
+from tinyexp_core.config.exceptions import CheckpointCorruptError, WorkerFailedError
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 
 

@@ -22,7 +22,7 @@ import torch
 
 from tests.hooks import wrapped
 from tinyexp_core import checkpoint as ckpt
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.examples.tabular_exp import Exp
 from tinyexp_core.launchers import run_in_process
 from tinyexp_core.training import TrainingSession

@@ -32,7 +32,7 @@ from tests.reliability.support import (
     trained_model,
 )
 from tinyexp_core.checkpoint import load_checkpoint, save_checkpoint
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_core.progress import read_run
 from tinyexp_dagster.resources import RedisProgressResource
@@ -121,7 +121,7 @@ def test_embedded_redis_listens_on_loopback_only(tmp_path):
 _LISTEN_PROBE = """
 import json, threading, time
 import psutil
-from tinyexp_core.config import build_exp
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 
 seen, stop = {}, threading.Event()

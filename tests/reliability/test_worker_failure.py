@@ -25,8 +25,8 @@ from tests.reliability.support import (
     trained_model,
 )
 from tests.waiting import eventually
-from tinyexp_core.config import build_exp
-from tinyexp_core.exceptions import WorkerFailedError
+from tinyexp_core.config.exceptions import WorkerFailedError
+from tinyexp_core.config.factory import build_exp
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, read_run
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_core.launchers.ship import code_runtime_env
 from tinyexp_dagster.resources import RayDDPResource
 

@@ -248,7 +248,7 @@ def test_a_run_whose_uploads_fail_for_good_fails_naming_the_kept_file(s3, tmp_pa
     after the preflight: the run fails with UploadFailedError naming the checkpoint, which
     is still on this node's disk and loads."""
     from tinyexp_core.checkpoint import load_checkpoint
-    from tinyexp_core.config import build_exp
+    from tinyexp_core.config.factory import build_exp
     from tinyexp_core.examples.mnist_exp import Exp
 
     storage.set_uploader(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
-from tinyexp_core.exceptions import ConfigValueError, UnknownAcceleratorTypeError
+from tinyexp_core.config.exceptions import ConfigValueError, UnknownAcceleratorTypeError
 
 if TYPE_CHECKING:
     from tinyexp_core.accelerators.base import Accelerator

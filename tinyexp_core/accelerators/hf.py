@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 
 
 class HFAccelerator:

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from loguru import logger
 
-from tinyexp_core.exceptions import (
+from tinyexp_core.config.exceptions import (
     CheckpointCorruptError,
     CheckpointError,
     CheckpointMismatchError,

@@ -19,7 +19,7 @@ from tinyexp_core.checkpoint.format import (
     load_checkpoint,
     save_checkpoint,
 )
-from tinyexp_core.exceptions import (
+from tinyexp_core.config.exceptions import (
     CheckpointCorruptError,
     CheckpointError,
     ConfigValueError,

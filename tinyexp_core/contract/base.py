@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
-from tinyexp_core.exceptions import TinyExpError
+from tinyexp_core.config.exceptions import TinyExpError
 
 Direction = Literal["max", "min"]
 DIRECTIONS: tuple[str, ...] = get_args(Direction)

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_core.contract.base import DIRECTIONS, Direction, _require
-from tinyexp_core.exceptions import ConfigValueError
 
 # ---------------------------------------------------------------- primary metric
 

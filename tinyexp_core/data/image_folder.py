@@ -11,8 +11,12 @@ import torch
 from redis.exceptions import RedisError
 from torch.utils.data import Dataset
 
+from tinyexp_core.config.exceptions import (
+    ConfigValueError,
+    DatasetCorruptError,
+    DatasetNotFoundError,
+)
 from tinyexp_core.data.raw import RawDataset
-from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 CACHE_KEY_PREFIX = "tinyexp:cache"
@@ -24,7 +28,7 @@ def sample_cache_url(configured: str = "") -> str:
     progress store's (`$TINYEXP_PROGRESS_URL`, which an orchestrator sets); "" for none."""
     import os
 
-    from tinyexp_core.experiment import ENV_CACHE_URL, ENV_PROGRESS_URL
+    from tinyexp_core.config.env import ENV_CACHE_URL, ENV_PROGRESS_URL
 
     return configured or os.environ.get(ENV_CACHE_URL) or os.environ.get(ENV_PROGRESS_URL) or ""
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_core.data.prepared import load_split
-from tinyexp_core.exceptions import ConfigValueError
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081

@@ -19,8 +19,12 @@ from typing import Any
 
 import torch
 
+from tinyexp_core.config.exceptions import (
+    ConfigValueError,
+    DatasetCorruptError,
+    DatasetNotFoundError,
+)
 from tinyexp_core.data.raw import RawDataset
-from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
 from tinyexp_core.files import atomic_write, atomic_write_text, sha256_file
 from tinyexp_core.storage import localize_dataset
 

@@ -16,8 +16,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tinyexp_core.config.exceptions import (
+    ConfigValueError,
+    DatasetCorruptError,
+    DatasetNotFoundError,
+)
 from tinyexp_core.data.raw import RawDataset
-from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
 
 SOURCES = ("digits", "mnist", "synthetic", "image_folder")
 

@@ -24,8 +24,12 @@ from pathlib import Path
 
 import torch
 
+from tinyexp_core.config.exceptions import (
+    ConfigValueError,
+    DatasetCorruptError,
+    DatasetNotFoundError,
+)
 from tinyexp_core.contract import PreparedData
-from tinyexp_core.exceptions import ConfigValueError, DatasetCorruptError, DatasetNotFoundError
 from tinyexp_core.files import sha256_file
 from tinyexp_core.storage import localize_dataset
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinyexp_core.accelerators import AcceleratorCfg
-from tinyexp_core.exceptions import ConfigValueError
-from tinyexp_core.experiment import TinyExp
+from tinyexp_core.config.exceptions import ConfigValueError
+from tinyexp_core.config.experiment import TinyExp
 from tinyexp_core.lazy import lazy_module
 
 torch = lazy_module("torch")  # loaded when the run starts, not on import

@@ -12,9 +12,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tinyexp_core.config.env import ENV_CACHE_URL, ENV_PROGRESS_URL
+from tinyexp_core.config.exceptions import ConfigValueError
+from tinyexp_core.config.experiment import check_redis_url
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
-from tinyexp_core.exceptions import ConfigValueError
-from tinyexp_core.experiment import ENV_CACHE_URL, ENV_PROGRESS_URL, check_redis_url
 from tinyexp_core.lazy import lazy_module
 
 nn = lazy_module("torch.nn")  # loaded when the model is built, not on import

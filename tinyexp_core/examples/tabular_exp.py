@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.accelerators import AcceleratorCfg
+from tinyexp_core.config.exceptions import ConfigValueError
+from tinyexp_core.config.experiment import TinyExp
 from tinyexp_core.contract import EvalResult, PreparedData, PrimaryMetric, TrainResult
-from tinyexp_core.exceptions import ConfigValueError
-from tinyexp_core.experiment import TinyExp
 from tinyexp_core.lazy import lazy_module
 from tinyexp_core.training import TrainingSession
 

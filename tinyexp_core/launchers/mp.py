@@ -27,7 +27,7 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from tinyexp_core.exceptions import (
+from tinyexp_core.config.exceptions import (
     ConfigValueError,
     InsufficientResourcesError,
     RunStoppedError,

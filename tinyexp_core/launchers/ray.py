@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from tinyexp_core.exceptions import ResourceWaitTimeoutError
+from tinyexp_core.config.exceptions import ResourceWaitTimeoutError
 from tinyexp_core.launchers.ray_rank import _LogSink, _RankWorker
 from tinyexp_core.launchers.ray_session import (
     ENV_RAY_ADDRESS,

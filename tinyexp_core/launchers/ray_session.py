@@ -8,7 +8,7 @@ import os
 import socket
 from collections.abc import Iterator
 
-from tinyexp_core.exceptions import RayConnectionError
+from tinyexp_core.config.exceptions import RayConnectionError
 from tinyexp_core.timing import mark
 
 ENV_RAY_ADDRESS = "RAY_ADDRESS"

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinyexp_core.exceptions import ConfigValueError, InsufficientResourcesError
+from tinyexp_core.config.exceptions import ConfigValueError, InsufficientResourcesError
 from tinyexp_core.launchers.ray_session import ENV_RAY_ADDRESS, LOCAL_RAY
 from tinyexp_core.launchers.runtime import thread_env_defaults
 from tinyexp_core.timing import ENV_TIMING_FILE

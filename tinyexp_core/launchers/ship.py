@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Literal, get_args
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 
 __all__ = ["PROJECT_EXCLUDES", "SHIP_CODE_CHOICES", "ShipCode", "code_runtime_env"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from tinyexp_core.exceptions import ConfigValueError, InvalidRunStatusError
+from tinyexp_core.config.exceptions import ConfigValueError, InvalidRunStatusError
 from tinyexp_core.progress.keys import (
     ACTIVE_RUNS_KEY,
     DEFAULT_TTL_S,

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 from loguru import logger
 from redis.client import Pipeline
 
-from tinyexp_core.exceptions import ConfigValueError, InvalidRunStatusError
+from tinyexp_core.config.exceptions import ConfigValueError, InvalidRunStatusError
 from tinyexp_core.progress.keys import (
     _EVENT_FIELDS,
     ACTIVE_RUNS_KEY,

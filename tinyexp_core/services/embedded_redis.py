@@ -13,7 +13,7 @@ from urllib.parse import quote
 import redis
 from loguru import logger
 
-from tinyexp_core.exceptions import RedisStartError
+from tinyexp_core.config.exceptions import RedisStartError
 from tinyexp_core.files import atomic_write_text
 from tinyexp_core.redis_client import (
     PROBE_TIMEOUT_S,

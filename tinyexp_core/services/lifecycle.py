@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from tinyexp_core.exceptions import ConfigValueError, RedisStartError
+from tinyexp_core.config.exceptions import ConfigValueError, RedisStartError
 
 # The conventional Redis port: a system server may own it, so we never start one there.
 RESERVED_PORT = 6379

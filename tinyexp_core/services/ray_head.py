@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyexp_core.exceptions import RayConnectionError
+from tinyexp_core.config.exceptions import RayConnectionError
 from tinyexp_core.files import atomic_write
 from tinyexp_core.services.lifecycle import file_lock
 from tinyexp_core.services.lifecycle import idle_stop_s as parse_idle_stop_s

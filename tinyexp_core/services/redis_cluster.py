@@ -16,7 +16,11 @@ from urllib.parse import quote
 import redis
 from loguru import logger
 
-from tinyexp_core.exceptions import ConfigValueError, RedisClusterConfigError, RedisStartError
+from tinyexp_core.config.exceptions import (
+    ConfigValueError,
+    RedisClusterConfigError,
+    RedisStartError,
+)
 from tinyexp_core.files import atomic_write_text
 from tinyexp_core.redis_client import make_client, probe_redis, redact_url
 from tinyexp_core.services.lifecycle import STOP_TIMEOUT_S, free_port

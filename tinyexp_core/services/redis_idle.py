@@ -31,7 +31,7 @@ import psutil
 import redis
 from loguru import logger
 
-from tinyexp_core.exceptions import ConfigValueError
+from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_core.files import atomic_write_text
 from tinyexp_core.progress import ACTIVE_RUNS_KEY
 from tinyexp_core.redis_client import classify_redis_error, make_client

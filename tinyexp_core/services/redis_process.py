@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from tinyexp_core.exceptions import ConfigValueError, RedisStartError
+from tinyexp_core.config.exceptions import ConfigValueError, RedisStartError
 from tinyexp_core.redis_client import make_client, probe_redis
 from tinyexp_core.services.lifecycle import POLL_S
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tinyexp_core.exceptions import TinyExpError
+from tinyexp_core.config.exceptions import TinyExpError
 from tinyexp_core.redaction import redact_text
 
 

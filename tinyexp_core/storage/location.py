@@ -60,7 +60,7 @@ def local_path(location: str | os.PathLike[str]) -> Path:
         return Path("/" + rest.lstrip("/"))
     rest = rest.strip("/")
     if not rest or any(p in ("..", ".") for p in rest.split("/")):
-        from tinyexp_core.exceptions import ConfigValueError
+        from tinyexp_core.config.exceptions import ConfigValueError
 
         raise ConfigValueError("storage root", text, "scheme://bucket[/prefix] without . or ..")
     return node_cache_dir() / scheme / rest

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT, ENV_PROGRESS_RUN_ID
+from tinyexp_core.config.env import ENV_ASSET, ENV_ATTEMPT, ENV_PROGRESS_RUN_ID
 
 __all__ = ["RunContext"]
 

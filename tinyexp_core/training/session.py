@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from loguru import Logger
 
     from tinyexp_core.accelerators.base import Accelerator
-    from tinyexp_core.experiment import TinyExp
+    from tinyexp_core.config.experiment import TinyExp
 
 T = TypeVar("T")
 
@@ -278,7 +278,7 @@ class TrainingSession:
         loop = self._require_loop()
         metric = self.primary_metric
         if metric is None:
-            from tinyexp_core.exceptions import ConfigValueError
+            from tinyexp_core.config.exceptions import ConfigValueError
 
             name = type(self.exp).__name__
             raise ConfigValueError(f"{name}.primary_metric", None, "a PrimaryMetric(name, dir)")

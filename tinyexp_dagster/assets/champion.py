@@ -86,8 +86,8 @@ def gate(
     """Compare `new` (the model_checkpoint value) with the champion; move the alias or not.
     `lost`: the severity of a verdict "worse than the champion" (default ERROR)."""
     from tinyexp_core.checkpoint import verify_checkpoint
+    from tinyexp_core.config.exceptions import TinyExpError
     from tinyexp_core.contract import PrimaryMetric
-    from tinyexp_core.exceptions import TinyExpError
     from tinyexp_dagster.registry import ModelRegistry
 
     metric = PrimaryMetric.from_dict(new["primary_metric"])

@@ -27,7 +27,7 @@ class CheckpointConfig(dg.Config):
 def promote(source: str, target_dir: Path) -> tuple[Path, str]:
     """Copy a verified checkpoint into a new version folder, atomically; never overwrite."""
     from tinyexp_core.checkpoint import copy_checkpoint, verify_checkpoint
-    from tinyexp_core.exceptions import CheckpointCorruptError
+    from tinyexp_core.config.exceptions import CheckpointCorruptError
     from tinyexp_core.storage import localize
 
     source = str(localize(source))  # a URI (a rank on another node): fetched, verified

@@ -53,11 +53,11 @@ def _nan_problems(prepared: Any, layout: str) -> list[str]:
     other formats are checked by their own loaders."""
     import torch
 
+    from tinyexp_core.config.exceptions import DatasetError
     from tinyexp_core.data import FORMAT as IMAGES
     from tinyexp_core.data import load_split
     from tinyexp_core.data.tabular import FORMAT as TABLE
     from tinyexp_core.data.tabular import load_tabular_split
-    from tinyexp_core.exceptions import DatasetError
 
     loader = {IMAGES: load_split, TABLE: load_tabular_split}.get(layout)
     if loader is None:
@@ -82,7 +82,7 @@ def _failed(problem: str) -> dg.AssetCheckResult:
 def checkpoint_integrity(value: dict[str, Any]) -> dg.AssetCheckResult:
     """The promoted file exists, matches its recorded sha256 and loads (weights only)."""
     from tinyexp_core.checkpoint import load_checkpoint, verify_checkpoint
-    from tinyexp_core.exceptions import CheckpointError
+    from tinyexp_core.config.exceptions import CheckpointError
 
     try:
         sha = verify_checkpoint(value["path"])  # against its sidecar: hashed once, here

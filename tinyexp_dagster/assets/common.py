@@ -37,12 +37,12 @@ class PipelineSpec:
         return getattr(self.exp_cls, "primary_metric", None)
 
     def run_overrides(self, exp_value: Any, run_overrides: Sequence[str], trial: Any = None) -> Any:
-        """The run's `tinyexp_core.orchestration.RunOverrides`, each override parsed once:
+        """The run's `tinyexp_core.config.orchestration.RunOverrides`, each override parsed once:
         the pipeline's overrides, the sweep trial's values (a `Trial`: typed), the typed
         `exp` value's changes, then the run's; a run may not change a key its trial sets.
         A bad one is a step failure (not retried)."""
-        from tinyexp_core.exceptions import ConfigError
-        from tinyexp_core.orchestration import RunOverrides
+        from tinyexp_core.config.exceptions import ConfigError
+        from tinyexp_core.config.orchestration import RunOverrides
         from tinyexp_dagster.schema import exp_values
 
         try:
@@ -76,9 +76,9 @@ def build_experiment(
     values; a bad override fails the step (without retries) before any Ray or Redis
     resource is touched. A user override of a forced key is refused rather than silently
     replaced: the run record must state what ran."""
-    from tinyexp_core.config import load_exp_class
-    from tinyexp_core.exceptions import ConfigError
-    from tinyexp_core.orchestration import RunOverrides
+    from tinyexp_core.config.exceptions import ConfigError
+    from tinyexp_core.config.factory import load_exp_class
+    from tinyexp_core.config.orchestration import RunOverrides
 
     try:
         exp_cls = load_exp_class(experiment) if isinstance(experiment, str) else experiment

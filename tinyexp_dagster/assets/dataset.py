@@ -44,8 +44,8 @@ def build_prepared_dataset(spec: PipelineSpec) -> dg.AssetsDefinition:
     def prepared_dataset(
         context: dg.AssetExecutionContext, config: config_cls, storage: StorageResource
     ) -> dg.Output[dict[str, Any]]:
+        from tinyexp_core.config.exceptions import DatasetError
         from tinyexp_core.contract import PreparedData
-        from tinyexp_core.exceptions import DatasetError
 
         exp = build_experiment(spec.exp_cls, spec.run_overrides(config.exp, config.overrides))
         storage.check()  # an object-store root: reachable, keys accepted, bucket there

@@ -119,7 +119,7 @@ def comparison_markdown(
     spec: PipelineSpec, champion_result: Any, champion: dict[str, Any], other: dict, split: str
 ) -> str:
     """The champion vs another version on `split`: primary metric and loss, with deltas."""
-    from tinyexp_core.exceptions import TinyExpError
+    from tinyexp_core.config.exceptions import TinyExpError
 
     name = spec.primary_metric.name
     try:

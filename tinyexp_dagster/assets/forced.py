@@ -1,7 +1,7 @@
 """What the Ray resource (or the run's config) forces on a training run's experiment, as
 typed values: workers, address and accelerator. The run's identity, paths and resume
 decision are the run plan's (`assets/plan.py`). The keys are
-`tinyexp_core.orchestration.ORCHESTRATED_KEYS` (`RunOverrides.build` refuses any other); the
+`tinyexp_core.config.orchestration.ORCHESTRATED_KEYS` (`RunOverrides.build` refuses any other); the
 values reach the experiment as they are, and the accelerator is one the experiment's own
 accelerator config can take."""
 
@@ -42,8 +42,8 @@ def _fit_accelerator(
     with cpu and ddp only) or none: a key it lacks or a value it cannot take is not sent."""
     import dataclasses
 
-    from tinyexp_core.exceptions import ConfigError
-    from tinyexp_core.orchestration import accelerator_choices, experiment_accelerator
+    from tinyexp_core.config.exceptions import ConfigError
+    from tinyexp_core.config.orchestration import accelerator_choices, experiment_accelerator
 
     requested = decided["accelerator_cfg.accelerator"]
     defaults = spec.defaults if spec.defaults is not None else spec.exp_cls()

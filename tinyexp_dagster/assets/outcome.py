@@ -35,7 +35,7 @@ def train_on_ray(
 ) -> tuple[Any, dict[str, Any]]:
     """Run the plan's experiment on the Ray ranks and apply the policy above; returns
     (rank 0's result, the sweep trial's metadata or {})."""
-    from tinyexp_core.exceptions import RunStoppedError
+    from tinyexp_core.config.exceptions import RunStoppedError
     from tinyexp_core.stop import StopHandle, signals_stop
     from tinyexp_core.timing import mark
 
@@ -111,7 +111,7 @@ def _stopped(
 
 
 def _what_stopped(err: BaseException, finished: bool) -> str:
-    from tinyexp_core.exceptions import RunStoppedError
+    from tinyexp_core.config.exceptions import RunStoppedError
 
     if finished:
         return "training had finished before the ranks could stop; its checkpoints stand"
@@ -143,7 +143,7 @@ def cancelled_if_terminated(
 def _failed(plan: TrainPlan, monitor: SweepMonitor, err: Exception) -> Exception:
     """The error a failed training raises: itself (retried by the RetryPolicy) when another
     attempt can help, else a failure without retries naming what was wrong."""
-    from tinyexp_core.exceptions import WorkerFailedError, is_retryable
+    from tinyexp_core.config.exceptions import WorkerFailedError, is_retryable
 
     monitor.finish("failed", error=type(err).__name__)
     by_rank = isinstance(err, WorkerFailedError)  # else no rank ever ran: nothing to mark

@@ -58,8 +58,8 @@ def make_plan(
 ) -> TrainPlan:
     """The run's plan from its config, its dataset and the resources (ray, redis, storage).
     An object-store root is checked first (before Ray starts): one line naming the URI."""
-    from tinyexp_core.exceptions import TinyExpError
-    from tinyexp_core.experiment import ENV_ASSET, ENV_ATTEMPT
+    from tinyexp_core.config.env import ENV_ASSET, ENV_ATTEMPT
+    from tinyexp_core.config.exceptions import TinyExpError
 
     ray, redis, storage = resources
     storage.check()

@@ -33,7 +33,7 @@ class RunProgress:
     def env(self) -> dict[str, str]:
         """Identity and secret for the ranks: the run id, and the URL (it may hold a
         password, so it never travels in the config)."""
-        from tinyexp_core.experiment import ENV_PROGRESS_RUN_ID, ENV_PROGRESS_URL
+        from tinyexp_core.config.env import ENV_PROGRESS_RUN_ID, ENV_PROGRESS_URL
 
         env = {ENV_PROGRESS_RUN_ID: self.run_id}
         if self.url:
@@ -118,7 +118,7 @@ class RedisProgressResource(dg.ConfigurableResource):
         ConfigError (the run fails now); an unreachable server turns progress off for the
         run, with a warning on `log` (a logger: `context.log`), since progress never
         decides whether a model trains."""
-        from tinyexp_core.exceptions import ConfigError, TinyExpError
+        from tinyexp_core.config.exceptions import ConfigError, TinyExpError
 
         url: str | None
         try:
@@ -146,7 +146,7 @@ class RedisProgressResource(dg.ConfigurableResource):
         server is not an error here (progress is best effort)."""
         import redis as redis_py
 
-        from tinyexp_core.exceptions import InvalidRedisUrlError
+        from tinyexp_core.config.exceptions import InvalidRedisUrlError
         from tinyexp_core.redis_client import classify_redis_error, make_client
 
         client = make_client(url, socket_timeout_s=self.socket_timeout_s)

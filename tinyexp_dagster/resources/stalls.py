@@ -34,7 +34,7 @@ class StallSettingsResource(dg.ConfigurableResource):
     @classmethod
     def _positive(cls, value: float) -> float:
         if not (value > 0 and math.isfinite(value)):
-            from tinyexp_core.exceptions import ConfigValueError
+            from tinyexp_core.config.exceptions import ConfigValueError
 
             raise ConfigValueError("after_s", value, "a finite number of seconds > 0")
         return value
@@ -43,7 +43,7 @@ class StallSettingsResource(dg.ConfigurableResource):
     def from_env(cls) -> StallSettingsResource:
         """The settings from `TINYEXP_STALL_AFTER_S` and `TINYEXP_STALL_ACTION` (defaults:
         600 s, `report`); a bad value raises ConfigValueError naming the variable."""
-        from tinyexp_core.exceptions import ConfigValueError
+        from tinyexp_core.config.exceptions import ConfigValueError
 
         text = os.environ.get(ENV_STALL_AFTER_S) or ""
         try:

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.dagster.sensors.support import start_run, tick
-from tinyexp_core.exceptions import InvalidRedisUrlError
+from tinyexp_core.config.exceptions import InvalidRedisUrlError
 from tinyexp_core.progress import EVENTS_STREAM, RedisProgressReporter
 from tinyexp_core.services.lifecycle import free_port
 from tinyexp_core.services.redis_cluster import RedisClusterManager

@@ -11,9 +11,9 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from tinyexp_core.exceptions import ExperimentImportError
-from tinyexp_core.experiment import TinyExp
-from tinyexp_core.overrides import (
+from tinyexp_core.config.exceptions import ExperimentImportError
+from tinyexp_core.config.experiment import TinyExp
+from tinyexp_core.config.overrides import (
     INTERNAL_FIELDS,
     Override,
     apply_overrides,
