@@ -140,6 +140,6 @@ MEASURES: dict[str, tuple[str, ...]] = {
     "warm_start": ("bench/warm_start.py", *_WHOLE_PATH),
     "orchestration": ("bench/orchestration.py", *_WHOLE_PATH),
     "sweep_trial": ("bench/sweep_trial.py", "bench/sweep_trial_defs.py", *_WHOLE_PATH),
-    "sweep": ("bench/sweep.py", "tinyexp_core/sweep.py", "tinyexp_dagster/assets/sweep.py"),
+    "sweep": ("bench/sweep.py", "tinyexp_core/sweep.py", "tinyexp_dagster/sweep"),
     "gpu_check": ("bench/gpu_check.py", "tinyexp_core/accelerators", "tinyexp_core/training"),
 }

@@ -36,10 +36,10 @@ from tinyexp_dagster.cli_location import (
 )
 from tinyexp_dagster.cli_sweep_run import print_leaderboard, print_rows, run_trials
 from tinyexp_dagster.resources.storage import ENV_STORAGE_ROOT
+from tinyexp_dagster.sweep.trials import trial_rows
 
 ACTIONS = ("list", "run", "leaderboard")
 EXIT_BAD_INPUT = 2
-_IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -88,60 +88,6 @@ def _words(words: list[str], pipelines: list[Pipeline]) -> tuple[str | None, str
     if keys and action != "run":
         raise PipelineChoiceError(f"sweep {action} takes no trial keys (got {keys[0]!r})")
     return name, action, keys
-
-
-# ---------------------------------------------------------------- the trials' state
-
-
-def trial_rows(instance: Any, pipeline: Pipeline) -> list[list[str]]:
-    """A table: each trial's state (its newest run's, or its materialization's
-    `sweep_status`), epochs, best validation metric and the run's short id."""
-    import dagster as dg
-
-    key = dg.AssetKey([pipeline.name, "trained_model"])
-    rows = [["trial", "state", "epochs", "metric", "run"]]
-    for trial in pipeline.trial_keys:
-        mats = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[trial]), limit=1
-        ).records
-        run = _latest_run(instance, pipeline, trial)
-        mat = mats[0] if mats else None
-        state, epochs, metric, run_id = "not run", "-", "-", "-"
-        if mat is not None:
-            meta = mat.asset_materialization.metadata
-            state = str(meta["sweep_status"].value) if "sweep_status" in meta else "materialized"
-            epochs = str(meta["epochs"].value) if "epochs" in meta else "-"
-            metric = _metric_text(meta)
-            run_id = mat.run_id
-        created = run.create_timestamp.timestamp() if run is not None else 0.0
-        newer = run is not None and (mat is None or created > mat.timestamp)
-        if newer:
-            status = run.dagster_run.status.value
-            state = "running" if status in _IN_PROGRESS else status.lower()
-            run_id = run.dagster_run.run_id
-        rows.append([trial, state, epochs, metric, run_id[:8]])
-    return rows
-
-
-def _latest_run(instance: Any, pipeline: Pipeline, trial: str) -> Any:
-    """The newest run record of this trial's training (any job that trains it), or None."""
-    import dagster as dg
-
-    key = dg.AssetKey([pipeline.name, "trained_model"])
-    records = instance.get_run_records(
-        dg.RunsFilter(tags={"dagster/partition": trial}), limit=50
-    )  # newest first
-    for record in records:
-        run = record.dagster_run
-        if run.job_name == pipeline.training_job or key in (run.asset_selection or ()):
-            return record
-    return None
-
-
-def _metric_text(meta: Any) -> str:
-    metric = str(meta["primary_metric"].value).split(" ")[0] if "primary_metric" in meta else ""
-    best = meta.get(f"best_val_{metric}")
-    return f"val_{metric} {best.value:.4f}" if best is not None else "-"
 
 
 def add_sweep_command(sub: Any) -> None:

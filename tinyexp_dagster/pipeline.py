@@ -43,8 +43,6 @@ from tinyexp_dagster.assets import (
     build_model_checkpoint,
     build_model_evaluation,
     build_prepared_dataset,
-    build_sweep_leaderboard,
-    build_sweep_pool_sensor,
     build_trained_model,
 )
 from tinyexp_dagster.dagster_warnings import partitioned_checks
@@ -60,6 +58,7 @@ from tinyexp_dagster.sensors import (
     build_metric_regression_sensor,
     build_retrain_on_new_data_sensor,
 )
+from tinyexp_dagster.sweep import build_sweep_leaderboard, build_sweep_pool_sensor, with_sweep
 
 __all__ = ["pipeline_defs"]
 
@@ -106,7 +105,7 @@ def pipeline_defs(
     has = {m: _implements(spec.exp_cls, m) for m in ("prepare_data", "train", "evaluate", "run")}
     # No primary metric: no TrainResult to promote or rank, so it runs like run()-only.
     has["train"] = has["train"] and spec.primary_metric is not None
-    spec = _with_sweep(spec, has, sweep, max_concurrent, early_stopping)
+    spec = with_sweep(spec, has, sweep, max_concurrent, early_stopping)
     _check_pieces(spec, has, "metric_threshold", metric_threshold)
     _check_pieces(spec, has, "retrain_threshold", retrain_threshold)
     tolerance = _check_tolerance(champion_tolerance)
@@ -208,37 +207,6 @@ def _check_tolerance(tolerance: float) -> float:
     if not math.isfinite(tolerance) or tolerance < 0:
         raise ConfigValueError("champion_tolerance", tolerance, "a finite number >= 0")
     return float(tolerance)
-
-
-def _with_sweep(
-    spec: PipelineSpec,
-    has: dict[str, bool],
-    sweep: Mapping[str, Any] | None,
-    max_concurrent: int | None,
-    early_stopping: Mapping[str, Any] | None,
-) -> PipelineSpec:
-    """The spec with its validated sweep (or without one, refusing sweep-only options)."""
-    import dataclasses
-
-    from tinyexp_core.sweep import build_sweep
-
-    if sweep is None:
-        options = {"max_concurrent": max_concurrent, "early_stopping": early_stopping}
-        for option, value in options.items():
-            if value is not None:
-                raise ConfigValueError(option, value, "none: the pipeline has no sweep")
-        return spec
-    if not has["train"]:
-        allowed = f"none: {spec.experiment} has no train() with a primary_metric to rank"
-        raise ConfigValueError("sweep", dict(sweep), allowed)
-    built = build_sweep(
-        spec.exp_cls,
-        spec.overrides,
-        sweep,
-        max_concurrent=max_concurrent,
-        early_stopping=early_stopping,
-    )
-    return dataclasses.replace(spec, sweep=built)
 
 
 def _implements(exp_cls: type, method: str) -> bool:

@@ -20,6 +20,7 @@ from tinyexp_core.config.exceptions import (
 from tinyexp_core.progress import (
     ACTIVE_RUNS_KEY,
     EVENTS_STREAM,
+    RUN_FIELDS,
     STATUSES,
     NullProgressReporter,
     ProgressReporter,
@@ -35,6 +36,7 @@ from tinyexp_core.progress import (
     read_run,
     read_runs,
     run_key,
+    write_run_sweep,
 )
 from tinyexp_core.redis_client import make_client
 from tinyexp_core.services.lifecycle import free_port
@@ -311,6 +313,28 @@ def test_read_runs_matches_read_run(
     assert read_runs(client, ids, chunk=1) == {run_id: read_run(client, run_id), "no-such-run": {}}
     some = read_runs(client, ids, fields=("status", "epoch", "step"))
     assert some == {run_id: {"status": "running", "epoch": "0"}, "no-such-run": {}}
+    reporter.close()
+
+
+def test_the_sweep_field_goes_through_progress(
+    redis_url: str, client: redis.Redis, run_id: str, clock
+) -> None:
+    """A sweep trial's board key on the run's hash: written and read only here, and every
+    field the hash holds is in RUN_FIELDS (the one list)."""
+    reporter = _reporter(redis_url, run_id, clock)
+    reporter.start(asset="p/trained_model", num_epochs=2, num_steps=1)
+    reporter.epoch_end(epoch=0, loss=1.0, metrics={"best_metric": 0.5})
+    reporter.checkpoint(path="/tmp/ckpt.pt", epoch=0, best_metric=0.5)
+    reporter.step(epoch=1, step=0, loss=1.0, lr=0.1, samples_per_s=1.0)
+    board = "tinyexp:sweep:p:adhoc"
+    write_run_sweep(client, run_id, board)
+    assert read_progress(client, run_id).sweep == board
+    assert read_runs(client, [run_id], fields=("asset", "sweep")) == {
+        run_id: {"asset": "p/trained_model", "sweep": board}
+    }
+    assert set(read_run(client, run_id)) <= set(RUN_FIELDS)
+    with pytest.raises(ConfigValueError, match="fields"):
+        read_runs(client, [run_id], fields=("no_such_field",))
     reporter.close()
 
 

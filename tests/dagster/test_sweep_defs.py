@@ -104,7 +104,7 @@ def test_progress_events_refresh_the_leaderboard(redis_url: str) -> None:
     """A sweep trial's epoch_end becomes an observation of `<name>/sweep_leaderboard`
     (ranked rows); once every trial ended, a materialization."""
     from tinyexp_core.examples.mnist_exp import Exp
-    from tinyexp_core.progress import EVENTS_STREAM, run_key
+    from tinyexp_core.progress import EVENTS_STREAM, run_key, write_run_sweep
     from tinyexp_core.redis_client import make_client
     from tinyexp_core.sweep import SweepBoard, build_sweep
     from tinyexp_dagster.sensors.training_progress import _progress_tick
@@ -116,7 +116,8 @@ def test_progress_events_refresh_the_leaderboard(redis_url: str) -> None:
     runs = {"lr=0.001": uuid.uuid4().hex, "lr=0.003": uuid.uuid4().hex}
     try:
         for run_id in runs.values():
-            client.hset(run_key(run_id), mapping={"asset": "sw/trained_model", "sweep": board_key})
+            client.hset(run_key(run_id), "asset", "sw/trained_model")  # as the reporter's start
+            write_run_sweep(client, run_id, board_key)  # as the trial's sweep monitor
         cursor = client.xadd(EVENTS_STREAM, {"event": "marker", "run_id": "none"})
         board.update("lr=0.001", status="running", epoch=1, metric=0.6, best=0.6)
         board.update("lr=0.003", status="running", epoch=1, metric=0.9, best=0.9)

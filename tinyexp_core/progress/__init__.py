@@ -16,7 +16,8 @@ that just completed; `num_steps` counts the steps of one epoch.
 
 This package is the only writer and reader of those keys: `keys` names them, `reporter`
 writes them from a trainer (rank 0), `readers` parses them (`RunProgress`) and writes a
-status from outside a trainer (`mark_status`).
+status from outside a trainer (`mark_status`) and a sweep trial's board
+(`write_run_sweep`); `RUN_FIELDS` lists the run hash's fields.
 """
 
 from tinyexp_core.progress.keys import (
@@ -26,6 +27,7 @@ from tinyexp_core.progress.keys import (
     EVENT_TYPES,
     EVENTS_STREAM,
     FINAL_STATUSES,
+    RUN_FIELDS,
     RUN_KEY_PREFIX,
     STATUSES,
     new_run_id,
@@ -42,6 +44,7 @@ from tinyexp_core.progress.readers import (
     read_progress,
     read_run,
     read_runs,
+    write_run_sweep,
 )
 from tinyexp_core.progress.reporter import (
     NullProgressReporter,
@@ -57,6 +60,7 @@ __all__ = [
     "EVENTS_STREAM",
     "EVENT_TYPES",
     "FINAL_STATUSES",
+    "RUN_FIELDS",
     "RUN_KEY_PREFIX",
     "STATUSES",
     "NullProgressReporter",
@@ -75,4 +79,5 @@ __all__ = [
     "read_runs",
     "run_key",
     "stacks_key",
+    "write_run_sweep",
 ]

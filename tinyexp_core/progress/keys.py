@@ -16,6 +16,28 @@ EVENT_TYPES = ("epoch_end", "checkpoint", "finished", "failed")
 DEFAULT_TTL_S = 7 * 24 * 3600
 ERROR_MAX_CHARS = 4000  # the error field is a summary; the full traceback lives in the run log
 _EVENT_FIELDS = ("event", "run_id", "epoch", "loss")
+# The fields of a run's hash (`tinyexp:run:<run_id>`), the one list: the reporter writes the
+# trainer's, `mark_status` status and error, `write_run_sweep` the sweep board's key of a
+# sweep trial (`sweep`, read by the progress sensor to refresh the sweep's leaderboard).
+RUN_FIELDS = (
+    "status",
+    "asset",
+    "epoch",
+    "num_epochs",
+    "step",
+    "num_steps",
+    "loss",
+    "lr",
+    "samples_per_s",
+    "eta_s",
+    "heartbeat",
+    "last_checkpoint",
+    "best_metric",
+    "attempt",
+    "world_size",
+    "error",
+    "sweep",
+)
 
 
 def run_key(run_id: str) -> str:

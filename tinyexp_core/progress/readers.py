@@ -1,5 +1,6 @@
-"""Readers of the run hash and the event stream (RunProgress: the one parser), and
-`mark_status`, the one write from outside a trainer (sensors, termination)."""
+"""Readers of the run hash and the event stream (RunProgress: the one parser), and the
+writes from outside a trainer: `mark_status` (sensors, termination) and `write_run_sweep`
+(a sweep trial's monitor)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tinyexp_core.progress.keys import (
     ERROR_MAX_CHARS,
     EVENTS_STREAM,
     FINAL_STATUSES,
+    RUN_FIELDS,
     STATUSES,
     _expire_run,
     run_key,
@@ -62,6 +64,7 @@ class RunProgress:
     attempt: int | None = None
     world_size: int | None = None
     error: str = ""
+    sweep: str = ""  # a sweep trial's board key (tinyexp_core.sweep.SweepBoard), else ""
     fields: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -96,6 +99,7 @@ class RunProgress:
             attempt=_parse_int(get("attempt")),
             world_size=_parse_int(get("world_size")),
             error=get("error", ""),
+            sweep=get("sweep", ""),
             fields=dict(fields),
         )
 
@@ -119,6 +123,9 @@ def read_runs(
 ) -> dict[str, dict[str, str]]:
     """The progress hashes of many runs (only `fields` when given, which is cheaper to parse
     than whole hashes), `chunk` runs per pipelined round trip; a missing hash reads as {}."""
+    unknown = sorted(set(fields or ()) - set(RUN_FIELDS))
+    if unknown:
+        raise ConfigValueError("fields", unknown[0], RUN_FIELDS)
     runs: dict[str, dict[str, str]] = {}
     for start in range(0, len(run_ids), chunk):
         ids = run_ids[start : start + chunk]
@@ -160,6 +167,13 @@ def _next_stream_id(stream_id: str) -> str:
     if seq >= 2**64 - 1:
         return f"{ms + 1}-0"
     return f"{ms}-{seq + 1}"
+
+
+def write_run_sweep(client: redis.Redis, run_id: str, board: str) -> None:
+    """Record on a run's hash the sweep board its trial reports to (the hash's `sweep`
+    field), so the progress sensor refreshes that sweep's leaderboard. Redis errors
+    propagate: the caller (the sweep monitor) is best effort."""
+    client.hset(run_key(run_id), "sweep", board)
 
 
 def mark_status(

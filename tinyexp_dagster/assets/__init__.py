@@ -8,13 +8,13 @@ from tinyexp_dagster.assets.checks import build_checkpoint_integrity, build_data
 from tinyexp_dagster.assets.common import PipelineSpec
 from tinyexp_dagster.assets.dataset import build_prepared_dataset
 from tinyexp_dagster.assets.evaluation import MIN_METRIC_CHECK, build_model_evaluation
-from tinyexp_dagster.assets.sweep import (
+from tinyexp_dagster.assets.training import build_trained_model
+from tinyexp_dagster.sweep import (
     LEADERBOARD,
     build_sweep_leaderboard,
     build_sweep_pool_sensor,
     pool_name,
 )
-from tinyexp_dagster.assets.training import build_trained_model
 
 __all__ = [
     "CHAMPION_GATE_CHECK",

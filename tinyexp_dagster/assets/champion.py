@@ -19,8 +19,8 @@ from typing import Any
 import dagster as dg
 
 from tinyexp_dagster.assets.common import PipelineSpec
-from tinyexp_dagster.assets.sweep import partitions_def
 from tinyexp_dagster.resources import StorageResource
+from tinyexp_dagster.sweep import partitions_def
 
 CHAMPION_GATE_CHECK = "champion_gate"
 GATE_SPLIT = "val"

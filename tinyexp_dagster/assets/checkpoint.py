@@ -10,8 +10,8 @@ from pydantic import Field
 
 from tinyexp_dagster.assets.common import PipelineSpec
 from tinyexp_dagster.assets.outcome import cancelled_if_terminated
-from tinyexp_dagster.assets.sweep import partitions_def
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource
+from tinyexp_dagster.sweep import partitions_def
 
 
 class CheckpointConfig(dg.Config):

@@ -5,7 +5,7 @@ from typing import Any
 import dagster as dg
 
 from tinyexp_dagster.assets.common import PipelineSpec
-from tinyexp_dagster.assets.sweep import partitions_def
+from tinyexp_dagster.sweep import partitions_def
 
 
 def dataset_sanity(value: dict[str, Any]) -> dg.AssetCheckResult:

@@ -26,7 +26,7 @@ import dagster as dg
 
 from tinyexp_dagster.assets.common import PipelineSpec, config_failure
 from tinyexp_dagster.assets.plan import TrainPlan
-from tinyexp_dagster.assets.sweep import SweepMonitor, pruned_output, sweep_monitor, trial_metadata
+from tinyexp_dagster.sweep import SweepMonitor, pruned_output, sweep_monitor, trial_metadata
 from tinyexp_dagster.terminal_stop import exit_after_run, resume_command
 
 

@@ -15,7 +15,6 @@ from pydantic import Field
 from tinyexp_dagster.assets.common import PipelineSpec
 from tinyexp_dagster.assets.outcome import train_on_ray
 from tinyexp_dagster.assets.plan import RESUME_RUN_DIR_TAG, make_plan  # noqa: F401 (the tag's import path)
-from tinyexp_dagster.assets.sweep import partitions_def, pool_name
 from tinyexp_dagster.assets.training_output import (
     CURVES_FILE,
     run_output,
@@ -25,6 +24,7 @@ from tinyexp_dagster.assets.training_output import (
 from tinyexp_dagster.resources import RayDDPResource, RedisProgressResource, StorageResource
 from tinyexp_dagster.resources.ray import RayAccelerator
 from tinyexp_dagster.schema import with_exp_field
+from tinyexp_dagster.sweep import partitions_def, pool_name
 
 __all__ = [
     "CURVES_FILE",

@@ -15,10 +15,10 @@ from tinyexp_core.progress import (
     read_events,
     read_runs,
 )
-from tinyexp_dagster.assets.sweep import LEADERBOARD, leaderboard_metadata
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 from tinyexp_dagster.sensors.common import shared_sensor, with_store
 from tinyexp_dagster.sensors.progress_backlog import EPOCH, OUTCOME, Backlog
+from tinyexp_dagster.sweep import leaderboard_event
 
 TRAINED_MODEL = "trained_model"  # the last part of every pipeline's training asset key
 MAX_EVENTS_PER_TICK = 500  # events per read; a tick reads batches until READ_BUDGET_S
@@ -136,26 +136,6 @@ def _event_from_hash(run_id: str, kind: str, run: RunProgress) -> dict[str, str]
     status = run.fields.get("status", "finished")
     return {"event": "failed" if status == "failed" else "finished", "run_id": run_id,
             "status": status, "error": run.fields.get("error", "")}  # fmt: skip
-
-
-def leaderboard_event(
-    client: redis_py.Redis, board: str, asset: str
-) -> dg.AssetObservation | dg.AssetMaterialization:
-    """The sweep's leaderboard (`<name>/sweep_leaderboard`, beside the trials' asset) from
-    its board: an observation while trials run, a materialization once all have ended."""
-    from tinyexp_core.contract import PrimaryMetric
-    from tinyexp_core.sweep import SweepBoard
-
-    sweep = SweepBoard(client, board)
-    meta = sweep.meta()
-    metric = PrimaryMetric(meta.get("metric", "metric"), meta.get("direction", "max"))
-    metadata = leaderboard_metadata(sweep.rows(), metric)
-    key = dg.AssetKey([*dg.AssetKey.from_user_string(asset).path[:-1], LEADERBOARD])
-    if sweep.finished():
-        return dg.AssetMaterialization(
-            asset_key=key, description=f"sweep {board}: every trial ended", metadata=metadata
-        )
-    return dg.AssetObservation(asset_key=key, description=f"sweep {board}", metadata=metadata)
 
 
 def _is_training_asset(asset: str | None) -> bool:
