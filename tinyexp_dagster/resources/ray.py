@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 if TYPE_CHECKING:
-    from tinyexp_core.experiment import TinyExp
+    from tinyexp_core.config.experiment import TinyExp
     from tinyexp_core.launchers.ray import RayLauncher
     from tinyexp_core.launchers.ray_spec import RayLaunchSpec
     from tinyexp_core.stop import StopHandle
