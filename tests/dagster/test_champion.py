@@ -131,7 +131,7 @@ def test_a_worse_version_is_registered_but_not_champion(gated: Gated) -> None:
     assert "model_evaluation" not in materializations(result)
     record = gated.registry.version(worse)
     assert Path(record.path).is_file() and record.source_run == worse
-    assert record["data_version"] and record["config_hash"] and record["created"]
+    assert record.data_version and record.config_hash and record.created
     assert gated.registry.champion_version() == gated.versions["better"]
 
 
