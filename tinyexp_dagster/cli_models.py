@@ -14,7 +14,10 @@ import argparse
 import getpass
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tinyexp_core.registry import ModelRegistry, ModelVersion
 
 EXIT_BAD_INPUT = 2
 
@@ -23,8 +26,8 @@ def _models_dir(args: argparse.Namespace) -> Path:
     return Path(args.storage_root).expanduser().resolve() / "models"
 
 
-def _registry(args: argparse.Namespace) -> Any:
-    from tinyexp_dagster.registry import ModelRegistry
+def _registry(args: argparse.Namespace) -> ModelRegistry:
+    from tinyexp_core.registry import ModelRegistry
 
     return ModelRegistry(_models_dir(args), args.name)
 
@@ -48,7 +51,7 @@ def _train_hint(args: argparse.Namespace, name: str | None) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     """Without NAME: every model with its champion; with NAME: its versions, oldest first,
     the champion marked with `*`."""
-    from tinyexp_dagster.registry import UnknownModelError
+    from tinyexp_core.registry import UnknownModelError
 
     if args.name is None:
         return _list_models(args)
@@ -63,17 +66,17 @@ def cmd_models(args: argparse.Namespace) -> int:
               f"{_train_hint(args, args.name)}", file=sys.stderr)  # fmt: skip
         return EXIT_BAD_INPUT
     champion = registry.champion_version()
-    metric = versions[-1]["primary_metric"]["name"]
+    metric = versions[-1].primary_metric.name
     rows = [["", "version", f"val_{metric}", "data_version", "config_hash", "created"]]
     for v in versions:
         rows.append(
             [
-                "*" if v["version"] == champion else "",
-                v["version"],
+                "*" if v.version == champion else "",
+                v.version,
                 _value(v),
-                v.get("data_version") or "-",
-                v.get("config_hash") or "-",
-                v.get("created", ""),
+                v.data_version or "-",
+                v.config_hash or "-",
+                v.created,
             ]
         )
     _print_rows(rows)
@@ -83,7 +86,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _list_models(args: argparse.Namespace) -> int:
     """One line per model under the storage root: versions, champion and its metric."""
-    from tinyexp_dagster.registry import ModelRegistry, UnknownModelError
+    from tinyexp_core.registry import ModelRegistry, UnknownModelError
 
     models_dir = _models_dir(args)
     folders = models_dir.iterdir() if models_dir.is_dir() else ()
@@ -98,10 +101,10 @@ def _list_models(args: argparse.Namespace) -> int:
         if not versions:
             continue
         champion = registry.champion_version()
-        record = next((v for v in versions if v["version"] == champion), None)
-        metric = versions[-1]["primary_metric"]["name"]
+        record = next((v for v in versions if v.version == champion), None)
+        metric = versions[-1].primary_metric.name
         shown = f"val_{metric} {_value(record)}" if record is not None else "-"
-        rows.append([name, str(len(versions)), champion or "none", shown, versions[-1]["version"]])
+        rows.append([name, str(len(versions)), champion or "none", shown, versions[-1].version])
     if len(rows) == 1:
         print(f"no models under {models_dir}; {_train_hint(args, None)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -110,8 +113,8 @@ def _list_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _value(version: dict[str, Any]) -> str:
-    value = version.get("val_value")
+def _value(version: ModelVersion) -> str:
+    value = version.val_value
     return "nan" if value is None else f"{value:.4f}"
 
 
@@ -126,7 +129,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     observation of `<pipeline>/model_checkpoint`, in Dagster."""
     import dagster as dg
 
-    from tinyexp_dagster.registry import UnknownModelError
+    from tinyexp_core.registry import UnknownModelError
 
     reason = (args.reason or "").strip()
     if not reason:
@@ -145,7 +148,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     moved_by = f"{getpass.getuser()} via tinyexp-dagster promote"
     with registry.locked():
         move = registry.move_champion(args.version, moved_by=moved_by, reason=reason)
-    pipeline = record.get("pipeline") or args.name
+    pipeline = record.pipeline or args.name
     instance.report_runless_asset_event(
         dg.AssetObservation(
             asset_key=dg.AssetKey([pipeline, "model_checkpoint"]),
@@ -154,7 +157,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
                 "previous_champion": move["previous"] or "none",
                 "reason": reason,
                 "moved_by": moved_by,
-                "model_path": dg.MetadataValue.path(record["path"]),
+                "model_path": dg.MetadataValue.path(record.path),
             },
         )
     )

@@ -22,11 +22,11 @@ import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tinyexp_core.config.exceptions import TinyExpError
 from tinyexp_core.contract import EvalResult
 from tinyexp_core.files import atomic_write_text
+from tinyexp_core.registry import ModelVersion
 
 __all__ = ["CACHE_DIR", "cached_evaluation"]
 
@@ -35,15 +35,15 @@ _VERSION_FILE = "version.json"  # the registry's record: only registered version
 
 
 def cached_evaluation(
-    checkpoint: dict[str, Any], split: str, evaluate: Callable[[], EvalResult]
+    version: ModelVersion, split: str, evaluate: Callable[[], EvalResult]
 ) -> tuple[EvalResult, bool]:
-    """(`checkpoint`'s result on `split`, whether it came from the cache): read from the
+    """(`version`'s result on `split`, whether it came from the cache): read from the
     version's cache (after verifying the file against its sidecar, as loading it would),
     else `evaluate()` and kept there. A cache file that cannot be read is
     ignored (and replaced); one that cannot be written leaves the result as it is."""
     from tinyexp_core.checkpoint import verify_checkpoint
 
-    path = cache_path(checkpoint, split)
+    path = cache_path(version, split)
     if path is not None:
         try:
             kept = EvalResult.from_dict(json.loads(path.read_text()))
@@ -51,7 +51,7 @@ def cached_evaluation(
             kept = None  # none yet, or unreadable (not JSON, not an EvalResult): score again
         # The file is checked as the evaluation would check it: a damaged or replaced
         # version raises (CheckpointCorruptError...), it is never scored from the cache.
-        if kept is not None and verify_checkpoint(checkpoint["path"]) == checkpoint["sha256"]:
+        if kept is not None and verify_checkpoint(version.path) == version.sha256:
             return kept, True
     result = evaluate()
     if path is not None:
@@ -63,22 +63,23 @@ def cached_evaluation(
     return result, False
 
 
-def cache_path(checkpoint: dict[str, Any], split: str) -> Path | None:
-    """Where `checkpoint`'s result on `split` is kept; None when it is not cached (not a
-    registered version on a local root, or the experiment's source cannot be read)."""
-    model = str(checkpoint.get("path") or "")
-    if not model or "://" in model or not checkpoint.get("sha256"):
+def cache_path(version: ModelVersion, split: str) -> Path | None:
+    """Where `version`'s result on `split` (with the data of its `dataset_path`) is kept;
+    None when it is not cached (not a registered version on a local root, or the
+    experiment's source cannot be read)."""
+    model = version.path
+    if not model or "://" in model or not version.sha256:
         return None
     version_dir = Path(model).parent
-    source = _source_digest(str(checkpoint.get("experiment") or ""))
+    source = _source_digest(version.experiment)
     if source is None or not (version_dir / _VERSION_FILE).is_file():
         return None
-    key = {
-        "sha256": checkpoint["sha256"],
-        "dataset_path": checkpoint.get("dataset_path"),
+    key = {  # the same JSON as when versions were dicts: kept results stay found
+        "sha256": version.sha256,
+        "dataset_path": version.dataset_path,
         "split": split,
-        "experiment": checkpoint.get("experiment"),
-        "overrides": checkpoint.get("overrides"),
+        "experiment": version.experiment,
+        "overrides": list(version.overrides),
         "source": source,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()

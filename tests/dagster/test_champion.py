@@ -9,7 +9,6 @@ and Redis; three trainings on the bundled digits (1, 3 and 1 epochs)."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ import pytest
 
 from tests.dagster.support import dagster_resources, materializations
 from tinyexp_core.config.exceptions import ConfigValueError
+from tinyexp_core.registry import ModelRegistry
 from tinyexp_dagster import pipeline_defs
 from tinyexp_dagster.cli import main
-from tinyexp_dagster.registry import ModelRegistry, UnknownModelError
 
 NAME = "gated"
 EXP = "tinyexp_core.examples.mnist_exp:Exp"
@@ -131,8 +130,8 @@ def test_a_worse_version_is_registered_but_not_champion(gated: Gated) -> None:
     # blocking: the evaluation never ran; the version is on disk with its record
     assert "model_evaluation" not in materializations(result)
     record = gated.registry.version(worse)
-    assert Path(record["path"]).is_file() and record["source_run"] == worse
-    assert record["data_version"] and record["config_hash"] and record["created"]
+    assert Path(record.path).is_file() and record.source_run == worse
+    assert record.data_version and record.config_hash and record.created
     assert gated.registry.champion_version() == gated.versions["better"]
 
 
@@ -170,7 +169,7 @@ def test_promote_rolls_back_and_is_recorded(gated: Gated, redis_url: str, capsys
     )
     evaluated = meta(materializations(again)["model_evaluation"])
     assert evaluated["champion_version"] == good
-    assert evaluated["checkpoint"] == gated.registry.version(good)["path"]
+    assert evaluated["checkpoint"] == gated.registry.version(good).path
     # `summary` (what `make run` prints) names the champion it evaluated
     capsys.readouterr()
     assert main(["summary", "--pipeline", NAME]) == 0
@@ -251,19 +250,3 @@ def test_tolerance_is_validated() -> None:
     for bad in (-0.1, float("nan"), "0.1", True):
         with pytest.raises(ConfigValueError, match="champion_tolerance"):
             pipeline_defs("t", EXP, champion_tolerance=bad)
-
-
-def test_registry_never_overwrites_a_version(tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path, "m")
-    (tmp_path / "m" / "v1").mkdir(parents=True)
-    first = registry.write_version("v1", {"version": "v1", "sha256": "a", "created": "t0"})
-    again = registry.write_version("v1", {"version": "v1", "sha256": "a", "created": "t1"})
-    assert again == first  # a retried registration keeps the first record
-    with pytest.raises(FileExistsError, match="other weights"):
-        registry.write_version("v1", {"version": "v1", "sha256": "b"})
-    with pytest.raises(UnknownModelError, match="no version 'v2'"):
-        registry.move_champion("v2", moved_by="test", reason="x")
-    assert registry.champion() is None and registry.history() == []
-    registry.move_champion("v1", moved_by="test", reason="first")
-    alias = json.loads((tmp_path / "m" / "champion.json").read_text())
-    assert alias["version"] == "v1" and alias["moved_by"] == "test" and alias["previous"] is None

@@ -5,38 +5,31 @@ newcomer, and every move in the history; scores come from the versions' recorded
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.dagster.support import flipped_byte
 from tinyexp_core.checkpoint import save_checkpoint
+from tinyexp_core.contract import PrimaryMetric
+from tinyexp_core.registry import ModelRegistry, ModelVersion
 from tinyexp_dagster.assets.champion import gate
-from tinyexp_dagster.registry import ModelRegistry
 from tinyexp_dagster.resources import StorageResource
 
-RMSE = {"name": "rmse", "direction": "min"}
+RMSE = PrimaryMetric("rmse", "min")
 
 
-def register(storage: StorageResource, version: str, rmse: float) -> dict[str, Any]:
+def register(storage: StorageResource, version: str, rmse: float) -> ModelVersion:
     """A registered version whose recorded validation rmse is `rmse`."""
     registry = ModelRegistry(storage.models_dir(), "reg")
     path = registry.version_dir(version) / "model.pt"
     sha = save_checkpoint({"format": 1, "model": {"w": version}}, path)
-    value = {
-        "name": "reg",
-        "version": version,
-        "path": str(path),
-        "sha256": sha,
-        "primary_metric": RMSE,
-        "val_value": rmse,
-    }
-    registry.write_version(version, {**value, "created": version})
-    return value
+    record = ModelVersion("reg", version, str(path), sha, RMSE, rmse, created=version)
+    return registry.write_version(record)
 
 
-def recorded(record: dict[str, Any]) -> float:
-    return record["val_value"]
+def recorded(record: ModelVersion) -> float:
+    assert record.val_value is not None
+    return record.val_value
 
 
 @pytest.fixture
@@ -57,7 +50,7 @@ def test_gate_in_a_min_metric_with_tolerance(storage: StorageResource) -> None:
     assert not worse.passed and registry.champion_version() == "v2"
     assert worse.metadata["gap"].value == pytest.approx(-2.5)
     assert "worse by 2.5000, tolerance 2" in worse.description
-    assert registry.version("v3")["val_value"] == 54.0
+    assert registry.version("v3").val_value == 54.0
     assert [m["version"] for m in registry.history()] == ["v1", "v2"]
     assert all(m["moved_by"] == "test" for m in registry.history())
 
@@ -66,7 +59,7 @@ def test_a_damaged_newcomer_never_becomes_champion(storage: StorageResource) -> 
     registry = ModelRegistry(storage.models_dir(), "reg")
     gate(storage, register(storage, "v1", 50.0), recorded, 0.0, "test")
     better = register(storage, "v2", 10.0)
-    with flipped_byte(better["path"]):
+    with flipped_byte(better.path):
         result = gate(storage, better, recorded, 0.0, "test")
     assert not result.passed and "not compared, champion unchanged" in result.description
     assert registry.champion_version() == "v1"

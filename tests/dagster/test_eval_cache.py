@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tinyexp_core.config.exceptions import CheckpointCorruptError
 from tinyexp_core.contract import EvalResult, PrimaryMetric
-from tinyexp_dagster.eval_cache import CACHE_DIR, cache_path, cached_evaluation
+from tinyexp_core.registry import ModelVersion
+from tinyexp_dagster.eval_cache import CACHE_DIR, _source_digest, cache_path, cached_evaluation
 
 EXPERIMENT = "tinyexp_core.examples.tabular_exp:Exp"
 
 
 @pytest.fixture
-def version(tmp_path: Path) -> dict:
+def version(tmp_path: Path) -> ModelVersion:
     directory = tmp_path / "models" / "m" / "v1"
     directory.mkdir(parents=True)
     model = directory / "model.pt"
@@ -26,13 +28,16 @@ def version(tmp_path: Path) -> dict:
     sha = hashlib.sha256(b"weights").hexdigest()
     Path(f"{model}.sha256").write_text(json.dumps({"sha256": sha, "size": 7}))
     (directory / "version.json").write_text("{}")
-    return {
-        "path": str(model),
-        "sha256": sha,
-        "experiment": EXPERIMENT,
-        "overrides": ["train_cfg.num_epochs=2"],
-        "dataset_path": str(tmp_path / "datasets" / "d" / "1234"),
-    }
+    return ModelVersion(
+        name="m",
+        version="v1",
+        path=str(model),
+        sha256=sha,
+        primary_metric=PrimaryMetric("accuracy", "max"),
+        experiment=EXPERIMENT,
+        overrides=("train_cfg.num_epochs=2",),
+        dataset_path=str(tmp_path / "datasets" / "d" / "1234"),
+    )
 
 
 def _scorer(calls: list[str], value: float = 0.9):
@@ -44,21 +49,21 @@ def _scorer(calls: list[str], value: float = 0.9):
     return evaluate
 
 
-def test_second_score_is_read_back_equal(version: dict) -> None:
+def test_second_score_is_read_back_equal(version: ModelVersion) -> None:
     calls: list[str] = []
     first, cached = cached_evaluation(version, "val", _scorer(calls))
     assert not cached and calls == ["scored"]
     again, cached = cached_evaluation(version, "val", _scorer(calls, value=0.1))
     assert cached and calls == ["scored"]
     assert again.to_dict() == first.to_dict()
-    (kept,) = (Path(version["path"]).parent / CACHE_DIR).iterdir()
+    (kept,) = (Path(version.path).parent / CACHE_DIR).iterdir()
     assert kept.name.startswith("val-")
 
 
-def test_a_damaged_version_is_never_scored_from_the_cache(version: dict) -> None:
+def test_a_damaged_version_is_never_scored_from_the_cache(version: ModelVersion) -> None:
     calls: list[str] = []
     cached_evaluation(version, "val", _scorer(calls))
-    Path(version["path"]).write_bytes(b"WEIGHTS")  # same size, other bytes
+    Path(version.path).write_bytes(b"WEIGHTS")  # same size, other bytes
     with pytest.raises(CheckpointCorruptError, match="sha256"):
         cached_evaluation(version, "val", _scorer(calls))
     assert calls == ["scored"]
@@ -68,20 +73,22 @@ def test_a_damaged_version_is_never_scored_from_the_cache(version: dict) -> None
     "change",
     [
         {"dataset_path": "/elsewhere"},
-        {"overrides": ["train_cfg.num_epochs=3"]},
+        {"overrides": ("train_cfg.num_epochs=3",)},
         {"sha256": "cd" * 32},
         {"experiment": "tinyexp_core.examples.mnist_exp:Exp"},
     ],
 )
-def test_other_data_overrides_weights_or_experiment_score_again(version: dict, change) -> None:
+def test_other_data_overrides_weights_or_experiment_score_again(
+    version: ModelVersion, change
+) -> None:
     calls: list[str] = []
     cached_evaluation(version, "val", _scorer(calls))
-    assert cached_evaluation({**version, **change}, "val", _scorer(calls))[1] is False
+    assert cached_evaluation(replace(version, **change), "val", _scorer(calls))[1] is False
     assert cached_evaluation(version, "test", _scorer(calls))[1] is False  # another split
     assert calls == ["scored"] * 3
 
 
-def test_an_unreadable_cache_file_is_scored_again_and_replaced(version: dict) -> None:
+def test_an_unreadable_cache_file_is_scored_again_and_replaced(version: ModelVersion) -> None:
     calls: list[str] = []
     path = cache_path(version, "val")
     path.parent.mkdir()
@@ -93,12 +100,27 @@ def test_an_unreadable_cache_file_is_scored_again_and_replaced(version: dict) ->
 
 
 def test_not_cached_off_the_registry_on_object_storage_or_unknown_source(version) -> None:
-    assert cache_path({**version, "path": "s3://bucket/models/m/v1/model.pt"}, "val") is None
-    assert cache_path({**version, "experiment": "no_such_module:Exp"}, "val") is None
-    assert cache_path({**version, "sha256": ""}, "val") is None
-    Path(version["path"]).with_name("version.json").unlink()  # not a registered version
+    assert cache_path(replace(version, path="s3://bucket/models/m/v1/model.pt"), "val") is None
+    assert cache_path(replace(version, experiment="no_such_module:Exp"), "val") is None
+    assert cache_path(replace(version, sha256=""), "val") is None
+    Path(version.path).with_name("version.json").unlink()  # not a registered version
     assert cache_path(version, "val") is None
     calls: list[str] = []
     cached_evaluation(version, "val", _scorer(calls))
     cached_evaluation(version, "val", _scorer(calls))
     assert calls == ["scored", "scored"]
+
+
+def test_the_key_is_the_one_kept_when_versions_were_dicts(version: ModelVersion) -> None:
+    """Results kept by a release that keyed a version's dict are found by its ModelVersion."""
+    key = {
+        "sha256": version.sha256,
+        "dataset_path": version.dataset_path,
+        "split": "val",
+        "experiment": EXPERIMENT,
+        "overrides": ["train_cfg.num_epochs=2"],
+        "source": _source_digest(EXPERIMENT),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    expected = Path(version.path).parent / CACHE_DIR / f"val-{digest[:20]}.json"
+    assert cache_path(version, "val") == expected

@@ -352,3 +352,9 @@ class RunStoppedError(TinyExpError):
         where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"
         why = f" ({reason})" if reason else ""
         super().__init__(f"run stopped at step {step}{why}; {where}")
+
+
+class UnknownModelError(TinyExpError, LookupError):
+    """A model name or version that the model registry (`tinyexp_core.registry`) does not hold."""
+
+    retryable = False

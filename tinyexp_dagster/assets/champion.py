@@ -14,10 +14,13 @@ run succeeds; a damaged file fails with ERROR there too.
 """
 
 import math
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
 
+from tinyexp_core.registry import ModelRegistry, ModelVersion
 from tinyexp_dagster.assets.common import PipelineSpec
 from tinyexp_dagster.resources import StorageResource
 from tinyexp_dagster.sweep import partitions_def
@@ -46,29 +49,30 @@ def build_champion_gate(
         model_checkpoint: dict[str, Any],
         storage: StorageResource,
     ) -> dg.AssetCheckResult:
+        new = ModelVersion.from_dict(model_checkpoint)  # the asset's value: a plain dict
         moved_by = (
             f"{spec.name}/model_checkpoint:{CHAMPION_GATE_CHECK} (dagster run {context.run.run_id})"
         )
-        score = _evaluator(spec, model_checkpoint, evaluates)
+        score = _evaluator(spec, new, evaluates)
         # a sweep's losing trial is the normal case, not a failed run (see the module doc)
         lost = dg.AssetCheckSeverity.WARN if spec.sweep is not None else None
-        return gate(
-            storage, model_checkpoint, score, tolerance, moved_by, log=context.log, lost=lost
-        )
+        return gate(storage, new, score, tolerance, moved_by, log=context.log, lost=lost)
 
     return model_checkpoint_champion_gate
 
 
-def _evaluator(spec: PipelineSpec, new: dict[str, Any], evaluates: bool):
+def _evaluator(
+    spec: PipelineSpec, new: ModelVersion, evaluates: bool
+) -> Callable[[ModelVersion], float]:
     """version record -> its primary metric on the gate's split."""
     if not evaluates:
-        return lambda record: float("nan") if record["val_value"] is None else record["val_value"]
+        return lambda record: math.nan if record.val_value is None else record.val_value
     from tinyexp_dagster.assets.evaluation import evaluate_checkpoint
 
-    def score(record: dict[str, Any]) -> float:
+    def score(record: ModelVersion) -> float:
         # the champion's own experiment and overrides rebuild its model; the data is the
         # newcomer's, so both are scored on the same samples
-        scored = {**record, "dataset_path": new["dataset_path"]}
+        scored = replace(record, dataset_path=new.dataset_path)
         return evaluate_checkpoint(spec, scored, GATE_SPLIT).value
 
     return score
@@ -76,23 +80,21 @@ def _evaluator(spec: PipelineSpec, new: dict[str, Any], evaluates: bool):
 
 def gate(
     storage: StorageResource,
-    new: dict[str, Any],
-    score: Any,
+    new: ModelVersion,
+    score: Callable[[ModelVersion], float],
     tolerance: float,
     moved_by: str,
     log: Any = None,
     lost: dg.AssetCheckSeverity | None = None,
 ) -> dg.AssetCheckResult:
-    """Compare `new` (the model_checkpoint value) with the champion; move the alias or not.
-    `lost`: the severity of a verdict "worse than the champion" (default ERROR)."""
+    """Compare `new` (the model_checkpoint value's record) with the champion; move the alias
+    or not. `lost`: the severity of a verdict "worse than the champion" (default ERROR)."""
     from tinyexp_core.checkpoint import verify_checkpoint
     from tinyexp_core.config.exceptions import TinyExpError
-    from tinyexp_core.contract import PrimaryMetric
-    from tinyexp_dagster.registry import ModelRegistry
 
-    metric = PrimaryMetric.from_dict(new["primary_metric"])
-    registry = ModelRegistry(storage.models_dir(), new["name"])
-    version = new["version"]
+    metric = new.primary_metric
+    registry = ModelRegistry(storage.models_dir(), new.name)
+    version = new.version
     with registry.locked():
         champion = registry.champion_version()
         meta: dict[str, Any] = {
@@ -104,7 +106,7 @@ def gate(
         if champion == version:
             return _result(True, meta, champion, f"{version} is the champion already")
         try:
-            verify_checkpoint(new["path"])  # a damaged file never becomes champion
+            verify_checkpoint(new.path)  # a damaged file never becomes champion
             new_value = float(score(new))
             old_value = math.nan if champion is None else float(score(registry.version(champion)))
         except (TinyExpError, OSError) as err:
@@ -127,7 +129,7 @@ def gate(
         )
         registry.move_champion(version, moved_by=moved_by, reason=reason)
         if log is not None:
-            log.info(f"champion of {new['name']} moved to {version}: {reason}")
+            log.info(f"champion of {new.name} moved to {version}: {reason}")
         meta["moved_by"] = moved_by
         return _result(True, meta, version, f"{version} is the new champion: {reason}")
 

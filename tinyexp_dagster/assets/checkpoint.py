@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from tinyexp_core.registry import ModelVersion
 from tinyexp_dagster.assets.common import PipelineSpec
 from tinyexp_dagster.assets.outcome import cancelled_if_terminated
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource
@@ -71,10 +72,9 @@ def build_model_checkpoint(spec: PipelineSpec) -> dg.AssetsDefinition:
     return model_checkpoint
 
 
-# What a version keeps of its training run, and what the asset's value (the champion gate's
-# input) carries of the version record.
-_FROM_TRAINING = ("config_hash", "experiment", "overrides", "dataset_path")
-_VALUE_KEYS = (*_FROM_TRAINING, "path", "sha256", "name", "version", "source_run")
+# What the asset's value (the champion gate's input) carries of the version record.
+_VALUE_KEYS = ("config_hash", "experiment", "overrides", "dataset_path")
+_VALUE_KEYS += ("path", "sha256", "name", "version", "source_run")
 _VALUE_KEYS += ("primary_metric", "val_value", "data_version")
 
 
@@ -88,7 +88,7 @@ def promote_run(
     """Register the TrainResult's best checkpoint as a version named by its run id; the value
     names the file, its source and what the champion gate needs to rebuild the experiment."""
     from tinyexp_core.contract import TrainResult
-    from tinyexp_dagster.registry import ModelRegistry, now_iso
+    from tinyexp_core.registry import ModelRegistry
 
     result = TrainResult.from_dict(trained_model)
     name = config.model_name or pipeline
@@ -96,23 +96,12 @@ def promote_run(
     best = result.checkpoints.best
     target, sha = promote(best, registry.version_dir(result.run_id))
     metric = result.primary_metric
-    record = {
-        "name": name,
-        "version": result.run_id,
-        "pipeline": pipeline,
-        "path": str(target),
-        "sha256": sha,
-        "primary_metric": metric.to_dict(),
-        "val_value": trained_model["best_value"],
-        "data_version": trained_model.get("data_version", ""),
-        **{k: trained_model[k] for k in _FROM_TRAINING},
-        "source_run": result.run_id,
-        "created": now_iso(),
-        "created_by": f"dagster run {context.run.run_id} ({pipeline}/model_checkpoint)",
-    }
-    info = registry.write_version(result.run_id, record)  # the one record of the version
+    created_by = f"dagster run {context.run.run_id} ({pipeline}/model_checkpoint)"
+    record = _version_record(trained_model, name, pipeline, target, sha, created_by)
+    info = registry.write_version(record)  # the one record of the version
     context.log.info(f"registered {best} as {name} version {result.run_id} ({target})")
-    value = {k: info[k] for k in _VALUE_KEYS}
+    recorded = info.to_dict()
+    value = {k: recorded[k] for k in _VALUE_KEYS}
     champion = registry.champion_version()
     metadata = {
         "model_path": dg.MetadataValue.path(str(target)),
@@ -124,9 +113,36 @@ def promote_run(
         "source_checkpoint": dg.MetadataValue.path(best),
         metric.val_key: trained_model["best_value"],
         "config_hash": trained_model["config_hash"],
-        "data_version": info["data_version"] or None,
+        "data_version": info.data_version or None,
         # before the gate: the champion_gate check's result says whether it moved
         "champion": "yes" if champion == result.run_id else f"no (champion: {champion or 'none'})",
     }
     metadata = {k: v for k, v in metadata.items() if v is not None}
     return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(sha[:16]))
+
+
+def _version_record(
+    trained_model: dict[str, Any], name: str, pipeline: str, target: Path, sha: str, by: str
+) -> ModelVersion:
+    """The ModelVersion of the run's best checkpoint, copied to `target`."""
+    from tinyexp_core.contract import TrainResult
+    from tinyexp_core.registry import now_iso
+
+    result = TrainResult.from_dict(trained_model)
+    return ModelVersion(
+        name=name,
+        version=result.run_id,
+        pipeline=pipeline,
+        path=str(target),
+        sha256=sha,
+        primary_metric=result.primary_metric,
+        val_value=trained_model["best_value"],
+        data_version=trained_model.get("data_version", ""),
+        config_hash=trained_model["config_hash"],
+        experiment=trained_model["experiment"],
+        overrides=tuple(trained_model["overrides"]),
+        dataset_path=trained_model["dataset_path"],
+        source_run=result.run_id,
+        created=now_iso(),
+        created_by=by,
+    )

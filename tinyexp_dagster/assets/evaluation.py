@@ -8,11 +8,13 @@ Scored with the experiment's own `evaluate()` and primary metric (`accuracy`/max
 `rmse`/min, ...); with a threshold, the blocking `minimum_metric` check compares the
 primary metric with it in the metric's direction."""
 
+from dataclasses import replace
 from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
 
+from tinyexp_core.registry import ModelRegistry, ModelVersion, UnknownModelError
 from tinyexp_dagster.assets.common import PipelineSpec, build_experiment, table
 from tinyexp_dagster.assets.outcome import cancelled_if_terminated
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource
@@ -66,23 +68,24 @@ def build_model_evaluation(spec: PipelineSpec, threshold: float | None) -> dg.As
         storage: StorageResource,
         redis: RedisProgressResource,
     ):
+        new = ModelVersion.from_dict(model_checkpoint)  # the asset's value: a plain dict
         with cancelled_if_terminated(context, redis, storage):
-            champion, other = champion_and_other(storage, model_checkpoint)
+            champion, other = champion_and_other(storage, new)
             # the data of this pipeline run (the champion may be trained on older data)
-            scored = {**champion, "dataset_path": model_checkpoint["dataset_path"]}
+            scored = replace(champion, dataset_path=new.dataset_path)
             result = evaluate_checkpoint(spec, scored, config.split)
         context.log.info(
             f"{config.split} {metric.name} {result.value:.4f} of champion "
-            f"{champion['version']} ({champion['path']})"
+            f"{champion.version} ({champion.path})"
         )
         metadata = evaluation_metadata(result, champion)
-        metadata["champion_version"] = champion["version"]
+        metadata["champion_version"] = champion.version
         if other is not None:
-            scored_other = {**other, "dataset_path": model_checkpoint["dataset_path"]}
+            scored_other = replace(other, dataset_path=new.dataset_path)
             metadata["comparison"] = dg.MetadataValue.md(
                 comparison_markdown(spec, result, champion, scored_other, config.split)
             )
-        yield dg.Output({**result.to_dict(), "version": champion["version"]}, metadata=metadata)
+        yield dg.Output({**result.to_dict(), "version": champion.version}, metadata=metadata)
         if threshold is not None:
             yield metric_check(result, config.threshold)
 
@@ -90,25 +93,21 @@ def build_model_evaluation(spec: PipelineSpec, threshold: float | None) -> dg.As
 
 
 def champion_and_other(
-    storage: StorageResource, new: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    storage: StorageResource, new: ModelVersion
+) -> tuple[ModelVersion, ModelVersion | None]:
     """The champion's version record, and the version to compare it with: the new one when
     it is not the champion, else the champion it replaced (None for the first)."""
-    from tinyexp_dagster.registry import ModelRegistry, UnknownModelError
-
-    registry = ModelRegistry(storage.models_dir(), new["name"])
+    registry = ModelRegistry(storage.models_dir(), new.name)
     version = registry.champion_version()
     if version is None:
         raise dg.Failure(
-            f"model {new['name']} has no champion yet: the champion_gate check of "
+            f"model {new.name} has no champion yet: the champion_gate check of "
             "model_checkpoint sets the first one",
             allow_retries=False,
         )
     champion = registry.version(version)
     moves = [m for m in registry.history() if m["version"] == version and m.get("previous")]
-    other = (
-        new["version"] if new["version"] != version else (moves[-1]["previous"] if moves else None)
-    )
+    other = new.version if new.version != version else (moves[-1]["previous"] if moves else None)
     try:
         return champion, None if other is None else registry.version(other)
     except UnknownModelError:  # a version registered before version.json existed
@@ -116,7 +115,11 @@ def champion_and_other(
 
 
 def comparison_markdown(
-    spec: PipelineSpec, champion_result: Any, champion: dict[str, Any], other: dict, split: str
+    spec: PipelineSpec,
+    champion_result: Any,
+    champion: ModelVersion,
+    other: ModelVersion,
+    split: str,
 ) -> str:
     """The champion vs another version on `split`: primary metric and loss, with deltas."""
     from tinyexp_core.config.exceptions import TinyExpError
@@ -125,13 +128,13 @@ def comparison_markdown(
     try:
         other_result = evaluate_checkpoint(spec, other, split)
     except TinyExpError as err:
-        return f"{other['version']} could not be evaluated: {type(err).__name__}: {err}"
+        return f"{other.version} could not be evaluated: {type(err).__name__}: {err}"
     rows = [
         (name, champion_result.value, other_result.value),
         ("loss", champion_result.loss, other_result.loss),
     ]
     lines = [
-        f"| {split} | champion {champion['version']} | {other['version']} | champion - other |",
+        f"| {split} | champion {champion.version} | {other.version} | champion - other |",
         "|---|---|---|---|",
     ]
     lines += [f"| {what} | {a:.4f} | {b:.4f} | {a - b:+.4f} |" for what, a, b in rows]
@@ -155,30 +158,31 @@ def _with_threshold(spec: PipelineSpec, threshold: float, bound: str) -> type[dg
     )
 
 
-def evaluate_checkpoint(spec: PipelineSpec, checkpoint: dict[str, Any], split: str) -> Any:
-    """The experiment's EvalResult of a registered version's file on `split`: kept beside
-    the version after the first time (`tinyexp_dagster.eval_cache`)."""
+def evaluate_checkpoint(spec: PipelineSpec, version: ModelVersion, split: str) -> Any:
+    """The experiment's EvalResult of a registered version's file on `split` (with the data
+    of its `dataset_path`): kept beside the version after the first time
+    (`tinyexp_dagster.eval_cache`)."""
     from tinyexp_dagster.eval_cache import cached_evaluation
 
-    return cached_evaluation(checkpoint, split, lambda: _evaluate(spec, checkpoint, split))[0]
+    return cached_evaluation(version, split, lambda: _evaluate(spec, version, split))[0]
 
 
-def _evaluate(spec: PipelineSpec, checkpoint: dict[str, Any], split: str) -> Any:
+def _evaluate(spec: PipelineSpec, version: ModelVersion, split: str) -> Any:
     from tinyexp_core.contract import EvalResult
     from tinyexp_core.storage import to_uri
     from tinyexp_core.timing import mark
 
-    path = checkpoint["dataset_path"]
+    path = version.dataset_path
     # As a URI under an object-store root: read from the bucket into this node's mirror.
     forced = {"data_cfg.prepared_path": to_uri(path)} if path else {}  # else its own data
-    exp = build_experiment(checkpoint["experiment"], checkpoint["overrides"], forced)
+    exp = build_experiment(version.experiment, list(version.overrides), forced)
     mark("evaluate_start")
-    result = exp.evaluate(checkpoint["path"], split)
+    result = exp.evaluate(version.path, split)
     mark("evaluate_end")
     return result if isinstance(result, EvalResult) else EvalResult.from_dict(result)
 
 
-def evaluation_metadata(result: Any, checkpoint: dict[str, Any]) -> dict[str, Any]:
+def evaluation_metadata(result: Any, version: ModelVersion) -> dict[str, Any]:
     """Every scalar metric by name, loss, samples, the file, per-class table and confusion
     matrix (classification)."""
     metadata: dict[str, Any] = {
@@ -187,8 +191,8 @@ def evaluation_metadata(result: Any, checkpoint: dict[str, Any]) -> dict[str, An
         "loss": result.to_dict()["loss"],
         "num_samples": result.num_samples,
         "split": result.split,
-        "checkpoint": dg.MetadataValue.path(checkpoint["path"]),
-        "checkpoint_sha256": checkpoint["sha256"],
+        "checkpoint": dg.MetadataValue.path(version.path),
+        "checkpoint_sha256": version.sha256,
     }
     if result.per_class:
         metadata["per_class"] = table(result.per_class)
