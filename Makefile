@@ -36,11 +36,11 @@ $(DAGSTER_HOME)/dagster.yaml:
 	cp deploy/local/dagster.yaml $@
 
 test: install ## run the test suite (embedded Redis unless TINYEXP_TEST_REDIS_URL is set)
-	$(PY) -m pytest -q -m "not e2e and not slow and not nightly"
+	$(PY) -m pytest -q -m "not e2e and not slow and not nightly" --durations=25
 
 test-e2e: install ## end-to-end tests: browser UI, CLI subprocesses, daemon, Postgres deployment; slow tests
 	bash scripts/install_chromium.sh
-	$(PY) -m pytest -q -m "(e2e or slow) and not nightly"
+	$(PY) -m pytest -q -m "(e2e or slow) and not nightly" --durations=25
 
 # Not in CI (.ci/run): on a slow day each takes 5-8 min, and CI has 90 min for everything;
 # CI's test-e2e runs their short variants (15-run soak, shorter steps and sensor intervals).
