@@ -160,7 +160,7 @@ def steady_malloc() -> Iterator[None]:
 # ---------------------------------------------------------------- Redis
 def redis_client(url: str, **kwargs: object):
     """A client for `url` made the way the project makes them."""
-    from tinyexp_core.redis_client import make_client
+    from tinyexp_core.services.redis_client import make_client
 
     return make_client(url, **kwargs)
 

@@ -104,13 +104,13 @@ MEASURES: dict[str, tuple[str, ...]] = {
     ),
     "step_checkpoint": (
         "bench/step_checkpoint.py",
-        "tinyexp_core/step_checkpoint.py",
+        "tinyexp_core/training/step_checkpoint.py",
         "tinyexp_core/checkpoint/",
     ),
     "progress_overhead": (
         "bench/progress_overhead.py",
         "tinyexp_core/progress/",
-        "tinyexp_core/redis_client.py",
+        "tinyexp_core/services/redis_client.py",
         "tinyexp_core/training",
     ),
     "training_overhead": (

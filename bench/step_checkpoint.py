@@ -32,7 +32,7 @@ from bench.results import Run, add_results_arg
 from bench.stats import compare
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.examples.mnist_exp import Net
-from tinyexp_core.step_checkpoint import StepCheckpointWriter, gather_rng_states
+from tinyexp_core.training.step_checkpoint import StepCheckpointWriter, gather_rng_states
 
 TARGET = 1.02
 

@@ -38,7 +38,7 @@ def _trial(steps: int, every: int, batch: int, directory: str) -> list[float]:
 
     from tinyexp_core import checkpoint as ckpt
     from tinyexp_core.examples.nets import Net
-    from tinyexp_core.step_checkpoint import StepCheckpointWriter
+    from tinyexp_core.training.step_checkpoint import StepCheckpointWriter
 
     torch.manual_seed(0)
     model = Net(10, 1, 0.25)

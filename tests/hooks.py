@@ -12,8 +12,8 @@ import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tinyexp_core.recipe import StepCheckpoints
-from tinyexp_core.stop import request_stop
+from tinyexp_core.training.recipe import StepCheckpoints
+from tinyexp_core.training.stop import request_stop
 
 
 @contextlib.contextmanager

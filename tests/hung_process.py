@@ -15,7 +15,7 @@ from pathlib import Path
 WAIT_FUNCTION = "wait_for_a_peer_that_never_comes"
 _SCRIPT = f"""
 import sys, time
-from tinyexp_core.stacks import announce_rank
+from tinyexp_core.progress.stacks import announce_rank
 
 url, run_id, rank, run_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 announce_rank(url, run_id, rank, run_dir=run_dir, ttl_s=600)

@@ -2,7 +2,7 @@
 
 `mode=help` prints the effective config and the overridden keys. A bad override exits
 with status 2 and a one-line error before anything runs; a failed run exits with 1.
-SIGTERM/SIGINT checkpoint and stop the run (`tinyexp_core.stop`): it exits with 3 and its
+SIGTERM/SIGINT checkpoint and stop the run (`tinyexp_core.training.stop`): it exits with 3 and its
 last line is the command that continues it from that step (`run_id=... resume_from=auto`).
 """
 
@@ -46,14 +46,14 @@ def launch(exp: Any) -> Any:
     A SIGTERM/SIGINT here becomes a stop request: in this process (one rank) the loop
     sees it; the mp and Ray launchers pass it on to their ranks.
     """
-    from tinyexp_core.stop import stop_on_signals
+    from tinyexp_core.training.stop import stop_on_signals
 
     with stop_on_signals():
         return _launch(exp)
 
 
 def _launch(exp: Any) -> Any:
-    from tinyexp_core.redis_cache import serving_redis_cache
+    from tinyexp_core.services.redis_cache import serving_redis_cache
 
     with serving_redis_cache(exp):
         if exp.launcher == "ray":

@@ -184,7 +184,7 @@ class WandbCfg:
         metrics, returning `wandb_run_id` and `wandb_dir` for the run summary. `resume` is a
         checkpoint's tracker state (`tracker.resume_state()`): its W&B run is continued.
         """
-        from tinyexp_core.tracking import NullTracker, start_wandb_run
+        from tinyexp_core.training.tracking import NullTracker, start_wandb_run
 
         if not (self.enable_wandb and is_main_process) or self.mode == "disabled":
             return NullTracker()

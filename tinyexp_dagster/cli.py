@@ -70,8 +70,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_redis(args: argparse.Namespace) -> int:
     """Show or stop the embedded Redis that serves this storage root."""
-    from tinyexp_core.redis_client import redact_url
     from tinyexp_core.services.embedded_redis import EmbeddedRedis
+    from tinyexp_core.services.redis_client import redact_url
 
     server = EmbeddedRedis(args.storage_root)
     if args.action == "url":
@@ -154,8 +154,8 @@ def cmd_progress(args: argparse.Namespace) -> int:
     import redis
 
     from tinyexp_core.config.exceptions import InvalidRedisUrlError
-    from tinyexp_core.redis_client import classify_redis_error, make_client, redact_url
     from tinyexp_core.services.embedded_redis import find_redis_url
+    from tinyexp_core.services.redis_client import classify_redis_error, make_client, redact_url
 
     try:
         configured = os.environ.get(ENV_REDIS_URL)

@@ -19,7 +19,7 @@ IMPORT_MAP: dict[str, str] = {
     "tinyexp.dataset.sampler": "tinyexp_core.data",
     "tinyexp.dataset.fake_dataloader": "tinyexp_core.data",
     "tinyexp.utils.log_utils": "tinyexp_core.logging",
-    "tinyexp.utils.model_utils": "tinyexp_core.ema",
+    "tinyexp.utils.model_utils": "tinyexp_core.training.ema",
     # the package root re-exports it lazily, wherever the Redis helpers live
     "tinyexp.utils.redis_utils": "tinyexp_core",
 }

@@ -10,8 +10,8 @@ import torch
 from loguru import logger
 
 from tinyexp_core.config.exceptions import ConfigValueError, ModelMismatchError
-from tinyexp_core.ema import update_ema
 from tinyexp_core.logging import LoggerCfg, WandbCfg, tiny_logger_setup
+from tinyexp_core.training.ema import update_ema
 
 
 @pytest.fixture(autouse=True)

@@ -38,8 +38,8 @@ from tinyexp_core.progress import (
     run_key,
     write_run_sweep,
 )
-from tinyexp_core.redis_client import make_client
 from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_client import make_client
 from tinyexp_core.services.redis_cluster import RedisClusterManager
 
 

@@ -1,4 +1,4 @@
-"""tinyexp_core.redis_client: the one Redis error classifier (unit), and it against a real
+"""tinyexp_core.services.redis_client: the one Redis error classifier (unit), and it against a real
 server that requires a password."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import redis
 from redis.exceptions import AuthorizationError, BusyLoadingError, NoPermissionError
 
-from tinyexp_core.redis_client import classify_redis_error, make_client, probe_redis
 from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_client import classify_redis_error, make_client, probe_redis
 from tinyexp_core.services.redis_cluster import RedisClusterManager
 
 

@@ -17,10 +17,10 @@ import pytest
 import redis
 
 from tinyexp_core.config.exceptions import ConfigValueError, InvalidRedisUrlError, RedisStartError
-from tinyexp_core.redis_client import make_client, probe_redis, redact_url
 from tinyexp_core.services import lifecycle, redis_cluster
 from tinyexp_core.services.embedded_redis import EmbeddedRedis, resolve_redis_url
 from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_client import make_client, probe_redis, redact_url
 from tinyexp_core.services.redis_cluster import RedisClusterManager
 from tinyexp_core.services.redis_process import redis_server_executable
 

@@ -1,4 +1,4 @@
-"""Stack collection of rank processes (`tinyexp_core.stacks`) against real processes and a
+"""Stack collection of rank processes (`tinyexp_core.progress.stacks`) against real processes and a
 real Redis: registration, py-spy on a running and on a SIGSTOPped process, the faulthandler
 fallback, and ranks that cannot be reached, each said so."""
 
@@ -16,8 +16,8 @@ import redis
 
 from tests.hung_process import WAIT_FUNCTION, hung_rank
 from tinyexp_core.progress import RedisProgressReporter, ranks_key
-from tinyexp_core.redis_client import make_client
-from tinyexp_core.stacks import RankProcess, collect_stacks, find_py_spy, read_ranks
+from tinyexp_core.progress.stacks import RankProcess, collect_stacks, find_py_spy, read_ranks
+from tinyexp_core.services.redis_client import make_client
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_a_finished_run_takes_its_rank_registrations_with_it(redis_url, client, 
 def test_an_unused_dump_file_goes_when_the_rank_ends(tmp_path):
     """A rank that ended without a dump leaves no `stacks/` behind in its run directory (a
     rejected run must not change the run directory it tried to resume)."""
-    from tinyexp_core.stacks import announce_rank, release_dump_handler
+    from tinyexp_core.progress.stacks import announce_rank, release_dump_handler
 
     me = announce_rank("", "r", 0, run_dir=str(tmp_path), ttl_s=60)
     assert Path(me.dump_file).is_file() and me.pid == os.getpid()

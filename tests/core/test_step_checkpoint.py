@@ -19,13 +19,13 @@ import torch
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.config.exceptions import CheckpointMismatchError, ConfigValueError
 from tinyexp_core.data import TensorBatchLoader, load_source, prepare_dataset
-from tinyexp_core.step_checkpoint import (
+from tinyexp_core.training.step_checkpoint import (
     DataPosition,
     StepCheckpointWriter,
     resume_position,
     rng_state,
 )
-from tinyexp_core.stop import StopAgreement, clear_stop, stop_on_signals, stop_requested
+from tinyexp_core.training.stop import StopAgreement, clear_stop, stop_on_signals, stop_requested
 
 EXP = "tinyexp_core.examples.mnist_exp:Exp"
 
@@ -159,7 +159,7 @@ def test_stop_agreement_cadence():
 
 
 def test_agree_every_s_reaches_the_agreement_and_bad_values_are_refused(tmp_path):
-    from tinyexp_core.recipe import StepCheckpoints
+    from tinyexp_core.training.recipe import StepCheckpoints
 
     cfg = ckpt.CheckpointCfg(agree_every_s=0.7)
     hooks = StepCheckpoints(
@@ -222,7 +222,7 @@ def _agreement_rank(rank: int, port: int, out: Any) -> None:
     """One of two gloo ranks polling steps 1..8: rank 1 asks for a stop after step 3."""
     import torch.distributed as dist
 
-    from tinyexp_core.stop import clear_stop, request_stop
+    from tinyexp_core.training.stop import clear_stop, request_stop
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -248,7 +248,7 @@ def _paced_rank(rank: int, port: int, out: Any) -> None:
     0.01 s, rank 1's 0.03 s; rank 1 asks for a stop after step 40."""
     import torch.distributed as dist
 
-    from tinyexp_core.stop import clear_stop, request_stop
+    from tinyexp_core.training.stop import clear_stop, request_stop
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:

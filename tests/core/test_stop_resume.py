@@ -21,7 +21,7 @@ import torch
 
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.data import load_source, prepare_dataset
-from tinyexp_core.stop import STOP_GRACE_S
+from tinyexp_core.training.stop import STOP_GRACE_S
 
 MODULE = "tinyexp_core.examples.mnist_exp"
 STEP_LINE = re.compile(r"epoch (\d+) step (\d+) loss")
@@ -107,7 +107,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_matches(
     num_workers, prepared, tmp_path, redis_url
 ):
     from tinyexp_core.progress import read_progress
-    from tinyexp_core.redis_client import make_client
+    from tinyexp_core.services.redis_client import make_client
 
     workers = [f"num_workers={num_workers}", "launcher=mp"]
     full = tmp_path / "full"
@@ -161,7 +161,7 @@ def test_ray_launcher_passes_a_stop_request_to_its_ranks(ray_cluster, prepared, 
     from tinyexp_core.config.exceptions import RunStoppedError
     from tinyexp_core.config.factory import build_exp
     from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
-    from tinyexp_core.stop import clear_stop, request_stop
+    from tinyexp_core.training.stop import clear_stop, request_stop
 
     def run(run_id: str, *extra: str, on_line=None):
         args = _args(tmp_path, prepared, run_id, "launcher=ray", "num_workers=2", *extra)[3:]

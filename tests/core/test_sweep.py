@@ -121,7 +121,7 @@ def test_leaderboard_order_follows_the_direction() -> None:
 
 
 def test_board_in_redis(redis_url: str) -> None:
-    from tinyexp_core.redis_client import make_client
+    from tinyexp_core.services.redis_client import make_client
 
     client = make_client(redis_url)
     sweep = build_sweep(Exp, [], {"optimizer_cfg.lr": [0.001, 0.003]})

@@ -25,8 +25,8 @@ from tinyexp_core.examples.tabular_exp import Exp
 from tinyexp_core.launchers import run_in_process
 from tinyexp_core.launchers.mp import launch_local
 from tinyexp_core.launchers.ray import RayLauncher, RayLaunchSpec
-from tinyexp_core.stop import clear_stop
 from tinyexp_core.training import TrainingSession
+from tinyexp_core.training.stop import clear_stop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Measured: test rmse / std of the test targets was 0.746, 0.758 and 0.765 for seeds 0-2

@@ -17,7 +17,7 @@ from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.config.exceptions import RunStoppedError
 from tinyexp_core.config.factory import build_exp
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
-from tinyexp_core.stop import clear_stop
+from tinyexp_core.training.stop import clear_stop
 
 # The .wandb transaction log: a 7-byte header (":W&B", magic 0xBEE1, version 0), then
 # LevelDB-log framing in 32 KiB blocks (record header: crc32, length, type), each record

@@ -98,7 +98,7 @@ def test_sigterm_on_two_ranks_then_the_printed_command_resumes_bit_exact(
     project: Path, redis_url: str, tmp_path: Path
 ) -> None:
     from tinyexp_core.progress import read_progress
-    from tinyexp_core.redis_client import make_client
+    from tinyexp_core.services.redis_client import make_client
 
     common = [
         "-m",

@@ -23,7 +23,7 @@ from tests.dagster.support import (
 )
 from tinyexp_core.checkpoint import sha256_file
 from tinyexp_core.progress import read_run
-from tinyexp_core.redis_client import make_client
+from tinyexp_core.services.redis_client import make_client
 
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 10
@@ -106,7 +106,8 @@ def test_trained_model(mats: dict[str, dg.AssetMaterialization], pipeline: Pipel
     # learning curves: an SVG in the run directory, and each epoch's values as numbers
     curves = Path(meta["learning_curves"])
     assert curves == run_dir / "learning_curves.svg"
-    assert curves.read_text().startswith("<svg ") and "<circle" in curves.read_text()  # 1 epoch: dots
+    # 1 epoch: dots
+    assert curves.read_text().startswith("<svg ") and "<circle" in curves.read_text()
     assert meta["val_accuracy_epoch_001"] == row["val_accuracy"]
     assert meta["train_loss_epoch_001"] == row["train_loss"]
     assert meta["val_loss_epoch_001"] == row["val_loss"]

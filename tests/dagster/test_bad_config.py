@@ -20,7 +20,7 @@ from tests.dagster.support import (
     step_failures,
 )
 from tinyexp_core.progress import read_run
-from tinyexp_core.redis_client import make_client
+from tinyexp_core.services.redis_client import make_client
 from tinyexp_dagster.resources import RayDDPResource
 
 

@@ -190,7 +190,7 @@ def test_sweep_run_trains_every_trial_one_at_a_time_on_the_warm_ray(
         windows = sorted(_training_window(instance, r.run_id) for r in last)
     assert windows[0][1] <= windows[1][0], windows  # max_concurrent=1: never two at once
     # the --all batch is one sweep execution: its own board in Redis, both trials finished
-    from tinyexp_core.redis_client import make_client
+    from tinyexp_core.services.redis_client import make_client
     from tinyexp_core.sweep import SweepBoard
 
     client = make_client(project.env["TINYEXP_REDIS_URL"])

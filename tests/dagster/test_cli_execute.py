@@ -13,7 +13,7 @@ import dagster as dg
 import yaml
 
 from tinyexp_core.progress import read_run
-from tinyexp_core.redis_client import make_client
+from tinyexp_core.services.redis_client import make_client
 
 RUN_CONFIG = {
     "ops": {

@@ -27,9 +27,9 @@ from dagster._core.test_utils import instance_for_test
 from tests.dagster.support import ASSET_CHECKS, ASSETS, key, materializations, run_config
 from tinyexp_core.config.exceptions import ConfigValueError, InvalidRedisUrlError
 from tinyexp_core.progress import read_progress
-from tinyexp_core.redis_client import classify_redis_error, make_client
 from tinyexp_core.services.embedded_redis import EmbeddedRedis
 from tinyexp_core.services.lifecycle import ENV_IDLE_STOP_S
+from tinyexp_core.services.redis_client import classify_redis_error, make_client
 from tinyexp_dagster.cli import main as cli_main
 from tinyexp_dagster.resources import (
     RayDDPResource,

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, RedisProgressReporter, RunProgress, run_key
-from tinyexp_core.redis_client import make_client
 from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_client import make_client
 from tinyexp_core.services.redis_cluster import RedisClusterManager
 from tinyexp_dagster.cli import main, render_run
 

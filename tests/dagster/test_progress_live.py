@@ -25,7 +25,7 @@ from tinyexp_core.checkpoint import load_checkpoint, verify_checkpoint
 from tinyexp_core.config.factory import build_exp
 from tinyexp_core.launchers import run_in_process
 from tinyexp_core.progress import RedisProgressReporter, read_run
-from tinyexp_core.redis_client import make_client
+from tinyexp_core.services.redis_client import make_client
 from tinyexp_core.services.redis_cluster import RedisClusterManager
 from tinyexp_dagster.cli import main as cli_main
 from tinyexp_dagster.resources import RedisProgressResource, StallSettingsResource, StorageResource

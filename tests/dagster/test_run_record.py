@@ -19,7 +19,7 @@ from tinyexp_core.config.experiment import ProgressCfg
 from tinyexp_core.config.orchestration import RunOverrides
 from tinyexp_core.examples.mnist_exp import Exp
 from tinyexp_core.progress import read_run, run_key
-from tinyexp_core.redis_client import make_client
+from tinyexp_core.services.redis_client import make_client
 from tinyexp_dagster.resources import (
     RayDDPResource,
     RedisProgressResource,

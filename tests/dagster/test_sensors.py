@@ -33,10 +33,10 @@ from tinyexp_core.progress import (
     run_key,
     stacks_key,
 )
-from tinyexp_core.redis_client import make_client
+from tinyexp_core.progress.stacks import RankStack, StackReport
 from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_client import make_client
 from tinyexp_core.services.redis_cluster import RedisClusterManager
-from tinyexp_core.stacks import RankStack, StackReport
 from tinyexp_dagster import default_resources
 from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
 from tinyexp_dagster.definitions import defs

@@ -105,7 +105,7 @@ def test_progress_events_refresh_the_leaderboard(redis_url: str) -> None:
     (ranked rows); once every trial ended, a materialization."""
     from tinyexp_core.examples.mnist_exp import Exp
     from tinyexp_core.progress import EVENTS_STREAM, run_key, write_run_sweep
-    from tinyexp_core.redis_client import make_client
+    from tinyexp_core.services.redis_client import make_client
     from tinyexp_core.sweep import SweepBoard, build_sweep
     from tinyexp_dagster.sensors.training_progress import _progress_tick
 

@@ -26,7 +26,7 @@ import yaml
 
 from tests import leftovers
 from tinyexp_core.progress import read_run
-from tinyexp_core.redis_client import make_client
+from tinyexp_core.services.redis_client import make_client
 
 OVERRIDES = ["train_cfg.num_epochs=2", "seed=5", "data_cfg.batch_size=32"]
 JOB = "mnist_training_pipeline"

@@ -48,7 +48,7 @@ def test_job_execute_then_asset_materialize(
     import dagster as dg
 
     from tinyexp_core.progress import read_run
-    from tinyexp_core.redis_client import make_client
+    from tinyexp_core.services.redis_client import make_client
 
     quick = _write(tmp_path / "quick.yaml", QUICK)
     job = run_cli(

@@ -180,7 +180,7 @@ class Scenario:
 
     def ranks(self, run_id: str, num: int = 2) -> dict[int, int]:
         """rank -> pid, once `num` ranks of the run's latest attempt registered."""
-        from tinyexp_core.stacks import read_ranks
+        from tinyexp_core.progress.stacks import read_ranks
 
         def registered():
             self.daemon.check_alive()
@@ -281,8 +281,8 @@ def test_hung_rank_stacks_resume_and_a_repeated_hang_fails(
     import dagster as dg
 
     from tinyexp_core.progress import read_run, stacks_key
-    from tinyexp_core.redis_client import make_client
     from tinyexp_core.services.ray_head import stop_head
+    from tinyexp_core.services.redis_client import make_client
 
     (deployment.home / "dagster.yaml").write_text(scale.instance_yaml)
     config = tmp_path / "run.yaml"

@@ -55,7 +55,7 @@ def test_pipeline_on_postgres_ray_head_and_redis_url(
     head; `dagster dev` on the same DAGSTER_HOME sees that run and its daemon heartbeats
     land in the same database."""
     from tinyexp_core.progress import read_run
-    from tinyexp_core.redis_client import make_client
+    from tinyexp_core.services.redis_client import make_client
 
     shutil.copyfile(DEPLOY_CONFIG, deployment.home / "dagster.yaml")
     quick = tmp_path / "quick.yaml"

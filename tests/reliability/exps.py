@@ -33,8 +33,8 @@ from tinyexp_core.accelerators import AcceleratorCfg
 from tinyexp_core.config.exceptions import TinyExpError
 from tinyexp_core.config.experiment import TinyExp
 from tinyexp_core.examples.mnist_exp import Exp as MnistExp
-from tinyexp_core.recipe import StepCheckpoints
 from tinyexp_core.training import TrainingSession
+from tinyexp_core.training.recipe import StepCheckpoints
 
 TRACE_FILE = "trace.jsonl"
 

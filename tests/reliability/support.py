@@ -188,7 +188,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def redis_client(url: str):
-    from tinyexp_core.redis_client import make_client
+    from tinyexp_core.services.redis_client import make_client
 
     return make_client(url, socket_timeout_s=2.0, connect_timeout_s=2.0)
 

@@ -21,7 +21,7 @@ import pytest
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.data import load_source, prepare_dataset
 from tinyexp_core.progress import RedisProgressReporter
-from tinyexp_core.redis_client import classify_redis_error, make_client
+from tinyexp_core.services.redis_client import classify_redis_error, make_client
 
 
 class HungRedis:

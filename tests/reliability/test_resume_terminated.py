@@ -29,7 +29,7 @@ from tests.reliability.test_termination import LAUNCH, TERMINATE
 from tests.waiting import eventually
 from tinyexp_core import checkpoint as ckpt
 from tinyexp_core.progress import read_run
-from tinyexp_core.stop import STOP_GRACE_S
+from tinyexp_core.training.stop import STOP_GRACE_S
 from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
 from tinyexp_dagster.resume import RESUMED_FROM_RUN_TAG
 

@@ -213,7 +213,7 @@ class CheckpointCfg:
     every_n_steps: int = 0  # a background step checkpoint every N global steps; 0 = off
     every_s: float = 0.0  # a background step checkpoint after this many seconds; 0 = off
     # How often (seconds) several ranks agree on a stop request or an every_s save; 0 = after
-    # every step. A stop takes up to about twice this plus two steps (tinyexp_core.stop).
+    # every step. A stop takes up to about twice this plus two steps (tinyexp_core.training.stop).
     agree_every_s: float = 0.2
 
     def validate(self) -> None:

@@ -70,7 +70,7 @@ def check_redis_url(key: str, url: str) -> None:
     """Raise ConfigValueError naming `key` unless `url` is a well-formed Redis URL; the
     value shown has its password hidden."""
     from tinyexp_core.config.exceptions import InvalidRedisUrlError
-    from tinyexp_core.redis_client import validate_redis_url
+    from tinyexp_core.services.redis_client import validate_redis_url
 
     try:
         validate_redis_url(url)
@@ -111,8 +111,8 @@ class ProgressCfg:
 
     def announce_rank(self, run_id: str, *, rank: int, run_dir: str) -> None:
         """Register this rank process (host, pid) in the progress store and install its
-        stack dump, so a hung run can be diagnosed (`tinyexp_core.stacks`); best effort."""
-        from tinyexp_core.stacks import announce_rank
+        stack dump, so a hung run can be diagnosed (`tinyexp_core.progress.stacks`); best effort."""
+        from tinyexp_core.progress.stacks import announce_rank
 
         url = (self.url or os.environ.get(ENV_PROGRESS_URL, "")) if self.enabled else ""
         attempt = os.environ.get(ENV_ATTEMPT, "1")

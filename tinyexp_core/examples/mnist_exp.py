@@ -267,7 +267,7 @@ class Exp(TinyExp):
     def evaluate(self, checkpoint_path: str, split: str = "test") -> EvalResult:
         """Load a checkpoint FILE (verified) and report metrics on a prepared split."""
         from tinyexp_core.data import load_split
-        from tinyexp_core.metrics import classification_report, confusion_matrix
+        from tinyexp_core.training.metrics import classification_report, confusion_matrix
 
         if not checkpoint_path:
             raise ConfigValueError("resume_from", checkpoint_path, "a checkpoint path to evaluate")

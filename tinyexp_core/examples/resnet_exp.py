@@ -51,7 +51,7 @@ class Exp(MnistExp):
             from loguru import logger
 
             from tinyexp_core.data import RedisSampleCache, sample_cache_url
-            from tinyexp_core.redis_client import make_client
+            from tinyexp_core.services.redis_client import make_client
 
             if not self.redis_cache:
                 return None

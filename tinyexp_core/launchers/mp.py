@@ -6,7 +6,7 @@ launcher spawns N processes on this host, each with the torch.distributed enviro
 accelerator builds the process group from it (gloo on CPU, nccl on GPU). Every rank's
 result comes back, rank 0 first; the first failure ends the job and names the rank and
 its cause. On every exit path (success, a failure, KeyboardInterrupt) the children are
-terminated, then killed, in `finally`. A stop request in this process (`tinyexp_core.stop`,
+terminated, then killed, in `finally`. A stop request in this process (`tinyexp_core.training.stop`,
 e.g. a SIGTERM to the CLI) is passed on to the ranks as SIGTERM: they agree on a step,
 checkpoint and exit with RunStoppedError, which is raised here; ranks still running
 `STOP_GRACE_S` later are killed.
@@ -34,7 +34,7 @@ from tinyexp_core.config.exceptions import (
     WorkerFailedError,
 )
 from tinyexp_core.launchers.runtime import steady_malloc
-from tinyexp_core.stop import STOP_GRACE_S, stop_requested
+from tinyexp_core.training.stop import STOP_GRACE_S, stop_requested
 
 LOCAL_HOST = "127.0.0.1"
 _PEER_DEATH_GRACE_S = 3.0  # after a rank fails, how long to look for a peer that died

@@ -9,8 +9,8 @@ the actors, remove the placement group and stop the Ray that this launcher start
 nothing else.
 
 Stopping: a stop request on the launcher's `StopHandle` (given to it, else the process's:
-`tinyexp_core.stop.request_stop`; a terminal signal inside `signals_stop`, a sweep's pruning)
-or an interrupt (KeyboardInterrupt, Dagster's termination) first asks every rank actor to
+`tinyexp_core.training.stop.request_stop`; a terminal signal inside `signals_stop`, a sweep's
+pruning) or an interrupt (KeyboardInterrupt, Dagster's termination) first asks every rank actor to
 stop (`_RankWorker.request_stop`, served beside `run` by a threaded actor): the ranks agree
 on a step, rank 0 checkpoints, they raise RunStoppedError. Ranks still running
 `STOP_GRACE_S` later are killed; a forced stop (a second Ctrl-C) kills them at once.
@@ -46,8 +46,8 @@ from tinyexp_core.launchers.ray_wait import (
 )
 from tinyexp_core.launchers.runtime import torchrun_env_defaults
 from tinyexp_core.services import ray_pool
-from tinyexp_core.stop import STOP_GRACE_S, StopHandle, process_handle
 from tinyexp_core.timing import mark
+from tinyexp_core.training.stop import STOP_GRACE_S, StopHandle, process_handle
 
 __all__ = [
     "ENV_RAY_ADDRESS",

@@ -52,7 +52,7 @@ class _RankWorker:
 
     def request_stop(self, reason: str = "stop requested by the Ray launcher") -> None:
         """Ask the training loop running in `run` to checkpoint and stop (returns at once)."""
-        from tinyexp_core.stop import request_stop
+        from tinyexp_core.training.stop import request_stop
 
         request_stop(reason)
 
@@ -98,7 +98,7 @@ def _announce(exp: Any, rank: int) -> None:
 
 
 def _release_announcement() -> None:
-    from tinyexp_core.stacks import release_dump_handler
+    from tinyexp_core.progress.stacks import release_dump_handler
 
     with contextlib.suppress(Exception):  # cleanup must never mask the run's outcome
         release_dump_handler()

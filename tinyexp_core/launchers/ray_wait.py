@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tinyexp_core.config.exceptions import RunStoppedError, WorkerFailedError
-from tinyexp_core.stop import STOP_GRACE_S, StopHandle
+from tinyexp_core.training.stop import STOP_GRACE_S, StopHandle
 
 _PEER_DEATH_GRACE_S = 3.0  # after a rank fails, how long to look for a peer that died
 

@@ -9,7 +9,7 @@ Keys (see docs/DESIGN.md, "Progress in Redis"):
 - `tinyexp:runs:active`: set of the run ids in flight.
 - `tinyexp:run:<run_id>:ranks` (hash rank -> JSON: host, pid, ...) and
   `tinyexp:run:<run_id>:stacks` (JSON): who the ranks are, and every rank's stack as the
-  stall sensor recorded it (`tinyexp_core.stacks`); they expire with the run's hash.
+  stall sensor recorded it (`stacks`); they expire with the run's hash.
 
 Conventions: `epoch` and `step` are 0-based indices of the epoch and of the step within it
 that just completed; `num_steps` counts the steps of one epoch.
@@ -17,7 +17,9 @@ that just completed; `num_steps` counts the steps of one epoch.
 This package is the only writer and reader of those keys: `keys` names them, `reporter`
 writes them from a trainer (rank 0), `readers` parses them (`RunProgress`) and writes a
 status from outside a trainer (`mark_status`) and a sweep trial's board
-(`write_run_sweep`); `RUN_FIELDS` lists the run hash's fields.
+(`write_run_sweep`); `RUN_FIELDS` lists the run hash's fields. `stacks` registers each
+rank (`ranks_key`) and collects every rank's Python stack of a hung run (py-spy,
+faulthandler) for the stall sensor, which records them under `stacks_key`.
 """
 
 from tinyexp_core.progress.keys import (

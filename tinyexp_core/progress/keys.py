@@ -46,7 +46,7 @@ def run_key(run_id: str) -> str:
 
 
 def ranks_key(run_id: str) -> str:
-    """Redis hash of a run's rank processes (rank -> JSON: host, pid; `tinyexp_core.stacks`)."""
+    """Redis hash of a run's rank processes (rank -> JSON: host, pid; `progress.stacks`)."""
     return f"{run_key(run_id)}:ranks"
 
 

@@ -23,7 +23,7 @@ from tinyexp_core.progress.keys import (
     _expire_run,
     run_key,
 )
-from tinyexp_core.redis_client import make_client, redact_url, validate_redis_url
+from tinyexp_core.services.redis_client import make_client, redact_url, validate_redis_url
 
 
 @runtime_checkable

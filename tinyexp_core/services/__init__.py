@@ -5,6 +5,8 @@ watcher and holders in `redis_idle`), the redis-server shards a RedisClusterMana
 (`ray_head`) with its pool of warm ranks (`ray_pool`). What they share (state files under
 the storage root, file locks, pid probes, detached spawns, the idle-stop setting) is in
 `lifecycle`; the redis-server process itself (its executable, config, readiness) is in
-`redis_process`. Clients of these services (URLs, Redis clients, Ray sessions) live
-elsewhere: `redis_client`, `launchers.ray`.
+`redis_process`. The Redis client factory every Redis user goes through (URL validation and
+redaction, clients with timeouts, the error classifier) is `redis_client`; TinyExp 0.0.1's
+sample-cache shards around a run (`RedisCfgMixin`) are `redis_cache`. Ray sessions are
+`launchers.ray`.
 """

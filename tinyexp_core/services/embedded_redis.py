@@ -15,12 +15,6 @@ from loguru import logger
 
 from tinyexp_core.config.exceptions import RedisStartError
 from tinyexp_core.files import atomic_write_text
-from tinyexp_core.redis_client import (
-    PROBE_TIMEOUT_S,
-    make_client,
-    redact_url,
-    validate_redis_url,
-)
 from tinyexp_core.services.lifecycle import (
     STOP_TIMEOUT_S,
     file_lock,
@@ -30,6 +24,12 @@ from tinyexp_core.services.lifecycle import (
     pid_alive,
     spawn_detached,
     wait_pid_exit,
+)
+from tinyexp_core.services.redis_client import (
+    PROBE_TIMEOUT_S,
+    make_client,
+    redact_url,
+    validate_redis_url,
 )
 from tinyexp_core.services.redis_process import (
     check_min,

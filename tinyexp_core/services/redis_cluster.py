@@ -22,8 +22,8 @@ from tinyexp_core.config.exceptions import (
     RedisStartError,
 )
 from tinyexp_core.files import atomic_write_text
-from tinyexp_core.redis_client import make_client, probe_redis, redact_url
 from tinyexp_core.services.lifecycle import STOP_TIMEOUT_S, free_port
+from tinyexp_core.services.redis_client import make_client, probe_redis, redact_url
 from tinyexp_core.services.redis_process import (
     check_min,
     redis_server_executable,

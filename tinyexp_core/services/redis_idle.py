@@ -34,9 +34,9 @@ from loguru import logger
 from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_core.files import atomic_write_text
 from tinyexp_core.progress import ACTIVE_RUNS_KEY
-from tinyexp_core.redis_client import classify_redis_error, make_client
 from tinyexp_core.services.embedded_redis import EmbeddedRedis
 from tinyexp_core.services.lifecycle import ENV_IDLE_STOP_S, kill_pid, pid_alive
+from tinyexp_core.services.redis_client import classify_redis_error, make_client
 from tinyexp_core.services.redis_process import is_redis_process
 
 WATCHER_NAME = "tinyexp-idle-watch"

@@ -14,8 +14,8 @@ import psutil
 import redis
 
 from tinyexp_core.config.exceptions import ConfigValueError, RedisStartError
-from tinyexp_core.redis_client import make_client, probe_redis
 from tinyexp_core.services.lifecycle import POLL_S
+from tinyexp_core.services.redis_client import make_client, probe_redis
 
 _LOG_TAIL_CHARS = 2000
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tinyexp_core.contract import EpochRecord, val_key
 from tinyexp_core.lazy import lazy_module
-from tinyexp_core.recipe import Resumed, StepCheckpoints, reporting
-from tinyexp_core.step_checkpoint import DataPosition
 from tinyexp_core.timing import mark
+from tinyexp_core.training.recipe import Resumed, StepCheckpoints, reporting
+from tinyexp_core.training.step_checkpoint import DataPosition
 
 if TYPE_CHECKING:
     import torch

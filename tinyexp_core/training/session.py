@@ -94,7 +94,7 @@ class TrainingSession:
     def _find_resume(self) -> tuple[str, dict[str, Any]] | None:
         """The checkpoint `resume_from` names (None: a fresh start), read and checked before
         any data or model work: a missing, corrupt or foreign checkpoint fails here."""
-        from tinyexp_core.recipe import check_experiment_class, resolve_resume
+        from tinyexp_core.training.recipe import check_experiment_class, resolve_resume
 
         exp = self.exp
         found = resolve_resume(exp.resume_from, exp.checkpoint_cfg, self.run_dir, self.logger)
@@ -179,7 +179,7 @@ class TrainingSession:
         from `resume_from` when set, start progress and tracking; returns the model ready for
         training (DDP-wrapped on several ranks). `num_steps`: batches per epoch on this rank.
         Build the model with the same seed on every rank before calling it."""
-        from tinyexp_core.recipe import resume_run
+        from tinyexp_core.training.recipe import resume_run
 
         exp, found = self.exp, self._resume_from
         resumed = resume_run(

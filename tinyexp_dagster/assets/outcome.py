@@ -36,8 +36,8 @@ def train_on_ray(
     """Run the plan's experiment on the Ray ranks and apply the policy above; returns
     (rank 0's result, the sweep trial's metadata or {})."""
     from tinyexp_core.config.exceptions import RunStoppedError
-    from tinyexp_core.stop import StopHandle, signals_stop
     from tinyexp_core.timing import mark
+    from tinyexp_core.training.stop import StopHandle, signals_stop
 
     stop = StopHandle()
     monitor = sweep_monitor(context, spec, plan.progress, stop)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from tinyexp_core.config.experiment import TinyExp
     from tinyexp_core.launchers.ray import RayLauncher
     from tinyexp_core.launchers.ray_spec import RayLaunchSpec
-    from tinyexp_core.stop import StopHandle
+    from tinyexp_core.training.stop import StopHandle
 
 _T = TypeVar("_T")
 
@@ -162,7 +162,7 @@ class RayDDPResource(dg.ConfigurableResource):
     ) -> list[object]:
         """Run `exp` on `spec.num_workers` ranks; returns every rank's result (what its
         `exp.run()` returned), rank 0 first.
-        `stop`: the run's `tinyexp_core.stop.StopHandle` (None: the process's)."""
+        `stop`: the run's `tinyexp_core.training.stop.StopHandle` (None: the process's)."""
         from tinyexp_core.launchers.ray import RayLauncher
 
         launcher = RayLauncher(spec, log_callback=log, stop=stop)

@@ -47,7 +47,7 @@ class RunProgress:
         if not self.url:
             return
         from tinyexp_core.progress import mark_status
-        from tinyexp_core.redis_client import make_client
+        from tinyexp_core.services.redis_client import make_client
 
         with contextlib.suppress(Exception):
             client = make_client(self.url, socket_timeout_s=self.socket_timeout_s)
@@ -71,7 +71,7 @@ class RunProgress:
         if not self.url:
             yield
             return
-        from tinyexp_core.redis_client import make_client
+        from tinyexp_core.services.redis_client import make_client
 
         client = make_client(self.url, socket_timeout_s=self.socket_timeout_s)
         try:
@@ -147,7 +147,7 @@ class RedisProgressResource(dg.ConfigurableResource):
         import redis as redis_py
 
         from tinyexp_core.config.exceptions import InvalidRedisUrlError
-        from tinyexp_core.redis_client import classify_redis_error, make_client
+        from tinyexp_core.services.redis_client import classify_redis_error, make_client
 
         client = make_client(url, socket_timeout_s=self.socket_timeout_s)
         try:
@@ -163,6 +163,6 @@ class RedisProgressResource(dg.ConfigurableResource):
 
     def redacted(self, url: str) -> str:
         """`url` with its password replaced by ***, for logs and messages."""
-        from tinyexp_core.redis_client import redact_url
+        from tinyexp_core.services.redis_client import redact_url
 
         return redact_url(url)

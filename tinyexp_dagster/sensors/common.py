@@ -11,8 +11,8 @@ import dagster as dg
 import redis as redis_py
 
 from tinyexp_core.config.exceptions import InvalidRedisUrlError
-from tinyexp_core.redis_client import classify_redis_error, make_client, redact_url
 from tinyexp_core.services.embedded_redis import find_redis_url
+from tinyexp_core.services.redis_client import classify_redis_error, make_client, redact_url
 from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 
 ENV_REDIS_URL = "TINYEXP_REDIS_URL"  # where definitions.py takes the resource's URL from

@@ -10,7 +10,7 @@ import dagster as dg
 import redis as redis_py
 
 from tinyexp_core.progress import DEFAULT_TTL_S, ERROR_MAX_CHARS, RunProgress, stacks_key
-from tinyexp_core.stacks import StackReport, collect_stacks, read_ranks
+from tinyexp_core.progress.stacks import StackReport, collect_stacks, read_ranks
 
 STACK_EVENT_PREFIX = "stalled_training_sensor: every rank's stack"  # the engine event's message
 

@@ -18,7 +18,7 @@ from tinyexp_core.progress import (
     read_runs,
     run_key,
 )
-from tinyexp_core.stacks import StackReport
+from tinyexp_core.progress.stacks import StackReport
 from tinyexp_dagster.assets.plan import RESUME_RUN_DIR_TAG, run_dir_id
 from tinyexp_dagster.resources import RedisProgressResource, StallSettingsResource, StorageResource
 from tinyexp_dagster.sensors import hang

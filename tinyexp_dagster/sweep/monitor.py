@@ -22,7 +22,7 @@ POLL_S = 0.5  # how often the monitor reads the run's progress events
 
 class SweepMonitor:
     """While a trial trains: mirrors its epoch_end events into the sweep's board, and with
-    early stopping asks the run's stop handle (`tinyexp_core.stop.StopHandle`, the one the
+    early stopping asks the run's stop handle (`tinyexp_core.training.stop.StopHandle`, the one the
     launcher watches) for a checkpoint-then-stop when the trial falls below the median of
     the others. Best effort: a Redis error ends the monitoring (the trial trains on), it
     never fails the run."""
@@ -44,7 +44,7 @@ class SweepMonitor:
             yield self
             return
         from tinyexp_core.progress import EVENTS_STREAM, write_run_sweep
-        from tinyexp_core.redis_client import make_client
+        from tinyexp_core.services.redis_client import make_client
         from tinyexp_core.sweep import SweepBoard
 
         client = make_client(self.url, socket_timeout_s=2.0)
@@ -77,7 +77,7 @@ class SweepMonitor:
         """The trial's final row (finished, pruned, failed); best effort."""
         if not self.url:
             return
-        from tinyexp_core.redis_client import make_client
+        from tinyexp_core.services.redis_client import make_client
         from tinyexp_core.sweep import SweepBoard
 
         with contextlib.suppress(Exception):

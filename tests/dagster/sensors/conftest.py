@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from tinyexp_core.progress import ACTIVE_RUNS_KEY, EVENTS_STREAM, read_events, run_key
-from tinyexp_core.redis_client import make_client
 from tinyexp_core.services.lifecycle import free_port
+from tinyexp_core.services.redis_client import make_client
 from tinyexp_dagster.definitions import defs
 from tinyexp_dagster.resources import RedisProgressResource, StallSettingsResource, StorageResource
 

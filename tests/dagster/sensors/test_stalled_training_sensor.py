@@ -20,7 +20,7 @@ from tests.dagster.sensors.support import STALE_S, dagster_run, start_run, tick
 from tests.hung_process import WAIT_FUNCTION, hung_rank
 from tinyexp_core.config.exceptions import ConfigValueError
 from tinyexp_core.progress import active_run_ids, ranks_key, read_run, run_key, stacks_key
-from tinyexp_core.stacks import RankStack, StackReport
+from tinyexp_core.progress.stacks import RankStack, StackReport
 from tinyexp_dagster import default_resources
 from tinyexp_dagster.assets.training import RESUME_RUN_DIR_TAG
 from tinyexp_dagster.resources import StallSettingsResource
