@@ -383,6 +383,30 @@ def test_latest_valid_falls_back_with_warning(tmp_path: Path, warnings_log: list
     assert "epoch_0002.pt" in second and "epoch_0001.pt" in second
 
 
+def test_latest_valid_takes_a_step_file_saved_after_an_older_last_pt(tmp_path: Path) -> None:
+    """A bucket's last.pt is uploaded after its peers: a node that resumes between the two
+    uploads mirrors the new step file beside the previous last.pt, and resumes from the
+    step file (its sidecar's saved_at is newer and its bytes differ), not one step back."""
+    import shutil
+
+    manager = CheckpointManager(tmp_path / "run")
+    manager.save(_state(epoch=0, step=20), is_best=False)
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    for name in ("last.pt", "last.pt.sha256"):  # last.pt as the bucket still had it
+        shutil.copy(tmp_path / "run" / name, stale / name)
+    step = _state(epoch=1, step=24)
+    newest = manager.save_step(step)
+    for name in ("last.pt", "last.pt.sha256"):
+        shutil.copy(stale / name, tmp_path / "run" / name)
+    path, loaded = manager.latest_valid()
+    assert path == newest and loaded["step"] == 24
+    # Where last.pt is current (always, on a local root), it is the file resumed from.
+    manager.save_step({**step, "step": 28})
+    path, loaded = manager.latest_valid()
+    assert path == manager.last_path and loaded["step"] == 28
+
+
 def test_latest_valid_all_invalid_raises(tmp_path: Path, warnings_log: list[str]) -> None:
     manager = CheckpointManager(tmp_path, keep_last_n=1)
     manager.save(_state(epoch=0), is_best=True)

@@ -179,7 +179,10 @@ class CheckpointManager:
         failures = []
         for index, path in enumerate(candidates):
             try:
-                return str(path), load_checkpoint(path, map_location=map_location)
+                state = load_checkpoint(path, map_location=map_location)
+                if path == self._last:
+                    return self._newest(path, state, kept, map_location)
+                return str(path), state
             except CheckpointError as exc:
                 reason = getattr(exc, "reason", str(exc))
                 failures.append(f"{path.name} ({reason})")
@@ -193,6 +196,37 @@ class CheckpointManager:
         raise CheckpointCorruptError(
             str(self.directory), "no valid checkpoint among: " + "; ".join(failures)
         )
+
+    def _newest(
+        self, last: Path, state: dict[str, Any], kept: list[Path], map_location: Any
+    ) -> tuple[str, dict[str, Any]]:
+        """last.pt's (path, state), unless a valid epoch or step file beside it is further
+        along: in a bucket last.pt is uploaded after its peers, so a node that resumes
+        between the two uploads (the uploading rank was killed) finds last.pt one checkpoint
+        behind the step file. Step files are named by global step; an epoch file ends its
+        epoch (after last.pt's epoch, or that epoch itself when last.pt is mid-epoch)."""
+        step, epoch = int(state.get("step", -1)), int(state.get("epoch", -1))
+        newer = []
+        for path in kept:
+            if (match := _STEP_FILE_RE.fullmatch(path.name)) is not None:
+                ahead = int(match.group(1)) > step
+            else:
+                n = int(_EPOCH_FILE_RE.fullmatch(path.name).group(1))
+                ahead = n > epoch or (n == epoch and "position" in state)
+            if ahead:
+                newer.append(path)
+        best = (str(last), state)
+        for path in newer:
+            try:
+                other = load_checkpoint(path, map_location=map_location)
+            except CheckpointError as exc:
+                logger.warning("checkpoint {} is unusable ({}); ignored", path, exc)
+                continue
+            if int(other.get("step", -1)) > int(best[1].get("step", -1)):
+                best = (str(path), other)
+        if best[0] != str(last):
+            logger.warning("{} is behind {}: resuming from the latter", last, best[0])
+        return best
 
     def best_valid(self, *, map_location: Any = "cpu") -> tuple[str, dict[str, Any]] | None:
         """Return (path, state) of best.pt, None if absent; raises if it is corrupt."""
