@@ -1,48 +1,7 @@
 """The sweep's Dagster side moved to `tinyexp_dagster.sweep` (with the core side in
-`tinyexp_core.sweep`); this keeps the old import path."""
+`tinyexp_core.sweep`); this keeps the old import path, with the package's own names."""
 
-from tinyexp_dagster.sweep import (
-    BACKFILL_TAG,
-    BATCH_TAG,
-    COLUMNS,
-    LEADERBOARD,
-    POLL_S,
-    SweepMonitor,
-    board_key,
-    build_sweep_leaderboard,
-    build_sweep_pool_sensor,
-    ensure_pool_limit,
-    leaderboard_event,
-    leaderboard_metadata,
-    partitions_def,
-    pool_limit,
-    pool_name,
-    pruned_output,
-    sweep_monitor,
-    sweep_scope,
-    trial_metadata,
-    with_sweep,
-)
+from tinyexp_dagster import sweep as _sweep
+from tinyexp_dagster.sweep import *  # noqa: F403 (the old path re-exports the package)
 
-__all__ = [
-    "BACKFILL_TAG",
-    "BATCH_TAG",
-    "COLUMNS",
-    "LEADERBOARD",
-    "POLL_S",
-    "SweepMonitor",
-    "board_key",
-    "build_sweep_leaderboard",
-    "build_sweep_pool_sensor",
-    "ensure_pool_limit",
-    "leaderboard_event",
-    "leaderboard_metadata",
-    "partitions_def",
-    "pool_limit",
-    "pool_name",
-    "pruned_output",
-    "sweep_monitor",
-    "sweep_scope",
-    "trial_metadata",
-    "with_sweep",
-]
+__all__ = list(_sweep.__all__)
