@@ -5,11 +5,13 @@
 Refuses, exit code 2, saving nothing, when torch sees no CUDA device. Measures, on the
 CUDA device(s) of this machine:
 
-1. first step: seconds from `RayLauncher.run` to rank 0's first optimizer step of the MNIST
-   example (`accelerator_cfg.accelerator=ddp`, bf16) on 1 GPU, on a Ray this script started
-   once (so not Ray's own start), each round (no target: CUDA context and cuDNN set-up
-   included);
-2. steady step time vs a bare loop: the MNIST example through `RayLauncher` on 1 worker x 1
+1. first step: with `--launcher ray`, seconds from `RayLauncher.run` to rank 0's first
+   optimizer step of the MNIST example (`accelerator_cfg.accelerator=ddp`, bf16) on 1 GPU,
+   on a Ray this script started once (so not Ray's own start); with `--launcher local`,
+   seconds from starting a fresh Python process that runs the example through the local
+   launcher (`launch_local`, what `python -m <module>` does) to its first optimizer step:
+   interpreter, imports, CUDA context and cuDNN set-up included (no target either way);
+2. steady step time vs a bare loop: the MNIST example through the launcher on 1 worker x 1
    GPU vs `bench/bare_loop.py` with the same network, data, batch and bf16 autocast on the
    same GPU in its own process, and the bare loop again (the A/A control); a round runs the
    three in an order that changes every round (`bench.common.turn_order`); steady state =
@@ -18,6 +20,10 @@ CUDA device(s) of this machine:
 3. NCCL all-reduce: `torch.distributed.all_reduce` of a 64 MiB float32 tensor on
    min(2, GPUs) ranks (one process per GPU, nccl), median of 20 after 5 warm-up calls, as
    bus bandwidth in GB/s (no target; with one GPU it shows that NCCL initializes and runs).
+
+`--launcher auto` (the default) takes Ray when it is installed and the local launcher
+when it is not: a GPU machine that has PyTorch but no Ray (or no way to install it) still
+gets the check; the result records which launcher ran.
 
 Rounds stop early when `--budget-s` is spent (the rounds run are recorded). The result is
 saved as `gpu_check-<stamp>.json` like every benchmark (`bench.results`), with the commit.
@@ -28,6 +34,8 @@ save it to a scratch `--results-dir`, its numbers are not a GPU's.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import statistics
 import sys
@@ -45,6 +53,8 @@ TARGET = 0.97
 EXAMPLE = "tinyexp_core.examples.mnist_exp:Exp"
 ALLREDUCE_MIB = 64
 SIDES = ("tinyexp", "bare", "bare2")
+CHILD_PREFIX = "GPU_CHECK_CHILD "
+FIRST_STEP_FROM = {"ray": "RayLauncher.run, Ray running", "local": "a fresh process's start"}
 
 
 def on_ray(overrides: list[str], gpu: bool, timing: Path) -> tuple[list[float], float]:
@@ -60,6 +70,31 @@ def on_ray(overrides: list[str], gpu: bool, timing: Path) -> tuple[list[float], 
     summary = RayLauncher(spec).run(exp)[0]
     first_step = first_marks(timing)["first_step_rank0"] - start
     return [record.samples_per_s for record in summary.history], first_step
+
+
+def local_child(overrides: list[str]) -> int:
+    """`--child`: one run of the example through the local launcher in this fresh process;
+    prints its per-epoch samples/s on one line."""
+    from tinyexp_core.config.factory import build_exp
+    from tinyexp_core.launchers.mp import launch_local
+
+    summary = launch_local(build_exp(EXAMPLE, overrides))[0]
+    rates = [record.samples_per_s for record in summary.history]
+    print(CHILD_PREFIX + json.dumps({"samples_per_s": rates}), flush=True)
+    return 0
+
+
+def on_local(overrides: list[str], timing: Path) -> tuple[list[float], float]:
+    """Per-epoch samples/s of the example in a fresh process through the local launcher,
+    and seconds from that process's start to rank 0's first step."""
+    from tinyexp_core.timing import ENV_TIMING_FILE
+
+    start = time.time()
+    out = run([python(), "-m", "bench.gpu_check", "--child", json.dumps(overrides)],
+              env={ENV_TIMING_FILE: str(timing)})  # fmt: skip
+    line = next(x for x in out.splitlines() if x.startswith(CHILD_PREFIX))
+    rates = json.loads(line[len(CHILD_PREFIX) :])["samples_per_s"]
+    return rates, first_marks(timing)["first_step_rank0"] - start
 
 
 def allreduce_rank(rank: int, world: int, port: int, device: str, out: Any) -> None:
@@ -129,7 +164,11 @@ def rounds(args: argparse.Namespace, tmp: Path, gpu: bool, deadline: float) -> d
             break
         for side in turn_order(SIDES, rep):
             if side == "tinyexp":
-                rates, first = on_ray(overrides, gpu, tmp / f"timing-{rep}.txt")
+                timing = tmp / f"timing-{rep}.txt"
+                if args.launcher == "ray":
+                    rates, first = on_ray(overrides, gpu, timing)
+                else:
+                    rates, first = on_local(overrides, timing)
                 found["first_step_s"].append(first)
             else:
                 rates = parse_result(run(bare_cmd))["samples_per_s"]
@@ -138,14 +177,32 @@ def rounds(args: argparse.Namespace, tmp: Path, gpu: bool, deadline: float) -> d
     return found
 
 
+def _launcher_session(args: argparse.Namespace) -> Any:
+    """Ray started once for every round (`--launcher ray`); nothing for the local launcher."""
+    if args.launcher != "ray":
+        import contextlib
+
+        return contextlib.nullcontext()
+    from tinyexp_core.launchers.ray_session import ray_session
+
+    return ray_session()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3, help="rounds (>= 2 for an interval)")
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up")
     parser.add_argument("--budget-s", type=float, default=270.0, help="stop rounds after this")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--launcher", choices=("auto", "ray", "local"), default="auto",
+                        help="auto: ray when installed, else the local launcher")  # fmt: skip
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)  # internal: one run
     add_results_arg(parser)
     args = parser.parse_args(argv)
+    if args.child:
+        return local_child(json.loads(args.child))
+    if args.launcher == "auto":
+        args.launcher = "ray" if importlib.util.find_spec("ray") else "local"
     if args.epochs < 2 or args.reps < 2:
         parser.error("--epochs and --reps must be >= 2 (a warm-up epoch, an interval)")
 
@@ -159,10 +216,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     deadline = time.monotonic() + args.budget_s
-    bench_run = Run("gpu_check", {k: v for k, v in vars(args).items() if k != "results_dir"})
-    from tinyexp_core.launchers.ray_session import ray_session
-
-    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as name, ray_session():
+    params = {k: v for k, v in vars(args).items() if k not in ("results_dir", "child")}
+    bench_run = Run("gpu_check", params)
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as name, _launcher_session(args):
         found = rounds(args, Path(name), gpu, deadline)
     reduce = allreduce(args.device)
     comparisons = [
@@ -176,18 +232,19 @@ def main(argv: list[str] | None = None) -> int:
             what="steady-state samples/s per run (1 / step time), TinyExp over the bare loop",
         ),
         value_against_target(
-            "8. first step of the MNIST example on 1 GPU (Ray running)",
+            f"8. first step of the MNIST example on 1 GPU ({FIRST_STEP_FROM[args.launcher]})",
             found["first_step_s"],
             target=None,
             direction="lower",
             unit="s",
-            what="seconds from RayLauncher.run to rank 0's first optimizer step",
+            what=f"seconds from {FIRST_STEP_FROM[args.launcher]} to rank 0's first step",
         ),
     ]
     device = torch.cuda.get_device_name(0) if gpu else "CPU (smoke test of the script)"
     notes = (
         f"Device: {device}; torch {torch.__version__}, CUDA {torch.version.cuda}; "
-        f"{torch.cuda.device_count() if gpu else 0} GPU(s). {len(found['tinyexp'])} rounds. "
+        f"{torch.cuda.device_count() if gpu else 0} GPU(s). Launcher: {args.launcher}. "
+        f"{len(found['tinyexp'])} rounds. "
         f"NCCL all-reduce ({'nccl' if gpu else 'gloo'}, {reduce['world_size']} rank(s), "
         f"{reduce['bytes'] / 2**20:.0f} MiB): median {reduce['seconds'] * 1e3:.2f} ms, bus "
         f"bandwidth {reduce['bus_gb_per_s']:.1f} GB/s, result correct: {reduce['correct']}."

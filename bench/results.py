@@ -115,7 +115,11 @@ def provenance() -> dict[str, Any]:
         commit = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=normal")
     except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "clean_tree": None, "dirty_files": []}
+        # A copy of the tree without git (a GPU machine that got the files only): the
+        # commit and cleanliness the sender checked and passed along, or nothing.
+        commit = os.environ.get("BENCH_COMMIT") or None
+        clean = {"1": True, "0": False}.get(os.environ.get("BENCH_CLEAN_TREE", ""))
+        return {"commit": commit, "clean_tree": clean if commit else None, "dirty_files": []}
     files = [line[3:] for line in dirty.splitlines()]
     # Results written by this very run are not a change to the code it measured.
     files = [f for f in files if not f.startswith("bench/results/")]
