@@ -139,8 +139,9 @@ def allreduce(device: str) -> dict[str, Any]:
         mp.spawn(allreduce_rank, args=(world, free_port(), device, out), nprocs=world)
         found = dict(out)
     # Bus bandwidth as nccl-tests defines it for all-reduce: bytes * 2 (n-1)/n per second.
-    factor = 2 * (world - 1) / world if world > 1 else 1.0
-    found["bus_gb_per_s"] = found["bytes"] * factor / found["seconds"] / 1e9
+    # One rank moves nothing: no bandwidth to report, only that NCCL ran and summed right.
+    factor = 2 * (world - 1) / world
+    found["bus_gb_per_s"] = found["bytes"] * factor / found["seconds"] / 1e9 if world > 1 else None
     found["world_size"] = world
     return found
 
@@ -246,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.cuda.device_count() if gpu else 0} GPU(s). Launcher: {args.launcher}. "
         f"{len(found['tinyexp'])} rounds. "
         f"NCCL all-reduce ({'nccl' if gpu else 'gloo'}, {reduce['world_size']} rank(s), "
-        f"{reduce['bytes'] / 2**20:.0f} MiB): median {reduce['seconds'] * 1e3:.2f} ms, bus "
-        f"bandwidth {reduce['bus_gb_per_s']:.1f} GB/s, result correct: {reduce['correct']}."
+        f"{reduce['bytes'] / 2**20:.0f} MiB): median {reduce['seconds'] * 1e3:.2f} ms, "
+        + (
+            f"bus bandwidth {reduce['bus_gb_per_s']:.1f} GB/s"
+            if reduce["bus_gb_per_s"]
+            else "no bus bandwidth with one rank"
+        )  # fmt: skip
+        + f", result correct: {reduce['correct']}."
     )
     bench_run.save({**found, "allreduce": reduce}, comparisons, args.results_dir, notes)
     return 0 if reduce["correct"] else 1

@@ -101,7 +101,8 @@ class Run:
 
 def provenance() -> dict[str, Any]:
     """The commit the run measured and whether the tree was clean (no change to a tracked
-    file, no untracked file outside ignored ones): `commit` None outside a git checkout."""
+    file, no untracked file outside ignored ones): `commit` None outside a git checkout;
+    `BENCH_COMMIT` / `BENCH_CLEAN_TREE` state them for a copy of the tree run elsewhere."""
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
@@ -109,18 +110,19 @@ def provenance() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        ).stdout  # not stripped: a porcelain line starts with a space (" M path")
 
+    if os.environ.get("BENCH_COMMIT"):
+        # A copy of the tree sent elsewhere (a GPU machine): its git, if any, may hold another
+        # HEAD; the sender states the commit it sent and whether that tree was clean.
+        clean = {"1": True, "0": False}.get(os.environ.get("BENCH_CLEAN_TREE", ""))
+        return {"commit": os.environ["BENCH_COMMIT"], "clean_tree": clean, "dirty_files": []}
     try:
-        commit = git("rev-parse", "HEAD")
+        commit = git("rev-parse", "HEAD").strip()
         dirty = git("status", "--porcelain", "--untracked-files=normal")
     except (OSError, subprocess.CalledProcessError):
-        # A copy of the tree without git (a GPU machine that got the files only): the
-        # commit and cleanliness the sender checked and passed along, or nothing.
-        commit = os.environ.get("BENCH_COMMIT") or None
-        clean = {"1": True, "0": False}.get(os.environ.get("BENCH_CLEAN_TREE", ""))
-        return {"commit": commit, "clean_tree": clean if commit else None, "dirty_files": []}
-    files = [line[3:] for line in dirty.splitlines()]
+        return {"commit": None, "clean_tree": None, "dirty_files": []}
+    files = [line[3:] for line in dirty.splitlines() if line.strip()]
     # Results written by this very run are not a change to the code it measured.
     files = [f for f in files if not f.startswith("bench/results/")]
     return {"commit": commit, "clean_tree": not files, "dirty_files": files[:50]}

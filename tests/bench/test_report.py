@@ -67,3 +67,24 @@ def test_every_result_records_its_commit_and_the_page_counts_runs_and_flags_stal
     (line,) = [x for x in page.splitlines() if x.startswith("| 10. Step checkpoints")]
     assert "| 2 | met 1, missed 1 |" in line
     assert "step_checkpoint-20200101T000000Z.json` (no commit): missed" in page
+
+
+def test_provenance_names_dirty_files_whole_and_takes_the_senders_commit(monkeypatch):
+    monkeypatch.delenv("BENCH_COMMIT", raising=False)
+    porcelain = " M bench/gpu_check.py\n?? notes.txt\n"  # the first line starts with a space
+
+    def fake_run(cmd, **kwargs):
+        out = "abc123\n" if "rev-parse" in cmd else porcelain
+        return __import__("subprocess").CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr("subprocess.run", fake_run)
+    found = results.provenance()
+    assert found == {
+        "commit": "abc123",
+        "clean_tree": False,
+        "dirty_files": ["bench/gpu_check.py", "notes.txt"],
+    }
+    # A copy run on another machine: its own git may hold another HEAD; the sender says.
+    monkeypatch.setenv("BENCH_COMMIT", "f" * 40)
+    monkeypatch.setenv("BENCH_CLEAN_TREE", "1")
+    assert results.provenance() == {"commit": "f" * 40, "clean_tree": True, "dirty_files": []}
