@@ -28,7 +28,7 @@ from tinyexp_core.contract import EvalResult
 from tinyexp_core.files import atomic_write_text
 from tinyexp_core.registry import ModelVersion
 
-__all__ = ["CACHE_DIR", "cached_evaluation"]
+__all__ = ["CACHE_DIR", "cached_evaluation", "seed"]
 
 CACHE_DIR = "evaluations"  # in the version's directory
 _VERSION_FILE = "version.json"  # the registry's record: only registered versions are cached
@@ -61,6 +61,38 @@ def cached_evaluation(
         except OSError:
             pass  # a read-only or full disk: the next run scores again
     return result, False
+
+
+def seed(version: ModelVersion, evaluations: dict[str, dict]) -> list[str]:
+    """Keep the scores rank 0 computed as training ended (`TrainResult.evaluations`,
+    tinyexp_core/training/after.py) as `version`'s cached results; returns the splits kept.
+    Only a score of the same bytes (the registered file's sha256) on the same dataset
+    directory is kept, and a result already cached is left as it is."""
+    kept = []
+    for split, entry in evaluations.items():
+        path = cache_path(version, split)
+        same_file = entry.get("sha256") == version.sha256
+        if path is None or not same_file or not _same_dir(entry.get("dataset_path"), version):
+            continue
+        try:
+            result = EvalResult.from_dict(entry["result"])
+        except (KeyError, ValueError, TypeError, TinyExpError):
+            continue
+        result.checkpoint = version.path  # the same bytes, scored before they were copied
+        if not path.exists():
+            try:
+                path.parent.mkdir(exist_ok=True)
+                atomic_write_text(path, json.dumps(result.to_dict(), sort_keys=True))
+            except OSError:
+                continue  # a read-only or full disk: the step scores it
+        kept.append(split)
+    return kept
+
+
+def _same_dir(scored_on: object, version: ModelVersion) -> bool:
+    if not scored_on or not version.dataset_path:
+        return False
+    return Path(str(scored_on)).resolve() == Path(version.dataset_path).resolve()
 
 
 def cache_path(version: ModelVersion, split: str) -> Path | None:

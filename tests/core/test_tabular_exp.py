@@ -240,3 +240,46 @@ def test_two_ray_workers_end_with_identical_weights(ray_cluster, prepared, tmp_p
         r.metric("rmse") for r in rank1["result"].history
     ]
     assert all(math.isfinite(r.train_loss) for r in rank0["result"].history)
+
+
+class _BrokenEvaluate(Exp):
+    def evaluate(self, checkpoint_path: str, split: str = "test") -> EvalResult:
+        raise RuntimeError("evaluation broke")
+
+
+def test_rank0_scores_the_best_file_after_training_only_when_asked(prepared, tmp_path, monkeypatch):
+    from tinyexp_core.files import sha256_file
+
+    plain = run_in_process(_exp(tmp_path, prepared, "run_id=plain", "train_cfg.num_epochs=2"))
+    assert plain.evaluations == {} and plain.best_loaded == {}, "not asked: nothing scored"
+
+    exp = _exp(tmp_path, prepared, "run_id=asked", "train_cfg.num_epochs=2")
+    exp.evaluate_after_train = ("val", "test")
+    result = run_in_process(exp)
+    best = result.checkpoints.best
+    assert set(result.evaluations) == {"val", "test"}
+    for split, entry in result.evaluations.items():
+        assert entry["sha256"] == sha256_file(best)
+        assert entry["dataset_path"] == prepared.path
+        assert entry["result"] == exp.evaluate(best, split).to_dict(), split
+    assert result.best_loaded == {
+        "sha256": sha256_file(best),
+        "epoch": load_checkpoint(best)["epoch"],
+    }
+    again = TrainResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again.evaluations == result.evaluations and again.best_loaded == result.best_loaded
+
+    from tinyexp_core.training.after import evaluate_after_training
+
+    monkeypatch.setenv("RANK", "1")  # another rank: only rank 0 scores
+    other = TrainResult.from_dict(plain.to_dict())
+    assert evaluate_after_training(exp, other).evaluations == {}
+    monkeypatch.delenv("RANK")
+    broken = _exp(
+        tmp_path, prepared, "run_id=broken", "train_cfg.num_epochs=1", cls=_BrokenEvaluate
+    )
+    broken.evaluate_after_train = ("val",)
+    done = run_in_process(broken)  # the training result stands; the step scores it later
+    assert done.evaluations == {} and done.best_loaded["sha256"] == sha256_file(
+        done.checkpoints.best
+    )

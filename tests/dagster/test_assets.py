@@ -169,6 +169,29 @@ def test_asset_checks_passed_in_the_pipeline(pipeline: Pipeline) -> None:
         "minimum_metric",
     ]
     assert all(e.passed for e in evaluations.values())
+    # rank 0 loaded the best file as training ended: the check hashed the copy, no reload
+    integrity = evaluations["checkpoint_integrity"].description
+    assert integrity.endswith("(loaded by rank 0 after training)"), integrity
+
+
+def test_rank0_scores_are_what_the_gate_and_evaluation_read(
+    mats: dict[str, dg.AssetMaterialization], pipeline: Pipeline
+) -> None:
+    """Rank 0 scored the best file on val and test before it exited; the registry kept
+    those scores, and model_evaluation's numbers are exactly the kept test score."""
+    version_dir = Path(values(mats["model_checkpoint"])["model_path"]).parent
+    kept = {
+        f.name.split("-")[0]: json.loads(f.read_text())
+        for f in (version_dir / "evaluations").iterdir()
+    }
+    assert sorted(kept) == ["test", "val"]
+    meta = values(mats["model_evaluation"])
+    assert kept["test"]["metrics"]["accuracy"] == meta["accuracy"]
+    assert kept["test"]["checkpoint"] == meta["checkpoint"]
+    trained = pipeline.result.asset_value(dg.AssetKey(["mnist", "trained_model"]))
+    assert set(trained["evaluations"]) == {"val", "test"}
+    assert trained["evaluations"]["test"]["result"]["metrics"] == kept["test"]["metrics"]
+    assert trained["evaluations"]["val"]["result"]["loss"] == kept["val"]["loss"]
 
 
 def test_progress_in_redis(pipeline: Pipeline) -> None:

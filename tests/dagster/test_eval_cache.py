@@ -124,3 +124,33 @@ def test_the_key_is_the_one_kept_when_versions_were_dicts(version: ModelVersion)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     expected = Path(version.path).parent / CACHE_DIR / f"val-{digest[:20]}.json"
     assert cache_path(version, "val") == expected
+
+
+def _entry(version: ModelVersion, value: float, **changes: str) -> dict:
+    metric = PrimaryMetric("accuracy", "max")
+    result = EvalResult("runs/r/best.pt", "val", metric, {"accuracy": value}, 0.3, 10)
+    entry = {"sha256": version.sha256, "dataset_path": version.dataset_path}
+    return {**entry, **changes, "result": result.to_dict()}
+
+
+def test_rank0_scores_are_kept_only_for_the_same_bytes_and_data(version: ModelVersion) -> None:
+    from tinyexp_dagster.eval_cache import seed
+
+    evaluations = {
+        "val": _entry(version, 0.7),
+        "test": _entry(version, 0.6, sha256="0" * 64),  # other bytes: not these weights
+        "train": _entry(version, 0.5, dataset_path="/elsewhere"),  # other data
+    }
+    assert seed(version, evaluations) == ["val"]
+    calls: list[str] = []
+    kept, cached = cached_evaluation(version, "val", _scorer(calls))
+    assert cached and not calls and kept.value == 0.7
+    assert kept.checkpoint == version.path, "the registered file, not the run's copy"
+    for split in ("test", "train"):
+        assert not cached_evaluation(version, split, _scorer(calls))[1]
+    # A result already kept stays: seeding never replaces one.
+    assert seed(version, {"val": _entry(version, 0.1)}) == ["val"]
+    assert cached_evaluation(version, "val", _scorer(calls))[0].value == 0.7
+    # Off the registry (no version.json) nothing is kept.
+    (Path(version.path).parent / "version.json").unlink()
+    assert seed(version, {"val": _entry(version, 0.7)}) == []

@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 from tinyexp_core.checkpoint import CheckpointCfg
 from tinyexp_core.config.env import (
@@ -157,6 +157,10 @@ class TinyExp:
     # `OmegaConf.structured(self)` minus this key (`del cfg["hydra"]`). Hydra is not used:
     # the key stays empty, takes no overrides and is left out of every config dump.
     hydra: dict = field(default_factory=dict)
+    # Not a config field (no override, not in the config or its hash): splits rank 0 scores
+    # the best checkpoint on right after train(), into TrainResult.evaluations
+    # (training/after.py). The Dagster training asset sets it for its gate and evaluation.
+    evaluate_after_train: ClassVar[tuple[str, ...]] = ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(exp_name={self.exp_name!r}, rank={os.getenv('RANK', '0')})"
@@ -208,9 +212,12 @@ class TinyExp:
 
     # ------------------------------------------------------------------ run contract
     def run(self) -> Any:
-        """Dispatch on `mode`: `train` -> train(), `val` -> evaluate(resume_from)."""
+        """Dispatch on `mode`: `train` -> train() (then, on rank 0, the best checkpoint
+        scored on `evaluate_after_train`'s splits), `val` -> evaluate(resume_from)."""
         if self.mode == "train":
-            return self.train()
+            from tinyexp_core.training.after import evaluate_after_training
+
+            return evaluate_after_training(self, self.train())
         if self.mode == "val":
             return self.evaluate(self.resume_from)
         raise UnknownExperimentModeError(self.mode, ("train", "val"))

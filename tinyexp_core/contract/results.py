@@ -199,6 +199,11 @@ class TrainResult:
     samples_per_s: float = math.nan  # mean over the epochs trained in this attempt
     # the experiment tracker's run (`wandb_run_id`, `wandb_dir`), when one was used
     tracker: dict[str, str] = field(default_factory=dict)
+    # the best checkpoint scored by rank 0 right after training, by split:
+    # {"sha256", "dataset_path", "result": EvalResult.to_dict()} (training/after.py)
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the best checkpoint as rank 0 loaded it then: {"sha256", "epoch"} (training/after.py)
+    best_loaded: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_epochs(self) -> int:
@@ -244,6 +249,8 @@ class TrainResult:
             "resumed_from": self.resumed_from,
             "samples_per_s": _num(self.samples_per_s),
             "tracker": dict(self.tracker),
+            "evaluations": {k: dict(v) for k, v in self.evaluations.items()},
+            "best_loaded": dict(self.best_loaded),
             # derived, for readers that do not rebuild the dataclass (metadata, sensors)
             "num_epochs": self.num_epochs,
             "best_value": _num(self.best_value),
@@ -268,6 +275,8 @@ class TrainResult:
             resumed_from=str(data.get("resumed_from") or ""),
             samples_per_s=_float(data.get("samples_per_s")),
             tracker={str(k): str(v) for k, v in (data.get("tracker") or {}).items()},
+            evaluations={str(k): dict(v) for k, v in (data.get("evaluations") or {}).items()},
+            best_loaded=dict(data.get("best_loaded") or {}),
         )
 
 

@@ -89,6 +89,7 @@ def promote_run(
     names the file, its source and what the champion gate needs to rebuild the experiment."""
     from tinyexp_core.contract import TrainResult
     from tinyexp_core.registry import ModelRegistry
+    from tinyexp_dagster.eval_cache import seed
 
     result = TrainResult.from_dict(trained_model)
     name = config.model_name or pipeline
@@ -100,8 +101,13 @@ def promote_run(
     record = _version_record(trained_model, name, pipeline, target, sha, created_by)
     info = registry.write_version(record)  # the one record of the version
     context.log.info(f"registered {best} as {name} version {result.run_id} ({target})")
+    scored = seed(info, result.evaluations)  # rank 0's scores: the gate and evaluation read them
+    if scored:
+        context.log.info(f"scores from rank 0 kept for {', '.join(scored)} (evaluations/)")
     recorded = info.to_dict()
     value = {k: recorded[k] for k in _VALUE_KEYS}
+    if result.best_loaded.get("sha256") == sha:  # for checkpoint_integrity (assets/checks.py)
+        value["best_loaded"] = dict(result.best_loaded)
     champion = registry.champion_version()
     metadata = {
         "model_path": dg.MetadataValue.path(str(target)),

@@ -21,13 +21,14 @@ from tinyexp_dagster.resources import RedisProgressResource, StorageResource
 from tinyexp_dagster.sweep import partitions_def
 
 MIN_METRIC_CHECK = "minimum_metric"
+DEFAULT_SPLIT = "test"
 
 
 class EvaluationConfig(dg.Config):
     """Which split to score."""
 
     split: Literal["train", "val", "test"] = Field(
-        default="test", description="the prepared dataset's split to score"
+        default=DEFAULT_SPLIT, description="the prepared dataset's split to score"
     )
 
 

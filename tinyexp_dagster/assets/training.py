@@ -103,6 +103,8 @@ def build_trained_model(
             f"training {spec.experiment} on {plan.exp.num_workers} Ray workers, "
             f"overrides {plan.user or 'none'}, run dir {plan.run_dir()}"
         )
+        if trains:
+            plan.exp.evaluate_after_train = after_training_splits(context, spec)
         summary, sweep = train_on_ray(context, spec, plan, ray)
         out = output(context, spec, dataset, summary, plan)
         if sweep:
@@ -136,6 +138,21 @@ def build_trained_model(
         return body(context, config, None, ray, redis, storage)
 
     return trained_model_own_data
+
+
+def after_training_splits(context: dg.AssetExecutionContext, spec: PipelineSpec) -> tuple:
+    """The splits rank 0 scores the best checkpoint on as training ends (training/after.py):
+    the champion gate's and model_evaluation's, when this run registers the version; their
+    steps then read the scores from the registry's cache instead of loading PyTorch."""
+    from tinyexp_dagster.assets.champion import GATE_SPLIT
+    from tinyexp_dagster.assets.evaluation import DEFAULT_SPLIT
+
+    # The run's selection, or every asset of its job (an op's own selected_asset_keys
+    # names only the asset it materializes).
+    selected = context.run.asset_selection or context.job_def.asset_layer.executable_asset_keys
+    if spec.key("model_checkpoint") not in selected:
+        return ()
+    return (GATE_SPLIT, DEFAULT_SPLIT)
 
 
 def _asset_decorator(spec: PipelineSpec, *, with_dataset: bool, trains: bool) -> Any:
