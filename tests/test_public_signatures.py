@@ -113,7 +113,8 @@ def any_in_public_api(module: ModuleType) -> list[str]:
                 check(f"{where}.{name}", _signature_texts(member.fget))
             elif isinstance(member, (staticmethod, classmethod)):
                 check(f"{where}.{name}", _signature_texts(member.__func__))
-            elif inspect.isfunction(member):
+            elif inspect.isfunction(member) and member.__module__ == module.__name__:
+                # not pydantic's `model_post_init`, put on a model with private attributes
                 check(f"{where}.{name}", _signature_texts(member))
     return found
 

@@ -1,7 +1,8 @@
 """The training run's plan: one home for who the run is (its directory, asset, attempt),
 the tag that links it to the run it continues, what the orchestrator forces on the
 experiment, and whether it resumes. Built before any compute: a bad value fails the step
-here, without retries, before Ray is touched."""
+here, without retries, before a rank starts (the default local Ray may be starting already:
+a run that trains starts it when the run starts, `RayDDPResource.setup_for_execution`)."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,7 @@ def make_plan(
     trains: bool,
 ) -> TrainPlan:
     """The run's plan from its config, its dataset and the resources (ray, redis, storage).
-    An object-store root is checked first (before Ray starts): one line naming the URI."""
+    An object-store root is checked first (before a rank starts): one line naming the URI."""
     from tinyexp_core.config.env import ENV_ASSET, ENV_ATTEMPT
     from tinyexp_core.config.exceptions import TinyExpError
 

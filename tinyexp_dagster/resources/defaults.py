@@ -1,7 +1,7 @@
 """`default_resources()`: one set of resources per deployment, read from the environment.
 
 Environment (all optional): `TINYEXP_STORAGE_ROOT` (default ./.tinyexp), `RAY_ADDRESS`
-(default: a local Ray started per run), `TINYEXP_REDIS_URL` (default: the embedded Redis
+(default: the storage root's local Ray, kept warm), `TINYEXP_REDIS_URL` (default: the embedded Redis
 under the storage root), `TINYEXP_NUM_WORKERS` / `TINYEXP_CPUS_PER_WORKER`,
 `TINYEXP_STALL_AFTER_S` / `TINYEXP_STALL_ACTION` (the stall sensor's settings).
 """
@@ -33,6 +33,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             address=os.environ.get("RAY_ADDRESS") or None,
             num_workers=int(os.environ.get("TINYEXP_NUM_WORKERS", "2")),
             num_cpus_per_worker=float(os.environ.get("TINYEXP_CPUS_PER_WORKER", "1")),
+            storage=storage,  # a run that trains starts the root's local Ray when it starts
         ),
         "redis": RedisProgressResource(url=redis_url),
         "stalls": StallSettingsResource.from_env(),

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar, get_args
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
+
+from tinyexp_dagster.resources.storage import StorageResource
 
 if TYPE_CHECKING:
     from tinyexp_core.config.experiment import TinyExp
@@ -19,6 +24,51 @@ _T = TypeVar("_T")
 
 RayAccelerator = Literal["auto", "cpu", "ddp"]
 RAY_ACCELERATORS: tuple[str, ...] = get_args(RayAccelerator)
+# How long a run's end waits for a head start it began (the spawn, not Ray's start-up):
+# a process that exits mid-spawn would leave a holder that no `starting` file records.
+_SPAWN_WAIT_S = 60.0
+
+
+class _EarlyHead:
+    """The default local Ray's start, begun in a thread when a run that trains starts
+    (`RayDDPResource.setup_for_execution`), so Ray's start-up runs beside the steps before
+    training (the dataset). It spawns the holder through `ray_head.spawn_head`, the locked
+    path `ensure_head` takes (two runs never start two heads), and claims the head; the
+    training step then waits for it through `ensure_head`, with its timeouts and errors."""
+
+    def __init__(self, storage: StorageResource) -> None:
+        self.root = ""  # the storage root's local folder, once known
+        self.pid = 0  # the holder spawned here; 0: a live or starting one was there
+        self.stale = ""  # why a recorded head was replaced
+        self.error: Exception | None = None
+        self._thread = threading.Thread(
+            target=self._start, args=(storage,), name="tinyexp-ray-head-start", daemon=True
+        )
+        self._thread.start()
+
+    def _start(self, storage: StorageResource) -> None:
+        from tinyexp_core.services import ray_head
+
+        try:
+            root = str(storage.resolved_root())
+            idle = ray_head.idle_stop_s()
+            _, self.stale = ray_head.live_head_address(root)
+            _, pid, spawned = ray_head.spawn_head(root, idle_stop_after_s=idle)
+            ray_head.claim(root)
+            self.root, self.pid = root, pid if spawned else 0
+        except Exception as err:  # the training step starts the Ray itself and reports it
+            self.error = err
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Whether the start has done its part (spawned, found a head, or failed)."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
+def _connected_to_ray() -> bool:
+    """This process is connected to a Ray already (a launcher then uses it as it is)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 class RayDDPResource(dg.ConfigurableResource):
@@ -28,7 +78,8 @@ class RayDDPResource(dg.ConfigurableResource):
     one started for the run and stopped after; an existing cluster with `address` (`auto`,
     `host:port`, `ray://host:port`) or `$RAY_ADDRESS`. One actor per rank in a placement
     group; actors and the group are removed on every exit path, including Dagster's
-    termination.
+    termination. With `storage` (as `default_resources()` sets it), a run that trains on the
+    default local Ray starts it when the run starts, beside the dataset step.
 
     Its sizes and accelerator are defaults a run's config can replace; what a run ends up
     with reaches the experiment as overrides (`overrides()`), and the launch request is
@@ -71,6 +122,28 @@ class RayDDPResource(dg.ConfigurableResource):
         description="seconds a rank may wait in a collective for a silent peer before the "
         "job fails (the experiment's accelerator_cfg.collective_timeout_s)",
     )
+    storage: StorageResource | None = Field(
+        default=None,
+        description="the runs' storage resource; set: a run with a training step that uses "
+        "the default local Ray starts that Ray of the storage root when the run starts, "
+        "beside the steps before training (the dataset); unset: the training step starts it",
+    )
+    _early_head: _EarlyHead | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Dagster calls this when a run starts that has a step using this resource (the
+        training asset), before its first step: with `storage` and the default local Ray,
+        that Ray's start begins now in the background (`_EarlyHead`); `run_address` waits
+        for it. Nothing starts for an address, `local`, or a process already on a Ray."""
+        if self.storage is not None and self._uses_default_local_ray():
+            self._early_head = _EarlyHead(self.storage)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._early_head is not None:  # a run that ended before its training step
+            self._early_head.wait(_SPAWN_WAIT_S)
+
+    def _uses_default_local_ray(self) -> bool:
+        return not self.resolved_address() and not _connected_to_ray()
 
     def resolved_address(self) -> str:
         """The Ray address a run uses: `address`, else $RAY_ADDRESS, else "" (local Ray)."""
@@ -81,28 +154,47 @@ class RayDDPResource(dg.ConfigurableResource):
         run and stopped after it), else the default local Ray of `storage_root`: the live
         one (`tinyexp-dagster ray up`'s, or one an earlier run left warm), else one started
         now that outlives the run and stops after `TINYEXP_RAY_IDLE_STOP_S` without runs."""
-        import sys
-
         from tinyexp_core.services.ray_head import ensure_head, live_head_address
 
         explicit = self.resolved_address()
         if explicit:
             return explicit
-        ray = sys.modules.get("ray")
-        if ray is not None and ray.is_initialized():
-            return ""  # this process is connected to a Ray already: the launcher uses it
+        if _connected_to_ray():
+            return ""  # the launcher uses this process's Ray
         say = log or (lambda _: None)
+        early = self._take_early_head(storage_root, say)
         address, why = live_head_address(storage_root)
+        why = why or (early.stale if early is not None else "")
         if why:
             say(f"{why}; starting a new one")
         head, started = ensure_head(storage_root)
-        if started:
-            say(f"started the local Ray at {head.address} for {storage_root}: it stays warm "
-                "for the next runs (TINYEXP_RAY_IDLE_STOP_S; `ray_address=local` starts "
+        early_pid = early.pid if early is not None else 0
+        if started or head.pid == early_pid:
+            when = " when the run started" if head.pid == early_pid else ""
+            say(f"started the local Ray at {head.address} for {storage_root}{when}: it stays "
+                "warm for the next runs (TINYEXP_RAY_IDLE_STOP_S; `ray_address=local` starts "
                 "and stops one per run)")  # fmt: skip
         else:
             say(f"warm start: reusing the local Ray at {head.address}")
         return head.address
+
+    def _take_early_head(self, storage_root: str, say: Callable[[str], None]) -> _EarlyHead | None:
+        """The start `setup_for_execution` began for `storage_root`, once it has spawned the
+        holder (or found a head); None when there is none to use (said when it failed)."""
+        early, self._early_head = self._early_head, None
+        if early is None:
+            return None
+        early.wait()  # the same lock `ensure_head` would wait for
+        if early.error is not None:
+            error = f"{type(early.error).__name__}: {early.error}"
+            say(f"starting the local Ray when the run started failed ({error}); starting it now")
+            return None
+        if Path(early.root) != Path(storage_root).resolve():  # run config changed the root
+            if early.pid:
+                say(f"the local Ray started when the run started is {early.root}'s, not "
+                    f"{storage_root}'s: it stops when idle (TINYEXP_RAY_IDLE_STOP_S)")  # fmt: skip
+            return None
+        return early
 
     def forced(
         self,
