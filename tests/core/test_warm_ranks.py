@@ -131,6 +131,61 @@ def test_a_module_the_pool_never_imported_runs_in_warm_ranks(pool, tmp_path, mon
     assert all(r["module"] == str(tmp_path / "my_team_model.py") for r in results)
 
 
+def test_warm_ranks_that_imported_other_tinyexp_code_are_not_used(pool, monkeypatch):
+    """tinyexp changed after the pool warmed up (as seen by the driver: its fingerprint
+    differs): the run starts its own ranks, says why, and the pool replaces the old ones."""
+    warm = set(status(pool)["ready_pids"])
+    monkeypatch.setattr(ray_pool, "code_fingerprint", lambda: "edited-since")
+    lines: list[str] = []
+    launcher = RayLauncher(RayLaunchSpec(num_workers=2), log_callback=lines.append)
+    results = launcher.run(WhoAmIExp())
+    assert launcher.warm_ranks == 0
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    assert not {r["pid"] for r in results} & warm, "no rank ran in an old warm process"
+    why = [line for line in lines if line.startswith("warm ranks started before tinyexp")]
+    assert len(why) == 1 and "2 of 2" in why[0] and "edited-since" in why[0], lines
+    assert not any(line.startswith("warm ranks: ") for line in lines), lines
+    assert eventually(lambda: not any(alive(p) for p in warm), 30), "old warm ranks killed"
+    assert eventually(lambda: full(pool, 2)), status(pool)
+    monkeypatch.undo()  # the replacements imported the code the driver has: they serve
+    fresh = set(status(pool)["ready_pids"])
+    launcher, results = launch(WhoAmIExp())
+    assert launcher.warm_ranks == 2 and {r["pid"] for r in results} == fresh
+
+
+class _NoFingerprint:
+    """A rank of a pool from before fingerprints: no `code_fingerprint` method."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class _Fingerprint(_NoFingerprint):
+    def __init__(self, fingerprint: str) -> None:
+        self._fp = fingerprint
+
+    def code_fingerprint(self) -> str:
+        return self._fp
+
+
+def test_keep_current_keeps_only_ranks_with_the_drivers_fingerprint(ray_cluster):
+    from tinyexp_core.services.code_fingerprint import code_fingerprint
+
+    def actor(cls, *args):
+        return ray_cluster.remote(num_cpus=0)(cls).remote(*args)
+
+    same, other, old = (actor(_Fingerprint, code_fingerprint()), actor(_Fingerprint, "x"),
+                        actor(_NoFingerprint))  # fmt: skip
+    pids = ray_cluster.get([a.pid.remote() for a in (same, other, old)], timeout=60)
+    keep, why = ray_pool.keep_current([same, other, old])
+    assert keep == [same]
+    assert why.startswith("warm ranks started before tinyexp changed: not used; 2 of 3")
+    assert "none, x" in why and "no fingerprint" in why, why
+    assert alive(pids[0]) and eventually(lambda: not alive(pids[1]) and not alive(pids[2]), 30)
+    assert ray_pool.keep_current([same]) == ([same], "") and ray_pool.keep_current([]) == ([], "")
+    ray_cluster.kill(same, no_restart=True)
+
+
 def test_a_failed_run_gives_its_warm_ranks_back_to_be_replaced(pool):
     warm = set(status(pool)["ready_pids"])
     launcher = RayLauncher(RayLaunchSpec(num_workers=2))

@@ -142,6 +142,9 @@ class RayLauncher:
 
         spec = self.spec
         warm = [] if pool is None else ray_pool.take(pool, spec.num_workers, token)
+        warm, why = ray_pool.keep_current(warm)  # none that imported another tinyexp
+        if why:
+            self._forward([why])
         self.warm_ranks = len(warm)
         actors.extend(warm)
         if warm:

@@ -62,6 +62,12 @@ class _RankWorker:
 
         return warm_up(preimports)
 
+    def code_fingerprint(self) -> str:
+        """The tinyexp code this process runs, taken as it warmed up (`ray_pool.keep_current`)."""
+        from tinyexp_core.services.code_fingerprint import code_fingerprint
+
+        return code_fingerprint()
+
     def run(self, exp_blob: bytes, env: dict[str, str], log_sink: Any, num_threads: int) -> Any:
         """Run the pickled experiment as the rank `env` names. The environment (the job's
         variables, PYTHONPATH among them) is applied before the experiment is unpickled,

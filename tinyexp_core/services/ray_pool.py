@@ -16,9 +16,17 @@ rank applies itself: `PYTHONPATH` goes on its `sys.path`). A warm rank holds no 
 own while idle; the run's placement group reserves the CPUs its ranks use.
 
 A rank taken from the pool is one-shot, so a run never sees another run's modules, stop
-flag or torch.distributed state; a changed experiment module is imported fresh. What the
-pool imported before the run (torch, the version of tinyexp_core that the pool process
-loaded) is what `ray up` found installed: after upgrading either, `ray down` and `ray up`.
+flag or torch.distributed state; a changed experiment module is imported fresh. But a warm
+rank imported tinyexp_core (its contract, its training loop) as it warmed up: if tinyexp
+changed since (an upgrade, an edit in an editable install), it would run the old code
+beside a driver that has the new one (a result pickled by an old class, say). So each warm
+rank takes its `code_fingerprint` as it warms up, and the driver keeps only the ranks it
+takes whose fingerprint is its own (`keep_current`): the others (and those that cannot say:
+a pool from before this check) are killed, the run starts ranks of its own in their place,
+and the pool replaces them when the run ends, with processes that import the code then
+installed. Torch is not in the fingerprint: after upgrading torch, `ray down` and `ray up`.
+The pool actor itself keeps the code it started with (its `take`/`release` and the rank
+class's method list): a change to those also needs `ray down` and `ray up`.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import sys
 from typing import Any
 
 from tinyexp_core.launchers.runtime import steady_malloc
+from tinyexp_core.services.code_fingerprint import code_fingerprint
 
 POOL_NAME = "tinyexp-warm-ranks"
 POOL_NAMESPACE = "tinyexp"
@@ -47,6 +56,9 @@ PREIMPORTS = (
     "torch._dynamo",
 )
 _TAKE_TIMEOUT_S = 5.0
+# How long the driver waits for a taken rank's fingerprint: a rank still starting answers
+# once its process is up (it waits as long for the rank's node and pid anyway).
+_FINGERPRINT_TIMEOUT_S = 60.0
 
 
 def default_size(num_cpus: float) -> int:
@@ -217,8 +229,64 @@ def release(pool: Any, token: str) -> None:
         ray.get(pool.release.remote(token), timeout=_TAKE_TIMEOUT_S)
 
 
+def keep_current(
+    actors: list[Any], timeout_s: float = _FINGERPRINT_TIMEOUT_S
+) -> tuple[list[Any], str]:
+    """(the warm ranks among `actors` that run this process's tinyexp code, "" or the line
+    saying why the others are not used). The others (another `code_fingerprint`, or none:
+    a pool from before fingerprints, a rank that did not answer) are killed here; the
+    pool replaces them at the run's `release`."""
+    import ray
+
+    if not actors:
+        return [], ""
+    mine = code_fingerprint()
+    theirs = _fingerprints(actors, timeout_s)
+    keep = [a for a, fp in zip(actors, theirs, strict=True) if fp == mine]
+    stale = [fp for fp in theirs if fp != mine]
+    for actor, fp in zip(actors, theirs, strict=True):
+        if fp != mine:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+    if not stale:
+        return keep, ""
+    seen = ", ".join(sorted({fp or "none" for fp in stale}))
+    why = (
+        f"warm ranks started before tinyexp changed: not used; {len(stale)} of "
+        f"{len(actors)} taken had code fingerprint {seen}, this run has {mine}: the run "
+        "starts its own ranks for them and the pool replaces them"
+    )
+    if None in stale:
+        why += " (no fingerprint: a pool older than this check, renewed by `ray down`)"
+    return keep, why
+
+
+def _fingerprints(actors: list[Any], timeout_s: float) -> list[str | None]:
+    """Each rank's `code_fingerprint`, None where it cannot say in `timeout_s`."""
+    import ray
+
+    refs: list[Any] = []
+    for actor in actors:
+        try:
+            refs.append(actor.code_fingerprint.remote())
+        except AttributeError:  # a rank class from before fingerprints
+            refs.append(None)
+    asked = [ref for ref in refs if ref is not None]
+    done, _ = ray.wait(asked, num_returns=len(asked), timeout=timeout_s) if asked else ([], [])
+    found: list[str | None] = []
+    for ref in refs:
+        fp = None
+        if ref is not None and ref in done:
+            with contextlib.suppress(Exception):
+                fp = ray.get(ref)
+        found.append(fp if isinstance(fp, str) else None)
+    return found
+
+
 def warm_up(preimports: tuple[str, ...]) -> int:
-    """What a warm rank does when it starts: malloc settings, then the imports."""
+    """What a warm rank does when it starts: its code fingerprint (of the tinyexp modules it
+    just imported, before anything can change on disk), malloc settings, then the imports."""
+    code_fingerprint()
     steady_malloc()
     _preimport(preimports)
     return os.getpid()
