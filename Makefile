@@ -43,8 +43,9 @@ test-e2e: install ## end-to-end tests: browser UI, CLI subprocesses, daemon, Pos
 	$(PY) -m pytest -q -m "(e2e or slow) and not nightly" --durations=25
 
 # Not in CI (.ci/run): on a slow day each takes 5-8 min, and CI has 90 min for everything;
-# CI's test-e2e runs their short variants (15-run soak, shorter steps and sensor intervals).
-test-nightly: install ## the long variants: the 30-run soak, hang diagnosis and sweep end to end
+# CI's test-e2e runs their short variants (15-run soak, shorter steps and sensor intervals,
+# the ResNet example with a small network in ResNet-50's place).
+test-nightly: install ## the long variants: the 30-run soak, hang diagnosis, sweep end to end, ResNet-50 example
 	bash scripts/install_chromium.sh
 	$(PY) -m pytest -q -m nightly
 

@@ -1,6 +1,12 @@
 """The daemon path: `dagster-daemon run` evaluates the sensors and launches `retrain_job`
 when new data arrives and when accuracy falls below the minimum; the nightly schedule's
-tick requests `retrain_job`."""
+tick requests `retrain_job`.
+
+The code location declares the product's two retrain sensors (evaluation function, asset,
+target, default status, cursor) ticking every SENSOR_INTERVAL_S (5 s) instead of their 30 s,
+and its instance drains the run queue every second (Dagster's default: 5 s) and evaluates
+sensors in threads, as test_hang_diagnosis's `short` scale does: the scenario waits for
+four sensor ticks, each up to an interval, and two queued runs."""
 
 from __future__ import annotations
 
@@ -35,22 +41,53 @@ NEW_DATA = {
 # The deployment's code location: the project's mnist pipeline, except that every evaluation
 # is a regression (accuracy 0.999 is out of reach) while the blocking checks pass.
 LOCATION = """
+import copy
+
 import dagster as dg
 
 from tinyexp_dagster import default_resources, pipeline_defs
 
-defs = dg.Definitions.merge(
-    pipeline_defs(
+FASTER = {faster}
+
+
+def ticking_every(sensor, seconds):
+    # The product's sensor, unchanged but for its minimum_interval_seconds (a private field
+    # of Dagster's SensorDefinition: its public constructors would rebuild the asset sensor).
+    faster = copy.copy(sensor)
+    faster._min_interval = seconds
+    assert faster.minimum_interval_seconds == seconds, faster.minimum_interval_seconds
+    return faster
+
+
+def build_defs(interval):
+    pipeline = pipeline_defs(
         "mnist",
         "tinyexp_core.examples.mnist_exp:Exp",
         metric_threshold=0.0,
         retrain_threshold=0.999,
         champion_tolerance=1.0,  # each retrain becomes champion (the gate: test_champion.py)
-    ),
-    dg.Definitions(resources=default_resources()),
-)
+    )
+    sensors = [ticking_every(s, interval) if s.name in FASTER else s for s in pipeline.sensors]
+    return dg.Definitions(
+        assets=pipeline.assets,
+        asset_checks=pipeline.asset_checks,
+        jobs=pipeline.jobs,
+        schedules=pipeline.schedules,
+        sensors=sensors,
+        resources=default_resources(),
+    )
+
+
+defs = build_defs({interval})
 """
-SENSOR_INTERVAL_S = 30  # minimum_interval_seconds of both sensors
+SENSOR_INTERVAL_S = 5  # minimum_interval_seconds of both retrain sensors (product: 30)
+TICK_TIMEOUT_S = 180  # a busy daemon (launching a run on a loaded box) ticks late
+INSTANCE_YAML = (
+    "run_coordinator:\n  module: dagster.core.run_coordinator\n"
+    "  class: QueuedRunCoordinator\n  config:\n    dequeue_interval_seconds: 1\n"
+    "sensors:\n  use_threads: true\n  num_workers: 4\n"
+    "telemetry:\n  enabled: false\n"
+)
 RUN_TIMEOUT_S = 420  # one retrain_job (5 epochs, Ray start) on a loaded 2-core machine
 
 
@@ -118,8 +155,8 @@ class DaemonScenario:
             self.daemon.check_alive()
             return _completed_tick_after(self.instance, sensor, after)
 
-        # The daemon may be busy launching a run: allow several intervals.
-        return wait_for(tick, timeout_s=6 * SENSOR_INTERVAL_S, what=what, context=self.context)
+        # The daemon may be busy launching a run: allow many intervals.
+        return wait_for(tick, timeout_s=TICK_TIMEOUT_S, what=what, context=self.context)
 
     def wait_run_requested(self, sensor: str):
         def requested():
@@ -128,7 +165,7 @@ class DaemonScenario:
 
         runs = wait_for(
             requested,
-            timeout_s=6 * SENSOR_INTERVAL_S,
+            timeout_s=TICK_TIMEOUT_S,
             what=f"{sensor} to launch a run",
             context=self.context,
         )
@@ -186,7 +223,11 @@ def test_sensors_launch_one_retrain_each(deployment: E2EDeployment, tmp_path: Pa
     new_data = tmp_path / "new_data.yaml"
     new_data.write_text(yaml.safe_dump(NEW_DATA))
     location = tmp_path / "location.py"
-    location.write_text(LOCATION)
+    faster = repr({NEW_DATA_SENSOR, ACCURACY_SENSOR})
+    location.write_text(
+        LOCATION.replace("{faster}", faster).replace("{interval}", str(SENSOR_INTERVAL_S))
+    )
+    (deployment.home / "dagster.yaml").write_text(INSTANCE_YAML)
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(
         yaml.safe_dump({"load_from": [{"python_file": {"relative_path": location.name}}]})
