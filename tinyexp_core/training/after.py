@@ -29,6 +29,7 @@ from loguru import logger
 from tinyexp_core.checkpoint import load_checkpoint
 from tinyexp_core.contract import EvalResult, TrainResult
 from tinyexp_core.files import sha256_file
+from tinyexp_core.timing import mark
 
 __all__ = ["evaluate_after_training"]
 
@@ -52,7 +53,9 @@ def evaluate_after_training(exp: Any, result: Any) -> Any:
     dataset = str(getattr(getattr(exp, "data_cfg", None), "prepared_path", "") or "")
     for split in splits:
         try:
+            mark("evaluate_start")  # for the benchmarks (a no-op without a timing file)
             scored = exp.evaluate(best, split)
+            mark("evaluate_end")
         except NotImplementedError:
             return result
         except Exception as err:  # noqa: BLE001 - best effort: the step scores it later
