@@ -92,6 +92,9 @@ class ReliabilityExp(MnistExp):
     fault_step: int = 0  # fault=raise_at_step: the global step after which rank 0 raises
     fault_marker: str = ""  # file holding how many more attempts fail
     eval_delay_s: float = 0.0  # seconds evaluate() waits first (a test terminates it there)
+    # the split that waits (empty: every split); rank 0's scores of val and test after
+    # training (training/after.py) need not wait for a test that stops a step's scoring
+    eval_delay_split: str = ""
 
     def train(self) -> Any:
         with contextlib.ExitStack() as hooks:
@@ -104,7 +107,8 @@ class ReliabilityExp(MnistExp):
             return super().train()
 
     def evaluate(self, checkpoint_path: str, split: str = "test") -> Any:
-        time.sleep(self.eval_delay_s)
+        if self.eval_delay_split in ("", split):
+            time.sleep(self.eval_delay_s)
         return super().evaluate(checkpoint_path, split)
 
     def _epoch_started(self, session: TrainingSession, *_: Any) -> None:

@@ -24,6 +24,7 @@ from tests.reliability.support import (
     alive_launcher_actors,
     events,
     new_placement_groups,
+    op,
     pid_alive,
     placement_group_states,
     redis_client,
@@ -154,12 +155,21 @@ WATCH_S = EVAL_DELAY_S + 5
 PHASES = {
     # 2 slowed epochs; terminated once the progress shows epoch 1 (0-based: the last)
     "last_epoch": (["train_cfg.num_epochs=2", "train_cfg.step_delay_s=0.05"], "epoch 1"),
-    # 1 epoch; evaluate() waits EVAL_DELAY_S, terminated while model_evaluation runs
+    # 1 epoch; model_evaluation scores the train split (rank 0 scored val and test after
+    # training, so those come from the registry's cache), its evaluate() waits
+    # EVAL_DELAY_S there, and the run is terminated while it runs
     "evaluation": (
-        ["train_cfg.num_epochs=1", f"eval_delay_s={EVAL_DELAY_S}"],
+        ["train_cfg.num_epochs=1", f"eval_delay_s={EVAL_DELAY_S}", "eval_delay_split=train"],
         "mnist__model_evaluation",
     ),
 }
+
+
+def _run_config(phase: str, overrides: list[str]) -> dict:
+    config = train_config(overrides)
+    if phase == "evaluation":  # a split rank 0 did not score: the step scores it itself
+        config["ops"][op("model_evaluation")] = {"config": {"split": "train"}}
+    return config
 
 
 @pytest.mark.timeout(400)
@@ -189,7 +199,7 @@ def test_a_run_terminated_late_stays_canceled(
         context = process.create_request_context()
         params = {
             "selector": infer_job_selector(context, "mnist_training_pipeline"),
-            "runConfigData": train_config(overrides),
+            "runConfigData": _run_config(phase, overrides),
             "mode": "default",
         }
         launched = execute_dagster_graphql(context, LAUNCH, {"executionParams": params})
