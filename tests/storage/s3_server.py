@@ -71,6 +71,7 @@ def s3_server(monkeypatch: pytest.MonkeyPatch, bucket: str = "") -> Iterator[S3S
     """A moto server with `bucket`, and the standard AWS environment pointing at it."""
     import uuid
 
+    from tinyexp_core import storage
     from tinyexp_core.storage.store import reset_stores
 
     bucket = bucket or f"tinyexp-{uuid.uuid4().hex[:12]}"  # moto keeps buckets per process
@@ -89,4 +90,5 @@ def s3_server(monkeypatch: pytest.MonkeyPatch, bucket: str = "") -> Iterator[S3S
         yield server
     finally:
         reset_stores()
+        storage.set_uploader(None)  # its worker process uploads to this server: ends with it
         server.stop()

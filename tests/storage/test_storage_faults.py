@@ -161,6 +161,37 @@ def test_upload_failing_for_good_names_the_local_file(s3, tmp_path):
         open_store(root).remote_sha(f"{root}/runs/r/step_000000010.pt")
 
 
+def test_uploads_run_in_their_own_process_and_its_death_fails_them(s3, tmp_path):
+    """The client's Python work is not in the training process (no GIL taken from the
+    loop); a worker that dies with uploads pending fails them naming the kept file."""
+    import os
+
+    import psutil
+
+    root = f"s3://{s3.bucket}/p"
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    first.write_bytes(b"a" * 1000)
+    second.write_bytes(b"b" * 1000)
+    uploader = Uploader(open_store(root), RetryPolicy(attempts=50, base_delay_s=0.2))
+    uploader.submit(first, f"{root}/a.pt")
+    uploader.flush(timeout_s=60)
+    worker = uploader._worker
+    assert worker is not None and worker.pid != os.getpid()
+    assert "upload_worker" in " ".join(psutil.Process(worker.pid).cmdline())
+    s3.stop()  # the next upload retries until its worker is killed
+    try:
+        uploader.submit(second, f"{root}/b.pt")
+        time.sleep(1.0)
+        worker.kill()
+        with pytest.raises(UploadFailedError) as info:
+            uploader.flush(timeout_s=30)
+    finally:
+        s3.start()
+    assert str(second) in str(info.value) and "upload process exited" in str(info.value)
+    assert second.read_bytes() == b"b" * 1000  # nothing saved is lost
+    assert uploader.uploaded == [f"{root}/a.pt"]
+
+
 def _state(epoch: int, step: int) -> dict:
     import torch
 

@@ -126,7 +126,10 @@ def uploader_for(path: str | os.PathLike[str]) -> Uploader | None:
 
 
 def set_uploader(uploader: Uploader | None) -> None:
-    """Replace the process's uploader (a retry policy of one's own: tests, benchmarks)."""
+    """Replace the process's uploader (a retry policy of one's own: tests, benchmarks); the
+    one replaced ends its worker process once its queue is done."""
     global _uploader
     with _uploader_lock:
-        _uploader = uploader
+        old, _uploader = _uploader, uploader
+    if old is not None and old is not uploader:
+        old.shutdown()
