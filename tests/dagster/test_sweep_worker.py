@@ -214,3 +214,48 @@ def test_ctrl_c_stops_the_running_trial_and_leaves_no_worker(project: Project) -
     assert lines[-1] == f"continue with: tinyexp-dagster resume {run_id}", lines[-15:]
     assert "every rank checkpointed" in log, log[-3000:]
     assert not project.workers()
+
+
+def test_a_kept_connection_serves_the_next_sessions_until_it_ends(monkeypatch) -> None:
+    """`kept_connection` (the worker's Ray across trials): one connect for several sessions
+    to a running Ray, shut down when it ends; a Ray started for a run (`local`) is still
+    stopped with its run; outside it, every session connects and disconnects."""
+    import ray
+
+    from tinyexp_core.launchers import ray_session as rs
+
+    calls: list[str] = []
+    state = {"connected": False}
+
+    def init(**kwargs: object) -> None:
+        calls.append(f"init {kwargs['address']}")
+        state["connected"] = True
+
+    def shutdown() -> None:
+        calls.append("shutdown")
+        state["connected"] = False
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    monkeypatch.setattr(ray, "is_initialized", lambda: state["connected"])
+    monkeypatch.setattr(rs, "_check_reachable", lambda address, timeout_s: None)
+    monkeypatch.setattr(rs, "_is_loopback", lambda address: False)
+
+    with rs.kept_connection():
+        for _ in range(3):
+            with rs.ray_session("10.1.2.3:6379"):
+                pass
+        assert rs.kept_address() == "10.1.2.3:6379"
+        assert calls == ["init 10.1.2.3:6379"]
+    assert calls == ["init 10.1.2.3:6379", "shutdown"] and rs.kept_address() == ""
+
+    calls.clear()
+    with rs.kept_connection():
+        with rs.ray_session("local"):
+            pass
+        assert calls == ["init local", "shutdown"] and rs.kept_address() == ""
+    calls.clear()
+    for _ in range(2):
+        with rs.ray_session("10.1.2.3:6379"):
+            pass
+    assert calls == ["init 10.1.2.3:6379", "shutdown"] * 2
