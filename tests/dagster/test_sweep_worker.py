@@ -183,7 +183,7 @@ def test_a_worker_killed_mid_trial_fails_that_trial_and_is_replaced(project: Pro
     out, err = proc.communicate(timeout=300)
 
     assert proc.returncode == 1, out + err[-5000:]
-    assert "trial lr=0.01: FAILURE in" in out and "its worker died (exit -9)" in out, out
+    assert "trial lr=0.01: FAILURE in" in out and "its worker died, exit -9" in out, out
     assert "trial lr=0.003: SUCCESS in" in out, out + err[-5000:]
     runs = {r.run_id: r for r in project.runs("slow_training_pipeline") if r.run_id not in known}
     assert runs[run_id].status == dg.DagsterRunStatus.FAILURE  # ended by the sweep command
@@ -259,3 +259,26 @@ def test_a_kept_connection_serves_the_next_sessions_until_it_ends(monkeypatch) -
         with rs.ray_session("10.1.2.3:6379"):
             pass
     assert calls == ["init 10.1.2.3:6379", "shutdown"] * 2
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_cannot_start_fails_each_trial_with_its_own_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Each trial's worker dies before it opens the trial's log: the trial fails, and what
+    is printed is the worker's own log; a new worker is tried for the next trial."""
+    from tinyexp_dagster.cli_location import CodeLocation, Pipeline
+    from tinyexp_dagster.sweep.trials import launch_all
+
+    location = CodeLocation("-m", module_name="no_such_module_for_the_worker")
+    pipeline = Pipeline("nope", location, ("trained_model",), ("a", "b"))
+    with dg.DagsterInstance.ephemeral() as instance:
+        failed = launch_all(instance, pipeline, ["a", "b"], 1, "batch", str(tmp_path))
+
+    out, err = capsys.readouterr()
+    assert failed == ["a", "b"], out + err
+    for key in ("a", "b"):
+        assert f"trial {key}: no run recorded (its worker died, exit 1) in" in out, out
+    assert "no_such_module_for_the_worker" in err, err
+    logs = sorted(p.name for p in (tmp_path / "sweeps" / "nope").glob("*.log"))
+    assert logs == ["worker-1.log", "worker-2.log"]

@@ -89,7 +89,7 @@ def launch_all(
                 worker.give(_trial(pipeline, waiting.pop(0), batch, root))
                 print(f"trial {worker.trial.key}: started (log {worker.trial.log})", flush=True)
             for worker, trial, result in pool.finished(_POLL_S):
-                if not _report(instance, trial, batch, result, worker.process.poll()):
+                if not _report(instance, trial, batch, result, worker):
                     failed.append(trial.key)
     finally:
         pool.stop()  # interrupted: each busy worker's trial gets one SIGINT, see WorkerPool
@@ -99,6 +99,7 @@ def launch_all(
 def _trial(pipeline: Pipeline, key: str, batch: str, root: str) -> Trial:
     log = Path(root) / "sweeps" / pipeline.name / f"{_safe(key)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    log.unlink(missing_ok=True)  # an earlier run's: the worker makes it when the trial starts
     return Trial(key, {"dagster/partition": key, RUN_TAG: batch}, log)
 
 
@@ -106,18 +107,16 @@ def _safe(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)
 
 
-def _report(
-    instance: Any, trial: Trial, batch: str, result: dict | None, exit_code: int | None
-) -> bool:
+def _report(instance: Any, trial: Trial, batch: str, result: dict | None, worker: Any) -> bool:
     """One line for a finished trial (its run's status and id); the log's tail on failure.
-    `result`: the worker's, None when the worker died during the trial (`exit_code`)."""
+    `result`: the worker's, None when the worker died during the trial."""
     import dagster as dg
 
     runs = instance.get_runs(
         dg.RunsFilter(tags={RUN_TAG: batch, "dagster/partition": trial.key}), limit=1
     )
     seconds = time.monotonic() - trial.handed_monotonic
-    died = f"its worker died (exit {exit_code})" if result is None else ""
+    died = f"its worker died, exit {worker.process.poll()}" if result is None else ""
     if runs and died and runs[0].status.value in _IN_PROGRESS:
         _end_orphan(instance, runs[0], f"trial {trial.key}: {died}")
         runs = instance.get_runs(dg.RunsFilter(run_ids=[runs[0].run_id]))
@@ -127,8 +126,10 @@ def _report(
     ok = bool(runs) and runs[0].status == dg.DagsterRunStatus.SUCCESS and result is not None
     print(f"trial {trial.key}: {status} in {seconds:.0f} s{run}", flush=True)
     if not ok:
-        lines = trial.log.read_text(errors="replace").splitlines()[-_LOG_TAIL:]
-        print("\n".join(f"  | {line}" for line in lines), file=sys.stderr)
+        # A worker that died before the trial's log opened said why in its own log.
+        lines = (trial.log if trial.log.exists() else worker.log).read_text(errors="replace")
+        print("\n".join(f"  | {line}" for line in lines.splitlines()[-_LOG_TAIL:]),
+              file=sys.stderr)  # fmt: skip
     return ok
 
 
