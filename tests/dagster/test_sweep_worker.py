@@ -199,6 +199,8 @@ def test_ctrl_c_stops_the_running_trial_and_leaves_no_worker(project: Project) -
     known = {r.run_id for r in project.runs("slow_training_pipeline")}
     proc = project.sweep("slow", "run", "--all")
     run_id = project.wait_mid_epoch(proc, known)
+    (worker,) = project.workers()  # the trial trains in a worker, in its own session
+    assert worker.pid != proc.pid and os.getsid(worker.pid) != os.getsid(proc.pid)
     proc.send_signal(signal.SIGINT)  # the terminal's Ctrl-C reaches the command only
     out, err = proc.communicate(timeout=180)
 
