@@ -5,17 +5,19 @@ tinyexp-dagster sweep NAME run KEY [KEY ...] train these trials (no daemon neede
 tinyexp-dagster sweep NAME run --all         train every trial
 tinyexp-dagster sweep NAME leaderboard       materialize `NAME/sweep_leaderboard`, print it
 
-A trial runs as `dagster job execute <location> -j NAME_training_pipeline` with its partition
-(one process per trial, its output in `<storage_root>/sweeps/NAME/<trial>.log`), so it is
-recorded in the project's Dagster instance (DAGSTER_HOME) like a run from the UI. At most
-the sweep's `max_concurrent` trials train at once: the pipeline's pool sensor sets that
-limit on the pool `tinyexp_NAME_sweep` in the instance first, and this command starts no
-more trials than it. The runs join the local Ray of `tinyexp-dagster ray up` (recorded
-under the storage root) or `RAY_ADDRESS`; with neither and more than one trial to run, a
-local Ray is started for the trials and stopped after them. A missing
-`NAME/prepared_dataset` is materialized first; the leaderboard is refreshed at the end.
+A trial is a run of NAME_training_pipeline with its partition, as `dagster job execute
+<location> -j NAME_training_pipeline` runs it, in a trial worker: a process that loads the
+location and joins Ray once, then runs trial after trial (its output in
+`<storage_root>/sweeps/NAME/<trial>.log`), so it is recorded in the project's Dagster
+instance (DAGSTER_HOME) like a run from the UI. At most the sweep's `max_concurrent` trials
+train at once: the pipeline's pool sensor sets that limit on the pool `tinyexp_NAME_sweep`
+in the instance first, and this command starts no more workers than it. The runs join the
+local Ray of `tinyexp-dagster ray up` (recorded under the storage root) or `RAY_ADDRESS`;
+with neither and more than one trial to run, a local Ray is started for the trials and
+stopped after them. A missing `NAME/prepared_dataset` is materialized first; the
+leaderboard is refreshed at the end.
 Exit status: 0 every trial succeeded, 1 one failed, 2 a bad pipeline, trial or location,
-130 interrupted (each running trial got one SIGINT: its ranks checkpoint and stop).
+130 interrupted (each busy worker got one SIGINT: its trial's ranks checkpoint and stop).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The driver's Ray session: reuse a connected Ray, connect to an address, or start a local
-Ray on 127.0.0.1 (loopback only) that is stopped when the session ends."""
+Ray on 127.0.0.1 (loopback only) that is stopped when the session ends. Inside
+`kept_connection` (a process that runs one run after another: a sweep's trial worker), a
+connection to a running Ray outlives its session, for the next one."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ ENV_RAY_ADDRESS = "RAY_ADDRESS"
 LOCAL_RAY = "local"  # an address: a local Ray started for this run and stopped after it
 LOCAL_HOST = "127.0.0.1"
 _ENV_RAY_CLUSTERS = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local node is 127.0.0.1
+# While `kept_connection` is open: "on", and "address" once a session kept its connection.
+_kept: dict[str, str] = {}
 
 
 def _check_reachable(address: str, timeout_s: float) -> None:
@@ -98,10 +102,37 @@ def ray_session(address: str = "", *, connect_timeout_s: float = 10.0) -> Iterat
             if saved is not None:
                 os.environ[ENV_RAY_ADDRESS] = saved
     mark("ray_ready")
+    # A Ray started here (`local`) is this run's alone: stopped at its end, kept or not.
+    keep = "on" in _kept and bool(address) and address != LOCAL_RAY
     try:
         yield True
     finally:
-        ray.shutdown()
+        if keep:
+            _kept["address"] = address
+        else:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def kept_connection() -> Iterator[None]:
+    """Within it, a session that joins a running Ray (an address, not `local`) leaves this
+    process connected when it ends: the next session reuses the connection (`ray_session`
+    finds it) instead of paying a connect per run. The kept connection ends here."""
+    _kept["on"] = "on"
+    try:
+        yield
+    finally:
+        kept = _kept.pop("address", "")
+        _kept.clear()
+        if kept:
+            import ray
+
+            ray.shutdown()
+
+
+def kept_address() -> str:
+    """The address of the connection `kept_connection` keeps open, "" when none is kept."""
+    return _kept.get("address", "")
 
 
 def _is_loopback(address: str) -> bool:

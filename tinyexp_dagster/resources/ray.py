@@ -154,14 +154,18 @@ class RayDDPResource(dg.ConfigurableResource):
         run and stopped after it), else the default local Ray of `storage_root`: the live
         one (`tinyexp-dagster ray up`'s, or one an earlier run left warm), else one started
         now that outlives the run and stops after `TINYEXP_RAY_IDLE_STOP_S` without runs."""
+        from tinyexp_core.launchers.ray_session import kept_address
         from tinyexp_core.services.ray_head import ensure_head, live_head_address
 
         explicit = self.resolved_address()
         if explicit:
             return explicit
-        if _connected_to_ray():
-            return ""  # the launcher uses this process's Ray
         say = log or (lambda _: None)
+        if _connected_to_ray():  # the launcher uses this process's Ray
+            kept = kept_address()  # a sweep worker's, from its first trial: the same record
+            if kept:
+                say(f"warm start: this process stays connected to the local Ray at {kept}")
+            return kept
         early = self._take_early_head(storage_root, say)
         address, why = live_head_address(storage_root)
         why = why or (early.stale if early is not None else "")

@@ -2,7 +2,8 @@
 `tinyexp_core.sweep`): `definitions` (what a sweep adds to a pipeline: partitions, the pool
 and its sensor, the leaderboard), `monitor` (a trial while it trains: its board row, pruning,
 its metadata), `trials` (the terminal's `sweep` command: trials' state, training them
-without the daemon, the leaderboard)."""
+without the daemon, the leaderboard), `worker_pool` and `worker` (the trial workers that
+command trains them in: long-lived processes, one trial after another)."""
 
 from tinyexp_dagster.sweep.definitions import (
     BACKFILL_TAG,

@@ -1,29 +1,27 @@
 """A sweep's trials from the terminal (`tinyexp-dagster sweep NAME [run|leaderboard]`): each
 trial's state, training trials without the daemon, the leaderboard refreshed in process.
 
-Each trial is one `dagster job execute` process (the pipeline's training job, the trial's
-partition tag), so Dagster records it in the instance as any run; at most the pool's limit
-(the sweep's `max_concurrent`, set by the pipeline's pool sensor) run at once. The commands
-(cli_sweep.py, cli_sweep_run.py) parse and print; the work is here.
+Trials run in trial workers (`worker`, `worker_pool`): long-lived processes that load the
+code location and join Ray once, then run trial after trial, each one `execute_job` of the
+pipeline's training job with the trial's partition tag, so Dagster records each trial in
+the instance as any run. There are at most the pool's limit of them (the sweep's
+`max_concurrent`, set by the pipeline's pool sensor), so at most that many trials train at
+once. The commands (cli_sweep.py, cli_sweep_run.py) parse and print; the work is here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import shlex
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from tinyexp_dagster.sweep.definitions import BATCH_TAG
+from tinyexp_dagster.sweep.worker_pool import Trial
 
 if TYPE_CHECKING:
     from tinyexp_dagster.cli_location import Pipeline
@@ -32,17 +30,6 @@ RUN_TAG = BATCH_TAG  # one value per `sweep run`: its runs, and their sweep boar
 _POLL_S = 1.0
 _LOG_TAIL = 25
 _IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
-
-
-@dataclass
-class _Trial:
-    """One trial's process while it trains."""
-
-    key: str
-    process: subprocess.Popen
-    log: Path
-    log_file: IO[bytes]
-    started: float
 
 
 def materialized(instance: Any, pipeline: Pipeline, asset: str) -> bool:
@@ -88,76 +75,70 @@ def ray_for(root: str, num_trials: int) -> Iterator[None]:
 def launch_all(
     instance: Any, pipeline: Pipeline, keys: list[str], limit: int, batch: str, root: str
 ) -> list[str]:
-    """Start trials while fewer than `limit` run; returns the keys that did not succeed."""
-    waiting, running, failed = list(keys), [], []
+    """Train the trials in at most `limit` workers (`worker_pool`), each idle one handed the
+    next waiting trial; returns the keys that did not succeed."""
+    from tinyexp_dagster.sweep.worker_pool import WorkerPool
+
+    waiting, failed = list(keys), []
+    log_dir = Path(root) / "sweeps" / pipeline.name
+    env = {**os.environ, "TINYEXP_STORAGE_ROOT": root}
+    pool = WorkerPool(pipeline.location, pipeline.training_job, log_dir, min(limit, len(keys)), env)
     try:
-        while waiting or running:
-            while waiting and len(running) < limit:
-                running.append(_start(pipeline, waiting.pop(0), batch, root))
-            time.sleep(_POLL_S)
-            for trial in [t for t in running if t.process.poll() is not None]:
-                running.remove(trial)
-                if not _report(instance, pipeline, trial, batch):
+        while waiting or pool.busy():
+            for worker in list(pool.idle(len(waiting))):
+                worker.give(_trial(pipeline, waiting.pop(0), batch, root))
+                print(f"trial {worker.trial.key}: started (log {worker.trial.log})", flush=True)
+            for worker, trial, result in pool.finished(_POLL_S):
+                if not _report(instance, trial, batch, result, worker):
                     failed.append(trial.key)
     finally:
-        for trial in running:  # interrupted: one SIGINT, as a Ctrl-C on the trial's own
-            # `dagster job execute`: its ranks checkpoint and stop (a second signal would
-            # end them at once, hence each trial in its own session, see _start)
-            with contextlib.suppress(ProcessLookupError):
-                trial.process.send_signal(signal.SIGINT)
-        for trial in running:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                trial.process.wait(timeout=60)
-            trial.log_file.close()
+        pool.stop()  # interrupted: each busy worker's trial gets one SIGINT, see WorkerPool
     return failed
 
 
-def _start(pipeline: Pipeline, key: str, batch: str, root: str) -> _Trial:
-    tags = {"dagster/partition": key, RUN_TAG: batch}
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "job",
-        "execute",
-        *shlex.split(pipeline.location.cli_args()),
-        "-j",
-        pipeline.training_job,
-        "--tags",
-        json.dumps(tags),
-    ]
+def _trial(pipeline: Pipeline, key: str, batch: str, root: str) -> Trial:
     log = Path(root) / "sweeps" / pipeline.name / f"{_safe(key)}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log_file = log.open("wb")
-    env = {**os.environ, "TINYEXP_STORAGE_ROOT": root}
-    process = subprocess.Popen(
-        command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    print(f"trial {key}: started (log {log})", flush=True)
-    return _Trial(key, process, log, log_file, time.monotonic())
+    log.unlink(missing_ok=True)  # an earlier run's: the worker makes it when the trial starts
+    return Trial(key, {"dagster/partition": key, RUN_TAG: batch}, log)
 
 
 def _safe(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)
 
 
-def _report(instance: Any, pipeline: Pipeline, trial: _Trial, batch: str) -> bool:
-    """One line for a finished trial (its run's status and id); the log's tail on failure."""
+def _report(instance: Any, trial: Trial, batch: str, result: dict | None, worker: Any) -> bool:
+    """One line for a finished trial (its run's status and id); the log's tail on failure.
+    `result`: the worker's, None when the worker died during the trial."""
     import dagster as dg
 
-    trial.log_file.close()
     runs = instance.get_runs(
         dg.RunsFilter(tags={RUN_TAG: batch, "dagster/partition": trial.key}), limit=1
     )
-    seconds = time.monotonic() - trial.started
-    status = runs[0].status.value if runs else f"no run recorded (exit {trial.process.returncode})"
+    seconds = time.monotonic() - trial.handed_monotonic
+    died = f"its worker died, exit {worker.process.poll()}" if result is None else ""
+    if runs and died and runs[0].status.value in _IN_PROGRESS:
+        _end_orphan(instance, runs[0], f"trial {trial.key}: {died}")
+        runs = instance.get_runs(dg.RunsFilter(run_ids=[runs[0].run_id]))
+    status = runs[0].status.value if runs else f"no run recorded ({died or result['error']})"
     run = f", run {runs[0].run_id}" if runs else ""
-    ok = bool(runs) and runs[0].status == dg.DagsterRunStatus.SUCCESS
+    run += f"; {died}" if runs and died else ""
+    ok = bool(runs) and runs[0].status == dg.DagsterRunStatus.SUCCESS and result is not None
     print(f"trial {trial.key}: {status} in {seconds:.0f} s{run}", flush=True)
     if not ok:
-        lines = trial.log.read_text(errors="replace").splitlines()[-_LOG_TAIL:]
-        print("\n".join(f"  | {line}" for line in lines), file=sys.stderr)
+        # A worker that died before the trial's log opened said why in its own log.
+        lines = (trial.log if trial.log.exists() else worker.log).read_text(errors="replace")
+        print("\n".join(f"  | {line}" for line in lines.splitlines()[-_LOG_TAIL:]),
+              file=sys.stderr)  # fmt: skip
     return ok
+
+
+def _end_orphan(instance: Any, run: Any, why: str) -> None:
+    """A run whose process died: ended FAILURE (no process is left to end it), its pool
+    slots freed for the next trials."""
+    instance.report_run_failed(run, message=why)
+    if instance.event_log_storage.supports_global_concurrency_limits:
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
 
 
 # ---------------------------------------------------------------- the leaderboard
