@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from tinyexp_dagster import quick_exit
 from tinyexp_dagster.dagster_warnings import quiet_output_data_version
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = ["TinyExpPipeline", "default_resources", "pipeline_defs"]
 
 
 quiet_output_data_version()  # Dagster's beta warning for what the assets do on purpose
+quick_exit.install()  # no last garbage collection of the whole heap at exit (see there)
 
 
 def __getattr__(name: str) -> Any:
