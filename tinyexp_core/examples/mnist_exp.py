@@ -180,11 +180,27 @@ class Exp(TinyExp):
 
     # ------------------------------------------------------------------ data
     def prepare_data(self, storage_root: str) -> PreparedData:
-        """Prepare the configured source under `<storage_root>/datasets`; returns its manifest."""
-        manifest = self.data_cfg.build_prepared_dataset(
-            os.path.join(storage_root, "datasets"), seed=self.seed
+        """Prepare the configured source under `<storage_root>/datasets`; returns its manifest.
+        Nothing is loaded when the same preparation of unchanged files exists (data_memo)."""
+        from tinyexp_core.data_memo import prepared_once
+
+        out_root, cfg = os.path.join(storage_root, "datasets"), self.data_cfg
+        params = {
+            "source": cfg.source,
+            "root": cfg.root,
+            "seed": self.seed,
+            "num_samples": cfg.num_samples,
+            "image_size": cfg.image_size,
+            "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction,
+        }
+        manifest = prepared_once(
+            out_root,
+            params,
+            source_files(cfg.source, cfg.root),
+            lambda: cfg.build_prepared_dataset(out_root, seed=self.seed).to_dict(),
         )
-        return PreparedData.from_dict(manifest.to_dict())
+        return PreparedData.from_dict(manifest)
 
     def _prepared_path(self) -> str:
         """The prepared dataset: `prepared_path`, else prepared now under `data_root`."""
@@ -306,3 +322,36 @@ if __name__ == "__main__":
     from tinyexp_core.cli import store_and_run_exp
 
     store_and_run_exp(Exp)
+
+
+def source_files(source: str, root: str) -> list[str] | None:
+    """The files a preparation of `source` reads (data_memo keys on them), this module's and
+    the data code's included; None when they cannot be listed (prepared every time)."""
+    import importlib.util
+
+    own = [__file__]
+    data_spec = importlib.util.find_spec("tinyexp_core.data")
+    if data_spec is None or not data_spec.submodule_search_locations:
+        return None
+    data_dir = data_spec.submodule_search_locations[0]
+    own += [os.path.join(data_dir, name) for name in ("prepared.py", "sources.py", "raw.py")]
+    if source == "synthetic":
+        return own
+    if source == "digits":  # scikit-learn's bundled file, found without importing it
+        spec = importlib.util.find_spec("sklearn")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        base = spec.submodule_search_locations[0]
+        return [*own, os.path.join(base, "datasets", "data", "digits.csv.gz")]
+    if not root or not os.path.isdir(root):
+        return None  # the full path names what is missing
+    folders = [root, os.path.join(root, "MNIST", "raw")] if source == "mnist" else None
+    found = []
+    if folders is not None:
+        for folder in folders:
+            if os.path.isdir(folder):
+                found += [e.path for e in os.scandir(folder) if e.is_file()]
+    else:  # image_folder: every file under root
+        for folder, _, names in os.walk(root):
+            found += [os.path.join(folder, n) for n in names]
+    return [*own, *sorted(found)]
