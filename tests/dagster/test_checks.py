@@ -52,6 +52,24 @@ def test_dataset_sanity_passes_on_the_prepared_dataset(dataset_copy: dict[str, A
     assert sorted(counts) == ["test", "train", "val"] and min(counts.values()) > 0
 
 
+def test_dataset_sanity_of_uint8_images_loads_no_tensor(dataset_copy: dict[str, Any]) -> None:
+    """Prepared images are uint8 (no NaN possible): the check hashes the files and reads the
+    manifest, without torch, in a process that never imported it."""
+    import subprocess
+    import sys
+
+    from tinyexp_core.data import FORMAT
+
+    manifest = json.loads((Path(dataset_copy["path"]) / "manifest.json").read_text())
+    assert manifest["format"] == FORMAT == "tinyexp.prepared/1"
+    code = (
+        "import sys; from tinyexp_dagster.assets.checks import dataset_sanity; "
+        f"r = dataset_sanity({dataset_copy!r}); print(r.passed, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
+
+
 def test_dataset_sanity_fails_on_a_tampered_split(dataset_copy: dict[str, Any]) -> None:
     with flipped_byte(Path(dataset_copy["path"]) / "val.pt"):
         result = dataset_sanity(dataset_copy)
