@@ -4,6 +4,7 @@ cli_sweep.py for the whole command)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,9 @@ def run_trials(instance: Any, pipeline: Pipeline, keys: list[str], root: str) ->
             print(f"error: {pipeline.name}/prepared_dataset failed", file=sys.stderr)
             return 1
     batch = uuid.uuid4().hex[:12]
+    # Ctrl-C stops the trials even where SIGINT came ignored (a shell's background job, as
+    # `dagster job execute` installs its own handler): KeyboardInterrupt below.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with ray_for(root, len(keys)):
             failed = launch_all(instance, pipeline, keys, limit, batch, root)
