@@ -159,6 +159,23 @@ def test_upload_failing_for_good_names_the_local_file(s3, tmp_path):
     # Nothing half-published: no sidecar vouches for bytes that never arrived.
     with pytest.raises(ObjectIncompleteError):
         open_store(root).remote_sha(f"{root}/runs/r/step_000000010.pt")
+    uploader.shutdown()
+
+
+def test_an_uploader_dropped_without_close_ends_its_worker(s3, tmp_path):
+    import gc
+
+    root = f"s3://{s3.bucket}/p"
+    src = tmp_path / "a.pt"
+    src.write_bytes(b"a" * 1000)
+    uploader = Uploader(open_store(root))
+    uploader.submit(src, f"{root}/a.pt")
+    uploader.flush(timeout_s=60)
+    worker = uploader._worker
+    assert worker is not None and worker.poll() is None
+    del uploader
+    gc.collect()  # nothing else holds it (its result reader only weakly)
+    assert worker.wait(timeout=30) == 0
 
 
 def test_uploads_run_in_their_own_process_and_its_death_fails_them(s3, tmp_path):

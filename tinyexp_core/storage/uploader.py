@@ -174,31 +174,32 @@ class Uploader:
         assert worker.stdin is not None and worker.stdout is not None
         pickle.dump((self.store, self.policy), worker.stdin)
         self._worker, self._inbox = worker, worker.stdin
+        # The reader holds the uploader weakly: one dropped without close() is collected,
+        # and its finalizer closes the worker's input (the worker then finishes and exits).
         reader = threading.Thread(
-            target=self._read, args=(worker,), name="tinyexp-upload-results", daemon=True
+            target=_read_results,
+            args=(weakref.ref(self), worker),
+            name="tinyexp-upload-results",
+            daemon=True,
         )
         reader.start()
         # An uploader dropped without close() (a test, a process ending) ends its worker.
         weakref.finalize(self, _end_worker, worker.stdin, worker)
         return worker.stdin
 
-    def _read(self, worker: subprocess.Popen) -> None:
-        """The worker's answers: (key, None) uploaded, (key, reason) failed for good,
-        (key, "") dropped after an earlier failure. On its exit, pending items fail."""
-        assert worker.stdout is not None
-        while True:
-            try:
-                key, reason = pickle.load(worker.stdout)
-            except (EOFError, OSError, pickle.UnpicklingError):
-                break
-            with self._lock:
-                item = self._pending.pop(key, None)
-                if item is not None and reason is None:
-                    self.uploaded.append(item.uri)
-                elif item is not None and reason and self._failure is None:
-                    self._fail(item, policy_attempts=self.policy.attempts, reason=reason)
-                self._lock.notify_all()
-        code = worker.wait()
+    def _answer(self, key: int, reason: str | None) -> None:
+        """One answer of the worker: None uploaded, a reason failed for good, "" dropped
+        after an earlier failure."""
+        with self._lock:
+            item = self._pending.pop(key, None)
+            if item is not None and reason is None:
+                self.uploaded.append(item.uri)
+            elif item is not None and reason and self._failure is None:
+                self._fail(item, policy_attempts=self.policy.attempts, reason=reason)
+            self._lock.notify_all()
+
+    def _worker_exited(self, code: int) -> None:
+        """What is still pending fails (its files stay local)."""
         with self._lock:
             if self._pending and self._failure is None:
                 first = next(iter(self._pending.values()))
@@ -212,6 +213,24 @@ class Uploader:
     def _fail(self, item: _Item, *, policy_attempts: int, reason: str) -> None:
         self._failure = UploadFailedError(str(item.source), item.uri, policy_attempts, reason)
         logger.error(str(self._failure))
+
+
+def _read_results(owner: weakref.ref[Uploader], worker: subprocess.Popen) -> None:
+    """The worker's answers, in order, to the uploader while it exists; then its exit."""
+    assert worker.stdout is not None
+    while True:
+        try:
+            key, reason = pickle.load(worker.stdout)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            break
+        uploader = owner()
+        if uploader is not None:
+            uploader._answer(key, reason)
+        del uploader  # not held while waiting for the next answer
+    code = worker.wait()
+    uploader = owner()
+    if uploader is not None:
+        uploader._worker_exited(code)
 
 
 def _end_worker(inbox: IO[bytes] | None, worker: subprocess.Popen | None) -> None:
@@ -231,7 +250,7 @@ def _end_worker(inbox: IO[bytes] | None, worker: subprocess.Popen | None) -> Non
 
 def serve(inbox: IO[bytes], outbox: IO[bytes]) -> None:
     """The worker's loop: (store, policy), then (key, item) until end of input; answers
-    (key, None | reason | "") in order (see Uploader._read)."""
+    (key, None | reason | "") in order (see Uploader._answer)."""
     store, policy = pickle.load(inbox)
     failed = False
     while True:
