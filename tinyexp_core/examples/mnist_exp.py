@@ -26,6 +26,7 @@ from tinyexp_core.training import TrainingSession
 # build the launchpad's config schema).
 torch = lazy_module("torch")
 F = lazy_module("torch.nn.functional")
+PREDICT_BATCH = 64  # images per forward pass when scoring (see Exp._predict)
 
 
 @dataclass(repr=False)
@@ -258,12 +259,16 @@ class Exp(TinyExp):
         return x[acc.rank :: acc.world_size], y[acc.rank :: acc.world_size]
 
     def _predict(self, model: torch.nn.Module, x: torch.Tensor, device: torch.device):
-        """Logits for uint8 images, in batches, normalized like the training data."""
+        """Logits for uint8 images, in batches, normalized like the training data.
+
+        Batches of `PREDICT_BATCH`: a forward pass's activations are the largest memory of
+        an evaluation (a 28x28 image: ~0.37 MiB of them in this network), so the batch
+        bounds it whatever the split's size (rank 0 scores whole splits after training)."""
         cfg = self.data_cfg
         outs = []
         with torch.no_grad():
-            for start in range(0, len(x), 512):
-                batch = x[start : start + 512].to(device).float().div_(255)
+            for start in range(0, len(x), PREDICT_BATCH):
+                batch = x[start : start + PREDICT_BATCH].to(device).float().div_(255)
                 outs.append(model(batch.sub_(cfg.mean).div_(cfg.std)).float().cpu())
         return torch.cat(outs) if outs else torch.empty(0, self.module_cfg.num_classes)
 
@@ -291,6 +296,7 @@ class Exp(TinyExp):
         state = ckpt.load_checkpoint(checkpoint_path)
         model = self.module_cfg.build_module(self._in_channels())
         ckpt.restore(state, model=model, path=str(checkpoint_path))
+        del state  # the optimizer's state too: not needed to score
         model.eval()
         x, y = load_split(self.data_cfg.prepared_path, split)
         logits = self._predict(model, x, torch.device("cpu"))
