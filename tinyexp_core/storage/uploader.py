@@ -174,8 +174,8 @@ class Uploader:
         assert worker.stdin is not None and worker.stdout is not None
         pickle.dump((self.store, self.policy), worker.stdin)
         self._worker, self._inbox = worker, worker.stdin
-        # The reader holds the uploader weakly: one dropped without close() is collected,
-        # and its finalizer closes the worker's input (the worker then finishes and exits).
+        # The reader holds the uploader weakly, so one dropped without close() (a test, a
+        # process ending) is collected and the finalizer below ends its worker.
         reader = threading.Thread(
             target=_read_results,
             args=(weakref.ref(self), worker),
@@ -183,7 +183,6 @@ class Uploader:
             daemon=True,
         )
         reader.start()
-        # An uploader dropped without close() (a test, a process ending) ends its worker.
         weakref.finalize(self, _end_worker, worker.stdin, worker)
         return worker.stdin
 
